@@ -1,0 +1,352 @@
+"""Datasets as tensors: one ``ImageDataset`` per data set, loaded by name.
+
+Every loader returns the same thing: normalised float32 train/test images (N, C, H, W),
+int64 labels, class names and the normalisation used, so the rest of fedcond never sees
+PIL images or per-sample transforms. Distillation touches every real image many times,
+so tensors resident on the device beat a DataLoader here.
+
+Sources:
+- ``digits``: scikit-learn's bundled 8x8 digits, fixed stratified split; works offline.
+- ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``svhn``: torchvision; they
+  download into ``~/.cache/fedcond`` when online, or are read from ``data_dir`` (a local
+  mirror) without downloading.
+- a path to an ImageFolder tree or a ``.tar.gz`` of one (``train/<class>/*``,
+  ``test/<class>/*``); decoded once and cached as tensors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedcond.errors import FedcondError
+
+TORCHVISION_DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
+DATASET_NAMES = ("digits",) + TORCHVISION_DATASETS
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A labelled image data set held as normalised tensors.
+
+    Attributes:
+        name: short name (``digits``, ``mnist``, ... or the folder's name).
+        train_images, test_images: float32 (N, C, H, W), already normalised.
+        train_labels, test_labels: int64 (N,) class ids in ``[0, num_classes)``.
+        classes: class names, index = class id.
+        mean, std: per-channel normalisation applied to the raw [0, 1] pixels.
+    """
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width)."""
+        return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def channels(self) -> int:
+        return self.image_shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_images.device
+
+    def to(self, device: str | torch.device) -> "ImageDataset":
+        """The same data set with its tensors on ``device`` (moved once, then resident)."""
+        return replace(
+            self,
+            train_images=self.train_images.to(device),
+            train_labels=self.train_labels.to(device),
+            test_images=self.test_images.to(device),
+            test_labels=self.test_labels.to(device),
+        )
+
+    def class_indices(self) -> list[torch.Tensor]:
+        """For each class, the indices of its training images."""
+        return [torch.nonzero(self.train_labels == c).flatten() for c in range(self.num_classes)]
+
+    def subset(self, indices: torch.Tensor, name: str | None = None) -> "ImageDataset":
+        """A data set whose training split is ``train[indices]`` (test split unchanged)."""
+        indices = torch.as_tensor(indices, dtype=torch.long, device=self.train_labels.device)
+        return replace(
+            self,
+            name=name or self.name,
+            train_images=self.train_images[indices],
+            train_labels=self.train_labels[indices],
+        )
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Map normalised images back to [0, 1] pixel space (for plots)."""
+        return denormalize(images, self.mean, self.std)
+
+
+def denormalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Undo per-channel normalisation: ``x * std + mean``."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return images * s + m
+
+
+def default_cache_dir() -> Path:
+    """Where downloads and decoded caches go: ``$FEDCOND_CACHE`` or ``~/.cache/fedcond``."""
+    return Path(os.environ.get("FEDCOND_CACHE", Path.home() / ".cache" / "fedcond"))
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    download: bool | None = None,
+) -> ImageDataset:
+    """Load a data set by name (or ImageFolder path) as an :class:`ImageDataset`.
+
+    Args:
+        name: one of :data:`DATASET_NAMES`, or a path to an ImageFolder tree / ``.tar.gz``.
+        data_dir: a local mirror to read from. When given, nothing is downloaded.
+        device: where the tensors live.
+        download: force downloading on/off; default: download only when ``data_dir`` is None.
+
+    Raises:
+        FedcondError: unknown name, or the data is missing/corrupt (the message says where
+            fedcond looked and how to fix it).
+    """
+    key = name.lower().replace("_", "-")
+    if key == "digits":
+        dataset = _load_digits()
+    elif key in TORCHVISION_DATASETS:
+        root = Path(data_dir) if data_dir is not None else default_cache_dir() / "torchvision"
+        if download is None:
+            download = data_dir is None
+        dataset = _load_torchvision(key, root, download)
+    elif Path(name).exists():
+        dataset = _load_image_folder(Path(name))
+    else:
+        raise FedcondError(
+            f"unknown dataset {name!r}: use one of {', '.join(DATASET_NAMES)} "
+            "or a path to an ImageFolder tree / .tar.gz (train/<class>/*, test/<class>/*)"
+        )
+    return dataset.to(device)
+
+
+def _normalised(
+    name: str,
+    train: np.ndarray,
+    train_y: np.ndarray,
+    test: np.ndarray,
+    test_y: np.ndarray,
+    classes: tuple[str, ...],
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> ImageDataset:
+    """Build an ImageDataset from [0, 1] float arrays (N, C, H, W); mean/std from train if None."""
+    tr = torch.as_tensor(train, dtype=torch.float32)
+    te = torch.as_tensor(test, dtype=torch.float32)
+    if mean is None or std is None:
+        mean = tuple(float(v) for v in tr.mean(dim=(0, 2, 3)))
+        std = tuple(float(v) for v in tr.std(dim=(0, 2, 3)).clamp_min(1e-6))
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return ImageDataset(
+        name=name,
+        train_images=((tr - m) / s).contiguous(),
+        train_labels=torch.as_tensor(train_y, dtype=torch.int64),
+        test_images=((te - m) / s).contiguous(),
+        test_labels=torch.as_tensor(test_y, dtype=torch.int64),
+        classes=classes,
+        mean=mean,
+        std=std,
+    )
+
+
+def _load_digits() -> ImageDataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = (bunch.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8), [0, 1]
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, bunch.target, test_size=0.25, random_state=0, stratify=bunch.target
+    )
+    return _normalised("digits", x_tr, y_tr, x_te, y_te, tuple(str(i) for i in range(10)))
+
+
+# Standard normalisation constants used across the distillation literature.
+_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2861,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+
+
+def _missing(name: str, root: Path, download: bool, err: Exception) -> FedcondError:
+    if download:
+        hint = "check the network connection, or pass --data-dir with a local copy"
+    else:
+        hint = f"put torchvision's files for {name} under {root} (or drop --data-dir to download)"
+    return FedcondError(f"could not load {name} from {root}: {err}; {hint}")
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> ImageDataset:
+    from torchvision import datasets as tvd
+
+    # A mirror may hold an ImageFolder copy instead of torchvision's files (e.g. a JPEG CIFAR-10).
+    if not download:
+        folder = _find_folder_copy(name, root)
+        if folder is not None:
+            ds = _load_image_folder(folder)
+            mean, std = _STATS[name]
+            return _renormalised(ds, name, mean, std)
+        if name in ("mnist", "fashion-mnist"):
+            root = _unpacked_idx_root(name, root)
+    try:
+        if name in ("mnist", "fashion-mnist"):
+            cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
+            tr, te = cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+            x_tr, x_te = tr.data.numpy()[:, None] / 255.0, te.data.numpy()[:, None] / 255.0
+            y_tr, y_te, classes = tr.targets.numpy(), te.targets.numpy(), tuple(tr.classes)
+        elif name in ("cifar10", "cifar100"):
+            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            tr, te = cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+            x_tr = tr.data.transpose(0, 3, 1, 2) / 255.0
+            x_te = te.data.transpose(0, 3, 1, 2) / 255.0
+            y_tr, y_te, classes = np.array(tr.targets), np.array(te.targets), tuple(tr.classes)
+        else:  # svhn
+            tr = tvd.SVHN(str(root), split="train", download=download)
+            te = tvd.SVHN(str(root), split="test", download=download)
+            x_tr, x_te = tr.data / 255.0, te.data / 255.0
+            y_tr, y_te, classes = tr.labels, te.labels, tuple(str(i) for i in range(10))
+    except FedcondError:
+        raise
+    except Exception as err:  # torchvision raises RuntimeError/URLError/OSError variously
+        raise _missing(name, root, download, err) from None
+    mean, std = _STATS[name]
+    return _normalised(name, x_tr, y_tr, x_te, y_te, classes, mean, std)
+
+
+def _unpacked_idx_root(name: str, root: Path) -> Path:
+    """torchvision's MNIST reads uncompressed IDX files; a mirror may hold only ``.gz``.
+
+    If so, unpack them once into the (writable) cache and read from there.
+    """
+    folder = "MNIST" if name == "mnist" else "FashionMNIST"
+    raw = root / folder / "raw"
+    gz = sorted(raw.glob("*-ubyte.gz")) if raw.is_dir() else []
+    if not gz or all((raw / p.stem).exists() for p in gz):
+        return root
+    digest = hashlib.sha1(str(raw.resolve()).encode()).hexdigest()[:12]
+    cache_root = default_cache_dir() / "unpacked" / digest
+    out = cache_root / folder / "raw"
+    out.mkdir(parents=True, exist_ok=True)
+    for p in gz:
+        target = out / p.stem
+        if not target.exists():
+            try:
+                with gzip.open(p, "rb") as src, open(str(target) + ".tmp", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError) as err:
+                raise FedcondError(f"corrupt archive {p}: {err}; replace it with a good copy") from None
+            os.replace(str(target) + ".tmp", target)
+    return cache_root
+
+
+def _find_folder_copy(name: str, root: Path) -> Path | None:
+    """An ImageFolder tree or tarball for ``name`` inside ``root``, if the mirror has one."""
+    if not root.is_dir():
+        return None
+    stem = name.replace("-", "")
+    for p in sorted(root.iterdir()):
+        base = p.name.lower().replace("-", "").replace("_", "")
+        if base.startswith(stem) and not base.startswith(stem + "0"):  # cifar10 vs cifar100
+            if p.name.endswith((".tar.gz", ".tgz")) or (p.is_dir() and (p / "train").is_dir()):
+                return p
+    return None
+
+
+def _renormalised(ds: ImageDataset, name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> ImageDataset:
+    raw_tr, raw_te = ds.denormalize(ds.train_images), ds.denormalize(ds.test_images)
+    return _normalised(
+        name, raw_tr.numpy(), ds.train_labels.numpy(), raw_te.numpy(), ds.test_labels.numpy(),
+        ds.classes, mean, std,
+    )
+
+
+def _load_image_folder(path: Path) -> ImageDataset:
+    """Read ``train/<class>/*`` and ``test/<class>/*`` (a folder or a .tar.gz of one)."""
+    stat = path.stat()
+    digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = default_cache_dir() / "folders" / f"{digest}.npz"
+    name = path.name.split(".")[0]
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            classes = tuple(str(c) for c in z["classes"])
+            return _normalised(name, z["x_tr"], z["y_tr"], z["x_te"], z["y_te"], classes)
+    tree = path
+    if path.is_file():
+        tree = default_cache_dir() / "folders" / digest
+        if not (tree / ".complete").exists():
+            try:
+                with tarfile.open(path, "r:gz") as tar:
+                    tar.extractall(tree, filter="data")
+            except (tarfile.TarError, OSError, EOFError) as err:
+                raise FedcondError(f"cannot read archive {path}: {err}; check the file is a complete .tar.gz") from None
+            (tree / ".complete").touch()
+        # Tolerate one wrapping folder inside the archive.
+        subdirs = [d for d in tree.iterdir() if d.is_dir()]
+        if not (tree / "train").is_dir() and len(subdirs) == 1:
+            tree = subdirs[0]
+    if not (tree / "train").is_dir() or not (tree / "test").is_dir():
+        raise FedcondError(f"{path} is not an ImageFolder tree: expected train/<class>/* and test/<class>/*")
+    x_tr, y_tr, classes = _read_split(tree / "train", None)
+    x_te, y_te, _ = _read_split(tree / "test", classes)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(str(cache) + ".tmp.npz", x_tr=x_tr, y_tr=y_tr, x_te=x_te, y_te=y_te, classes=np.array(classes))
+    os.replace(str(cache) + ".tmp.npz", cache)
+    return _normalised(name, x_tr, y_tr, x_te, y_te, classes)
+
+
+def _read_split(split: Path, classes: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from PIL import Image
+
+    found = tuple(sorted(d.name for d in split.iterdir() if d.is_dir()))
+    if classes is not None and found != classes:
+        raise FedcondError(f"{split} has classes {found}, but train has {classes}")
+    images, labels = [], []
+    for label, cls in enumerate(found):
+        for f in sorted((split / cls).iterdir()):
+            try:
+                with Image.open(f) as im:
+                    images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            except OSError as err:
+                raise FedcondError(f"cannot read image {f}: {err}") from None
+            labels.append(label)
+    if not images:
+        raise FedcondError(f"no images under {split}")
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise FedcondError(f"images under {split} differ in size ({sorted(shapes)[:3]}...); resize them first")
+    x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    if np.allclose(x[:, 0], x[:, 1]) and np.allclose(x[:, 1], x[:, 2]):
+        x = x[:, :1]  # grayscale stored as RGB
+    return x, np.array(labels, dtype=np.int64), found

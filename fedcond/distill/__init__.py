@@ -1,0 +1,6 @@
+"""Distillation methods behind one interface; importing this registers the built-ins."""
+
+from fedcond.distill import coreset  # noqa: F401  (registers random, herding, kcenter)
+from fedcond.distill.base import DistillConfig, Distiller, get_distiller, method_names
+
+__all__ = ["DistillConfig", "Distiller", "get_distiller", "method_names"]

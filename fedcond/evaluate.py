@@ -1,0 +1,182 @@
+"""The evaluation protocol: train fresh models on a set, R times, report mean ± std.
+
+The field's standard: a freshly initialised network (ConvNet by default) trained from
+scratch on the synthetic set with SGD (momentum 0.9, lr 0.01, weight decay 5e-4, lr / 10 at
+half the epochs, batch 256), then tested on the real test split; repeated over R seeds.
+The same protocol on all real data gives the upper bound, on random real subsets of the
+same size the lower bound.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from fedcond.data import ImageDataset
+from fedcond.errors import FedcondError
+from fedcond.models import MODEL_NAMES, get_model
+from fedcond.synthetic import SyntheticSet
+from fedcond.train import Augment, accuracy, train_model
+
+
+@dataclass
+class EvalConfig:
+    """Hyper-parameters of the evaluation protocol."""
+
+    model: str = "convnet"
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    dsa: bool = False  # differentiable siamese augmentation while training (see fedcond.augment)
+
+    def __post_init__(self) -> None:
+        if self.model.lower() not in MODEL_NAMES:
+            raise FedcondError(f"unknown model {self.model!r}: use one of {', '.join(MODEL_NAMES)}")
+        if self.epochs < 1:
+            raise FedcondError(f"epochs must be >= 1, got {self.epochs}")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise FedcondError("lr must be > 0 and batch size >= 1")
+
+
+@dataclass
+class EvalResult:
+    """Accuracies (fractions in [0, 1]) of R independently trained models."""
+
+    accuracies: list[float]
+    config: EvalConfig
+    kind: str  # "synthetic", "full" or "random"
+    num_train_images: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        # Population std over runs, as the distillation papers report it.
+        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "accuracy_mean": self.mean,
+            "accuracy_std": self.std,
+            "runs": len(self.accuracies),
+            "accuracies": self.accuracies,
+            "kind": self.kind,
+            "num_train_images": self.num_train_images,
+            "model": self.config.model,
+            "epochs": self.config.epochs,
+            "eval_config": asdict(self.config),
+            **self.extra,
+        }
+
+
+def _augmenter(config: EvalConfig) -> Augment | None:
+    if not config.dsa:
+        return None
+    from fedcond.augment import DSA  # noqa: PLC0415  (optional until used)
+
+    return DSA()
+
+
+def _train_and_test(
+    dataset: ImageDataset,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: EvalConfig,
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> float:
+    c, h, w = dataset.image_shape
+    model = get_model(config.model, c, dataset.num_classes, (h, w), seed=seed).to(dataset.device)
+    gen = torch.Generator().manual_seed(seed)
+    train_model(
+        model, images, labels, config.epochs, lr=config.lr, momentum=config.momentum,
+        weight_decay=config.weight_decay, batch_size=config.batch_size, generator=gen,
+        augment=_augmenter(config), on_epoch=on_epoch,
+    )
+    return accuracy(model, dataset.test_images, dataset.test_labels)
+
+
+def check_compatible(sset: SyntheticSet, dataset: ImageDataset) -> None:
+    """Raise a FedcondError if ``sset`` cannot be evaluated on ``dataset``."""
+    if tuple(sset.image_shape) != tuple(dataset.image_shape):
+        raise FedcondError(
+            f"synthetic set images are {sset.image_shape} but {dataset.name} images are {dataset.image_shape}: "
+            "evaluate on the data set it was made from"
+        )
+    if sset.num_classes != dataset.num_classes:
+        raise FedcondError(f"synthetic set has {sset.num_classes} classes but {dataset.name} has {dataset.num_classes}")
+
+
+def evaluate_synthetic(
+    sset: SyntheticSet,
+    dataset: ImageDataset,
+    config: EvalConfig | None = None,
+    runs: int = 5,
+    seed: int = 0,
+    on_run: Callable[[int, float], None] | None = None,
+) -> EvalResult:
+    """Train ``runs`` fresh models on ``sset`` and test each on ``dataset``'s test split."""
+    config = config or EvalConfig()
+    check_compatible(sset, dataset)
+    x = sset.images.to(dataset.device, torch.float32)
+    y = sset.labels.to(dataset.device)
+    accs = []
+    for r in range(runs):
+        accs.append(_train_and_test(dataset, x, y, config, seed + r))
+        if on_run is not None:
+            on_run(r, accs[-1])
+    return EvalResult(accs, config, "synthetic", sset.num_images, {"method": sset.method, "ipc": sset.ipc})
+
+
+def evaluate_full(
+    dataset: ImageDataset,
+    config: EvalConfig | None = None,
+    runs: int = 1,
+    seed: int = 0,
+    on_run: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> EvalResult:
+    """Upper bound: the same protocol on the whole real training split."""
+    config = config or EvalConfig(epochs=20)
+    accs = []
+    for r in range(runs):
+        accs.append(_train_and_test(dataset, dataset.train_images, dataset.train_labels, config, seed + r, on_epoch))
+        if on_run is not None:
+            on_run(r, accs[-1])
+    return EvalResult(accs, config, "full", int(dataset.train_images.shape[0]))
+
+
+def random_subset_indices(dataset: ImageDataset, ipc: int, generator: torch.Generator) -> torch.Tensor:
+    """``ipc`` distinct random training indices per class (fewer where a class has fewer)."""
+    chosen = []
+    for idx in dataset.class_indices():
+        perm = torch.randperm(idx.numel(), generator=generator)[:ipc]
+        chosen.append(idx[perm.to(idx.device)])
+    return torch.cat(chosen)
+
+
+def evaluate_random(
+    dataset: ImageDataset,
+    ipc: int,
+    config: EvalConfig | None = None,
+    runs: int = 5,
+    seed: int = 0,
+    on_run: Callable[[int, float], None] | None = None,
+) -> EvalResult:
+    """Lower bound: a different random real subset of ``ipc`` images per class for each run."""
+    config = config or EvalConfig()
+    accs = []
+    for r in range(runs):
+        idx = random_subset_indices(dataset, ipc, torch.Generator().manual_seed(seed + r))
+        accs.append(_train_and_test(dataset, dataset.train_images[idx], dataset.train_labels[idx], config, seed + r))
+        if on_run is not None:
+            on_run(r, accs[-1])
+    return EvalResult(accs, config, "random", int(idx.numel()), {"method": "random-real", "ipc": ipc})

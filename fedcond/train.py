@@ -1,0 +1,104 @@
+"""The one training loop: train a model on tensors, and measure its accuracy.
+
+Used by evaluation, by the federated server (training the global model on pooled sets),
+by the FedAvg clients and by the continual runner. Hard labels use cross-entropy; soft
+labels (N, K) are target distributions and use soft cross-entropy.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Augment(Protocol):
+    """A batch augmentation drawing its randomness from ``generator`` (e.g. DSA)."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against target distributions (rows of ``targets``)."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for int64 ids, soft cross-entropy for (N, K) float targets."""
+    if labels.dim() == 2:
+        return soft_cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels)
+
+
+def train_model(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+    augment: Augment | None = None,
+    lr_decay_at_half: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> nn.Module:
+    """Train ``model`` in place with SGD on (images, labels); return it.
+
+    The distillation literature's protocol: SGD with momentum, learning rate divided by 10
+    at half the epochs, mini-batches reshuffled every epoch. Tensors stay on their device.
+
+    Args:
+        generator: source of shuffling (and augmentation) randomness; a CPU generator is fine.
+        augment: optional batch augmentation applied to each mini-batch.
+        on_epoch: called with (epoch index, mean loss) after each epoch (progress display).
+    """
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    if images.shape[0] == 0:
+        raise ValueError("cannot train on an empty set")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    device = images.device
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = None
+    if lr_decay_at_half and epochs > 1:
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[epochs // 2], gamma=0.1)
+    n = images.shape[0]
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        total, count = torch.zeros((), device=device), 0
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            x, y = images[idx], labels[idx]
+            if augment is not None:
+                x = augment(x, generator)
+            loss = classification_loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * idx.numel()
+            count += idx.numel()
+        if sched is not None:
+            sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch, float(total) / count)  # one host sync per epoch, only when asked
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` on (images, labels) as a fraction in [0, 1]."""
+    if images.shape[0] == 0:
+        raise ValueError("cannot measure accuracy on an empty set")
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=images.device)
+    for start in range(0, images.shape[0], batch_size):
+        logits = model(images[start : start + batch_size])
+        correct += (logits.argmax(dim=1) == labels[start : start + batch_size]).sum()
+    model.train(was_training)
+    return int(correct) / images.shape[0]
