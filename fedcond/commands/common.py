@@ -1,0 +1,66 @@
+"""Pieces the CLI commands share: user-error handling, progress bars, option parsing."""
+
+from __future__ import annotations
+
+import functools
+import json
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fedcond.errors import FedcondError
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(stderr=True)
+
+
+def user_errors(func: F) -> F:
+    """Turn a FedcondError into one ``error: ...`` line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FedcondError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """A rich progress bar; yields ``update(completed, total=None, **metrics)``.
+
+    Metrics (e.g. loss) are shown beside the bar. The bar is drawn on stderr so stdout
+    stays clean for tables and JSON.
+    """
+    columns = [
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=total, metrics="")
+
+        def update(completed: int, total: int | None = None, **metrics: float) -> None:
+            text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            progress.update(task, completed=completed, total=total, metrics=text)
+
+        yield update
+
+
+def parse_options(options: list[str] | None) -> dict[str, Any]:
+    """``key=value`` strings to a dict; values are read as JSON when they parse (numbers, bools)."""
+    out: dict[str, Any] = {}
+    for item in options or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise FedcondError(f"--option expects key=value, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = raw
+    return out

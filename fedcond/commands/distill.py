@@ -1,0 +1,85 @@
+"""``fedcond distill``: condense a data set into a SyntheticSet, with run record and grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+
+from fedcond.commands.common import console, parse_options, progress_bar, user_errors
+from fedcond.errors import FedcondError
+from fedcond.synthetic import STORAGE_DTYPES
+
+
+@user_errors
+def command(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="digits, mnist, fashion-mnist, cifar10, cifar100, svhn, or an ImageFolder path"),
+    out: Path = typer.Option(..., "--out", help="output folder (synthetic.safetensors, run.json, grid.png)"),
+    method: str = typer.Option("dm", "--method", "-m", help="distillation or coreset method (random, herding, kcenter, dm, dc, dsa, ...)"),
+    ipc: int = typer.Option(10, "--ipc", help="images per class"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="iterations, for methods that iterate (default: the method's)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror instead of downloading"),
+    seed: int = typer.Option(0, "--seed", help="seed of every random draw"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    model: str = typer.Option("convnet", "--model", help="network used for features / matching"),
+    dtype: str = typer.Option("float32", "--dtype", help=f"image storage: {', '.join(STORAGE_DTYPES)}"),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="method option key=value (repeatable), e.g. -o lr_images=0.5"),
+) -> None:
+    """Distill a data set into a few synthetic images per class."""
+    from fedcond.data import load_dataset  # noqa: PLC0415
+    from fedcond.distill import get_distiller  # noqa: PLC0415
+    from fedcond.runinfo import peak_memory_bytes, resolve_device, run_record, write_json  # noqa: PLC0415
+    from fedcond.visualize import save_grid  # noqa: PLC0415
+
+    if dtype not in STORAGE_DTYPES:
+        raise FedcondError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    dev = resolve_device(device)
+    distiller = get_distiller(method)
+    fields = {f.name for f in dataclasses.fields(distiller.config_class)}
+    values = {"ipc": ipc, "model": model, **parse_options(option)}
+    if iterations is not None:
+        if "iterations" not in fields:
+            raise FedcondError(f"method {method!r} does not iterate; drop --iterations")
+        values["iterations"] = iterations
+    if "checkpoint_dir" in fields and "checkpoint_dir" not in values:
+        values["checkpoint_dir"] = str(out / "checkpoints")  # re-running the command resumes
+    config = distiller.config_class.from_dict(values)
+
+    data = load_dataset(dataset, data_dir=data_dir, device=dev)
+    console.print(f"[bold]{method}[/] on {data.name}: {data.train_images.shape[0]} train images, "
+                  f"{data.num_classes} classes, shape {data.image_shape}, device {dev}")
+    stamps: list[tuple[float, int]] = []
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    start = time.perf_counter()
+    with progress_bar(f"distill {method}") as update:
+        def on_progress(iteration: int, total: int, metrics: dict[str, float]) -> None:
+            stamps.append((time.perf_counter(), iteration))
+            update(iteration, total, **metrics)
+
+        sset = distiller.distill(data, config, torch.Generator().manual_seed(seed), dev, [on_progress])
+    wall = time.perf_counter() - start
+    sset.storage_dtype = dtype
+    nbytes = sset.save(out / "synthetic.safetensors")
+    save_grid(sset, out / "grid.png")
+
+    record = run_record(dev, method=method, dataset=data.name, ipc=ipc, seed=seed, config=config.to_dict(),
+                        wall_time_s=wall, peak_memory_bytes=peak_memory_bytes(dev), nbytes=nbytes,
+                        num_images=sset.num_images, class_counts=sset.class_counts(), storage_dtype=dtype)
+    if "iterations" in fields:
+        record["iterations"] = config.iterations  # type: ignore[attr-defined]
+        record["seconds_per_iteration"] = _seconds_per_iteration(stamps, wall, config.iterations)  # type: ignore[attr-defined]
+    write_json(out / "run.json", record)
+    typer.echo(f"wrote {out / 'synthetic.safetensors'} ({sset.num_images} images, {nbytes} bytes), "
+               f"{out / 'run.json'}, {out / 'grid.png'} in {wall:.1f} s")
+
+
+def _seconds_per_iteration(stamps: list[tuple[float, int]], wall: float, iterations: int) -> float:
+    """Steady-state time per iteration from progress events (set-up excluded), else wall / n."""
+    if len(stamps) >= 2 and stamps[-1][1] > stamps[0][1]:
+        return (stamps[-1][0] - stamps[0][0]) / (stamps[-1][1] - stamps[0][1])
+    return wall / max(1, iterations)

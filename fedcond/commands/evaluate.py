@@ -1,0 +1,74 @@
+"""``fedcond evaluate``: the standard protocol on a synthetic set, all real data, or random subsets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedcond.commands.common import console, progress_bar, user_errors
+from fedcond.errors import FedcondError
+from fedcond.synthetic import DEFAULT_MAX_BYTES
+
+
+@user_errors
+def command(
+    path: Optional[Path] = typer.Argument(None, help="a synthetic.safetensors file (omit with --full)"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="the data set whose test split is used"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),
+    model: str = typer.Option("convnet", "--model", help="network trained from scratch"),
+    runs: int = typer.Option(5, "--runs", "-r", help="independently seeded trainings (mean ± std)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (default 300; 30 with --full)"),
+    dsa: bool = typer.Option(False, "--dsa", help="differentiable siamese augmentation while training"),
+    full: bool = typer.Option(False, "--full", help="train on all real training data (upper bound)"),
+    random_ipc: Optional[int] = typer.Option(None, "--random-ipc", help="also (or only) evaluate random real subsets of this IPC"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON here"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", help="refuse synthetic set files larger than this"),
+) -> None:
+    """Train fresh models on a synthetic set (or real data) and report test accuracy."""
+    from fedcond.data import load_dataset  # noqa: PLC0415
+    from fedcond.evaluate import EvalConfig, evaluate_full, evaluate_random, evaluate_synthetic  # noqa: PLC0415
+    from fedcond.runinfo import resolve_device, run_record, write_json  # noqa: PLC0415
+    from fedcond.synthetic import SyntheticSet  # noqa: PLC0415
+
+    if full and path is not None:
+        raise FedcondError("give either a synthetic set PATH or --full, not both")
+    if not full and path is None and random_ipc is None:
+        raise FedcondError("nothing to evaluate: give a synthetic set PATH, --full, or --random-ipc K")
+    if runs < 1:
+        raise FedcondError(f"--runs must be >= 1, got {runs}")
+    sset = SyntheticSet.load(path, max_bytes=max_bytes) if path is not None else None  # fail fast on bad files
+    config = EvalConfig(model=model, epochs=epochs or (30 if full else 300), dsa=dsa)
+    dev = resolve_device(device)
+    data = load_dataset(dataset, data_dir=data_dir, device=dev)
+    if sset is not None and sset.dataset != data.name:
+        console.print(f"[yellow]note:[/] the set was made from {sset.dataset!r}, evaluating on {data.name!r}")
+
+    results = []
+    with progress_bar("evaluate", total=runs) as update:
+        on_run = lambda r, acc: update(r + 1, runs, acc=acc)  # noqa: E731
+        if full:
+            results.append(evaluate_full(data, config, runs, seed, on_run=on_run))
+        if sset is not None:
+            results.append(evaluate_synthetic(sset, data, config, runs, seed, on_run=on_run))
+        if random_ipc is not None:
+            results.append(evaluate_random(data, random_ipc, config, runs, seed, on_run=on_run))
+
+    table = Table(title=f"{data.name} · {model} · {config.epochs} epochs · {runs} runs")
+    for col in ("train set", "images", "accuracy (mean ± std)"):
+        table.add_column(col)
+    for res in results:
+        name = {"full": "all real data", "random": f"random real, ipc {random_ipc}"}.get(res.kind, f"{path}")
+        table.add_row(name, str(res.num_train_images), f"{100 * res.mean:.2f} ± {100 * res.std:.2f} %")
+    Console().print(table)
+    if json_out is not None:
+        main = results[0].to_json()
+        extra = {"baselines": [r.to_json() for r in results[1:]]} if len(results) > 1 else {}
+        write_json(json_out, {**main, **extra, "path": str(path) if path else None, "dataset": data.name,
+                              "seed": seed, "run": run_record(dev)})
+        typer.echo(f"wrote {json_out}")

@@ -1,0 +1,78 @@
+"""What every run records beside its outputs: versions, device, time; and atomic JSON writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_PACKAGES = ("fedcond", "torch", "torchvision", "numpy", "flwr", "flwr-datasets", "avalanche-lib", "safetensors")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of fedcond and the libraries whose behaviour shapes results."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_description(device: torch.device) -> str:
+    """Human-readable device: GPU model, or CPU with its core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
+    from fedcond.errors import FedcondError  # noqa: PLC0415
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FedcondError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise FedcondError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak GPU memory allocated by torch on ``device``, or this process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def run_record(device: torch.device, **fields: Any) -> dict[str, Any]:
+    """A run's provenance: command line, time, versions, device, plus ``fields``."""
+    return {
+        "command": " ".join(["fedcond", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("fedcond") else " ".join(sys.argv),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": package_versions(),
+        "device": str(device),
+        "device_name": device_description(device),
+        **fields,
+    }
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON atomically (a crash never leaves a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,42 @@
+"""Pictures a person would rather look at than read: grids of synthetic images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fedcond.data import denormalize
+from fedcond.synthetic import SyntheticSet
+
+
+def save_grid(sset: SyntheticSet, path: str | os.PathLike, max_per_class: int = 10) -> Path:
+    """Save a grid, one row per class (up to ``max_per_class`` images each), as a PNG."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    pixels = denormalize(sset.images.detach().cpu().float(), sset.mean, sset.std).clamp(0, 1)
+    labels = sset.hard_labels.cpu()
+    rows = [c for c in range(sset.num_classes) if bool((labels == c).any())]
+    cols = max(1, min(max_per_class, max((int((labels == c).sum()) for c in rows), default=1)))
+    size = 1.0 if sset.image_shape[-1] <= 16 else 1.2
+    fig, axes = plt.subplots(len(rows) or 1, cols, figsize=(cols * size + 1.2, max(1, len(rows)) * size), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, c in enumerate(rows):
+        imgs = pixels[labels == c][:cols]
+        for j, img in enumerate(imgs):
+            ax = axes[r][j]
+            if img.shape[0] == 1:
+                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+        axes[r][0].text(-0.15, 0.5, sset.classes[c], transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"{sset.method} · {sset.dataset} · ipc {sset.ipc} · {sset.num_images} images", fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
