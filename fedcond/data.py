@@ -346,7 +346,8 @@ def _read_split(split: Path, classes: tuple[str, ...] | None) -> tuple[np.ndarra
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
         raise FedcondError(f"images under {split} differ in size ({sorted(shapes)[:3]}...); resize them first")
-    x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    # Contiguous, so statistics reduce in the same order whether decoded now or read from cache.
+    x = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
     if np.allclose(x[:, 0], x[:, 1]) and np.allclose(x[:, 1], x[:, 2]):
-        x = x[:, :1]  # grayscale stored as RGB
+        x = np.ascontiguousarray(x[:, :1])  # grayscale stored as RGB
     return x, np.array(labels, dtype=np.int64), found

@@ -88,17 +88,24 @@ def _pool_if_room(h: int, w: int) -> tuple[nn.Module, int, int]:
 
 
 class _FeatureClassifier(nn.Module):
-    """A conv feature stack followed by an MLP head; feature size found by a dummy pass."""
+    """A conv feature stack, optional hidden linear layers, and a linear classifier.
 
-    def __init__(self, features: nn.Module, head: Callable[[int], nn.Sequential], channels: int, image_size: tuple[int, int]) -> None:
+    The flattened feature size is found with a dummy forward pass, so any input size works.
+    """
+
+    def __init__(self, features: nn.Module, channels: int, num_classes: int, image_size: tuple[int, int],
+                 hidden: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.features = features
         with torch.no_grad():
-            d = self.features(torch.zeros(1, channels, *image_size)).flatten(1).shape[1]
-        self.head = head(d)  # all but the last layer
-        self.feature_dim = self.head[-2].out_features if len(self.head) > 1 else d
-        self.classifier = self.head[-1]
-        self.head = self.head[:-1]
+            d = self.features(torch.zeros(2, channels, *image_size)).flatten(1).shape[1]
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(d, width), nn.ReLU(inplace=True)]
+            d = width
+        self.head = nn.Sequential(*layers)
+        self.feature_dim = d
+        self.classifier = nn.Linear(d, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
@@ -116,8 +123,7 @@ def LeNet(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Mo
         nn.Conv2d(channels, 6, 5, padding=2), nn.ReLU(inplace=True), p1,
         nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(inplace=True), p2,
     )
-    head = lambda d: nn.Sequential(nn.Linear(d, 120), nn.ReLU(inplace=True), nn.Linear(120, 84), nn.ReLU(inplace=True), nn.Linear(84, num_classes))  # noqa: E731
-    return _FeatureClassifier(feats, head, channels, image_size)
+    return _FeatureClassifier(feats, channels, num_classes, image_size, hidden=(120, 84))
 
 
 def AlexNet(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
@@ -133,8 +139,7 @@ def AlexNet(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.
         nn.Conv2d(256, 192, 3, padding=1), nn.ReLU(inplace=True),
         nn.Conv2d(192, 192, 3, padding=1), nn.ReLU(inplace=True), p3,
     )
-    head = lambda d: nn.Sequential(nn.Linear(d, num_classes))  # noqa: E731
-    return _FeatureClassifier(feats, head, channels, image_size)
+    return _FeatureClassifier(feats, channels, num_classes, image_size)
 
 
 def VGG11(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
@@ -149,8 +154,7 @@ def VGG11(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Mo
         else:
             layers += [nn.Conv2d(c, int(v), 3, padding=1), _norm("instancenorm", int(v)), nn.ReLU(inplace=True)]
             c = int(v)
-    head = lambda d: nn.Sequential(nn.Linear(d, num_classes))  # noqa: E731
-    return _FeatureClassifier(nn.Sequential(*layers), head, channels, image_size)
+    return _FeatureClassifier(nn.Sequential(*layers), channels, num_classes, image_size)
 
 
 class _BasicBlock(nn.Module):

@@ -1,0 +1,29 @@
+"""Shared fixtures: small data made in-process (scikit-learn's digits), no network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedcond.data import ImageDataset, load_dataset
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits() -> ImageDataset:
+    """scikit-learn's bundled 8x8 digits with fedcond's fixed split."""
+    return load_dataset("digits")
+
+
+@pytest.fixture()
+def tiny_set(digits):
+    """A small valid SyntheticSet: 2 images per class from digits."""
+    from fedcond.synthetic import SyntheticSet
+
+    idx = torch.cat([torch.nonzero(digits.train_labels == c).flatten()[:2] for c in range(10)])
+    return SyntheticSet(
+        images=digits.train_images[idx].clone(), labels=digits.train_labels[idx].clone(),
+        classes=digits.classes, mean=digits.mean, std=digits.std,
+        method="random", ipc=2, dataset="digits", seed=0, config={"ipc": 2},
+    )

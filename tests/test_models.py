@@ -1,0 +1,44 @@
+"""Every registered model runs at 8x8, 28x28 and 32x32 with 1 or 3 channels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedcond.errors import FedcondError
+from fedcond.models import MODEL_NAMES, ConvNet, get_model
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("channels, size", [(1, 8), (1, 28), (3, 32), (3, 8)])
+def test_forward_and_embed_shapes(name, channels, size):
+    model = get_model(name, channels, 7, (size, size), seed=0)
+    x = torch.randn(2, channels, size, size)
+    feats = model.embed(x)
+    assert feats.dim() == 2 and feats.shape[0] == 2
+    logits = model(x)
+    assert logits.shape == (2, 7) and torch.isfinite(logits).all()
+    logits.sum().backward()  # trainable end to end
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_convnet_depth_follows_resolution():
+    assert ConvNet(1, 10, (28, 28)).feature_dim == 128 * 3 * 3
+    assert ConvNet(3, 10, (32, 32)).feature_dim == 128 * 4 * 4
+    assert ConvNet(1, 10, (8, 8)).feature_dim == 128
+    assert ConvNet(1, 10, (2, 2)).feature_dim == 128  # stops pooling at 1x1
+
+
+def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a = get_model("convnet", 1, 10, (8, 8), seed=3)
+    b = get_model("convnet", 1, 10, (8, 8), seed=3)
+    c = get_model("convnet", 1, 10, (8, 8), seed=4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_unknown_model():
+    with pytest.raises(FedcondError, match="unknown model 'nope'"):
+        get_model("nope", 1, 10, (8, 8))
