@@ -1,0 +1,140 @@
+"""``fedcond continual``: compare continual-learning strategies on a split benchmark.
+
+Avalanche and the strategies are imported only when the command runs, so ``fedcond
+--help`` and the core never need Avalanche.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from fedcond.commands.common import console, parse_options, progress_bar, user_errors
+from fedcond.errors import FedcondError
+
+_BENCH_KEYS = {"benchmark", "data_dir", "task_incremental", "train_fraction", "device", "seed"}
+
+
+@user_errors
+def command(
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="split-digits (offline, default), split-mnist, split-fashion-mnist, split-cifar10"),
+    out: Path = typer.Option(..., "--out", help="output folder (results.json, accuracy_matrix.png, logs/)"),
+    strategies: Optional[str] = typer.Option(None, "--strategies", "-s", help="comma list of naive, replay, gdumb, icarl, distilled-replay, joint"),
+    mem_size: Optional[str] = typer.Option(None, "--mem-size", "-M", help="memory in images; a comma list runs each size and plots accuracy vs memory"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="local mirror for mnist / fashion-mnist / cifar10"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of every random draw (default 0)"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="comma list of seeds (repeats every run); overrides --seed"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs per experience (all strategies)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="SGD learning rate (all strategies)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="training mini-batch size"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="distillation method of distilled-replay (dm, dc, dsa, herding, random, ...)"),
+    ipc: Optional[int] = typer.Option(None, "--ipc", help="images distilled per new class (default: its share of the memory)"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="distillation iterations (iterative methods)"),
+    model: Optional[str] = typer.Option(None, "--model", help="network of every strategy and of distillation"),
+    task_incremental: bool = typer.Option(False, "--task-incremental", help="one task label per experience"),
+    train_fraction: Optional[float] = typer.Option(None, "--train-fraction", help="keep this fraction of each class's training images (smaller CPU runs)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these settings (flags win)"),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="distillation option key=value (repeatable)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest for these small models on a shared machine)"),
+) -> None:
+    """Continual learning with a distilled replay buffer, compared with Avalanche's baselines."""
+    values = _load_toml(config) if config else {}
+    flags = {"benchmark": benchmark, "data_dir": str(data_dir) if data_dir else None, "seed": seed, "epochs": epochs,
+             "lr": lr, "batch_size": batch_size, "method": method, "ipc": ipc, "iterations": iterations,
+             "model": model, "train_fraction": train_fraction, "device": device,
+             "strategies": _list(strategies, str, "--strategies"), "mem_sizes": _list(mem_size, int, "--mem-size"),
+             "seeds": _list(seeds, int, "--seeds")}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if task_incremental:
+        values["task_incremental"] = True
+    if option:
+        values["distill_options"] = {**values.get("distill_options", {}), **parse_options(option)}
+    if threads is not None:
+        if threads < 1:
+            raise FedcondError(f"--threads must be >= 1, got {threads}")
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
+    _run(values, out)
+
+
+def _run(values: dict[str, Any], out: Path) -> None:
+    import warnings  # noqa: PLC0415
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # Avalanche's own 0.7 notices
+    from fedcond.continual.benchmarks import make_benchmark  # noqa: PLC0415
+    from fedcond.continual.report import write_report  # noqa: PLC0415
+    from fedcond.continual.runner import ContinualConfig, plan, run_comparison  # noqa: PLC0415
+    from fedcond.runinfo import resolve_device, run_record  # noqa: PLC0415
+
+    bench_args = {k: values.pop(k) for k in list(values) if k in _BENCH_KEYS}
+    seed = int(bench_args.get("seed", 0))
+    values.setdefault("seeds", [seed])
+    try:
+        cfg = ContinualConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    except TypeError as err:
+        raise FedcondError(f"unknown continual setting: {err}") from None
+    dev = resolve_device(bench_args.get("device", "auto"))
+    bench = make_benchmark(bench_args.get("benchmark", "split-digits"), data_dir=bench_args.get("data_dir"),
+                           task_incremental=bool(bench_args.get("task_incremental", False)),
+                           train_fraction=float(bench_args.get("train_fraction", 1.0)), seed=seed)
+    if "distilled-replay" in cfg.strategies:
+        from fedcond.distill import get_distiller  # noqa: PLC0415
+
+        get_distiller(cfg.method)  # an unknown method fails now, not after the baselines
+    total = len(plan(cfg))
+    console.print(f"[bold]continual[/] {bench.name}: {bench.n_experiences} experiences, {total} runs "
+                  f"({', '.join(cfg.strategies)}; memory {', '.join(map(str, cfg.mem_sizes))}; seeds {list(cfg.seeds)}), device {dev}")
+    start = time.perf_counter()
+    with progress_bar("continual", total=total) as update:
+        def on_run(done: int, n: int, entry: dict[str, Any]) -> None:
+            update(done, n)
+            console.print(f"  {entry['strategy']:<17} mem {entry['mem_size']:>4} seed {entry['seed']}: "
+                          f"final avg acc {entry['final_average_accuracy']:.3f}  forgetting {entry['forgetting']:.3f}"
+                          f"  ({entry['wall_time_s']:.0f} s)")
+
+        runs = run_comparison(bench, cfg, out, dev, on_run)
+    record = run_record(dev, benchmark=bench.name, task_incremental=bench.task_incremental,
+                        train_images=int(bench.data.train_images.shape[0]), config=_jsonable(cfg),
+                        wall_time_s=time.perf_counter() - start)
+    paths = write_report(runs, out, record)
+    _print_table(runs)
+    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _print_table(runs: list[dict[str, Any]]) -> None:
+    from fedcond.continual.report import summarize  # noqa: PLC0415
+
+    typer.echo(f"{'strategy':<18}{'memory':>7}{'final avg acc':>16}{'forgetting':>14}")
+    for s in summarize(runs):
+        typer.echo(f"{s['strategy']:<18}{s['mem_size']:>7}{s['final_average_accuracy_mean']:>10.3f} ± {s['final_average_accuracy_std']:.3f}"
+                   f"{s['forgetting_mean']:>8.3f} ± {s['forgetting_std']:.3f}")
+
+
+def _list(text: str | None, kind: type, flag: str) -> list[Any] | None:
+    if text is None:
+        return None
+    try:
+        return [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FedcondError(f"{flag} expects a comma list of {kind.__name__}s, got {text!r}") from None
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file: top-level keys, or a ``[continual]`` table."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise FedcondError(f"cannot read config {path}: {err}") from None
+    return dict(data.get("continual", data))
+
+
+def _jsonable(cfg: Any) -> dict[str, Any]:
+    from dataclasses import asdict  # noqa: PLC0415
+
+    return asdict(cfg)

@@ -1,0 +1,117 @@
+"""Class-incremental benchmarks built with Avalanche's own generator over fedcond's data.
+
+``nc_benchmark`` (Avalanche) splits a data set into experiences of disjoint classes; the
+data comes from :func:`fedcond.data.load_dataset`, so ``split-digits`` works offline and
+the others read a local mirror (``data_dir``) instead of Avalanche's downloaders. Images
+are fedcond's normalised tensors, so the buffer's distilled images and the training
+stream share one input space.
+
+Names: ``split-digits`` (default, scikit-learn digits, offline), ``split-mnist``,
+``split-fashion-mnist``, ``split-cifar10`` — 5 experiences of 2 classes each, classes in
+their natural order (0-1, 2-3, ...). ``task_incremental=True`` gives each experience its
+own task label (the task-incremental variant); class ids stay global.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.utils import as_classification_dataset
+from torch.utils.data import TensorDataset
+
+from fedcond.data import ImageDataset, load_dataset
+from fedcond.errors import FedcondError
+
+BENCHMARKS = {
+    "split-digits": "digits",
+    "split-mnist": "mnist",
+    "split-fashion-mnist": "fashion-mnist",
+    "split-cifar10": "cifar10",
+}
+_ALIASES = {"splitmnist": "split-mnist", "splitfashionmnist": "split-fashion-mnist",
+            "splitcifar10": "split-cifar10", "splitcifar-10": "split-cifar10", "split-cifar-10": "split-cifar10",
+            "splitdigits": "split-digits"}
+
+
+@dataclass
+class Benchmark:
+    """An Avalanche scenario and the fedcond data set it was built from."""
+
+    name: str
+    scenario: Any  # avalanche NCScenario: train_stream / test_stream
+    data: ImageDataset
+    task_incremental: bool
+
+    @property
+    def n_experiences(self) -> int:
+        return len(self.scenario.train_stream)
+
+
+class _Tensors(TensorDataset):
+    """A TensorDataset with the ``targets`` list Avalanche reads class ids from."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        super().__init__(images, labels)
+        self.targets = labels.tolist()
+
+
+def canonical_name(name: str) -> str:
+    """``SplitMNIST`` / ``split_mnist`` / ``split-mnist`` -> ``split-mnist``; unknown -> FedcondError."""
+    key = name.lower().replace("_", "-")
+    key = _ALIASES.get(key.replace("-", ""), key) if key not in BENCHMARKS else key
+    if key not in BENCHMARKS:
+        raise FedcondError(f"unknown benchmark {name!r}: use one of {', '.join(BENCHMARKS)}")
+    return key
+
+
+def make_benchmark(
+    name: str = "split-digits",
+    data_dir: str | os.PathLike | None = None,
+    n_experiences: int = 5,
+    task_incremental: bool = False,
+    train_fraction: float = 1.0,
+    seed: int = 0,
+    data: ImageDataset | None = None,
+) -> Benchmark:
+    """Build a split benchmark by name.
+
+    Args:
+        data_dir: local mirror for the torchvision data sets (nothing is downloaded then).
+        n_experiences: experiences (the number of classes must divide evenly).
+        task_incremental: one task label per experience instead of a single task.
+        train_fraction: keep this stratified fraction of each class's training images
+            (smaller CPU runs); the test split is always complete.
+        seed: seed of that subsampling.
+        data: an already loaded ImageDataset (skips loading; ``name`` is then only a label).
+    """
+    key = canonical_name(name)
+    if data is None:
+        data = load_dataset(BENCHMARKS[key], data_dir=data_dir)
+    if data.num_classes % n_experiences:
+        raise FedcondError(f"{data.num_classes} classes do not split into {n_experiences} equal experiences")
+    if not 0 < train_fraction <= 1:
+        raise FedcondError(f"train fraction must be in (0, 1], got {train_fraction}")
+    if train_fraction < 1:
+        data = data.subset(stratified_indices(data.train_labels, train_fraction, seed))
+    train = as_classification_dataset(_Tensors(data.train_images, data.train_labels))
+    test = as_classification_dataset(_Tensors(data.test_images, data.test_labels))
+    scenario = nc_benchmark(
+        train, test, n_experiences=n_experiences, task_labels=task_incremental,
+        shuffle=False, fixed_class_order=list(range(data.num_classes)),
+    )
+    return Benchmark(name=key, scenario=scenario, data=data, task_incremental=task_incremental)
+
+
+def stratified_indices(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """A seeded ``fraction`` of each class's indices (at least one per class)."""
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        n = max(1, round(fraction * idx.numel()))
+        keep.append(idx[torch.randperm(idx.numel(), generator=g)[:n]])
+    return torch.cat(keep).sort().values

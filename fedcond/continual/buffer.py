@@ -1,0 +1,246 @@
+"""``DistilledBuffer``: an Avalanche storage policy whose exemplars are distilled images.
+
+After each experience (``post_adapt``, the hook Avalanche's own ``ReplayPlugin`` calls),
+the experience's data is distilled per class with any fedcond ``Distiller`` and the result
+goes into the buffer. The budget is ``max_size`` images in all, split evenly over the
+classes seen so far (:func:`fedcond.continual.budget.class_quotas`); when new classes
+arrive, old classes are cut down to their new quota — by herding sub-selection of their
+synthetic images, or, with ``rebalance="redistill"``, by distilling their synthetic images
+again into fewer (the real data of past experiences is gone by then).
+
+``buffer`` is an Avalanche classification dataset of ``(x, y, t)`` items with ``targets``
+and ``targets_task_labels``, so Avalanche's ``ReplayDataLoader`` mixes it into training
+batches exactly as it does raw exemplars. Soft labels, when a method makes them, are kept
+aside in ``soft_targets`` (aligned with ``buffer``) because a mini-batch mixing int labels
+and label vectors cannot be collated; :class:`~fedcond.continual.plugin.DistilledReplayPlugin`
+replays them with a soft-target loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
+from avalanche.training.storage_policy import ExemplarsBuffer
+from torch.utils.data import Dataset
+
+from fedcond.continual.budget import class_quotas, subselect
+from fedcond.continual.experience import experience_dataset, experience_tensors, num_classes_of
+from fedcond.distill import get_distiller
+from fedcond.errors import FedcondError
+from fedcond.synthetic import SyntheticSet
+
+Key = tuple[int, int]  # (task label, class id): class ids may repeat across tasks
+
+
+@dataclass
+class DistillSpec:
+    """How the buffer distills each experience (a typed config, not a dict of strings).
+
+    Attributes:
+        method: a registered fedcond method (``dm``, ``dc``, ``dsa``, ``herding``, ...).
+        ipc: images distilled per new class; None = the class's current quota. The buffer
+            stores ``min(ipc, quota)`` per class, so a smaller ipc leaves budget unused.
+        iterations: for iterative methods (None = the method's default).
+        model: network the method uses for features / matching.
+        options: further method options (``config_class.from_dict`` keys).
+        rebalance: ``subselect`` (herding on the synthetic images) or ``redistill``.
+        seed: base seed; experience i distills with ``seed + 1000 * i``.
+    """
+
+    method: str = "dm"
+    ipc: int | None = None
+    iterations: int | None = None
+    model: str = "convnet"
+    options: dict[str, Any] = field(default_factory=dict)
+    rebalance: str = "subselect"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rebalance not in ("subselect", "redistill"):
+            raise FedcondError(f"rebalance must be subselect or redistill, got {self.rebalance!r}")
+        if self.ipc is not None and self.ipc < 1:
+            raise FedcondError(f"ipc must be >= 1, got {self.ipc}")
+        get_distiller(self.method)  # unknown method: fail at construction, not after an experience
+
+
+@dataclass
+class _Entry:
+    """One class's synthetic images; labels are int64 ids (n,) or soft rows (n, K)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class _Items(Dataset):
+    """(image, label) items; labels come back as the experience's own label type so that
+    Avalanche's default collate can stack buffer items with training items."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, tensor_labels: bool) -> None:
+        self.images, self.tensor_labels = images, tensor_labels
+        self.targets = targets.tolist()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        y = self.targets[i]
+        return self.images[i], (torch.tensor(y) if self.tensor_labels else y)
+
+
+class DistilledBuffer(ExemplarsBuffer):
+    """Class-balanced replay memory of distilled images, ``max_size`` images in all.
+
+    Args:
+        max_size: the budget in images.
+        spec: how to distill (:class:`DistillSpec`).
+        num_classes: classes of the whole stream; None = the benchmark's ``n_classes``
+            when the experience knows it, else the largest label seen + 1.
+        mean, std: normalisation of the experience tensors (recorded in the SyntheticSet;
+            zeros/ones when unknown).
+        storage_dtype: image dtype used when counting bytes (``float32``, ``float16``, ``uint8``).
+    """
+
+    def __init__(self, max_size: int, spec: DistillSpec | None = None, num_classes: int | None = None,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                 storage_dtype: str = "float32") -> None:
+        if max_size < 0:
+            raise FedcondError(f"mem_size must be >= 0, got {max_size}")
+        super().__init__(max_size)
+        self.spec = spec or DistillSpec()
+        self.num_classes = num_classes
+        self.mean, self.std, self.storage_dtype = mean, std, storage_dtype
+        self.entries: dict[Key, _Entry] = {}
+        self.soft_targets: torch.Tensor | None = None
+        self._tensor_labels = True
+        self._experiences_seen = 0
+
+    # ------------------------------------------------------------------ Avalanche hooks
+    def post_adapt(self, agent_state: Any, exp: Any) -> None:
+        """Distill ``exp``'s classes into the buffer and rebalance the per-class budget."""
+        x, y, t = experience_tensors(exp.dataset)
+        if x.shape[0] == 0:
+            return
+        first = exp.dataset.eval()[0][1]
+        self._tensor_labels = isinstance(first, torch.Tensor)
+        k = num_classes_of(exp, y, self.num_classes)
+        self.num_classes = max(k, self.num_classes or 0)
+        new_keys = {(int(ti), int(yi)) for ti, yi in zip(t.tolist(), y.tolist())}
+        quotas = class_quotas(self.max_size, set(self.entries) | new_keys)
+        device = getattr(agent_state, "device", "cpu")
+        seed = self.spec.seed + 1000 * self._experiences_seen
+        self._experiences_seen += 1
+        self._shrink(quotas, device, seed + 1)
+        for task in sorted({key[0] for key in new_keys}):
+            mask = t == task
+            classes = sorted(c for (tk, c) in new_keys if tk == task)
+            want = max(quotas[(task, c)] for c in classes)
+            n = want if self.spec.ipc is None else min(self.spec.ipc, want)
+            if n == 0:
+                continue
+            sset = self.distill(x[mask], y[mask], n, device, seed)
+            for c in classes:
+                rows = sset.hard_labels == c
+                self._merge((task, c), _Entry(sset.images[rows], sset.labels[rows]), quotas[(task, c)])
+        self._rebuild()
+
+    def resize(self, strategy: Any, new_size: int) -> None:
+        """Change the budget; classes are cut down to their new quotas at once."""
+        self.max_size = new_size
+        self._shrink(class_quotas(new_size, self.entries), getattr(strategy, "device", "cpu"), self.spec.seed)
+        self._rebuild()
+
+    # ------------------------------------------------------------------ distillation
+    def distill(self, images: torch.Tensor, labels: torch.Tensor, ipc: int, device: Any, seed: int) -> SyntheticSet:
+        """Run the configured method on (images, labels) with ``ipc`` images per class."""
+        distiller = get_distiller(self.spec.method)
+        known = {f.name for f in fields(distiller.config_class)}
+        values: dict[str, Any] = {"ipc": ipc, "model": self.spec.model, **self.spec.options}
+        if self.spec.iterations is not None and "iterations" in known:
+            values["iterations"] = self.spec.iterations
+        config = distiller.config_class.from_dict({k: v for k, v in values.items() if k in known})
+        data = experience_dataset(images, labels, self.num_classes or int(labels.max()) + 1, self.mean, self.std)
+        sset = distiller.distill(data.to(device), config, torch.Generator().manual_seed(seed), device)
+        return sset.detached()
+
+    def _shrink(self, quotas: dict[Key, int], device: Any, seed: int) -> None:
+        for key in list(self.entries):
+            entry, quota = self.entries[key], quotas.get(key, 0)
+            if quota == 0:
+                del self.entries[key]
+            elif entry.images.shape[0] > quota:
+                self.entries[key] = self._cut(key, entry, quota, device, seed)
+
+    def _cut(self, key: Key, entry: _Entry, quota: int, device: Any, seed: int) -> _Entry:
+        if self.spec.rebalance == "redistill" and entry.labels.dim() == 1:
+            sset = self.distill(entry.images, entry.labels, quota, device, seed + key[1])
+            if sset.num_images == quota:
+                return _Entry(sset.images, sset.labels.to(entry.labels.dtype))
+        return _Entry(*subselect(entry.images, entry.labels, quota))
+
+    def _merge(self, key: Key, new: _Entry, quota: int) -> None:
+        old = self.entries.get(key)
+        if old is not None:  # a class seen again (data-incremental streams): pool, then cut
+            new = _Entry(torch.cat([old.images, new.images]), _cat_labels(old.labels, new.labels))
+        if quota > 0:
+            self.entries[key] = _Entry(*subselect(new.images, new.labels, quota))
+
+    # ------------------------------------------------------------------ views
+    def _rebuild(self) -> None:
+        keys = sorted(self.entries)
+        if not keys:
+            self.soft_targets = None
+            return
+        images = torch.cat([self.entries[k].images for k in keys])
+        labels = [self.entries[k].labels for k in keys]
+        soft = any(lab.dim() == 2 for lab in labels)
+        width = self.num_classes or 0
+        if soft:
+            width = max([width] + [lab.shape[1] for lab in labels if lab.dim() == 2])
+            self.soft_targets = torch.cat([_as_soft(lab, width) for lab in labels])
+            targets = self.soft_targets.argmax(dim=1)
+        else:
+            self.soft_targets = None
+            targets = torch.cat(labels)
+        tasks = [k[0] for k in keys for _ in range(self.entries[k].images.shape[0])]
+        items = _Items(images, targets, self._tensor_labels)
+        self.buffer = _make_taskaware_classification_dataset(items, task_labels=tasks, targets=items.targets)
+        self.images, self.targets, self.task_labels = images, targets, torch.tensor(tasks)
+
+    def class_counts(self) -> dict[Key, int]:
+        """Images stored per (task, class)."""
+        return {k: int(e.images.shape[0]) for k, e in sorted(self.entries.items())}
+
+    def synthetic_set(self) -> SyntheticSet:
+        """The buffer's contents as one SyntheticSet (for bytes, saving, plots)."""
+        if not self.entries:
+            raise FedcondError("the buffer is empty: train on at least one experience first")
+        k = self.num_classes or int(self.targets.max()) + 1
+        channels = self.images.shape[1]
+        labels = self.soft_targets if self.soft_targets is not None else self.targets
+        return SyntheticSet(
+            images=self.images, labels=labels, classes=tuple(str(i) for i in range(k)),
+            mean=self.mean or (0.0,) * channels, std=self.std or (1.0,) * channels,
+            method=self.spec.method, ipc=max(self.class_counts().values()), dataset="continual-buffer",
+            seed=self.spec.seed, storage_dtype=self.storage_dtype,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffer's contents as a serialised SyntheticSet (0 when empty)."""
+        return self.synthetic_set().nbytes if self.entries else 0
+
+
+def _as_soft(labels: torch.Tensor, width: int) -> torch.Tensor:
+    if labels.dim() == 1:
+        return torch.nn.functional.one_hot(labels, width).float()
+    return torch.nn.functional.pad(labels.float(), (0, width - labels.shape[1]))
+
+
+def _cat_labels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dim() == b.dim() == 1:
+        return torch.cat([a, b])
+    width = max(lab.shape[1] for lab in (a, b) if lab.dim() == 2)
+    return torch.cat([_as_soft(a, width), _as_soft(b, width)])

@@ -1,0 +1,112 @@
+"""``DistilledReplayPlugin``: Avalanche's ``ReplayPlugin`` with a distilled buffer.
+
+Usage, in any Avalanche script::
+
+    strategy = Naive(model=model, optimizer=opt, criterion=CrossEntropyLoss(),
+                     plugins=[DistilledReplayPlugin(mem_size=100, method="dm")])
+
+It *is* a ``ReplayPlugin`` (same ``mem_size``, ``batch_size``, ``batch_size_mem``,
+``task_balanced_dataloader``, ``storage_policy`` arguments) whose default storage policy
+is a :class:`~fedcond.continual.buffer.DistilledBuffer`. With hard labels nothing else
+changes: Avalanche's ``ReplayDataLoader`` concatenates a memory batch to every training
+batch and the strategy's own criterion sees both.
+
+Soft labels (methods that learn label distributions) cannot ride in that batch — the
+collate step needs one label type — so they take the path Avalanche's regularisation
+plugins use for their penalties: in ``before_backward`` a memory batch of
+``batch_size_mem`` synthetic images is drawn (from an explicit generator) and
+``soft_weight * soft_cross_entropy(model(x_mem), soft_targets)`` is added to the loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from avalanche.models.utils import avalanche_forward
+from avalanche.training.plugins import ReplayPlugin
+from avalanche.training.storage_policy import ExemplarsBuffer
+
+from fedcond.continual.buffer import DistilledBuffer, DistillSpec
+from fedcond.train import soft_cross_entropy
+
+
+class DistilledReplayPlugin(ReplayPlugin):
+    """Replay a class-balanced buffer of distilled images while training later experiences.
+
+    Args:
+        mem_size: buffer budget in images (all classes together).
+        batch_size, batch_size_mem, task_balanced_dataloader: as in Avalanche's ``ReplayPlugin``.
+        storage_policy: a custom ``ExemplarsBuffer`` (default: a ``DistilledBuffer``
+            built from the arguments below).
+        method: fedcond distillation method (``dm``, ``dc``, ``dsa``, ``herding``, ...).
+        ipc: images distilled per new class (None = its share of ``mem_size``).
+        iterations: distillation iterations for iterative methods (None = default).
+        model: network the distiller uses for features / matching.
+        distill_options: further method options (e.g. ``{"lr_images": 1.0}``).
+        rebalance: how old classes shrink when new ones arrive: ``subselect`` or ``redistill``.
+        soft_weight: weight of the soft-target replay loss (soft-label buffers only).
+        num_classes: classes of the stream (None = from the benchmark / labels).
+        mean, std: normalisation of the inputs, recorded with the buffer's images.
+        seed: seed of distillation and of soft-replay sampling.
+    """
+
+    def __init__(
+        self,
+        mem_size: int = 200,
+        batch_size: int | None = None,
+        batch_size_mem: int | None = None,
+        task_balanced_dataloader: bool = False,
+        storage_policy: ExemplarsBuffer | None = None,
+        *,
+        method: str = "dm",
+        ipc: int | None = None,
+        iterations: int | None = None,
+        model: str = "convnet",
+        distill_options: dict[str, Any] | None = None,
+        rebalance: str = "subselect",
+        soft_weight: float = 1.0,
+        num_classes: int | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if storage_policy is None:
+            spec = DistillSpec(method=method, ipc=ipc, iterations=iterations, model=model,
+                               options=dict(distill_options or {}), rebalance=rebalance, seed=seed)
+            storage_policy = DistilledBuffer(mem_size, spec, num_classes=num_classes, mean=mean, std=std)
+        super().__init__(mem_size=mem_size, batch_size=batch_size, batch_size_mem=batch_size_mem,
+                         task_balanced_dataloader=task_balanced_dataloader, storage_policy=storage_policy)
+        self.soft_weight = soft_weight
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def _soft(self) -> bool:
+        return getattr(self.storage_policy, "soft_targets", None) is not None
+
+    def before_training_exp(self, strategy: Any, num_workers: int = 0, shuffle: bool = True,
+                            drop_last: bool = False, **kwargs: Any) -> None:
+        """Hard labels: Avalanche's replay data loader. Soft labels: leave the loader alone."""
+        if self._soft:
+            return
+        super().before_training_exp(strategy, num_workers=num_workers, shuffle=shuffle, drop_last=drop_last, **kwargs)
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """Soft labels: add the soft-target loss of one memory batch to ``strategy.loss``."""
+        if not self._soft:
+            return
+        buf = self.storage_policy
+        n = len(buf.targets)
+        size = self.batch_size_mem or strategy.train_mb_size
+        idx = torch.randint(0, n, (min(size, n),), generator=self._generator)
+        x = buf.images[idx].to(strategy.device)
+        t = buf.task_labels[idx].to(strategy.device)
+        out = avalanche_forward(strategy.model, x, t)
+        target = buf.soft_targets[idx].to(strategy.device)
+        if out.shape[1] < target.shape[1]:  # incremental heads: score only the units that exist
+            target = target[:, : out.shape[1]]
+        strategy.loss = strategy.loss + self.soft_weight * soft_cross_entropy(out, target)
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        # ReplayPlugin calls the deprecated ``update``; call the 0.6 hook directly.
+        self.storage_policy.post_adapt(strategy, strategy.experience)

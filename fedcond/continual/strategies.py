@@ -1,0 +1,100 @@
+"""The compared strategies, each one of Avalanche's own templates or plugins.
+
+``naive`` (fine-tuning), ``replay`` (Avalanche ``ReplayPlugin`` with a class-balanced
+buffer, the same balancing as ours), ``gdumb``, ``icarl``, ``joint`` (upper bound) and
+``distilled-replay`` (Naive + :class:`DistilledReplayPlugin`). All get the same model, SGD
+optimiser, mini-batch size and memory; learning rate and epochs may be tuned per strategy
+(``StrategySettings``), and the tuned values are recorded with every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from avalanche.training.plugins import ReplayPlugin
+from avalanche.training.storage_policy import ClassBalancedBuffer
+from avalanche.training.supervised import GDumb, ICaRL, JointTraining, Naive
+from torch import nn
+
+from fedcond.continual.plugin import DistilledReplayPlugin
+from fedcond.errors import FedcondError
+
+STRATEGIES = ("naive", "replay", "gdumb", "icarl", "distilled-replay", "joint")
+MEMORY_STRATEGIES = ("replay", "gdumb", "icarl", "distilled-replay")
+
+
+@dataclass
+class StrategySettings:
+    """Everything one strategy run needs besides the model and the data."""
+
+    name: str
+    mem_size: int
+    lr: float
+    epochs: int
+    batch_size: int = 32
+    batch_size_mem: int | None = None
+    momentum: float = 0.9
+    # distilled replay only
+    method: str = "dm"
+    ipc: int | None = None
+    iterations: int | None = None
+    distill_model: str = "convnet"
+    distill_options: dict[str, Any] | None = None
+    rebalance: str = "subselect"
+    num_classes: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    seed: int = 0
+
+
+class _Embed(nn.Module):
+    """A fedcond model's feature extractor as a module (iCaRL wants it split from the head)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(x)
+
+
+def build_strategy(settings: StrategySettings, model: nn.Module, evaluator: Any, device: torch.device) -> Any:
+    """An Avalanche template for ``settings.name``, ready for ``train``/``eval``."""
+    s = settings
+    if s.name not in STRATEGIES:
+        raise FedcondError(f"unknown strategy {s.name!r}: use any of {', '.join(STRATEGIES)}")
+    if s.name in MEMORY_STRATEGIES and s.mem_size < 1:
+        raise FedcondError(f"strategy {s.name} needs --mem-size >= 1")
+    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum)
+    common = dict(train_mb_size=s.batch_size, train_epochs=s.epochs, eval_mb_size=512,
+                  device=device, evaluator=evaluator)
+    ce = nn.CrossEntropyLoss()
+    if s.name == "naive":
+        return Naive(model=model, optimizer=opt, criterion=ce, **common)
+    if s.name == "joint":
+        return JointTraining(model=model, optimizer=opt, criterion=ce, **common)
+    if s.name == "gdumb":
+        return GDumb(model=model, optimizer=opt, criterion=ce, mem_size=s.mem_size, **common)
+    if s.name == "icarl":
+        return ICaRL(feature_extractor=_Embed(model), classifier=model.classifier, optimizer=opt,
+                     memory_size=s.mem_size, buffer_transform=None, fixed_memory=True, **common)
+    if s.name == "replay":
+        policy = ClassBalancedBuffer(max_size=s.mem_size, adaptive_size=True)
+        plugin: ReplayPlugin = ReplayPlugin(mem_size=s.mem_size, batch_size_mem=s.batch_size_mem, storage_policy=policy)
+        return Naive(model=model, optimizer=opt, criterion=ce, plugins=[plugin], **common)
+    plugin = DistilledReplayPlugin(
+        mem_size=s.mem_size, batch_size_mem=s.batch_size_mem, method=s.method, ipc=s.ipc,
+        iterations=s.iterations, model=s.distill_model, distill_options=s.distill_options,
+        rebalance=s.rebalance, num_classes=s.num_classes, mean=s.mean, std=s.std, seed=s.seed,
+    )
+    return Naive(model=model, optimizer=opt, criterion=ce, plugins=[plugin], **common)
+
+
+def replay_buffer(strategy: Any) -> Any | None:
+    """The storage policy of a strategy's replay plugin (None when it has none)."""
+    for p in getattr(strategy, "plugins", []):
+        if isinstance(p, ReplayPlugin):
+            return p.storage_policy
+    return None
