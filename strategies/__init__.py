@@ -1,0 +1,41 @@
+"""Server strategies, by name: FedCond (ours) and Flower's FedAvg, FedProx and FedAdam.
+
+The baselines are Flower's own classes, unchanged; communication is metered by the grid
+(``fedcond.federated.comms``), so no strategy needs to know it is being measured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedcond.data import ImageDataset
+from fedcond.federated.comms import CommLedger
+from fedcond.federated.config import FederateConfig
+
+
+def drop_ids(records: list[Any], weighted_by_key: str) -> Any:
+    """Flower's weighted metric average, minus ``partition-id`` (an id, not a metric)."""
+    from flwr.app import MetricRecord  # noqa: PLC0415
+    from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords  # noqa: PLC0415
+
+    out = aggregate_metricrecords(records, weighted_by_key)
+    return MetricRecord({k: v for k, v in out.items() if k != "partition-id"})
+
+
+def build_strategy(cfg: FederateConfig, data: ImageDataset, ledger: CommLedger) -> Any:
+    """The strategy named by ``cfg.strategy`` with the run's sampling fraction."""
+    common = {"fraction_train": cfg.fraction, "min_train_nodes": 1, "min_available_nodes": 1}
+    if cfg.strategy.startswith("fedcond"):
+        from strategies.fedcond import FedCond  # noqa: PLC0415
+
+        return FedCond(data, cfg, ledger, **common)
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx  # noqa: PLC0415
+
+    base = {**common, "fraction_evaluate": 0.0, "min_evaluate_nodes": 0, "train_metrics_aggr_fn": drop_ids}
+    if cfg.strategy == "fedavg":
+        return FedAvg(**base)
+    if cfg.strategy == "fedprox":
+        return FedProx(**base, proximal_mu=cfg.proximal_mu)
+    if cfg.strategy == "fedadam":
+        return FedAdam(**base, eta=cfg.server_lr, eta_l=cfg.lr)
+    raise ValueError(f"unknown strategy {cfg.strategy!r}")

@@ -1,0 +1,104 @@
+"""The torch work of federated clients, free of Flower: distill a partition, train locally.
+
+- FedCond clients call :func:`distill_partition`: any registered Distiller (DM by
+  default) on the client's own images, or — in iterative mode from round 2 on — mean
+  embedding matching against the received global model, refining the set the client
+  made in the previous round (:mod:`fedcond.federated.feddm`).
+- FedAvg / FedProx / FedAdam clients call :func:`local_train`: plain SGD for a few local
+  epochs, with FedProx's proximal term ``mu/2 * ||w - w_global||^2`` when ``mu > 0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from fedcond.data import ImageDataset
+from fedcond.federated.config import FederateConfig
+from fedcond.synthetic import SyntheticSet
+from fedcond.train import classification_loss
+
+
+def distill_config(cfg: FederateConfig, method: str):  # noqa: ANN201
+    """The method's config from the run config: ipc, model, iterations (if it iterates), extras."""
+    from fedcond.distill import get_distiller  # noqa: PLC0415
+
+    distiller = get_distiller(method)
+    names = {f.name for f in dataclasses.fields(distiller.config_class)}
+    values = {"ipc": cfg.ipc, "model": cfg.model, **{k: v for k, v in cfg.extra.items() if k in names}}
+    if "iterations" in names:
+        values["iterations"] = cfg.iterations
+    if "checkpoint_dir" in names:
+        values["checkpoint_dir"] = None  # clients are stateless processes; no resume files
+    return distiller, distiller.config_class.from_dict(values)
+
+
+def distill_partition(
+    data: ImageDataset,
+    cfg: FederateConfig,
+    seed: int,
+    global_model: nn.Module | None = None,
+    previous: SyntheticSet | None = None,
+) -> SyntheticSet:
+    """Condense a client's partition (``data``'s train split) into a SyntheticSet.
+
+    With ``global_model`` (iterative mode), match mean embeddings under that model,
+    starting from ``previous`` when the client has a set from an earlier round.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if global_model is not None:
+        from fedcond.federated.feddm import refine_against_model  # noqa: PLC0415
+
+        start = previous if previous is not None else _initial_set(data, cfg, generator)
+        sset = refine_against_model(data, start, global_model, cfg, generator)
+    else:
+        distiller, config = distill_config(cfg, cfg.method)
+        sset = distiller.distill(data, config, generator, torch.device(cfg.device))
+    sset.storage_dtype = cfg.storage_dtype
+    return sset
+
+
+def _initial_set(data: ImageDataset, cfg: FederateConfig, generator: torch.Generator) -> SyntheticSet:
+    """Random real images per present class: the usual starting point of DM/FedDM."""
+    from fedcond.distill import get_distiller  # noqa: PLC0415
+
+    distiller = get_distiller("random")
+    return distiller.distill(data, distiller.config_class(ipc=cfg.ipc, model=cfg.model), generator)
+
+
+def local_train(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator,
+    proximal_mu: float = 0.0,
+) -> float:
+    """FedAvg/FedProx local update in place: SGD (momentum 0.9) for ``epochs``; mean loss.
+
+    The proximal anchor is a copy of the weights at entry (the received global model),
+    taken before any step, as FedProx prescribes.
+    """
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    n = images.shape[0]
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            loss = classification_loss(model(images[idx]), labels[idx])
+            if anchor is not None:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                loss = loss + 0.5 * proximal_mu * prox
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * idx.numel()
+            count += idx.numel()
+    return total / max(1, count)

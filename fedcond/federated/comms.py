@@ -1,0 +1,153 @@
+"""Communication accounting: a Grid wrapper that measures every message sent and received.
+
+``MeteredGrid`` wraps the Grid a ServerApp is given and forwards every call; on
+``send_and_receive`` it records, per round and per node, the serialised size of each
+instruction message (download: server -> client) and each reply (upload: client ->
+server), measured with :func:`fedcond.federated.records.message_nbytes` on the very
+Message objects that went through the grid. Any strategy — FedCond or Flower's own FedAvg,
+FedProx, FedAdam — is metered the same way, without knowing about it.
+
+Error replies (a client that raised) are recorded as ``failed`` with Flower's reason; the
+sampled nodes that never replied within the timeout as ``dropped``. The strategy may mark
+replies it rejected (``CommLedger.mark``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedcond.federated.records import message_nbytes
+
+
+@dataclass
+class ClientRound:
+    """One sampled client in one round: bytes each way and what became of its reply."""
+
+    node_id: int
+    download_bytes: int = 0
+    upload_bytes: int = 0
+    status: str = "dropped"  # ok | failed | rejected | dropped
+    reason: str = ""
+    partition_id: int | None = None
+
+
+@dataclass
+class CommLedger:
+    """Per-round, per-client byte counts of one strategy's run."""
+
+    rounds: dict[int, dict[int, ClientRound]] = field(default_factory=dict)
+
+    def client(self, server_round: int, node_id: int) -> ClientRound:
+        return self.rounds.setdefault(server_round, {}).setdefault(node_id, ClientRound(node_id))
+
+    def mark(self, server_round: int, node_id: int, status: str, reason: str = "") -> None:
+        entry = self.client(server_round, node_id)
+        entry.status, entry.reason = status, reason
+
+    def round_totals(self, server_round: int) -> tuple[int, int]:
+        """(upload, download) bytes of one round, summed over its clients."""
+        clients = self.rounds.get(server_round, {}).values()
+        return sum(c.upload_bytes for c in clients), sum(c.download_bytes for c in clients)
+
+    def lost(self, server_round: int) -> list[ClientRound]:
+        """Clients of the round whose reply did not count (failed, rejected or dropped)."""
+        return [c for c in self.rounds.get(server_round, {}).values() if c.status != "ok"]
+
+    def to_json(self, server_round: int) -> list[dict[str, Any]]:
+        return [vars(c).copy() for c in self.rounds.get(server_round, {}).values()]
+
+
+def _round_of(message: Any, fallback: int) -> int:
+    try:
+        return int(message.content["config"]["server-round"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return fallback
+
+
+@functools.lru_cache(maxsize=1)
+def _build_metered_grid():  # noqa: ANN202  (Flower imported lazily, class built on first use)
+    from flwr.serverapp import Grid  # noqa: PLC0415
+
+    class MeteredGrid(Grid):
+        """A Grid that forwards everything to ``inner`` and meters train messages."""
+
+        def __init__(self, inner: Grid, ledger: CommLedger, meter_types: tuple[str, ...] = ("train",)) -> None:
+            self.inner, self.ledger, self.meter_types = inner, ledger, meter_types
+            self._calls = 0
+
+        # -- plain forwarding ------------------------------------------------------
+        def set_run(self, run):  # noqa: ANN001, ANN201
+            return self.inner.set_run(run)
+
+        @property
+        def run(self):  # noqa: ANN201
+            return self.inner.run
+
+        def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+            return self.inner.create_message(*args, **kwargs)
+
+        def get_node_ids(self) -> Iterable[int]:
+            return self.inner.get_node_ids()
+
+        def push_messages(self, messages):  # noqa: ANN001, ANN201
+            return self.inner.push_messages(messages)
+
+        def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+            return self.inner.pull_messages(message_ids)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        # -- metering --------------------------------------------------------------
+        def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> Iterable[Any]:
+            messages = list(messages)
+            metered = [m for m in messages if m.metadata.message_type in self.meter_types]
+            if metered:
+                self._calls += 1
+            # Measure before sending: the grid may drop its references once pushed; the
+            # deflated form excludes the message id the grid assigns, so nothing changes.
+            sizes = [(m, _round_of(m, self._calls), message_nbytes(m)) for m in metered]
+            replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+            for msg, rnd, size in sizes:
+                self.ledger.client(rnd, msg.metadata.dst_node_id).download_bytes += size
+            rounds_by_node = {m.metadata.dst_node_id: rnd for m, rnd, _ in sizes}
+            for reply in replies:
+                node = reply.metadata.src_node_id
+                if node not in rounds_by_node:
+                    continue
+                entry = self.ledger.client(rounds_by_node[node], node)
+                entry.upload_bytes += message_nbytes(reply)
+                if reply.has_error():
+                    entry.status, entry.reason = "failed", short_reason(str(reply.error.reason))
+                else:
+                    entry.status = "ok"
+                    _note_partition(entry, reply)
+            return replies
+
+    return MeteredGrid
+
+
+def short_reason(reason: str) -> str:
+    """The last meaningful line of an error reason (Ray wraps client tracebacks in pages)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in reason.splitlines()]
+    lines = [ln for ln in lines if ln and not set(ln) <= set("^~ ")]
+    return (lines[-1] if lines else reason)[:300]
+
+
+def _note_partition(entry: ClientRound, reply: Any) -> None:
+    """Record the client's partition id when its reply's MetricRecord carries one."""
+    try:
+        for record in reply.content.metric_records.values():
+            if "partition-id" in record:
+                entry.partition_id = int(record["partition-id"])
+    except (AttributeError, TypeError, ValueError):
+        pass
+
+
+def metered_grid(inner: Any, ledger: CommLedger, meter_types: tuple[str, ...] = ("train",)) -> Any:
+    """Wrap ``inner`` (a flwr Grid) so ``ledger`` receives every train message's size."""
+    return _build_metered_grid()(inner, ledger, meter_types)

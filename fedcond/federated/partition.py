@@ -1,0 +1,93 @@
+"""Client partitions of any fedcond data set, made by flwr-datasets partitioners.
+
+The partitioners work on a Hugging Face ``datasets.Dataset``; we give them a tiny one with
+two columns — ``label`` (the class id) and ``idx`` (the row in our train tensors) — so no
+image is copied and any fedcond data set can be split. ``load_partition(i)["idx"]`` gives
+client ``i``'s training indices.
+
+Seeding: Dirichlet and pathological partitioners take ``seed``; ``IidPartitioner`` shards
+contiguously, so the index table is shuffled with the seed first (otherwise a label-sorted
+data set would give label-skewed "IID" shards). Same seed, same partitions — in every
+process, which is how each ClientApp rebuilds its own partition from the run config.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from fedcond.errors import FedcondError
+
+
+def _partitioner(scheme: str, num_clients: int, alpha: float, classes_per_client: int, seed: int, n: int):  # noqa: ANN202
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner  # noqa: PLC0415
+
+    if scheme == "iid":
+        return IidPartitioner(num_partitions=num_clients)
+    if scheme == "dirichlet":
+        # flwr-datasets resamples until every client has min_partition_size examples; with
+        # many clients on a small set (100 on digits) 10 is unreachable, so scale it down.
+        min_size = max(1, min(10, n // (20 * num_clients)))
+        return DirichletPartitioner(num_partitions=num_clients, partition_by="label", alpha=alpha,
+                                    min_partition_size=min_size, self_balancing=False, seed=seed)
+    if scheme == "pathological":
+        return PathologicalPartitioner(num_partitions=num_clients, partition_by="label",
+                                       num_classes_per_partition=classes_per_client, seed=seed)
+    raise FedcondError(f"unknown partition {scheme!r}: use iid, dirichlet or pathological")
+
+
+def partition_indices(
+    labels: torch.Tensor | np.ndarray | Sequence[int],
+    num_clients: int,
+    scheme: str = "iid",
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    seed: int = 0,
+) -> list[torch.Tensor]:
+    """Training indices of every client (sorted int64 tensors), from a flwr-datasets partitioner.
+
+    Raises:
+        FedcondError: impossible settings (more clients than images, a partitioner that
+            cannot satisfy its constraints).
+    """
+    from datasets import Dataset  # noqa: PLC0415  (flwr-datasets' dependency)
+
+    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
+    n = int(y.shape[0])
+    if num_clients > n:
+        raise FedcondError(f"{num_clients} clients but only {n} training images; use fewer clients")
+    num_classes = int(y.max()) + 1 if n else 0
+    if scheme == "pathological" and not 1 <= classes_per_client <= num_classes:
+        raise FedcondError(f"--classes-per-client must be in [1, {num_classes}], got {classes_per_client}")
+    order = np.random.default_rng(seed).permutation(n) if scheme == "iid" else np.arange(n)
+    table = Dataset.from_dict({"label": y[order].tolist(), "idx": order.tolist()})
+    part = _partitioner(scheme, num_clients, alpha, classes_per_client, seed, n)
+    part.dataset = table
+    try:
+        with warnings.catch_warnings():  # resampling notices and unused-class notes, not errors
+            warnings.simplefilter("ignore", UserWarning)
+            out = [torch.as_tensor(sorted(part.load_partition(i)["idx"]), dtype=torch.long) for i in range(num_clients)]
+    except ValueError as err:  # flwr-datasets explains unsatisfiable settings in a ValueError
+        raise FedcondError(f"cannot partition {n} images into {num_clients} {scheme} clients: {err}") from None
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def cached_partitions(
+    dataset: str, data_dir: str, num_clients: int, scheme: str, alpha: float, classes_per_client: int, seed: int
+) -> tuple[torch.Tensor, ...]:
+    """Partitions of a named data set, computed once per process (ClientApps call this per message)."""
+    from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
+
+    data = get_dataset(dataset, data_dir)
+    return tuple(partition_indices(data.train_labels, num_clients, scheme, alpha, classes_per_client, seed))
+
+
+def label_histogram(labels: torch.Tensor, parts: Sequence[torch.Tensor], num_classes: int) -> list[list[int]]:
+    """``hist[client][class]``: how many training images of each class every client holds."""
+    labels = labels.cpu()
+    return [torch.bincount(labels[p], minlength=num_classes).tolist() for p in parts]

@@ -1,0 +1,118 @@
+"""The Flower ClientApp: distill (FedCond) or train locally (FedAvg/FedProx/FedAdam).
+
+Everything a client needs comes from the run config (``[tool.flwr.app.config]``, or the
+runner's overrides) and its node config (``partition-id``): it loads the data set,
+rebuilds the seeded partitions (memoised per process) and takes its own. ``app`` is what
+``flwr run .`` and SuperNodes load; :func:`make_client_app` builds one with overrides for
+the in-process runner.
+
+Fault injection: with ``fail-fraction`` f, each (round, partition) fails with probability
+f, drawn from a generator seeded by (seed, round, partition) so a run is reproducible;
+``fail-mode = "raise"`` raises (Flower turns it into an error reply), ``"corrupt"`` sends
+a syntactically valid but NaN-filled set (the server must reject it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcond.federated.config import FederateConfig
+from fedcond.federated.data_cache import get_dataset
+from fedcond.federated.partition import cached_partitions
+from fedcond.federated.records import SET_ARRAYS_KEY, SET_META_KEY, load_record, message_nbytes, model_to_record, set_from_records, set_to_records
+
+PREVIOUS_SET = "fedcond-previous-set"
+PREVIOUS_META = "fedcond-previous-meta"
+
+
+def injected_failure(cfg: FederateConfig, server_round: int, partition_id: int) -> bool:
+    """Whether this client fails this round (seeded by run seed, round and partition)."""
+    if cfg.fail_fraction <= 0:
+        return False
+    return random.Random(f"{cfg.seed}:{server_round}:{partition_id}").random() < cfg.fail_fraction
+
+
+def _local_data(cfg: FederateConfig, partition_id: int):  # noqa: ANN202
+    parts = cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
+                              cfg.classes_per_client, cfg.seed)
+    if not 0 <= partition_id < len(parts):
+        raise ValueError(f"partition-id {partition_id} outside [0, {len(parts)}): check num-clients in the run config")
+    return get_dataset(cfg.dataset, cfg.data_dir).subset(parts[partition_id], name=cfg.dataset)
+
+
+def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:
+    from fedcond.federated.central import new_model  # noqa: PLC0415
+    from fedcond.federated.client_logic import distill_partition  # noqa: PLC0415
+
+    data = _local_data(cfg, pid)
+    global_model, previous = None, None
+    if "arrays" in msg.content.array_records:  # iterative mode: refine against the global model
+        global_model = load_record(new_model(data, cfg), msg.content["arrays"])
+        if PREVIOUS_SET in context.state.array_records:
+            previous = set_from_records(context.state[PREVIOUS_SET], context.state[PREVIOUS_META])
+    start = time.perf_counter()
+    sset = distill_partition(data, cfg, seed=cfg.seed * 100_003 + pid * 1009 + server_round, global_model=global_model,
+                             previous=previous)
+    seconds = time.perf_counter() - start
+    arrays, meta = set_to_records(sset)
+    if global_model is not None:  # keep it for the next round's refinement (node-local state)
+        context.state[PREVIOUS_SET], context.state[PREVIOUS_META] = arrays, meta
+    if cfg.fail_mode == "corrupt" and injected_failure(cfg, server_round, pid):
+        bad = sset.images.clone()
+        bad[0].fill_(float("nan"))
+        arrays = ArrayRecord({"images": bad.contiguous(), "labels": sset.labels.contiguous()})
+    metrics = MetricRecord({"num-examples": int(data.train_images.shape[0]), "distill-seconds": seconds,
+                            "partition-id": pid, "num-images": sset.num_images})
+    content = RecordDict({SET_ARRAYS_KEY: arrays, SET_META_KEY: meta})
+    metrics["payload-bytes"] = message_nbytes(content)  # what this reply's records weigh
+    content["metrics"] = metrics
+    return content
+
+
+def _fedavg_reply(msg: Message, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:
+    from fedcond.federated.central import new_model  # noqa: PLC0415
+    from fedcond.federated.client_logic import local_train  # noqa: PLC0415
+
+    data = _local_data(cfg, pid)
+    model = load_record(new_model(data, cfg), msg.content["arrays"])
+    mu = float(msg.content["config"].get("proximal-mu", 0.0))  # FedProx puts it in the config
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + pid * 1009 + server_round)
+    start = time.perf_counter()
+    loss = local_train(model, data.train_images, data.train_labels, cfg.local_epochs, cfg.lr, cfg.batch_size, gen, mu)
+    metrics = MetricRecord({"num-examples": int(data.train_images.shape[0]), "train-loss": loss,
+                            "train-seconds": time.perf_counter() - start, "partition-id": pid})
+    return RecordDict({"arrays": model_to_record(model), "metrics": metrics})
+
+
+def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
+    """A ClientApp reading its settings from the run config, then ``overrides``."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg = FederateConfig.from_run_config(context.run_config, overrides)
+        torch.set_num_threads(max(1, cfg.client_threads))
+        pid = int(context.node_config["partition-id"])
+        if "num-partitions" in context.node_config:  # the federation decides how many clients there are
+            cfg = dataclasses.replace(cfg, num_clients=int(context.node_config["num-partitions"]))
+        config: ConfigRecord = msg.content["config"]
+        server_round = int(config["server-round"])
+        if cfg.fail_mode == "raise" and injected_failure(cfg, server_round, pid):
+            raise RuntimeError(f"injected failure (client {pid}, round {server_round})")
+        if cfg.strategy.startswith("fedcond"):
+            content = _fedcond_reply(msg, context, cfg, pid, server_round)
+        else:
+            content = _fedavg_reply(msg, cfg, pid, server_round)
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

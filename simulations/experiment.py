@@ -1,0 +1,70 @@
+"""One comparison end to end: partitions + histogram, every strategy, reference, report files.
+
+Writes into ``out``: ``results.json``, ``accuracy_vs_bytes.png``, ``results.md``,
+``label_histogram.json`` and ``label_histogram.png``. Used by ``fedcond federate`` and the
+benchmark script.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from fedcond.federated.config import FederateConfig
+from fedcond.federated.data_cache import get_dataset
+from fedcond.federated.partition import label_histogram, partition_indices
+from fedcond.federated.report import markdown_table, plot_accuracy_vs_bytes, plot_label_histogram, write_results
+from fedcond.runinfo import run_record, write_json
+
+
+def save_partitions(cfg: FederateConfig, out: Path) -> list[list[int]]:
+    """Compute the run's partitions (exactly as the clients will) and save their histogram."""
+    data = get_dataset(cfg.dataset, cfg.data_dir)
+    parts = partition_indices(data.train_labels, cfg.num_clients, cfg.partition, cfg.alpha, cfg.classes_per_client, cfg.seed)
+    hist = label_histogram(data.train_labels, parts, data.num_classes)
+    write_json(out / "label_histogram.json", {"classes": list(data.classes), "partition": cfg.partition,
+                                              "alpha": cfg.alpha, "seed": cfg.seed, "histogram": hist})
+    title = f"{cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}" + (f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else "")
+    plot_label_histogram(hist, data.classes, out / "label_histogram.png", title)
+    return hist
+
+
+def run_experiment(
+    cfg: FederateConfig,
+    strategies: list[str],
+    out: Path,
+    resources: dict[str, Any] | None = None,
+    reference: str = "full",
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``strategies`` on identical partitions; write and return the results.
+
+    ``reference``: ``none``, ``full`` (train on all data centrally) or ``distill`` (also
+    run the FedCond method centrally at the pooled images per class).
+    """
+    from simulations.runner import run_all  # noqa: PLC0415
+
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    hist = save_partitions(cfg, out)
+    runs = run_all(cfg, strategies, resources, on_done)
+    ref: dict[str, Any] = {}
+    if reference != "none":
+        total_ipc = None
+        if reference == "distill":
+            pooled = max((sum(p["num_images"] for p in r.get("pool_provenance", [])) for r in runs), default=0)
+            total_ipc = max(1, round(pooled / len(hist[0]))) if pooled else cfg.ipc * cfg.num_clients
+        from fedcond.federated.central import centralised_reference  # noqa: PLC0415
+
+        ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg, total_ipc)
+    meta = {"config": cfg.to_json(), "strategies": strategies, "reference": ref,
+            "record": run_record(torch.device(cfg.device), wall_time_s=time.perf_counter() - start)}
+    write_results(out, runs, meta)
+    plot_accuracy_vs_bytes(runs, out / "accuracy_vs_bytes.png", ref)
+    table = markdown_table(runs, ref)
+    (out / "results.md").write_text(f"# {cfg.dataset}, {cfg.num_clients} clients, {cfg.partition}"
+                                    f"{f' alpha={cfg.alpha}' if cfg.partition == 'dirichlet' else ''}\n\n{table}")
+    return {"runs": runs, **meta, "table": table}

@@ -1,0 +1,149 @@
+"""FedCond: clients upload distilled SyntheticSets; the server pools them and trains.
+
+Built on Flower's message-based ``FedAvg`` (``flwr.serverapp.strategy``): node sampling
+and ``start()`` (round loop, central evaluation) are Flower's; this class changes what
+travels and what the server does with the replies.
+
+- ``configure_train``: a ConfigRecord (round, mode, distillation settings) to each sampled
+  client; in iterative mode also the global model (FedDM-style refinement). One-shot mode
+  sends no model at all — a client needs nothing but its data.
+- ``aggregate_train``: every reply is validated (payload size cap, array keys, dtype,
+  shape, class names, label range, NaN/Inf, image count). A bad reply is dropped with its
+  reason logged and recorded; the round goes on with the rest. Accepted sets are pooled
+  per client (a client's newer set replaces its older one, provenance kept), and the global
+  model is trained on the pool with the evaluation protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+from flwr.supercore import log
+
+from fedcond.data import ImageDataset
+from fedcond.federated.central import new_model, train_on_pool
+from fedcond.federated.comms import CommLedger
+from fedcond.federated.config import FederateConfig
+from fedcond.federated.records import SET_ARRAYS_KEY, SET_META_KEY, load_record, message_nbytes, model_to_record, set_from_records
+from fedcond.synthetic import InvalidSyntheticSet, SyntheticSet
+
+
+@dataclass
+class PoolEntry:
+    """One client's current contribution to the server's pool."""
+
+    sset: SyntheticSet
+    node_id: int
+    partition_id: int | None
+    server_round: int
+    nbytes: int
+
+    def provenance(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "partition_id": self.partition_id, "round": self.server_round,
+                "num_images": self.sset.num_images, "class_counts": self.sset.class_counts(),
+                "method": self.sset.method, "payload_bytes": self.nbytes}
+
+
+class FedCond(FedAvg):
+    """Pool clients' synthetic sets; train the global model on them (one-shot or iterative)."""
+
+    def __init__(self, data: ImageDataset, cfg: FederateConfig, ledger: CommLedger | None = None,
+                 fraction_train: float = 1.0, min_train_nodes: int = 1, min_available_nodes: int = 1) -> None:
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0, min_train_nodes=min_train_nodes,
+                         min_available_nodes=min_available_nodes)
+        self.data, self.cfg = data, cfg
+        self.ledger = ledger if ledger is not None else CommLedger()
+        self.iterative = cfg.effective_mode == "iterative"
+        self.pool: dict[int, PoolEntry] = {}
+        self.rejections: list[dict[str, Any]] = []
+        self._global: ArrayRecord | None = None
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> FedCond: mode %s, method %s, ipc %d, iterations %d, payload cap %d bytes",
+            "iterative" if self.iterative else "one-shot", self.cfg.method, self.cfg.ipc, self.cfg.iterations,
+            self.cfg.max_payload_bytes)
+        super().summary()
+
+    # ------------------------------------------------------------------ sending
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Sample clients; send them the distillation settings (and the model if iterative)."""
+        self._global = arrays
+        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
+        node_ids, _ = sample_nodes(grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes))
+        log(INFO, "configure_train: sampled %d nodes", len(node_ids))
+        config["server-round"] = server_round
+        config["mode"] = "iterative" if self.iterative else "oneshot"
+        content = {"config": config}
+        if self.iterative:
+            content["arrays"] = arrays
+        return self._construct_messages(RecordDict(content), node_ids, MessageType.TRAIN)
+
+    # ------------------------------------------------------------------ receiving
+    def check_reply(self, message: Message) -> tuple[SyntheticSet, int]:
+        """The validated SyntheticSet of a reply and its size; ``InvalidSyntheticSet`` if bad."""
+        size = message_nbytes(message)
+        if size > self.cfg.max_payload_bytes:
+            raise InvalidSyntheticSet(f"reply is {size} bytes, above the cap of {self.cfg.max_payload_bytes}")
+        content = message.content
+        if SET_ARRAYS_KEY not in content.array_records or SET_META_KEY not in content.config_records:
+            raise InvalidSyntheticSet(f"reply lacks the '{SET_ARRAYS_KEY}' ArrayRecord or '{SET_META_KEY}' ConfigRecord")
+        sset = set_from_records(content[SET_ARRAYS_KEY], content[SET_META_KEY])
+        d = self.data
+        if tuple(sset.image_shape) != tuple(d.image_shape):
+            raise InvalidSyntheticSet(f"images are {tuple(sset.image_shape)}, the task's are {tuple(d.image_shape)}")
+        if tuple(sset.classes) != tuple(d.classes):
+            raise InvalidSyntheticSet(f"classes {list(sset.classes)[:5]}... do not match the task's")
+        cap = self.cfg.ipc * d.num_classes
+        if not 0 < sset.num_images <= cap:
+            raise InvalidSyntheticSet(f"{sset.num_images} images; expected 1 to {cap} (ipc {self.cfg.ipc})")
+        return sset, size
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate and pool the replies, then train the global model on the pool."""
+        accepted = rejected = failed = 0
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                failed += 1
+                log(WARNING, "round %d: client %d failed, its set is lost this round: %s", server_round, node, msg.error.reason)
+                continue
+            try:
+                sset, size = self.check_reply(msg)
+            except InvalidSyntheticSet as err:
+                rejected += 1
+                log(WARNING, "round %d: rejected the reply of client %d: %s", server_round, node, err)
+                self.ledger.mark(server_round, node, "rejected", str(err))
+                self.rejections.append({"round": server_round, "node_id": node, "reason": str(err)})
+                continue
+            accepted += 1
+            self.pool[node] = PoolEntry(sset, node, _partition_id(msg), server_round, size)
+        log(INFO, "round %d: %d sets accepted, %d rejected, %d clients failed; pool holds %d sets",
+            server_round, accepted, rejected, failed, len(self.pool))
+        metrics = MetricRecord({"accepted": accepted, "rejected": rejected, "failed": failed,
+                                "pool-sets": len(self.pool),
+                                "pool-images": sum(e.sset.num_images for e in self.pool.values())})
+        if not self.pool:
+            return None, metrics
+        model = new_model(self.data, self.cfg)
+        if self.iterative and self._global is not None:
+            load_record(model, self._global)  # FedDM: keep improving the global model
+        train_on_pool(model, [e.sset for e in self.pool.values()], self.cfg, server_round)
+        return model_to_record(model), metrics
+
+    def provenance(self) -> list[dict[str, Any]]:
+        """Where every pooled set came from (client, round, size, classes)."""
+        return [e.provenance() for e in self.pool.values()]
+
+
+def _partition_id(msg: Message) -> int | None:
+    for record in msg.content.metric_records.values():
+        if "partition-id" in record:
+            return int(record["partition-id"])
+    return None

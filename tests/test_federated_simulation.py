@@ -1,0 +1,64 @@
+"""A local Flower simulation with failing clients completes and writes the promised files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from fedcond.federated.config import FederateConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    from simulations.experiment import run_experiment
+    from simulations.runner import backend_config
+
+    out = tmp_path_factory.mktemp("fl")
+    cfg = FederateConfig(dataset="digits", num_clients=4, partition="dirichlet", alpha=0.5, rounds=2, method="random",
+                         ipc=2, server_epochs=5, local_epochs=1, fail_fraction=0.4, seed=1)
+    result = run_experiment(cfg, ["fedcond", "fedavg"], out, backend_config(1.0, 0.0, 2), reference="none")
+    return out, result
+
+
+def test_failing_clients_are_reported_and_the_run_completes(experiment):
+    out, result = experiment
+    runs = {r["strategy"]: r for r in result["runs"]}
+    assert set(runs) == {"fedcond", "fedavg"}
+    assert len(runs["fedcond"]["rounds"]) == 1 and len(runs["fedavg"]["rounds"]) == 2
+    # seed 1, fail fraction 0.4: some client-rounds fail (the client-side draw is seeded)
+    lost = [c for r in result["runs"] for rnd in r["rounds"] for c in rnd["lost"]]
+    assert lost and all(c["status"] == "failed" and "injected failure" in c["reason"] for c in lost)
+    for run in result["runs"]:
+        for rnd in run["rounds"]:
+            assert rnd["clients_sampled"] == 4
+            ok = [c for c in rnd["clients"] if c["status"] == "ok"]
+            assert len(ok) + rnd["clients_lost"] == 4
+            assert rnd["accuracy"] is not None
+
+
+def test_results_json_schema(experiment):
+    out, _ = experiment
+    data = json.loads((out / "results.json").read_text())
+    assert isinstance(data["runs"], list)
+    for run in data["runs"]:
+        assert isinstance(run["strategy"], str)
+        previous_up = previous_down = 0
+        for i, rnd in enumerate(run["rounds"], start=1):
+            assert rnd["round"] == i
+            assert 0.0 <= rnd["accuracy"] <= 1.0
+            # cumulative: never decreasing, and equal to the per-client sums so far
+            assert rnd["upload_bytes"] >= previous_up and rnd["download_bytes"] >= previous_down
+            assert rnd["upload_bytes"] - previous_up == sum(c["upload_bytes"] for c in rnd["clients"])
+            assert rnd["download_bytes"] - previous_down == sum(c["download_bytes"] for c in rnd["clients"])
+            previous_up, previous_down = rnd["upload_bytes"], rnd["download_bytes"]
+    fedcond = next(r for r in data["runs"] if r["strategy"] == "fedcond")
+    fedavg = next(r for r in data["runs"] if r["strategy"] == "fedavg")
+    assert fedcond["rounds"][-1]["upload_bytes"] < fedavg["rounds"][-1]["upload_bytes"] / 10
+    assert fedcond["pool_provenance"] and all("partition_id" in p for p in fedcond["pool_provenance"])
+    for name in ("accuracy_vs_bytes.png", "results.md", "label_histogram.png", "label_histogram.json"):
+        assert (out / name).stat().st_size > 0
+    hist = json.loads((out / "label_histogram.json").read_text())["histogram"]
+    assert len(hist) == 4 and sum(map(sum, hist)) == 1347

@@ -1,0 +1,82 @@
+"""FedCond's server drops malformed replies with a reason and carries on with the rest."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fedcond.federated.comms import CommLedger  # noqa: E402
+from fedcond.federated.config import FederateConfig  # noqa: E402
+from fedcond.federated.records import set_to_records  # noqa: E402
+from strategies.fedcond import FedCond  # noqa: E402
+
+
+@pytest.fixture()
+def task_identity():
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _reply(node: int, content: RecordDict | None = None, error: str | None = None) -> Message:
+    ins = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type=MessageType.TRAIN)
+    if error is not None:
+        return Message(error=Error(code=0, reason=error), reply_to=ins)
+    return Message(content, reply_to=ins)
+
+
+def _content(arrays, meta) -> RecordDict:
+    return RecordDict({"synthetic": arrays, "synthetic-meta": meta, "metrics": MetricRecord({"num-examples": 10})})
+
+
+def test_malformed_replies_are_rejected_and_the_round_goes_on(task_identity, digits, tiny_set):
+    cfg = FederateConfig(ipc=2, server_epochs=2, max_payload_bytes=200_000)
+    ledger = CommLedger()
+    strategy = FedCond(digits, cfg, ledger)
+    good = _content(*set_to_records(tiny_set))
+    nan_images = tiny_set.images.clone()
+    nan_images[3, 0, 0, 0] = float("nan")
+    arrays, meta = set_to_records(tiny_set)
+    wrong_shape = dataclasses.replace(tiny_set, images=torch.zeros(20, 1, 7, 7), mean=(0.0,), std=(1.0,))
+    too_many = dataclasses.replace(tiny_set, images=tiny_set.images.repeat(2, 1, 1, 1), labels=tiny_set.labels.repeat(2))
+    big = dataclasses.replace(tiny_set, images=torch.zeros(20, 1, 80, 80), ipc=2)
+    bad_label = tiny_set.labels.clone()
+    bad_label[0] = 12
+    replies = [
+        _reply(1, good),
+        _reply(2, _content(ArrayRecord({"images": nan_images, "labels": tiny_set.labels}), meta)),
+        _reply(3, _content(*set_to_records(wrong_shape))),
+        _reply(4, _content(*set_to_records(too_many))),
+        _reply(5, _content(ArrayRecord({"images": tiny_set.images.double(), "labels": tiny_set.labels}), meta)),
+        _reply(6, _content(ArrayRecord({"images": tiny_set.images, "labels": bad_label}), meta)),
+        _reply(7, RecordDict({"metrics": MetricRecord({"num-examples": 1})})),
+        _reply(8, _content(*set_to_records(big))),
+        _reply(9, error="client crashed"),
+    ]
+    arrays_out, metrics = strategy.aggregate_train(1, replies)
+    assert arrays_out is not None  # the global model was trained on the one good set
+    assert set(strategy.pool) == {1}
+    reasons = {r["node_id"]: r["reason"] for r in strategy.rejections}
+    assert set(reasons) == {2, 3, 4, 5, 6, 7, 8}
+    assert "NaN" in reasons[2]
+    assert "(1, 7, 7)" in reasons[3] or "shape" in reasons[3]
+    assert "images" in reasons[4] and "ipc" in reasons[4]
+    assert "float64" in reasons[5] or "dtype" in reasons[5] or "stored as" in reasons[5]
+    assert "label out of range" in reasons[6]
+    assert "lacks" in reasons[7]
+    assert "cap" in reasons[8]
+    assert metrics["accepted"] == 1 and metrics["rejected"] == 7 and metrics["failed"] == 1
+    assert all(ledger.rounds[1][n].status == "rejected" for n in reasons)
+
+
+def test_all_replies_bad_keeps_the_previous_model(task_identity, digits, tiny_set):
+    strategy = FedCond(digits, FederateConfig(ipc=2, server_epochs=1), CommLedger())
+    arrays_out, metrics = strategy.aggregate_train(1, [_reply(1, error="boom")])
+    assert arrays_out is None and metrics["failed"] == 1
