@@ -34,7 +34,7 @@ def command(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="distillation method of distilled-replay (dm, dc, dsa, herding, random, ...)"),
     ipc: Optional[int] = typer.Option(None, "--ipc", help="images distilled per new class (default: its share of the memory)"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="distillation iterations (iterative methods)"),
-    model: Optional[str] = typer.Option(None, "--model", help="network of every strategy and of distillation"),
+    model: Optional[str] = typer.Option(None, "--model", help="network of every strategy and of distillation (default: convnet-bn on split-digits, else convnet)"),
     task_incremental: bool = typer.Option(False, "--task-incremental", help="one task label per experience"),
     train_fraction: Optional[float] = typer.Option(None, "--train-fraction", help="keep this fraction of each class's training images (smaller CPU runs)"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these settings (flags win)"),
@@ -67,7 +67,7 @@ def _run(values: dict[str, Any], out: Path) -> None:
     import warnings  # noqa: PLC0415
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # Avalanche's own 0.7 notices
-    from fedcond.continual.benchmarks import make_benchmark  # noqa: PLC0415
+    from fedcond.continual.benchmarks import default_model, make_benchmark  # noqa: PLC0415
     from fedcond.continual.report import write_report  # noqa: PLC0415
     from fedcond.continual.runner import ContinualConfig, plan, run_comparison  # noqa: PLC0415
     from fedcond.runinfo import resolve_device, run_record  # noqa: PLC0415
@@ -75,6 +75,7 @@ def _run(values: dict[str, Any], out: Path) -> None:
     bench_args = {k: values.pop(k) for k in list(values) if k in _BENCH_KEYS}
     seed = int(bench_args.get("seed", 0))
     values.setdefault("seeds", [seed])
+    values.setdefault("model", default_model(bench_args.get("benchmark", "split-digits")))
     try:
         cfg = ContinualConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     except TypeError as err:

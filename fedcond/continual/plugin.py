@@ -105,6 +105,8 @@ class DistilledReplayPlugin(ReplayPlugin):
         target = buf.soft_targets[idx].to(strategy.device)
         if out.shape[1] < target.shape[1]:  # incremental heads: score only the units that exist
             target = target[:, : out.shape[1]]
+        elif out.shape[1] > target.shape[1]:  # a head wider than the classes seen: no mass there
+            target = torch.nn.functional.pad(target, (0, out.shape[1] - target.shape[1]))
         strategy.loss = strategy.loss + self.soft_weight * soft_cross_entropy(out, target)
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
