@@ -48,8 +48,8 @@ class FederateConfig:
     storage_dtype: str = "float32"
     max_payload_bytes: int = 16 * 2**20  # server-side cap on one reply
     # FedAvg / FedProx / FedAdam clients
-    local_epochs: int = 2
-    lr: float = 0.05
+    local_epochs: int = 5  # tuned on digits (benchmarks/results/federated_digits.md)
+    lr: float = 0.1
     batch_size: int = 32
     proximal_mu: float = 0.01
     server_lr: float = 0.01  # FedAdam's eta
