@@ -31,7 +31,9 @@ def _norm(kind: str, channels: int) -> nn.Module:
 class ConvNet(nn.Module):
     """The distillation literature's ConvNet: [conv3x3-norm-relu-avgpool] x depth + linear.
 
-    ``depth`` defaults to 3 but shrinks so the feature map never falls below 1x1.
+    ``depth`` defaults to 3 but shrinks with the resolution: a block is added only while
+    its input is at least 4x4, because instance norm over a 2x2 map leaves almost no
+    information (on 8x8 digits, depth 2 trains to 98 % on all data where depth 3 reaches 94 %).
     """
 
     def __init__(
@@ -48,7 +50,7 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         c = channels
         for _ in range(depth):
-            if min(h, w) < 2:
+            if layers and min(h, w) < 4:
                 break
             layers += [nn.Conv2d(c, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=True)]
             layers.append(nn.AvgPool2d(2))

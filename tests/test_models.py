@@ -25,8 +25,8 @@ def test_forward_and_embed_shapes(name, channels, size):
 def test_convnet_depth_follows_resolution():
     assert ConvNet(1, 10, (28, 28)).feature_dim == 128 * 3 * 3
     assert ConvNet(3, 10, (32, 32)).feature_dim == 128 * 4 * 4
-    assert ConvNet(1, 10, (8, 8)).feature_dim == 128
-    assert ConvNet(1, 10, (2, 2)).feature_dim == 128  # stops pooling at 1x1
+    assert ConvNet(1, 10, (8, 8)).feature_dim == 128 * 2 * 2  # last block sees 4x4, not 2x2
+    assert ConvNet(1, 10, (2, 2)).feature_dim == 128 * 1 * 1  # always at least one block
 
 
 def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
