@@ -65,6 +65,7 @@ def compare(args: argparse.Namespace, bench, device) -> dict:
     cfg = ContinualConfig(strategies=tuple(args.strategies.split(",")), mem_sizes=tuple(int(m) for m in args.mem_sizes.split(",")),
                           seeds=tuple(range(args.seeds)), model=args.model, batch_size=args.batch_size,
                           lr=replay["lr"], epochs=replay["epochs"], method=args.method, iterations=args.iterations,
+                          rebalance=args.rebalance,
                           overrides=overrides)
     out = Path(args.scratch) / "compare"
 
@@ -109,13 +110,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--method", default="dm")
     p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--rebalance", default=None, help="distilled replay: subselect, redistill or nested (default: ContinualConfig's)")
+    p.add_argument("--out-stem", default=None, help="results file stem (default continual_<benchmark>)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--scratch", default="runs/continual_benchmark")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.model = args.model or default_model(args.benchmark)
     bench = make_benchmark(args.benchmark, data_dir=args.data_dir, train_fraction=args.train_fraction)
-    stem = f"continual_{bench.name}" + (f"_frac{args.train_fraction:g}" if args.train_fraction < 1 else "")
+    stem = args.out_stem or f"continual_{bench.name}" + (f"_frac{args.train_fraction:g}" if args.train_fraction < 1 else "")
+    if args.rebalance is None:
+        args.rebalance = ContinualConfig.rebalance
     if args.step == "compare" and args.tuned is None and (RESULTS / f"{stem}_tune.json").exists():
         args.tuned = str(RESULTS / f"{stem}_tune.json")
     device = torch.device("cpu")

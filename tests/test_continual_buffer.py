@@ -96,3 +96,26 @@ def test_user_errors():
     with pytest.raises(FedcondError, match="unknown benchmark"):
         canonical_name("split-imagenet")
     assert canonical_name("SplitMNIST") == "split-mnist" and canonical_name("SplitCIFAR-10") == "split-cifar10"
+
+
+@pytest.mark.parametrize("rebalance,mem", [("nested", 10), ("nested", 23), ("redistill", 10)])
+def test_rebalance_modes_stay_within_budget_and_class_balanced(bench, rebalance, mem):
+    spec = DistillSpec(method="dm", iterations=2, options={"dsa": False}, rebalance=rebalance, seed=2)
+    buf = DistilledBuffer(mem, spec, num_classes=10)
+    seen: set[int] = set()
+    for exp in bench.scenario.train_stream:
+        before = {k: e.images.clone() for k, e in buf.entries.items()}
+        cores = dict(buf.cores)
+        buf.post_adapt(None, exp)
+        seen |= set(exp.classes_in_this_experience)
+        counts = buf.class_counts()
+        assert len(buf.buffer) == sum(counts.values()) <= mem
+        assert counts == {(0, c): q for c, q in class_quotas(mem, seen).items()}
+        assert sorted(buf.buffer.targets) == sorted(c for (_, c), n in counts.items() for _ in range(n))
+        if rebalance == "nested":
+            # old classes keep their standalone core (the final quota) untouched; rest images go first
+            final = max(1, mem // 10)
+            for key, old in before.items():
+                core = min(cores.get(key, old.shape[0]), counts[key])
+                assert torch.equal(buf.entries[key].images[:core], old[:core])
+                assert core >= min(final, counts[key])

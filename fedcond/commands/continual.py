@@ -34,7 +34,8 @@ def command(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="distillation method of distilled-replay (dm, dc, dsa, herding, random, ...)"),
     ipc: Optional[int] = typer.Option(None, "--ipc", help="images distilled per new class (default: its share of the memory)"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="distillation iterations (iterative methods)"),
-    model: Optional[str] = typer.Option(None, "--model", help="network of every strategy and of distillation (default: convnet-bn on split-digits, else convnet)"),
+    rebalance: Optional[str] = typer.Option(None, "--rebalance", help="distilled-replay: how old classes shrink when new ones arrive: nested, subselect or redistill"),
+    model: Optional[str] = typer.Option(None, "--model", help="network of every strategy and of distillation (default: convnet)"),
     task_incremental: bool = typer.Option(False, "--task-incremental", help="one task label per experience"),
     train_fraction: Optional[float] = typer.Option(None, "--train-fraction", help="keep this fraction of each class's training images (smaller CPU runs)"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these settings (flags win)"),
@@ -46,7 +47,7 @@ def command(
     values = _load_toml(config) if config else {}
     flags = {"benchmark": benchmark, "data_dir": str(data_dir) if data_dir else None, "seed": seed, "epochs": epochs,
              "lr": lr, "batch_size": batch_size, "method": method, "ipc": ipc, "iterations": iterations,
-             "model": model, "train_fraction": train_fraction, "device": device,
+             "rebalance": rebalance, "model": model, "train_fraction": train_fraction, "device": device,
              "strategies": _list(strategies, str, "--strategies"), "mem_sizes": _list(mem_size, int, "--mem-size"),
              "seeds": _list(seeds, int, "--seeds")}
     values.update({k: v for k, v in flags.items() if v is not None})

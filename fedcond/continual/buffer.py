@@ -33,6 +33,7 @@ from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
 
 Key = tuple[int, int]  # (task label, class id): class ids may repeat across tasks
+REBALANCE = ("subselect", "redistill", "nested")
 
 
 @dataclass
@@ -46,7 +47,13 @@ class DistillSpec:
         iterations: for iterative methods (None = the method's default).
         model: network the method uses for features / matching.
         options: further method options (``config_class.from_dict`` keys).
-        rebalance: ``subselect`` (herding on the synthetic images) or ``redistill``.
+        rebalance: how old classes shrink when new classes arrive. ``subselect``: herding
+            on the synthetic images; ``redistill``: distill the old synthetic images again
+            into fewer (DM with them as the "real" data); ``nested``: distill each new class
+            in two independent sets, a core of the quota it will have once every class of
+            the stream is in (``max_size // num_classes``, at least 1) and the rest of its
+            current quota, and shrink by dropping rest images first, so the survivors were
+            optimised to stand alone.
         seed: base seed; experience i distills with ``seed + 1000 * i``.
     """
 
@@ -59,8 +66,8 @@ class DistillSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.rebalance not in ("subselect", "redistill"):
-            raise FedcondError(f"rebalance must be subselect or redistill, got {self.rebalance!r}")
+        if self.rebalance not in REBALANCE:
+            raise FedcondError(f"rebalance must be one of {', '.join(REBALANCE)}, got {self.rebalance!r}")
         if self.ipc is not None and self.ipc < 1:
             raise FedcondError(f"ipc must be >= 1, got {self.ipc}")
         get_distiller(self.method)  # unknown method: fail at construction, not after an experience
@@ -116,6 +123,13 @@ class DistilledBuffer(ExemplarsBuffer):
         self.soft_targets: torch.Tensor | None = None
         self._tensor_labels = True
         self._experiences_seen = 0
+        self.cores: dict[Key, int] = {}  # "nested": images per class in the standalone core
+
+    def _core_size(self, n: int) -> int:
+        """Images of the standalone core (``nested``; else all ``n``): the final per-class quota."""
+        if self.spec.rebalance != "nested" or not self.num_classes:
+            return n
+        return max(1, min(n, self.max_size // self.num_classes))
 
     # ------------------------------------------------------------------ Avalanche hooks
     def post_adapt(self, agent_state: Any, exp: Any) -> None:
@@ -140,10 +154,17 @@ class DistilledBuffer(ExemplarsBuffer):
             n = want if self.spec.ipc is None else min(self.spec.ipc, want)
             if n == 0:
                 continue
-            sset = self.distill(x[mask], y[mask], n, device, seed)
+            core = self._core_size(n)
+            sset = self.distill(x[mask], y[mask], core, device, seed)
+            rest = self.distill(x[mask], y[mask], n - core, device, seed + 500) if n > core else None
             for c in classes:
                 rows = sset.hard_labels == c
-                self._merge((task, c), _Entry(sset.images[rows], sset.labels[rows]), quotas[(task, c)])
+                entry = _Entry(sset.images[rows], sset.labels[rows])
+                if rest is not None:  # core first: _cut keeps a prefix for "nested"
+                    more = rest.hard_labels == c
+                    entry = _Entry(torch.cat([entry.images, rest.images[more]]), _cat_labels(entry.labels, rest.labels[more]))
+                    self.cores[(task, c)] = int(rows.sum())
+                self._merge((task, c), entry, quotas[(task, c)])
         self._rebuild()
 
     def resize(self, strategy: Any, new_size: int) -> None:
@@ -170,6 +191,7 @@ class DistilledBuffer(ExemplarsBuffer):
             entry, quota = self.entries[key], quotas.get(key, 0)
             if quota == 0:
                 del self.entries[key]
+                self.cores.pop(key, None)
             elif entry.images.shape[0] > quota:
                 self.entries[key] = self._cut(key, entry, quota, device, seed)
 
@@ -178,14 +200,23 @@ class DistilledBuffer(ExemplarsBuffer):
             sset = self.distill(entry.images, entry.labels, quota, device, seed + key[1])
             if sset.num_images == quota:
                 return _Entry(sset.images, sset.labels.to(entry.labels.dtype))
+        core = self.cores.get(key, entry.images.shape[0])
+        if self.spec.rebalance == "nested" and core < entry.images.shape[0]:
+            if quota <= core:
+                self.cores[key] = quota
+                return _Entry(*subselect(entry.images[:core], entry.labels[:core], quota))
+            rest = subselect(entry.images[core:], entry.labels[core:], quota - core)
+            return _Entry(torch.cat([entry.images[:core], rest[0]]), _cat_labels(entry.labels[:core], rest[1]))
         return _Entry(*subselect(entry.images, entry.labels, quota))
 
     def _merge(self, key: Key, new: _Entry, quota: int) -> None:
         old = self.entries.get(key)
         if old is not None:  # a class seen again (data-incremental streams): pool, then cut
             new = _Entry(torch.cat([old.images, new.images]), _cat_labels(old.labels, new.labels))
+            self.cores.pop(key, None)
         if quota > 0:
-            self.entries[key] = _Entry(*subselect(new.images, new.labels, quota))
+            self.entries[key] = (self._cut(key, new, quota, "cpu", 0) if key in self.cores
+                                 else _Entry(*subselect(new.images, new.labels, quota)))
 
     # ------------------------------------------------------------------ views
     def _rebuild(self) -> None:

@@ -44,7 +44,7 @@ class DistilledReplayPlugin(ReplayPlugin):
         iterations: distillation iterations for iterative methods (None = default).
         model: network the distiller uses for features / matching.
         distill_options: further method options (e.g. ``{"lr_images": 1.0}``).
-        rebalance: how old classes shrink when new ones arrive: ``subselect`` or ``redistill``.
+        rebalance: how old classes shrink when new ones arrive: ``subselect``, ``redistill`` or ``nested`` (see :class:`~fedcond.continual.buffer.DistillSpec`).
         soft_weight: weight of the soft-target replay loss (soft-label buffers only).
         num_classes: classes of the stream (None = from the benchmark / labels).
         mean, std: normalisation of the inputs, recorded with the buffer's images.
