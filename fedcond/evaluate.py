@@ -20,6 +20,7 @@ from fedcond.errors import FedcondError
 from fedcond.models import MODEL_NAMES, get_model
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import Augment, accuracy, train_model
+from fedcond.zca import zca_dataset, zca_regularization
 
 
 @dataclass
@@ -126,6 +127,9 @@ def evaluate_synthetic(
     """Train ``runs`` fresh models on ``sset`` and test each on ``dataset``'s test split."""
     config = config or EvalConfig()
     check_compatible(sset, dataset)
+    zca = zca_regularization(sset.config)
+    if zca is not None:  # the set lives in ZCA-whitened space: test in the same space
+        dataset = zca_dataset(dataset, zca)
     x = sset.images.to(dataset.device, torch.float32)
     y = sset.labels.to(dataset.device)
     accs = []

@@ -1,0 +1,218 @@
+"""Iterative distillation: the shared config, the optimisation loop, checkpoint and resume.
+
+A method supplies ``step(iteration) -> loss`` (one iteration of its own algorithm, drawing
+all randomness from the run's generator); :func:`run_loop` repeats it and adds progress
+callbacks, periodic snapshots and checkpoints. A checkpoint holds exactly what the next
+iteration depends on — the synthetic tensors, the optimiser state, the generator state and
+the iteration index — so a killed run restarted with the same config and checkpoint
+directory continues bit for bit where it stopped. Files are written to a temporary name
+and moved into place (``os.replace``), and read with ``torch.load(weights_only=True)``:
+tensors, numbers and strings only, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from fedcond.augment import DEFAULT_STRATEGY, parse_strategy
+from fedcond.data import ImageDataset
+from fedcond.distill.base import Callback, DistillConfig, emit, make_set
+from fedcond.errors import FedcondError
+from fedcond.synthetic import SyntheticSet
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+# Fields that change how long or how verbosely a run goes, not what it computes: a run may
+# be resumed with other values (e.g. more iterations).
+RUN_LENGTH_FIELDS = ("iterations", "checkpoint_dir", "checkpoint_every", "log_every", "eval_every")
+
+
+@dataclass
+class IterativeConfig(DistillConfig):
+    """Settings shared by the iterative matching methods (DM, DC, DSA).
+
+    Attributes:
+        iterations: outer iterations (each with a freshly initialised network).
+        lr_images, momentum_images: SGD on the synthetic images.
+        batch_real: real images per class per iteration.
+        init: ``"real"`` (random real images) or ``"noise"`` (standard normal).
+        dsa: match through differentiable siamese augmentation with ``dsa_strategy``.
+        learn_labels: learn soft labels (logits initialised to ``label_init_scale`` *
+            one-hot, SGD with ``lr_labels``); the set then stores (N, K) probabilities.
+        zca: distill (and evaluate) in ZCA-whitened space, ``zca_regularization`` added
+            to the eigenvalues, fitted on the training split.
+        checkpoint_dir: save/resume here (None: no checkpoints).
+        checkpoint_every: iterations between checkpoints (one is also written at the end).
+        log_every: iterations between progress callbacks (each costs one host sync).
+        eval_every: iterations between snapshots handed to callbacks that define
+            ``on_snapshot(iteration, synthetic_set)`` (0: never).
+    """
+
+    iterations: int = 200
+    lr_images: float = 1.0
+    momentum_images: float = 0.5
+    batch_real: int = 256
+    init: str = "real"
+    dsa: bool = True
+    dsa_strategy: str = DEFAULT_STRATEGY
+    learn_labels: bool = False
+    label_init_scale: float = 5.0
+    lr_labels: float = 1.0
+    zca: bool = False
+    zca_regularization: float = 0.1
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 100
+    log_every: int = 10
+    eval_every: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.iterations < 0:
+            raise FedcondError(f"iterations must be >= 0, got {self.iterations}")
+        if self.lr_images <= 0 or self.lr_labels <= 0:
+            raise FedcondError("lr_images and lr_labels must be > 0")
+        if not 0 <= self.momentum_images < 1:
+            raise FedcondError(f"momentum_images must be in [0, 1), got {self.momentum_images}")
+        if self.batch_real < 1:
+            raise FedcondError(f"batch_real must be >= 1, got {self.batch_real}")
+        if self.init not in ("real", "noise"):
+            raise FedcondError(f"init must be 'real' or 'noise', got {self.init!r}")
+        if self.zca_regularization <= 0:
+            raise FedcondError(f"zca_regularization must be > 0, got {self.zca_regularization}")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every < 0:
+            raise FedcondError("checkpoint_every and log_every must be >= 1, eval_every >= 0")
+        parse_strategy(self.dsa_strategy)
+
+
+@dataclass
+class RunState:
+    """The trainable synthetic tensors and their optimiser."""
+
+    images: torch.Tensor  # leaf, requires grad
+    label_logits: torch.Tensor | None  # leaf or None (hard labels)
+    optimizer: torch.optim.Optimizer
+
+    @classmethod
+    def create(cls, images: torch.Tensor, label_logits: torch.Tensor | None, config: IterativeConfig) -> "RunState":
+        images = images.detach().clone().requires_grad_(True)
+        groups: list[dict[str, Any]] = [{"params": [images], "lr": config.lr_images}]
+        if label_logits is not None:
+            label_logits = label_logits.detach().clone().requires_grad_(True)
+            groups.append({"params": [label_logits], "lr": config.lr_labels})
+        opt = torch.optim.SGD(groups, lr=config.lr_images, momentum=config.momentum_images)
+        return cls(images, label_logits, opt)
+
+    def labels(self, hard: torch.Tensor) -> torch.Tensor:
+        """What the set stores: ``hard`` ids, or the learned label probabilities (N, K)."""
+        if self.label_logits is None:
+            return hard
+        return torch.softmax(self.label_logits.detach(), dim=1)
+
+
+def finish_set(dataset: ImageDataset, state: RunState, syn_class: torch.Tensor, classes: torch.Tensor,
+               config: IterativeConfig, seed: int, method: str) -> SyntheticSet:
+    """The current synthetic tensors as a SyntheticSet that records the classes it covers."""
+    sset = make_set(dataset, state.images, state.labels(syn_class), method, config, seed)
+    sset.config["present_classes"] = classes.tolist()
+    return sset
+
+
+def run_fingerprint(method: str, config: IterativeConfig, seed: int, dataset: str, num_images: int) -> str:
+    """What must match for a checkpoint to be resumed: everything but the run length."""
+    values = {k: v for k, v in config.to_dict().items() if k not in RUN_LENGTH_FIELDS}
+    return json.dumps({"method": method, "seed": seed, "dataset": dataset, "num_images": num_images, **values},
+                      sort_keys=True, default=str)
+
+
+def save_checkpoint(path: Path, state: RunState, generator: torch.Generator, iteration: int, fingerprint: str) -> None:
+    """Atomically write the run's state after ``iteration`` iterations."""
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "iteration": iteration,
+        "fingerprint": fingerprint,
+        "images": state.images.detach().cpu(),
+        "optimizer": state.optimizer.state_dict(),
+        "generator": generator.get_state(),
+    }
+    if state.label_logits is not None:
+        payload["label_logits"] = state.label_logits.detach().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, state: RunState, generator: torch.Generator, fingerprint: str) -> int:
+    """Restore ``state`` and ``generator`` from ``path``; return the iterations already done."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        iteration, saved = int(payload["iteration"]), str(payload["fingerprint"])
+    except Exception as err:  # unpickling errors come in many types; all mean "unreadable"
+        raise FedcondError(f"cannot read checkpoint {path}: {err}; delete it to start over") from None
+    if saved != fingerprint:
+        diff = _first_difference(json.loads(saved), json.loads(fingerprint))
+        raise FedcondError(f"checkpoint {path} belongs to a different run ({diff}); use another checkpoint dir or delete it")
+    with torch.no_grad():
+        state.images.copy_(payload["images"])
+        if state.label_logits is not None:
+            state.label_logits.copy_(payload["label_logits"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    generator.set_state(payload["generator"])
+    return iteration
+
+
+def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"{key}: {a.get(key)!r} there, {b.get(key)!r} now"
+    return "unknown difference"
+
+
+def run_loop(
+    step: Callable[[int], torch.Tensor],
+    state: RunState,
+    config: IterativeConfig,
+    generator: torch.Generator,
+    fingerprint: str,
+    callbacks: list[Callback] | None = None,
+    snapshot: Callable[[], SyntheticSet] | None = None,
+) -> list[float]:
+    """Run ``step`` for iterations ``[done, config.iterations)``, resuming from a checkpoint.
+
+    ``step`` returns a detached scalar loss tensor; losses are summed on the device and
+    read (one host sync) only every ``log_every`` iterations. Returns the logged mean losses.
+    """
+    total = config.iterations
+    path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
+    start = 0
+    if path is not None and path.exists():
+        start = load_checkpoint(path, state, generator, fingerprint)
+        if start > total:
+            raise FedcondError(f"checkpoint {path} is already at iteration {start}, past the requested {total}")
+    logged: list[float] = []
+    running, count = None, 0
+    for it in range(start, total):
+        loss = step(it)
+        running = loss if running is None else running + loss
+        count += 1
+        done = it + 1
+        # Checkpoint before callbacks run, so an interrupt raised in one loses nothing.
+        if path is not None and (done % config.checkpoint_every == 0 or done == total):
+            save_checkpoint(path, state, generator, done, fingerprint)
+        if done % config.log_every == 0 or done == total:
+            logged.append(float(running) / count)  # the only host sync of the loop
+            emit(callbacks, done, total, {"loss": logged[-1]})
+            running, count = None, 0
+        if snapshot is not None and config.eval_every and done % config.eval_every == 0:
+            hooks = [cb.on_snapshot for cb in callbacks or () if hasattr(cb, "on_snapshot")]
+            if hooks:
+                current = snapshot()
+                for hook in hooks:
+                    hook(done, current)
+    return logged

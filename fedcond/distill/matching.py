@@ -1,0 +1,155 @@
+"""Shared parts of the matching methods (DM, DC/DSA): real batches, synthetic start, labels.
+
+Everything here is set up once per run, so the per-iteration hot path is a handful of
+vectorised tensor ops: real indices for all classes come from one ``topk`` over random
+keys of a padded per-class index table, drawn on the CPU from the run's generator and
+moved to the device in one small copy (pinned, asynchronous on CUDA).
+
+Only the classes present in the data take part (a federated client or a continual
+experience may hold a few), each with ``min(ipc, images of that class)`` synthetic images.
+Rows ("class rows") index the present classes; ``classes[row]`` is the class id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedcond.data import ImageDataset
+from fedcond.errors import FedcondError
+from fedcond.models import get_model
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small CPU tensor to ``device`` without stalling the host on CUDA."""
+    if device.type == "cuda":
+        # pin_memory uses torch's caching host allocator, so this is cheap after warm-up.
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+@dataclass
+class ClassSampler:
+    """Class-balanced random real batches without replacement, for all classes at once.
+
+    Attributes:
+        classes: (R,) present class ids, ascending (CPU).
+        table: (R, M) training indices per class, padded by repeating its last index.
+        counts: (R,) images per class.
+    """
+
+    classes: torch.Tensor
+    table: torch.Tensor
+    counts: torch.Tensor
+
+    @classmethod
+    def from_labels(cls, labels: torch.Tensor, num_classes: int) -> "ClassSampler":
+        labels = labels.cpu()
+        counts_all = torch.bincount(labels, minlength=num_classes)
+        classes = torch.nonzero(counts_all).flatten()
+        if classes.numel() == 0:
+            raise FedcondError("the data set has no training images to distill")
+        counts = counts_all[classes]
+        order = torch.argsort(labels, stable=True)
+        starts = torch.cumsum(counts_all, 0) - counts_all
+        width = int(counts.max())
+        col = torch.minimum(torch.arange(width).view(1, -1), (counts - 1).view(-1, 1))  # pad = repeat last
+        table = order[starts[classes].view(-1, 1) + col]
+        return cls(classes=classes, table=table, counts=counts)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.classes.numel())
+
+    def batch_size(self, requested: int) -> int:
+        """Per-class batch width: ``requested``, capped by the largest class."""
+        return min(requested, int(self.counts.max()))
+
+    def weights(self, requested: int, device: torch.device) -> torch.Tensor:
+        """(R, B) averaging weights: 1/b_c on a class's b_c = min(B, count) real slots, 0 on padding."""
+        b = self.batch_size(requested)
+        valid = torch.arange(b).view(1, -1) < self.counts.view(-1, 1)
+        w = valid.float() / valid.sum(dim=1, keepdim=True).float()
+        return w.to(device)
+
+    def sample(self, requested: int, generator: torch.Generator) -> torch.Tensor:
+        """(R, B) training indices (CPU): a random subset per class; padded slots repeat an index."""
+        b = self.batch_size(requested)
+        keys = torch.rand(self.table.shape, generator=generator)
+        # Padding positions get keys above 1 so they come last; the first count_c picks are distinct.
+        pad = torch.arange(self.table.shape[1]).view(1, -1) >= self.counts.view(-1, 1)
+        keys = keys.masked_fill(pad, 2.0)
+        pick = keys.topk(b, dim=1, largest=False, sorted=True).indices
+        return self.table.gather(1, pick)
+
+
+def initial_synthetic(
+    dataset: ImageDataset, sampler: ClassSampler, ipc: int, init: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Starting images and their class ids, grouped by class: ``min(ipc, count)`` per class.
+
+    ``init="real"`` copies distinct random real images (the DM/DSA papers' choice);
+    ``init="noise"`` draws standard normal pixels (in normalised space).
+    """
+    per_class = torch.clamp(sampler.counts, max=ipc)
+    syn_class = torch.repeat_interleave(sampler.classes, per_class)
+    if init == "real":
+        picks = [sampler.table[r, torch.randperm(int(sampler.counts[r]), generator=generator)[: int(per_class[r])]]
+                 for r in range(sampler.num_rows)]
+        images = dataset.train_images[torch.cat(picks).to(dataset.device)].clone()
+    elif init == "noise":
+        images = torch.randn((int(per_class.sum()), *dataset.image_shape), generator=generator).to(dataset.device)
+    else:
+        raise FedcondError(f"init must be 'real' or 'noise', got {init!r}")
+    return images.float().contiguous(), syn_class.to(dataset.device)
+
+
+def class_rows(class_ids: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Row index (position in ``classes``) of every id in ``class_ids``."""
+    lookup = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long, device=class_ids.device)
+    lookup[classes.to(class_ids.device)] = torch.arange(classes.numel(), device=class_ids.device)
+    return lookup[class_ids]
+
+
+def initial_label_logits(syn_class: torch.Tensor, num_classes: int, scale: float) -> torch.Tensor:
+    """Learnable label logits: ``scale`` * one-hot (softmax ~ the hard label, still trainable)."""
+    return F.one_hot(syn_class, num_classes).float() * scale
+
+
+def syn_assignment(syn_rows: torch.Tensor, num_rows: int, probs: torch.Tensor | None, classes: torch.Tensor) -> torch.Tensor:
+    """(R, N) weights turning synthetic features into per-class means (rows sum to 1).
+
+    Hard labels: 1/s_c on the class's own images. Learned soft labels: each image counts
+    towards every class in proportion to its label probability, i.e. the class-conditional
+    mean of the soft-labelled set seen as a joint distribution over (image, class).
+    """
+    if probs is None:
+        a = F.one_hot(syn_rows, num_rows).T.float()
+    else:
+        a = probs[:, classes.to(probs.device)].T
+    return a / a.sum(dim=1, keepdim=True)
+
+
+def fresh_network(
+    name: str, dataset: ImageDataset, generator: torch.Generator, device: torch.device,
+    reuse: nn.Module | None = None,
+) -> nn.Module:
+    """A freshly initialised network whose weights are a function of one generator draw.
+
+    On CPU it is built by ``get_model(seed=...)``. On CUDA, ``reuse`` (an earlier network
+    of the same kind) is re-initialised in place from a CUDA RNG seeded with the draw, so
+    no weights cross the bus and the host never waits.
+    """
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    c, h, w = dataset.image_shape
+    if device.type != "cuda" or reuse is None:
+        return get_model(name, c, dataset.num_classes, (h, w), seed=seed).to(device)
+    with torch.random.fork_rng(devices=[device]):
+        torch.manual_seed(seed)
+        for module in reuse.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return reuse
