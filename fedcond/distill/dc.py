@@ -87,10 +87,11 @@ def class_gradients(
     Returns:
         One tensor (R, *weight.shape) per weight tensor (parameters of rank >= 2).
     """
-    names = [n for n, p in net.named_parameters() if p.dim() > 1]
-    fixed = {n: p.detach() for n, p in net.named_parameters() if p.dim() <= 1}
+    params = dict(net.named_parameters())
+    names = [n for n, p in params.items() if p.dim() > 1]
+    fixed = {n: p.detach() for n, p in params.items() if p.dim() <= 1}
     fixed.update(dict(net.named_buffers()))
-    weights_now = {n: dict(net.named_parameters())[n].detach() for n in names}
+    weights_now = {n: params[n].detach() for n in names}
 
     def loss(w: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
         return soft_ce(functional_call(net, {**w, **fixed}, (x,)), t, sw)
@@ -115,7 +116,7 @@ class DCConfig(IterativeConfig):
     lr_net 0.01, batch_train 256). ``outer_loop``/``inner_loop`` default to the paper's
     values for the ipc (see PAPER_LOOPS). The default ``iterations`` is sized for a CPU."""
 
-    iterations: int = 100
+    iterations: int = 50  # digits IPC1: ~22 s of single-thread CPU, +0.2 accuracy over random
     lr_images: float = 0.1
     dsa: bool = False
     outer_loop: int | None = None
