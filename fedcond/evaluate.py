@@ -34,6 +34,8 @@ class EvalConfig:
     weight_decay: float = 5e-4
     batch_size: int = 256
     dsa: bool = False  # differentiable siamese augmentation while training (see fedcond.augment)
+    # DSA families; digits want no flip (e.g. "crop_scale_rotate", as DC evaluates MNIST).
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
 
     def __post_init__(self) -> None:
         if self.model.lower() not in MODEL_NAMES:
@@ -42,6 +44,10 @@ class EvalConfig:
             raise FedcondError(f"epochs must be >= 1, got {self.epochs}")
         if self.lr <= 0 or self.batch_size < 1:
             raise FedcondError("lr must be > 0 and batch size >= 1")
+        if self.dsa:
+            from fedcond.augment import parse_strategy  # noqa: PLC0415
+
+            parse_strategy(self.dsa_strategy)  # raises a FedcondError naming the bad family
 
 
 @dataclass
@@ -83,7 +89,7 @@ def _augmenter(config: EvalConfig) -> Augment | None:
         return None
     from fedcond.augment import DSA  # noqa: PLC0415  (optional until used)
 
-    return DSA()
+    return DSA(strategy=config.dsa_strategy)
 
 
 def _train_and_test(

@@ -58,3 +58,11 @@ def test_incompatible_set_is_a_user_error(digits, tiny_set):
         evaluate_synthetic(bad, digits, EvalConfig(epochs=1), runs=1)
     with pytest.raises(FedcondError, match="epochs"):
         EvalConfig(epochs=0)
+
+
+def test_dsa_evaluation_strategy_is_checked_and_changes_training(digits, tiny_set):
+    with pytest.raises(FedcondError, match="unknown DSA strategy"):
+        EvalConfig(dsa=True, dsa_strategy="nope")
+    plain = evaluate_synthetic(tiny_set, digits, EvalConfig(epochs=20), runs=1)
+    aug = evaluate_synthetic(tiny_set, digits, EvalConfig(epochs=20, dsa=True, dsa_strategy="crop_scale_rotate"), runs=1)
+    assert aug.accuracies != plain.accuracies and aug.mean > 0.3

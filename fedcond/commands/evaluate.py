@@ -23,6 +23,8 @@ def command(
     runs: int = typer.Option(5, "--runs", "-r", help="independently seeded trainings (mean ± std)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (default 300; 30 with --full)"),
     dsa: bool = typer.Option(False, "--dsa", help="differentiable siamese augmentation while training"),
+    dsa_strategy: str = typer.Option("color_crop_cutout_flip_scale_rotate", "--dsa-strategy",
+                                     help="DSA families joined by _, e.g. crop_scale_rotate for digits"),
     full: bool = typer.Option(False, "--full", help="train on all real training data (upper bound)"),
     random_ipc: Optional[int] = typer.Option(None, "--random-ipc", help="also (or only) evaluate random real subsets of this IPC"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON here"),
@@ -43,7 +45,7 @@ def command(
     if runs < 1:
         raise FedcondError(f"--runs must be >= 1, got {runs}")
     sset = SyntheticSet.load(path, max_bytes=max_bytes) if path is not None else None  # fail fast on bad files
-    config = EvalConfig(model=model, epochs=epochs or (30 if full else 300), dsa=dsa)
+    config = EvalConfig(model=model, epochs=epochs or (30 if full else 300), dsa=dsa, dsa_strategy=dsa_strategy)
     dev = resolve_device(device)
     data = load_dataset(dataset, data_dir=data_dir, device=dev)
     if sset is not None and sset.dataset != data.name:
