@@ -7,15 +7,6 @@ from fedcond.augment import DSA, FAMILIES
 from fedcond.errors import FedcondError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CI box has 2 shared cores; one thread avoids OpenMP oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -16,15 +16,6 @@ from fedcond.continual.buffer import DistilledBuffer, DistillSpec  # noqa: E402
 from fedcond.errors import FedcondError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: one thread is several times faster on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bench(digits):
     return make_benchmark("split-digits", data=digits, train_fraction=0.25)

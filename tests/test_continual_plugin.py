@@ -23,14 +23,6 @@ from fedcond.models import get_model  # noqa: E402
 from fedcond.train import soft_cross_entropy  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class _Tensors(TensorDataset):
     def __init__(self, x, y):
         super().__init__(x, y)

@@ -3,25 +3,11 @@
 import pytest
 import torch
 
-from fedcond.data import load_dataset
 from fedcond.distill import get_distiller, method_names
 from fedcond.distill.dc import DCConfig, DSAConfig, class_gradients, gradient_distance, paper_loops
 from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
 from fedcond.models import get_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def run(dataset, method="dc", callbacks=None, **options):

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from fedcond.data import load_dataset
 from fedcond.distill import get_distiller
 from fedcond.distill.dm import DMConfig, dm_loss
 from fedcond.errors import FedcondError
@@ -11,19 +10,6 @@ from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
 from fedcond.models import get_model
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import accuracy, train_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def run(dataset, generator_seed=0, callbacks=None, **options):

@@ -3,22 +3,8 @@
 import pytest
 import torch
 
-from fedcond.data import load_dataset
 from fedcond.distill import get_distiller
 from fedcond.errors import FedcondError
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 class Crash(Exception):
