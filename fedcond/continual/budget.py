@@ -15,6 +15,8 @@ from typing import Hashable, Iterable, TypeVar
 
 import torch
 
+from fedcond.distill.coreset import herding_select
+
 K = TypeVar("K", bound=Hashable)
 
 
@@ -46,20 +48,8 @@ def herding_order(images: torch.Tensor, k: int) -> torch.Tensor:
     k = max(0, min(k, n))
     if k == 0:
         return torch.zeros(0, dtype=torch.long)
-    flat = images.detach().reshape(n, -1).double()
-    mu = flat.mean(dim=0)
-    total = torch.zeros_like(mu)
-    available = torch.ones(n, dtype=torch.bool)
-    picked: list[int] = []
-    for t in range(1, k + 1):
-        dist = ((mu - (total + flat) / t) ** 2).sum(dim=1)
-        dist[~available] = float("inf")
-        i = int(dist.argmin())
-        picked.append(i)
-        available[i] = False
-        total += flat[i]
-    return torch.tensor(picked, dtype=torch.long)
-
+    # The coreset rule itself; float64 so near-equal images still order deterministically.
+    return herding_select(images.detach().reshape(n, -1).double(), k)
 
 def subselect(images: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep ``k`` of one class's images (and their label rows) chosen by :func:`herding_order`."""
