@@ -29,3 +29,14 @@ def tiny_set(digits):
         classes=digits.classes, mean=digits.mean, std=digits.std,
         method="random", ipc=2, dataset="digits", seed=0, config={"ipc": 2},
     )
+
+
+@pytest.fixture()
+def task_identity():
+    """Flower messages read run/node/task ids from TaskIdentity, as inside a running ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity  # noqa: PLC0415  (Flower only where used)
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

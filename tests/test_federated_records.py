@@ -10,20 +10,12 @@ flwr = pytest.importorskip("flwr")
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects  # noqa: E402
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents, push_objects  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedcond.federated.comms import CommLedger, metered_grid  # noqa: E402
 from fedcond.federated.records import message_nbytes, model_to_record, set_from_records, set_to_records  # noqa: E402
 from fedcond.models import get_model  # noqa: E402
 
 
-@pytest.fixture()
-def task_identity():
-    """Messages read run/node/task ids from TaskIdentity, as inside a running ServerApp."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def _pushed_bytes(message) -> tuple[int, dict[str, bytes]]:

@@ -9,7 +9,6 @@ import torch
 
 pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedcond.federated.comms import CommLedger  # noqa: E402
 from fedcond.federated.config import FederateConfig  # noqa: E402
@@ -17,12 +16,6 @@ from fedcond.federated.records import set_to_records  # noqa: E402
 from strategies.fedcond import FedCond  # noqa: E402
 
 
-@pytest.fixture()
-def task_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def _reply(node: int, content: RecordDict | None = None, error: str | None = None) -> Message:
