@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,11 +35,13 @@ RUN_LENGTH_FIELDS = ("iterations", "checkpoint_dir", "checkpoint_every", "log_ev
 
 @dataclass
 class IterativeConfig(DistillConfig):
-    """Settings shared by the iterative matching methods (DM, DC, DSA).
+    """Settings shared by the iterative methods (DM, DC, DSA, MTT, FRePo, KIP, DD).
 
     Attributes:
         iterations: outer iterations (each with a freshly initialised network).
-        lr_images, momentum_images: SGD on the synthetic images.
+        lr_images, momentum_images: the step on the synthetic images.
+        optimizer: ``"sgd"`` (with ``momentum_images``; DM/DC/DSA/MTT) or ``"adam"``
+            (KIP, FRePo and DD optimise their images with Adam).
         batch_real: real images per class per iteration.
         init: ``"real"`` (random real images) or ``"noise"`` (standard normal).
         dsa: match through differentiable siamese augmentation with ``dsa_strategy``.
@@ -57,6 +59,7 @@ class IterativeConfig(DistillConfig):
     iterations: int = 200
     lr_images: float = 1.0
     momentum_images: float = 0.5
+    optimizer: str = "sgd"
     batch_real: int = 256
     init: str = "real"
     dsa: bool = True
@@ -79,6 +82,8 @@ class IterativeConfig(DistillConfig):
             raise FedcondError("lr_images and lr_labels must be > 0")
         if not 0 <= self.momentum_images < 1:
             raise FedcondError(f"momentum_images must be in [0, 1), got {self.momentum_images}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise FedcondError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.batch_real < 1:
             raise FedcondError(f"batch_real must be >= 1, got {self.batch_real}")
         if self.init not in ("real", "noise"):
@@ -92,21 +97,41 @@ class IterativeConfig(DistillConfig):
 
 @dataclass
 class RunState:
-    """The trainable synthetic tensors and their optimiser."""
+    """The trainable synthetic tensors and their optimiser.
+
+    ``extras`` are further learned tensors a method needs (MTT's and DD's learning
+    rates); they share the optimiser, each with its own learning rate, and are saved in
+    checkpoints like the images.
+    """
 
     images: torch.Tensor  # leaf, requires grad
     label_logits: torch.Tensor | None  # leaf or None (hard labels)
     optimizer: torch.optim.Optimizer
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, images: torch.Tensor, label_logits: torch.Tensor | None, config: IterativeConfig) -> "RunState":
+    def create(
+        cls, images: torch.Tensor, label_logits: torch.Tensor | None, config: IterativeConfig,
+        extras: dict[str, tuple[torch.Tensor, float]] | None = None,
+    ) -> "RunState":
+        """Leaf copies of the tensors and one optimiser over them.
+
+        ``extras`` maps a name to (initial tensor, its learning rate).
+        """
         images = images.detach().clone().requires_grad_(True)
         groups: list[dict[str, Any]] = [{"params": [images], "lr": config.lr_images}]
         if label_logits is not None:
             label_logits = label_logits.detach().clone().requires_grad_(True)
             groups.append({"params": [label_logits], "lr": config.lr_labels})
-        opt = torch.optim.SGD(groups, lr=config.lr_images, momentum=config.momentum_images)
-        return cls(images, label_logits, opt)
+        leaves = {}
+        for name, (tensor, lr) in (extras or {}).items():
+            leaves[name] = tensor.detach().clone().requires_grad_(True)
+            groups.append({"params": [leaves[name]], "lr": lr})
+        if config.optimizer == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=config.lr_images)
+        else:
+            opt = torch.optim.SGD(groups, lr=config.lr_images, momentum=config.momentum_images)
+        return cls(images, label_logits, opt, leaves)
 
     def labels(self, hard: torch.Tensor) -> torch.Tensor:
         """What the set stores: ``hard`` ids, or the learned label probabilities (N, K)."""
@@ -142,6 +167,8 @@ def save_checkpoint(path: Path, state: RunState, generator: torch.Generator, ite
     }
     if state.label_logits is not None:
         payload["label_logits"] = state.label_logits.detach().cpu()
+    for name, tensor in state.extras.items():
+        payload[f"extra.{name}"] = tensor.detach().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -162,6 +189,8 @@ def load_checkpoint(path: Path, state: RunState, generator: torch.Generator, fin
         state.images.copy_(payload["images"])
         if state.label_logits is not None:
             state.label_logits.copy_(payload["label_logits"])
+        for name, tensor in state.extras.items():
+            tensor.copy_(payload[f"extra.{name}"])
     state.optimizer.load_state_dict(payload["optimizer"])
     generator.set_state(payload["generator"])
     return iteration
