@@ -4,14 +4,16 @@ The field's standard: a freshly initialised network (ConvNet by default) trained
 scratch on the synthetic set with SGD (momentum 0.9, lr 0.01, weight decay 5e-4, lr / 10 at
 half the epochs, batch 256), then tested on the real test split; repeated over R seeds.
 The same protocol on all real data gives the upper bound, on random real subsets of the
-same size the lower bound.
+same size the lower bound. Soft labels made by a teacher at temperature T (``fedcond
+relabel``) are learnt with the distillation loss at that T; :func:`evaluate_architectures`
+repeats the protocol across networks (cross-architecture generalisation).
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Sequence
 
 import torch
 
@@ -36,6 +38,9 @@ class EvalConfig:
     dsa: bool = False  # differentiable siamese augmentation while training (see fedcond.augment)
     # DSA families; digits want no flip (e.g. "crop_scale_rotate", as DC evaluates MNIST).
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    # Knowledge-distillation temperature for soft labels; None: the set's own
+    # ``config["kd_temperature"]`` (written by fedcond.relabel), 1.0 when it has none.
+    kd_temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.model.lower() not in MODEL_NAMES:
@@ -44,6 +49,8 @@ class EvalConfig:
             raise FedcondError(f"epochs must be >= 1, got {self.epochs}")
         if self.lr <= 0 or self.batch_size < 1:
             raise FedcondError("lr must be > 0 and batch size >= 1")
+        if self.kd_temperature is not None and not self.kd_temperature > 0:
+            raise FedcondError(f"kd temperature must be > 0, got {self.kd_temperature}")
         if self.dsa:
             from fedcond.augment import parse_strategy  # noqa: PLC0415
 
@@ -99,6 +106,7 @@ def _train_and_test(
     config: EvalConfig,
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
+    temperature: float = 1.0,
 ) -> float:
     c, h, w = dataset.image_shape
     model = get_model(config.model, c, dataset.num_classes, (h, w), seed=seed).to(dataset.device)
@@ -106,7 +114,7 @@ def _train_and_test(
     train_model(
         model, images, labels, config.epochs, lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay, batch_size=config.batch_size, generator=gen,
-        augment=_augmenter(config), on_epoch=on_epoch,
+        augment=_augmenter(config), on_epoch=on_epoch, temperature=temperature,
     )
     return accuracy(model, dataset.test_images, dataset.test_labels)
 
@@ -122,6 +130,18 @@ def check_compatible(sset: SyntheticSet, dataset: ImageDataset) -> None:
         raise FedcondError(f"synthetic set has {sset.num_classes} classes but {dataset.name} has {dataset.num_classes}")
 
 
+def kd_temperature(sset: SyntheticSet, config: EvalConfig) -> float:
+    """The distillation temperature to train on ``sset`` with: the config's, else the set's, else 1."""
+    if config.kd_temperature is not None:
+        return float(config.kd_temperature)
+    value = sset.config.get("kd_temperature")
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise FedcondError(f"the set's kd_temperature must be a number > 0, got {value!r}")
+    return float(value)
+
+
 def evaluate_synthetic(
     sset: SyntheticSet,
     dataset: ImageDataset,
@@ -130,9 +150,17 @@ def evaluate_synthetic(
     seed: int = 0,
     on_run: Callable[[int, float], None] | None = None,
 ) -> EvalResult:
-    """Train ``runs`` fresh models on ``sset`` and test each on ``dataset``'s test split."""
+    """Train ``runs`` fresh models on ``sset`` and test each on ``dataset``'s test split.
+
+    Soft labels are learnt at :func:`kd_temperature`; the result's config records the
+    temperature used.
+    """
     config = config or EvalConfig()
     check_compatible(sset, dataset)
+    temperature = 1.0  # hard labels have no temperature
+    if sset.soft_labels:
+        temperature = kd_temperature(sset, config)
+        config = replace(config, kd_temperature=temperature)
     zca = zca_regularization(sset.config)
     if zca is not None:  # the set lives in ZCA-whitened space: test in the same space
         dataset = zca_dataset(dataset, zca)
@@ -140,10 +168,50 @@ def evaluate_synthetic(
     y = sset.labels.to(dataset.device)
     accs = []
     for r in range(runs):
-        accs.append(_train_and_test(dataset, x, y, config, seed + r))
+        accs.append(_train_and_test(dataset, x, y, config, seed + r, temperature=temperature))
         if on_run is not None:
             on_run(r, accs[-1])
     return EvalResult(accs, config, "synthetic", sset.num_images, {"method": sset.method, "ipc": sset.ipc})
+
+
+def architecture_names(models: Sequence[str]) -> list[str]:
+    """Normalised model names, each known and listed once; a FedcondError otherwise."""
+    names = [m.strip().lower() for m in models]
+    if not names or any(not m for m in names):
+        raise FedcondError(f"empty model name in {','.join(models)!r}: list networks like convnet,mlp,resnet18")
+    if len(set(names)) != len(names):
+        raise FedcondError(f"a model is listed twice in {','.join(names)}")
+    unknown = [m for m in names if m not in MODEL_NAMES]
+    if unknown:
+        raise FedcondError(f"unknown model {unknown[0]!r}: use one of {', '.join(MODEL_NAMES)}")
+    return names
+
+
+def evaluate_architectures(
+    sset: SyntheticSet,
+    dataset: ImageDataset,
+    models: Sequence[str],
+    config: EvalConfig | None = None,
+    runs: int = 5,
+    seed: int = 0,
+    on_run: Callable[[str, int, float], None] | None = None,
+) -> list[EvalResult]:
+    """Cross-architecture generalisation: :func:`evaluate_synthetic` once per network.
+
+    Every model gets the same protocol (``config`` with its ``model`` replaced) and the same
+    seeds, so the rows of the resulting table differ only in the architecture.
+
+    Args:
+        models: registry names (see :data:`fedcond.models.MODEL_NAMES`), each at most once.
+        on_run: called with (model name, run index, accuracy) after each training.
+    """
+    config = config or EvalConfig()
+    configs = [replace(config, model=m) for m in architecture_names(models)]
+    results = []
+    for cfg in configs:
+        hook = None if on_run is None else (lambda r, acc, name=cfg.model: on_run(name, r, acc))
+        results.append(evaluate_synthetic(sset, dataset, cfg, runs, seed, on_run=hook))
+    return results
 
 
 def evaluate_full(

@@ -2,7 +2,8 @@
 
 Used by evaluation, by the federated server (training the global model on pooled sets),
 by the FedAvg clients and by the continual runner. Hard labels use cross-entropy; soft
-labels (N, K) are target distributions and use soft cross-entropy.
+labels (N, K) are target distributions and use soft cross-entropy, at a temperature when
+they are a teacher's softened outputs (knowledge distillation, see ``fedcond.relabel``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,18 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for int64 ids, soft cross-entropy for (N, K) float targets."""
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy for int64 ids, soft cross-entropy for (N, K) float targets.
+
+    With soft labels and ``temperature`` T != 1 this is Hinton et al.'s distillation loss
+    ``T**2 * CE(targets, softmax(logits / T))``, the targets being a teacher's
+    ``softmax(teacher_logits / T)``; T**2 keeps gradient magnitudes comparable across T.
+    Hard labels ignore ``temperature``.
+    """
     if labels.dim() == 2:
-        return soft_cross_entropy(logits, labels)
+        if temperature == 1.0:
+            return soft_cross_entropy(logits, labels)
+        return temperature**2 * soft_cross_entropy(logits / temperature, labels)
     return F.cross_entropy(logits, labels)
 
 
@@ -45,6 +54,7 @@ def train_model(
     augment: Augment | None = None,
     lr_decay_at_half: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
+    temperature: float = 1.0,
 ) -> nn.Module:
     """Train ``model`` in place with SGD on (images, labels); return it.
 
@@ -55,7 +65,10 @@ def train_model(
         generator: source of shuffling (and augmentation) randomness; a CPU generator is fine.
         augment: optional batch augmentation applied to each mini-batch.
         on_epoch: called with (epoch index, mean loss) after each epoch (progress display).
+        temperature: distillation temperature for soft labels (see :func:`classification_loss`).
     """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     if images.shape[0] == 0:
@@ -76,7 +89,7 @@ def train_model(
             x, y = images[idx], labels[idx]
             if augment is not None:
                 x = augment(x, generator)
-            loss = classification_loss(model(x), y)
+            loss = classification_loss(model(x), y, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -66,3 +66,17 @@ def test_dsa_evaluation_strategy_is_checked_and_changes_training(digits, tiny_se
     plain = evaluate_synthetic(tiny_set, digits, EvalConfig(epochs=20), runs=1)
     aug = evaluate_synthetic(tiny_set, digits, EvalConfig(epochs=20, dsa=True, dsa_strategy="crop_scale_rotate"), runs=1)
     assert aug.accuracies != plain.accuracies and aug.mean > 0.3
+
+
+def test_cross_architecture_evaluation_runs_each_model_with_the_same_protocol(digits, tiny_set):
+    from fedcond.evaluate import evaluate_architectures
+
+    cfg = EvalConfig(epochs=20)
+    results = evaluate_architectures(tiny_set, digits, ["ConvNet", "mlp"], cfg, runs=2, seed=1)
+    assert [r.config.model for r in results] == ["convnet", "mlp"]
+    assert all(len(r.accuracies) == 2 and r.config.epochs == 20 for r in results)
+    alone = evaluate_synthetic(tiny_set, digits, cfg, runs=2, seed=1)
+    assert results[0].accuracies == alone.accuracies  # same seeds, same protocol as a single evaluation
+    for models, message in [([], "empty model name"), (["mlp", "mlp"], "listed twice"), (["convnet", "nope"], "unknown model")]:
+        with pytest.raises(FedcondError, match=message):
+            evaluate_architectures(tiny_set, digits, models, cfg, runs=1)
