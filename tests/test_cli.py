@@ -100,3 +100,29 @@ def test_entry_point_help_and_bad_flag():
     bad = subprocess.run([sys.executable, "-m", "fedcond.cli", "distill", "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "--bogus" in bad.stderr
+
+
+def test_evaluate_models_prints_one_table_and_json_per_architecture(herding_run, tmp_path):
+    out = tmp_path / "arch.json"
+    path = str(herding_run / "synthetic.safetensors")
+    result = runner.invoke(app, ["evaluate", path, "--dataset", "digits", "--runs", "2", "--epochs", "10",
+                                 "--models", "convnet,mlp,lenet", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert all(name in result.stdout for name in ("architecture", "convnet", "mlp", "lenet"))
+    data = json.loads(out.read_text())
+    assert [a["model"] for a in data["architectures"]] == ["convnet", "mlp", "lenet"]
+    assert all(len(a["accuracies"]) == 2 and 0 <= a["accuracy_mean"] <= 1 for a in data["architectures"])
+    first = data["architectures"][0]  # the usual top-level fields are the first network's
+    assert data["model"] == "convnet" and data["runs"] == 2
+    assert (data["accuracy_mean"], data["accuracy_std"]) == (first["accuracy_mean"], first["accuracy_std"])
+
+    for args, message in [
+        (["--model", "mlp", "--models", "convnet,mlp"], "not both"),
+        (["--models", "convnet,nope"], "unknown model 'nope'"),
+        (["--models", "convnet,,mlp"], "empty model name"),
+        (["--models", "convnet", "--random-ipc", "2"], "drop --full/--random-ipc"),
+        (["--kd-temperature", "0"], "kd temperature must be > 0"),
+    ]:
+        bad = runner.invoke(app, ["evaluate", path, "--dataset", "digits"] + args)
+        assert bad.exit_code == 2, (args, bad.output)
+        assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and message in bad.stderr, (args, bad.stderr)
