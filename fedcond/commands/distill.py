@@ -19,7 +19,7 @@ from fedcond.synthetic import STORAGE_DTYPES
 def command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="digits, mnist, fashion-mnist, cifar10, cifar100, svhn, or an ImageFolder path"),
     out: Path = typer.Option(..., "--out", help="output folder (synthetic.safetensors, run.json, grid.png)"),
-    method: str = typer.Option("dm", "--method", "-m", help="distillation or coreset method (random, herding, kcenter, dm, dc, dsa, ...)"),
+    method: str = typer.Option("dm", "--method", "-m", help="distillation or coreset method (random, herding, kcenter, dm, dc, dsa, mtt, dd, kip, frepo)"),
     ipc: int = typer.Option(10, "--ipc", help="images per class"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="iterations, for methods that iterate (default: the method's)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror instead of downloading"),
@@ -52,6 +52,8 @@ def command(
         values["iterations"] = iterations
     if "checkpoint_dir" in fields and "checkpoint_dir" not in values:
         values["checkpoint_dir"] = str(out / "checkpoints")  # re-running the command resumes
+    if "experts_dir" in fields and "experts_dir" not in values:
+        values["experts_dir"] = str(out / "experts")  # MTT: trained once, reused on re-runs
     config = distiller.config_class.from_dict(values)
 
     data = load_dataset(dataset, data_dir=data_dir, device=dev)
@@ -66,6 +68,8 @@ def command(
             stamps.append((time.perf_counter(), iteration))
             update(iteration, total, **metrics)
 
+        # MTT first trains its expert trajectories: show that on the same bar.
+        on_progress.on_experts = lambda done, total: update(done, total, expert_epochs=done)  # type: ignore[attr-defined]
         sset = distiller.distill(data, config, torch.Generator().manual_seed(seed), dev, [on_progress])
     wall = time.perf_counter() - start
     sset.storage_dtype = dtype
