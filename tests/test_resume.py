@@ -30,6 +30,11 @@ def distill(dataset, method, options, callbacks=None, seed=0):
     [
         ("dm", {"ipc": 2, "iterations": 9, "learn_labels": True, "lr_labels": 1.0}),
         ("dsa", {"ipc": 2, "iterations": 5, "outer_loop": 2, "inner_loop": 1, "batch_real": 32}),
+        ("kip", {"ipc": 2, "iterations": 9, "learn_labels": True, "dsa": True, "batch_real": 32}),
+        # Pool networks re-initialised before and after the crash (max_online_steps 3), so
+        # the checkpointed pool (weights, Adam states, step counters) is what makes it exact.
+        ("frepo", {"ipc": 2, "iterations": 9, "learn_labels": True, "num_models": 2, "max_online_steps": 3,
+                   "batch_real": 16}),
     ],
 )
 def test_killed_and_resumed_run_equals_uninterrupted_run(digits, tmp_path, method, options):

@@ -5,7 +5,10 @@ all randomness from the run's generator); :func:`run_loop` repeats it and adds p
 callbacks, periodic snapshots and checkpoints. A checkpoint holds exactly what the next
 iteration depends on — the synthetic tensors, the optimiser state, the generator state and
 the iteration index — so a killed run restarted with the same config and checkpoint
-directory continues bit for bit where it stopped. Files are written to a temporary name
+directory continues bit for bit where it stopped. A method with state of its own beyond
+the synthetic tensors (FRePo's pool of online networks and their optimisers) passes it as
+``method_state``, an object with ``state_dict()``/``load_state_dict()``, and it is saved
+and restored with the rest. Files are written to a temporary name
 and moved into place (``os.replace``), and read with ``torch.load(weights_only=True)``:
 tensors, numbers and strings only, never arbitrary pickled objects.
 """
@@ -16,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -95,6 +98,18 @@ class IterativeConfig(DistillConfig):
         parse_strategy(self.dsa_strategy)
 
 
+class MethodState(Protocol):
+    """State a method keeps between iterations besides the synthetic tensors (torch-style).
+
+    ``state_dict()`` must hold only what ``torch.load(weights_only=True)`` reads back:
+    tensors, numbers, strings, and lists/dicts of them (module and optimiser state dicts do).
+    """
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class RunState:
     """The trainable synthetic tensors and their optimiser.
@@ -155,8 +170,9 @@ def run_fingerprint(method: str, config: IterativeConfig, seed: int, dataset: st
                       sort_keys=True, default=str)
 
 
-def save_checkpoint(path: Path, state: RunState, generator: torch.Generator, iteration: int, fingerprint: str) -> None:
-    """Atomically write the run's state after ``iteration`` iterations."""
+def save_checkpoint(path: Path, state: RunState, generator: torch.Generator, iteration: int, fingerprint: str,
+                    method_state: MethodState | None = None) -> None:
+    """Atomically write the run's state (and ``method_state``'s) after ``iteration`` iterations."""
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "iteration": iteration,
@@ -169,14 +185,17 @@ def save_checkpoint(path: Path, state: RunState, generator: torch.Generator, ite
         payload["label_logits"] = state.label_logits.detach().cpu()
     for name, tensor in state.extras.items():
         payload[f"extra.{name}"] = tensor.detach().cpu()
+    if method_state is not None:
+        payload["method_state"] = method_state.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, state: RunState, generator: torch.Generator, fingerprint: str) -> int:
-    """Restore ``state`` and ``generator`` from ``path``; return the iterations already done."""
+def load_checkpoint(path: Path, state: RunState, generator: torch.Generator, fingerprint: str,
+                    method_state: MethodState | None = None) -> int:
+    """Restore ``state``, ``generator`` (and ``method_state``) from ``path``; return the iterations done."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         iteration, saved = int(payload["iteration"]), str(payload["fingerprint"])
@@ -193,6 +212,8 @@ def load_checkpoint(path: Path, state: RunState, generator: torch.Generator, fin
             tensor.copy_(payload[f"extra.{name}"])
     state.optimizer.load_state_dict(payload["optimizer"])
     generator.set_state(payload["generator"])
+    if method_state is not None:
+        method_state.load_state_dict(payload["method_state"])
     return iteration
 
 
@@ -211,17 +232,19 @@ def run_loop(
     fingerprint: str,
     callbacks: list[Callback] | None = None,
     snapshot: Callable[[], SyntheticSet] | None = None,
+    method_state: MethodState | None = None,
 ) -> list[float]:
     """Run ``step`` for iterations ``[done, config.iterations)``, resuming from a checkpoint.
 
     ``step`` returns a detached scalar loss tensor; losses are summed on the device and
-    read (one host sync) only every ``log_every`` iterations. Returns the logged mean losses.
+    read (one host sync) only every ``log_every`` iterations. ``method_state`` is checkpointed
+    with the synthetic tensors (see :class:`MethodState`). Returns the logged mean losses.
     """
     total = config.iterations
     path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
     start = 0
     if path is not None and path.exists():
-        start = load_checkpoint(path, state, generator, fingerprint)
+        start = load_checkpoint(path, state, generator, fingerprint, method_state)
         if start > total:
             raise FedcondError(f"checkpoint {path} is already at iteration {start}, past the requested {total}")
     logged: list[float] = []
@@ -233,7 +256,7 @@ def run_loop(
         done = it + 1
         # Checkpoint before callbacks run, so an interrupt raised in one loses nothing.
         if path is not None and (done % config.checkpoint_every == 0 or done == total):
-            save_checkpoint(path, state, generator, done, fingerprint)
+            save_checkpoint(path, state, generator, done, fingerprint, method_state)
         if done % config.log_every == 0 or done == total:
             logged.append(float(running) / count)  # the only host sync of the loop
             emit(callbacks, done, total, {"loss": logged[-1]})
