@@ -145,7 +145,13 @@ def AlexNet(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.
 
 
 def VGG11(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
-    """VGG-11 with instance norm (as in the distillation literature); pools stop at 1x1."""
+    """VGG-11 with instance norm (as in the distillation literature); pools stop at 1x1.
+
+    Convolutions that see a 1x1 map (the last stages at 28x28 and 8x8; none at 32x32) are
+    1x1 convolutions without norm: instance norm over a single value outputs its bias alone,
+    so every input embedded the same (chance accuracy), and a padded 3x3 kernel there uses
+    only its centre tap while being initialised for nine, which made the signal vanish.
+    """
     cfg = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
     layers: list[nn.Module] = []
     c, (h, w) = channels, image_size
@@ -154,7 +160,8 @@ def VGG11(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Mo
             pool, h, w = _pool_if_room(h, w)
             layers.append(pool)
         else:
-            layers += [nn.Conv2d(c, int(v), 3, padding=1), _norm("instancenorm", int(v)), nn.ReLU(inplace=True)]
+            k, norm = (3, "instancenorm") if h * w > 1 else (1, "none")
+            layers += [nn.Conv2d(c, int(v), k, padding=k // 2), _norm(norm, int(v)), nn.ReLU(inplace=True)]
             c = int(v)
     return _FeatureClassifier(nn.Sequential(*layers), channels, num_classes, image_size)
 

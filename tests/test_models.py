@@ -22,6 +22,16 @@ def test_forward_and_embed_shapes(name, channels, size):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("size", [8, 28, 32])
+def test_embeddings_depend_on_the_input(name, size):
+    # Instance norm over 1x1 maps once made VGG11 embed every 8x8/28x28 image identically (chance accuracy).
+    model = get_model(name, 1, 10, (size, size), seed=0).eval()
+    with torch.no_grad():
+        feats = model.embed(torch.randn(4, 1, size, size, generator=torch.Generator().manual_seed(0)))
+    assert feats.std(dim=0).max() > 1e-3  # the broken VGG11 gave 1e-7 (float noise)
+
+
 def test_convnet_depth_follows_resolution():
     assert ConvNet(1, 10, (28, 28)).feature_dim == 128 * 3 * 3
     assert ConvNet(3, 10, (32, 32)).feature_dim == 128 * 4 * 4
