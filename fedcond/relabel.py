@@ -82,9 +82,9 @@ class TeacherInfo:
             shape = tuple(int(v) for v in meta["image_shape"])
             if len(shape) != 3 or min(shape) < 1:
                 raise ValueError(f"image_shape must be (C, H, W), got {meta['image_shape']}")
+            if not isinstance(meta["classes"], list) or not meta["classes"]:
+                raise ValueError("classes must be a non-empty list of names")
             classes = tuple(str(c) for c in meta["classes"])
-            if not classes:
-                raise ValueError("no class names")
             acc, zca = meta.get("accuracy"), meta.get("zca_regularization")
             return cls(
                 model=str(meta["model"]), dataset=str(meta["dataset"]), image_shape=shape, classes=classes,  # type: ignore[arg-type]

@@ -182,7 +182,7 @@ def test_cli_relabel_trains_saves_and_reuses_a_teacher(random_set, tmp_path):
                                  "--teacher-epochs", "2", "--temperature", "3", "--save-teacher", str(teacher_file),
                                  "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "teacher convnet test accuracy on digits" in result.stdout
+    assert "teacher convnet test accuracy on digits" in result.stdout and "matches the set's labels" in result.stdout
     sset = SyntheticSet.load(out)
     assert sset.soft_labels and sset.config["kd_temperature"] == 3.0 and sset.method == "random"
     record = json.loads((tmp_path / "kd.run.json").read_text())
@@ -213,6 +213,7 @@ def test_cli_relabel_user_errors_are_one_line(random_set, tmp_path):
     out = ["--out", str(tmp_path / "o.safetensors")]
     for args, message in [
         (base + out + ["--teacher", str(wrong), "--teacher-model", "mlp"], "not both"),
+        (base + out + ["--teacher", str(wrong), "--teacher-epochs", "3"], "not both"),
         (base + out + ["--teacher", str(wrong), "--save-teacher", str(tmp_path / "s.safetensors")], "--save-teacher"),
         (base + ["--out", str(random_set)], "is the input set"),
         (base + out + ["--temperature", "0"], "--temperature must be > 0"),

@@ -22,7 +22,8 @@ def command(
                                                 "(synthetic.safetensors and run.json in it)"),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="reuse a teacher saved with --save-teacher"),
     teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="network to train as teacher (default convnet)"),
-    teacher_epochs: int = typer.Option(30, "--teacher-epochs", help="epochs of teacher training on the real data"),
+    teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="epochs of teacher training on the "
+                                                                           "real data (default 30)"),
     teacher_dsa: Optional[str] = typer.Option(None, "--teacher-dsa", help="train the teacher with these DSA families, "
                                                                           "e.g. crop_scale_rotate"),
     temperature: float = typer.Option(4.0, "--temperature", "-t", help="softmax temperature T of the labels and the KD loss"),
@@ -36,15 +37,19 @@ def command(
     from fedcond.data import load_dataset  # noqa: PLC0415
     from fedcond.evaluate import check_compatible  # noqa: PLC0415
     from fedcond.models import MODEL_NAMES  # noqa: PLC0415
-    from fedcond.relabel import check_teacher_fits, describe_teacher, load_teacher, relabel, save_teacher, train_teacher  # noqa: PLC0415
+    from fedcond.relabel import (  # noqa: PLC0415
+        check_teacher_fits, describe_teacher, load_teacher, relabel, save_teacher, train_teacher,
+    )
     from fedcond.runinfo import resolve_device, run_record, write_json  # noqa: PLC0415
     from fedcond.synthetic import SyntheticSet  # noqa: PLC0415
     from fedcond.zca import zca_regularization  # noqa: PLC0415
 
-    if teacher is not None and (teacher_model is not None or teacher_dsa is not None):
-        raise FedcondError("give either --teacher FILE (a saved teacher) or --teacher-model/--teacher-dsa to train one, not both")
+    if teacher is not None and (teacher_model is not None or teacher_dsa is not None or teacher_epochs is not None):
+        raise FedcondError("give either --teacher FILE (a saved teacher) or --teacher-model/--teacher-epochs/--teacher-dsa "
+                           "to train one, not both")
     if teacher is not None and save_teacher_to is not None:
         raise FedcondError("--save-teacher saves a newly trained teacher; drop it when reusing --teacher")
+    teacher_epochs = 30 if teacher_epochs is None else teacher_epochs
     if teacher_epochs < 1:
         raise FedcondError(f"--teacher-epochs must be >= 1, got {teacher_epochs}")
     if not temperature > 0:
@@ -87,13 +92,16 @@ def command(
     typer.echo(f"teacher {info.model} test accuracy on {data.name}: {100 * info.accuracy:.2f} %")  # type: ignore[operator]
 
     relabelled = relabel(sset, net, temperature, info)
+    # How often the teacher's top class is the label the set had: low means it overrules them.
+    agreement = float((relabelled.hard_labels == sset.hard_labels).float().mean())
+    typer.echo(f"teacher's top class matches the set's labels on {100 * agreement:.1f} % of its images")
     nbytes = relabelled.save(set_path)
     write_json(record_path, run_record(
         dev, source=str(path), dataset=data.name, method=sset.method, ipc=sset.ipc,
-        seed=seed, temperature=temperature, teacher=info.to_dict(), teacher_path=str(teacher or save_teacher_to or ""),
+        seed=seed, temperature=temperature, teacher=info.to_dict(), teacher_path=str(teacher or save_teacher_to) if (teacher or save_teacher_to) else None,
         teacher_dsa=teacher_dsa, wall_time_s=time.perf_counter() - start, nbytes=nbytes,
         num_images=relabelled.num_images, class_counts=relabelled.class_counts(),
-        label_agreement=float((relabelled.hard_labels == sset.hard_labels).float().mean()),
+        label_agreement=agreement,
     ))
     typer.echo(f"wrote {set_path} ({relabelled.num_images} images, soft labels at T={temperature:g}, {nbytes} bytes), {record_path}")
 
