@@ -30,11 +30,9 @@ from torch.nn import functional as F
 
 from fedcond.augment import DSA
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, generator_seed, register
-from fedcond.distill.loop import IterativeConfig, RunState, finish_set, run_fingerprint, run_loop
-from fedcond.distill.matching import (
-    ClassSampler, class_rows, fresh_network, initial_label_logits, initial_synthetic, to_device,
-)
+from fedcond.distill.base import Callback, DistillConfig, register
+from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.matching import ClassSampler, class_rows, fresh_network, to_device
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import train_model
@@ -160,21 +158,11 @@ class DC:
         callbacks: list[Callback] | None = None,
     ) -> SyntheticSet:
         """Distill ``dataset`` (only its present classes, up to ``ipc`` images each)."""
-        if not isinstance(config, DCConfig):
-            config = self.config_class(**config.to_dict())
-        device = torch.device(device)
-        seed = generator_seed(generator)
-        dataset = dataset.to(device)
-        if config.zca:
-            from fedcond.zca import zca_dataset  # noqa: PLC0415
-
-            dataset = zca_dataset(dataset, config.zca_regularization)
+        run = start_run(self.name, dataset, config, self.config_class, generator, device)
+        config, device, dataset = run.config, run.device, run.dataset
+        sampler, syn_class, state = run.sampler, run.syn_class, run.state
         model = config.model
         k = dataset.num_classes
-        sampler = ClassSampler.from_labels(dataset.train_labels, k)
-        images, syn_class = initial_synthetic(dataset, sampler, config.ipc, config.init, generator)
-        logits = initial_label_logits(syn_class, k, config.label_init_scale) if config.learn_labels else None
-        state = RunState.create(images, logits, config)
         outer_loop, inner_loop = config.loops()
 
         rows = sampler.num_rows
@@ -216,12 +204,8 @@ class DC:
                                 augment=dsa, lr_decay_at_half=False)
             return total / outer_loop
 
-        def snapshot() -> SyntheticSet:
-            return finish_set(dataset, state, syn_class, sampler.classes, config, seed, self.name)
-
-        fingerprint = run_fingerprint(self.name, config, seed, dataset.name, int(syn_class.numel()))
-        run_loop(step, state, config, generator, fingerprint, callbacks, snapshot)
-        return snapshot()
+        run.run(step, generator, callbacks)
+        return run.snapshot()
 
 
 @register("dsa")

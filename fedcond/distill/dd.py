@@ -21,13 +21,12 @@ import torch
 from torch.nn import functional as F
 
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, generator_seed, register
+from fedcond.distill.base import Callback, DistillConfig, register
 from fedcond.distill.functional import FlatNetwork
-from fedcond.distill.loop import IterativeConfig, RunState, finish_set, run_fingerprint, run_loop
-from fedcond.distill.matching import ClassSampler, fresh_network, initial_label_logits, initial_synthetic, to_device
+from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.matching import fresh_network, to_device
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
-from fedcond.zca import zca_dataset
 
 
 @dataclass
@@ -102,16 +101,11 @@ class DD:
         """Distill ``dataset`` (only its present classes, up to ``ipc`` images each)."""
         if not isinstance(config, DDConfig):
             config = DDConfig(**config.to_dict())
-        device = torch.device(device)
-        seed = generator_seed(generator)
-        dataset = dataset.to(device)
-        if config.zca:
-            dataset = zca_dataset(dataset, config.zca_regularization)
-        sampler = ClassSampler.from_labels(dataset.train_labels, dataset.num_classes)
-        images, syn_class = initial_synthetic(dataset, sampler, config.ipc, config.init, generator)
-        logits = initial_label_logits(syn_class, dataset.num_classes, config.label_init_scale) if config.learn_labels else None
-        steps0 = torch.full((config.unroll_steps,), config.lr_teacher, device=device)
-        state = RunState.create(images, logits, config, extras={"step_sizes": (steps0, config.lr_lr)})
+        steps0 = torch.full((config.unroll_steps,), config.lr_teacher)
+        run = start_run(self.name, dataset, config, DDConfig, generator, device,
+                        extras={"step_sizes": (steps0, config.lr_lr)})
+        config, device, dataset = run.config, run.device, run.dataset
+        sampler, state = run.sampler, run.state
         real_weights = sampler.weights(config.batch_real, device)
         real_mask = real_weights.flatten() > 0  # drop padding slots of small classes
         real_labels_all = sampler.classes.to(device).repeat_interleave(real_weights.shape[1])
@@ -123,8 +117,7 @@ class DD:
             student = FlatNetwork(net)
             idx = to_device(sampler.sample(config.batch_real, generator).flatten(), device)
             real, real_labels = dataset.train_images[idx][real_mask], real_labels_all[real_mask]
-            labels = syn_class if state.label_logits is None else torch.softmax(state.label_logits, dim=1)
-            loss = unrolled_loss(student, student.flatten(), state.extras["step_sizes"], state.images, labels,
+            loss = unrolled_loss(student, student.flatten(), state.extras["step_sizes"], state.images, run.labels(),
                                  real, real_labels, config.differentiated_steps)
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -134,10 +127,9 @@ class DD:
             return loss.detach()
 
         def snapshot() -> SyntheticSet:
-            sset = finish_set(dataset, state, syn_class, sampler.classes, config, seed, self.name)
+            sset = run.snapshot()
             sset.config["learned_step_sizes"] = state.extras["step_sizes"].detach().cpu().tolist()
             return sset
 
-        fingerprint = run_fingerprint(self.name, config, seed, dataset.name, int(syn_class.numel()))
-        run_loop(step, state, config, generator, fingerprint, callbacks, snapshot)
+        run.run(step, generator, callbacks, snapshot)
         return snapshot()

@@ -27,13 +27,10 @@ from torch import nn
 
 from fedcond.augment import DSA
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, generator_seed, register
-from fedcond.distill.loop import IterativeConfig, RunState, finish_set, run_fingerprint, run_loop
-from fedcond.distill.matching import (
-    ClassSampler, class_rows, fresh_network, initial_label_logits, initial_synthetic, syn_assignment, to_device,
-)
+from fedcond.distill.base import Callback, DistillConfig, register
+from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.matching import class_rows, fresh_network, syn_assignment, to_device
 from fedcond.synthetic import SyntheticSet
-from fedcond.zca import zca_dataset
 
 
 def dm_loss(
@@ -105,17 +102,9 @@ class DM:
         ``embed_model``: match in this fixed network's feature space (e.g. the federated
         global model) instead of a fresh random network per iteration.
         """
-        if not isinstance(config, DMConfig):
-            config = DMConfig(**config.to_dict())
-        device = torch.device(device)
-        seed = generator_seed(generator)
-        dataset = dataset.to(device)
-        if config.zca:
-            dataset = zca_dataset(dataset, config.zca_regularization)
-        sampler = ClassSampler.from_labels(dataset.train_labels, dataset.num_classes)
-        images, syn_class = initial_synthetic(dataset, sampler, config.ipc, config.init, generator)
-        logits = initial_label_logits(syn_class, dataset.num_classes, config.label_init_scale) if config.learn_labels else None
-        state = RunState.create(images, logits, config)
+        run = start_run(self.name, dataset, config, DMConfig, generator, device)
+        config, device, dataset = run.config, run.device, run.dataset
+        sampler, syn_class, state = run.sampler, run.syn_class, run.state
 
         rows = sampler.num_rows
         real_weights = sampler.weights(config.batch_real, device)
@@ -146,16 +135,12 @@ class DM:
             state.optimizer.step()
             return loss.detach()
 
-        def snapshot() -> SyntheticSet:
-            return finish_set(dataset, state, syn_class, sampler.classes, config, seed, self.name)
-
-        fingerprint = run_fingerprint(self.name, config, seed, dataset.name, int(syn_class.numel()))
         flags = _freeze(embed_model)
         try:
-            run_loop(step, state, config, generator, fingerprint, callbacks, snapshot)
+            run.run(step, generator, callbacks)
         finally:
             _unfreeze(embed_model, flags)
-        return snapshot()
+        return run.snapshot()
 
 
 def _freeze(model: nn.Module | None) -> list[bool]:

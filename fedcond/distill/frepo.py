@@ -37,15 +37,14 @@ from torch.nn import functional as F
 
 from fedcond.augment import DSA
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, generator_seed, register
+from fedcond.distill.base import Callback, DistillConfig, register
 from fedcond.distill.kernels import krr_loss, krr_predict, linear_kernel
 from fedcond.distill.kip import centred_one_hot
-from fedcond.distill.loop import IterativeConfig, RunState, finish_set, run_fingerprint, run_loop
-from fedcond.distill.matching import ClassSampler, class_rows, fresh_network, initial_label_logits, initial_synthetic, to_device
+from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.matching import class_rows, fresh_network, to_device
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import classification_loss
-from fedcond.zca import zca_dataset
 
 LOSSES = ("mse", "ce")
 CPU_CHUNK = 128  # real images per embedding call on the CPU (as in DM: cache-sized)
@@ -163,18 +162,10 @@ class FRePo:
         callbacks: list[Callback] | None = None,
     ) -> SyntheticSet:
         """Distill ``dataset`` (only its present classes, up to ``ipc`` images each)."""
-        if not isinstance(config, FRePoConfig):
-            config = FRePoConfig(**config.to_dict())
-        device = torch.device(device)
-        seed = generator_seed(generator)
-        dataset = dataset.to(device)
-        if config.zca:
-            dataset = zca_dataset(dataset, config.zca_regularization)
+        run = start_run(self.name, dataset, config, FRePoConfig, generator, device)
+        config, device, dataset = run.config, run.device, run.dataset
+        sampler, syn_class, state = run.sampler, run.syn_class, run.state
         k = dataset.num_classes
-        sampler = ClassSampler.from_labels(dataset.train_labels, k)
-        images, syn_class = initial_synthetic(dataset, sampler, config.ipc, config.init, generator)
-        logits = initial_label_logits(syn_class, k, config.label_init_scale) if config.learn_labels else None
-        state = RunState.create(images, logits, config)
         pool = ModelPool(config.model, dataset, generator, device, config.num_models, config.max_online_steps,
                          config.lr_online)
 
@@ -220,9 +211,5 @@ class FRePo:
             pool.advance(i, generator)
             return loss.detach()
 
-        def snapshot() -> SyntheticSet:
-            return finish_set(dataset, state, syn_class, sampler.classes, config, seed, self.name)
-
-        fingerprint = run_fingerprint(self.name, config, seed, dataset.name, int(syn_class.numel()))
-        run_loop(step, state, config, generator, fingerprint, callbacks, snapshot, method_state=pool)
-        return snapshot()
+        run.run(step, generator, callbacks, method_state=pool)
+        return run.snapshot()

@@ -25,7 +25,8 @@ import torch
 
 from fedcond.augment import DEFAULT_STRATEGY, parse_strategy
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, emit, make_set
+from fedcond.distill.base import Callback, DistillConfig, emit, generator_seed, make_set
+from fedcond.distill.matching import ClassSampler, initial_label_logits, initial_synthetic
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
 
@@ -161,6 +162,71 @@ def finish_set(dataset: ImageDataset, state: RunState, syn_class: torch.Tensor, 
     sset = make_set(dataset, state.images, state.labels(syn_class), method, config, seed)
     sset.config["present_classes"] = classes.tolist()
     return sset
+
+
+@dataclass
+class RunSetup:
+    """What every iterative method starts from (see :func:`start_run`).
+
+    Attributes:
+        dataset: the data on the run's device, ZCA-whitened if the config asks.
+        sampler: class-balanced real batches over the present classes.
+        syn_class: (N,) class id of each synthetic image, grouped by class.
+        state: the learned tensors and their optimiser.
+    """
+
+    method: str
+    config: Any  # the method's IterativeConfig subclass
+    device: torch.device
+    seed: int
+    dataset: ImageDataset
+    sampler: ClassSampler
+    syn_class: torch.Tensor
+    state: RunState
+
+    def labels(self) -> torch.Tensor:
+        """The labels training steps use: class ids, or the learned probabilities (with graph)."""
+        if self.state.label_logits is None:
+            return self.syn_class
+        return torch.softmax(self.state.label_logits, dim=1)
+
+    def snapshot(self) -> SyntheticSet:
+        """The current synthetic tensors as a SyntheticSet."""
+        return finish_set(self.dataset, self.state, self.syn_class, self.sampler.classes, self.config, self.seed,
+                          self.method)
+
+    def run(self, step: Callable[[int], torch.Tensor], generator: torch.Generator, callbacks: list[Callback] | None,
+            snapshot: Callable[[], SyntheticSet] | None = None, method_state: MethodState | None = None) -> None:
+        """:func:`run_loop` with this run's fingerprint (checkpoint, resume, progress)."""
+        fingerprint = run_fingerprint(self.method, self.config, self.seed, self.dataset.name, int(self.syn_class.numel()))
+        run_loop(step, self.state, self.config, generator, fingerprint, callbacks, snapshot or self.snapshot,
+                 method_state=method_state)
+
+
+def start_run(
+    method: str, dataset: ImageDataset, config: DistillConfig, config_class: type[IterativeConfig],
+    generator: torch.Generator, device: torch.device | str, extras: dict[str, tuple[torch.Tensor, float]] | None = None,
+) -> RunSetup:
+    """The shared start of an iterative method: its config, the data on the device (in ZCA
+    space if asked), the sampler, the initial synthetic images and labels, their optimiser.
+
+    ``extras`` (e.g. learned learning rates) are moved to the device and optimised too.
+    """
+    from fedcond.zca import zca_dataset  # noqa: PLC0415  (zca imports data; keep loop light)
+
+    if not isinstance(config, config_class):
+        config = config_class(**config.to_dict())
+    device = torch.device(device)
+    seed = generator_seed(generator)
+    dataset = dataset.to(device)
+    if config.zca:
+        dataset = zca_dataset(dataset, config.zca_regularization)
+    sampler = ClassSampler.from_labels(dataset.train_labels, dataset.num_classes)
+    images, syn_class = initial_synthetic(dataset, sampler, config.ipc, config.init, generator)
+    logits = initial_label_logits(syn_class, dataset.num_classes, config.label_init_scale) if config.learn_labels else None
+    extras = {name: (t.to(device), lr) for name, (t, lr) in (extras or {}).items()}
+    state = RunState.create(images, logits, config, extras)
+    return RunSetup(method, config, device, seed, dataset, sampler, syn_class, state)
 
 
 def run_fingerprint(method: str, config: IterativeConfig, seed: int, dataset: str, num_images: int) -> str:

@@ -35,14 +35,13 @@ import torch
 
 from fedcond.augment import DSA, DSAParams
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, generator_seed, register
+from fedcond.distill.base import Callback, DistillConfig, register
 from fedcond.distill.experts import ExpertConfig, ensure_experts
 from fedcond.distill.functional import FlatNetwork
-from fedcond.distill.loop import IterativeConfig, RunState, finish_set, run_fingerprint, run_loop
-from fedcond.distill.matching import ClassSampler, fresh_network, initial_label_logits, initial_synthetic
+from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.matching import fresh_network
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
-from fedcond.zca import zca_dataset
 
 GRADIENT_MODES = ("tesla", "unrolled")
 
@@ -210,18 +209,12 @@ class MTT:
         """Distill ``dataset`` (only its present classes, up to ``ipc`` images each)."""
         if not isinstance(config, MTTConfig):
             config = MTTConfig(**config.to_dict())
-        device = torch.device(device)
-        seed = generator_seed(generator)
-        dataset = dataset.to(device)
-        if config.zca:
-            dataset = zca_dataset(dataset, config.zca_regularization)
+        run = start_run(self.name, dataset, config, MTTConfig, generator, device,
+                        extras={"lr": (torch.tensor(config.lr_teacher), config.lr_lr)})
+        config, device, dataset, state = run.config, run.device, run.dataset, run.state
+        # Experts train from their own seeds: the run's generator is not touched.
         experts = [t.to(device) for t in ensure_experts(dataset, config.expert_config(), config.experts_dir,
                                                         _expert_progress(callbacks))]
-        sampler = ClassSampler.from_labels(dataset.train_labels, dataset.num_classes)
-        images, syn_class = initial_synthetic(dataset, sampler, config.ipc, config.init, generator)
-        logits = initial_label_logits(syn_class, dataset.num_classes, config.label_init_scale) if config.learn_labels else None
-        lr0 = torch.tensor(config.lr_teacher, device=device)
-        state = RunState.create(images, logits, config, extras={"lr": (lr0, config.lr_lr)})
         student = FlatNetwork(fresh_network(config.model, dataset, torch.Generator().manual_seed(0), device).train())
         dsa = DSA(config.dsa_strategy) if config.dsa else None
         trajectory_loss = TRAJECTORY_LOSSES[config.gradient]
@@ -230,13 +223,10 @@ class MTT:
             expert = experts[int(torch.randint(len(experts), (1,), generator=generator))]
             t = int(torch.randint(config.max_start_epoch + 1, (1,), generator=generator))
             plan = plan_student(state.images.shape[0], config.syn_steps, config.batch_syn, dsa, generator, device)
-            def labels() -> torch.Tensor:
-                return syn_class if state.label_logits is None else torch.softmax(state.label_logits, dim=1)
-
             lr = state.extras["lr"]
             leaves = [state.images, lr] + ([state.label_logits] if state.label_logits is not None else [])
             state.optimizer.zero_grad(set_to_none=True)
-            loss = trajectory_loss(student, expert[t], expert[t + config.expert_epochs], lr, state.images, labels,
+            loss = trajectory_loss(student, expert[t], expert[t + config.expert_epochs], lr, state.images, run.labels,
                                    plan, dsa, leaves)
             state.optimizer.step()
             with torch.no_grad():
@@ -244,12 +234,11 @@ class MTT:
             return loss
 
         def snapshot() -> SyntheticSet:
-            sset = finish_set(dataset, state, syn_class, sampler.classes, config, seed, self.name)
+            sset = run.snapshot()
             sset.config["learned_lr"] = float(state.extras["lr"].detach())
             return sset
 
-        fingerprint = run_fingerprint(self.name, config, seed, dataset.name, int(syn_class.numel()))
-        run_loop(step, state, config, generator, fingerprint, callbacks, snapshot)
+        run.run(step, generator, callbacks, snapshot)
         return snapshot()
 
 
