@@ -74,3 +74,25 @@ def test_bad_options_are_user_errors():
         ExpertConfig.from_dict({"epoch": 3})
     with pytest.raises(FedcondError):
         ExpertConfig(num_experts=0)
+
+
+def test_experts_command_writes_a_reusable_folder(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedcond.cli import app
+
+    runner = CliRunner()
+    args = ["experts", "--dataset", "digits", "--out", str(tmp_path), "--num-experts", "1", "--epochs", "2",
+            "--no-dsa", "--threads", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "1 experts in" in result.output
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert len(record["expert_test_accuracies"]) == 1 and record["config"]["epochs"] == 2
+    assert runner.invoke(app, args).exit_code == 0  # re-run: reuses the folder
+    bad = runner.invoke(app, [*args[:-2], "--threads", "0"])
+    assert bad.exit_code == 2 and "error: --threads must be >= 1" in bad.output
+    other = runner.invoke(app, [*args[:5], "--num-experts", "1", "--epochs", "3", "--no-dsa"])
+    assert other.exit_code == 2 and "trained differently" in other.output

@@ -52,6 +52,17 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
         yield update
 
 
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (None: leave torch's default); 1 is fastest on a busy small machine."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise FedcondError(f"--threads must be >= 1, got {threads}")
+    import torch  # noqa: PLC0415  (commands import torch lazily)
+
+    torch.set_num_threads(threads)
+
+
 def parse_options(options: list[str] | None) -> dict[str, Any]:
     """``key=value`` strings to a dict; values are read as JSON when they parse (numbers, bools)."""
     out: dict[str, Any] = {}

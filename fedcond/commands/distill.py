@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 import typer
 
-from fedcond.commands.common import console, parse_options, progress_bar, user_errors
+from fedcond.commands.common import console, parse_options, progress_bar, set_threads, user_errors
 from fedcond.errors import FedcondError
 from fedcond.synthetic import STORAGE_DTYPES
 
@@ -38,10 +38,7 @@ def command(
 
     if dtype not in STORAGE_DTYPES:
         raise FedcondError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
-    if threads is not None:
-        if threads < 1:
-            raise FedcondError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     dev = resolve_device(device)
     distiller = get_distiller(method)
     fields = {f.name for f in dataclasses.fields(distiller.config_class)}

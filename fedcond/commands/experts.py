@@ -6,11 +6,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 
-from fedcond.commands.common import console, parse_options, progress_bar, user_errors
-from fedcond.errors import FedcondError
+from fedcond.commands.common import console, parse_options, progress_bar, set_threads, user_errors
 
 
 @user_errors
@@ -36,10 +34,7 @@ def command(
     from fedcond.runinfo import peak_memory_bytes, resolve_device, run_record, write_json  # noqa: PLC0415
     from fedcond.zca import zca_dataset  # noqa: PLC0415
 
-    if threads is not None:
-        if threads < 1:
-            raise FedcondError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     values = {"model": model, "num_experts": num_experts, "epochs": epochs, "lr": lr, "dsa": dsa, "zca": zca,
               "seed": seed, **parse_options(option)}
     if dsa_strategy is not None:
