@@ -41,13 +41,12 @@ from fedcond.distill.base import Callback, DistillConfig, register
 from fedcond.distill.kernels import krr_loss, krr_predict, linear_kernel
 from fedcond.distill.kip import centred_one_hot
 from fedcond.distill.loop import IterativeConfig, start_run
-from fedcond.distill.matching import class_rows, fresh_network, to_device
+from fedcond.distill.matching import SiameseBatches, embed_chunked, embedding_chunk, fresh_network
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import classification_loss
 
 LOSSES = ("mse", "ce")
-CPU_CHUNK = 128  # real images per embedding call on the CPU (as in DM: cache-sized)
 
 
 def frepo_loss(
@@ -169,28 +168,19 @@ class FRePo:
         pool = ModelPool(config.model, dataset, generator, device, config.num_models, config.max_online_steps,
                          config.lr_online)
 
-        rows = sampler.num_rows
         real_weights = sampler.weights(config.batch_real, device).flatten()
-        real_rows = torch.arange(rows, device=device).repeat_interleave(sampler.batch_size(config.batch_real))
-        real_targets = centred_one_hot(sampler.classes.to(device), k)[real_rows]
-        syn_rows = class_rows(syn_class, sampler.classes)
-        hard_targets = centred_one_hot(syn_class, k)
         dsa = DSA(config.dsa_strategy) if config.dsa else None
-        chunk = None if device.type == "cuda" else CPU_CHUNK
+        batches = SiameseBatches.create(sampler, syn_class, config.batch_real, dsa, device)
+        real_targets = centred_one_hot(sampler.classes.to(device), k)[batches.real_rows]
+        hard_targets = centred_one_hot(syn_class, k)
+        chunk = embedding_chunk(device)
 
         def step(_: int) -> torch.Tensor:
             i = int(torch.randint(0, config.num_models, (1,), generator=generator))
             net = pool.nets[i].requires_grad_(False)  # gradients go to the images only
-            idx = to_device(sampler.sample(config.batch_real, generator).flatten(), device)
-            real, syn = dataset.train_images[idx], state.images
-            if dsa is not None:
-                params = dsa.sample_params(rows, generator).to(device)
-                real = dsa.apply(real, params.take(real_rows))
-                syn = dsa.apply(syn, params.take(syn_rows))
+            real, syn = batches.draw(dataset.train_images, state.images, generator)
             with torch.no_grad():
-                step_size = chunk or real.shape[0]
-                real_feat = torch.cat([net.embed(real[j : j + step_size]).flatten(1)
-                                       for j in range(0, real.shape[0], step_size)])
+                real_feat = embed_chunked(net.embed, real, chunk)
             targets = hard_targets
             if state.label_logits is not None:
                 targets = torch.softmax(state.label_logits, dim=1) - 1.0 / k

@@ -31,7 +31,7 @@ from fedcond.data import ImageDataset
 from fedcond.distill.base import Callback, DistillConfig, register
 from fedcond.distill.kernels import krr_loss, relu_nngp, relu_ntk
 from fedcond.distill.loop import IterativeConfig, start_run
-from fedcond.distill.matching import class_rows, to_device
+from fedcond.distill.matching import SiameseBatches
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
 
@@ -119,22 +119,15 @@ class KIP:
         sampler, syn_class, state = run.sampler, run.syn_class, run.state
         k = dataset.num_classes
 
-        rows = sampler.num_rows
         real_weights = sampler.weights(config.batch_real, device).flatten()
-        real_rows = torch.arange(rows, device=device).repeat_interleave(sampler.batch_size(config.batch_real))
-        real_targets = centred_one_hot(sampler.classes.to(device), k)[real_rows]
-        syn_rows = class_rows(syn_class, sampler.classes)
+        batches = SiameseBatches.create(sampler, syn_class, config.batch_real,
+                                        DSA(config.dsa_strategy) if config.dsa else None, device)
+        real_targets = centred_one_hot(sampler.classes.to(device), k)[batches.real_rows]
         hard_targets = centred_one_hot(syn_class, k)
         kernel = kernel_function(config.kernel, config.depth, config.w_var, config.b_var)
-        dsa = DSA(config.dsa_strategy) if config.dsa else None
 
         def step(_: int) -> torch.Tensor:
-            idx = to_device(sampler.sample(config.batch_real, generator).flatten(), device)
-            real, syn = dataset.train_images[idx], state.images
-            if dsa is not None:
-                params = dsa.sample_params(rows, generator).to(device)
-                real = dsa.apply(real, params.take(real_rows))
-                syn = dsa.apply(syn, params.take(syn_rows))
+            real, syn = batches.draw(dataset.train_images, state.images, generator)
             targets = hard_targets
             if state.label_logits is not None:
                 targets = torch.softmax(state.label_logits, dim=1) - 1.0 / k

@@ -13,11 +13,13 @@ Rows ("class rows") index the present classes; ``classes[row]`` is the class id.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedcond.augment import DSA
 from fedcond.data import ImageDataset
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
@@ -84,6 +86,63 @@ class ClassSampler:
         keys = keys.masked_fill(pad, 2.0)
         pick = keys.topk(b, dim=1, largest=False, sorted=True).indices
         return self.table.gather(1, pick)
+
+
+@dataclass
+class SiameseBatches:
+    """Per iteration: a class-balanced real batch and the synthetic set, both augmented by
+    ONE DSA draw per class row that the class's real and synthetic images share (DM, KIP,
+    FRePo). Everything but the draw is set up once.
+
+    Attributes:
+        real_rows: (R * B,) class row of every real slot (B = ``sampler.batch_size``).
+        syn_rows: (N,) class row of every synthetic image.
+    """
+
+    sampler: ClassSampler
+    batch_real: int
+    dsa: DSA | None
+    real_rows: torch.Tensor
+    syn_rows: torch.Tensor
+
+    @classmethod
+    def create(cls, sampler: ClassSampler, syn_class: torch.Tensor, batch_real: int, dsa: DSA | None,
+               device: torch.device) -> "SiameseBatches":
+        width = sampler.batch_size(batch_real)
+        real_rows = torch.arange(sampler.num_rows, device=device).repeat_interleave(width)
+        return cls(sampler, batch_real, dsa, real_rows, class_rows(syn_class, sampler.classes))
+
+    def draw(self, train_images: torch.Tensor, syn_images: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real batch (R * B, ...), synthetic images (N, ...)), augmented if ``dsa`` is set."""
+        device = train_images.device
+        real = train_images[to_device(self.sampler.sample(self.batch_real, generator).flatten(), device)]
+        syn = syn_images
+        if self.dsa is not None:
+            params = self.dsa.sample_params(self.sampler.num_rows, generator).to(device)
+            real = self.dsa.apply(real, params.take(self.real_rows))
+            syn = self.dsa.apply(syn, params.take(self.syn_rows))
+        return real, syn
+
+
+CPU_CHUNK = 128  # real images per embedding call on the CPU (cache-sized; measured with DM)
+
+
+def embedding_chunk(device: torch.device) -> int | None:
+    """How many images :func:`embed_chunked` embeds per call on ``device`` (None: all at once)."""
+    return None if device.type == "cuda" else CPU_CHUNK
+
+
+def embed_chunked(embed_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                  chunk: int | None) -> torch.Tensor:
+    """``embed_fn(images)`` flattened to (N, D), computed ``chunk`` images at a time.
+
+    Same result either way; on the CPU chunks of ~128 images stay in cache (DM on 2560
+    MNIST images: 2.8-3.1 s instead of 4.1 s of CPU time). None: one call (what a GPU wants).
+    """
+    if chunk is None or chunk >= images.shape[0]:
+        return embed_fn(images).flatten(1)
+    return torch.cat([embed_fn(images[i : i + chunk]).flatten(1) for i in range(0, images.shape[0], chunk)])
 
 
 def initial_synthetic(
