@@ -112,6 +112,14 @@ class StudentPlan:
     batches: list[torch.Tensor]  # per step: indices into the synthetic set
     augment: list[DSAParams | None]  # per step: DSA draw (one per image)
 
+    def batch(self, i: int, images: torch.Tensor, labels: torch.Tensor, dsa: DSA | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``i``'s (augmented) images and labels."""
+        idx = self.batches[i]
+        x = images[idx]
+        if dsa is not None:
+            x = dsa.apply(x, self.augment[i])
+        return x, labels[idx]
+
 
 def plan_student(num_images: int, steps: int, batch: int | None, dsa: DSA | None,
                  generator: torch.Generator, device: torch.device) -> StudentPlan:
@@ -128,7 +136,6 @@ def plan_student(num_images: int, steps: int, batch: int | None, dsa: DSA | None
         augment.append(dsa.sample_params(size, generator).to(device) if dsa is not None else None)
     return StudentPlan(batches, augment)
 
-
 def trajectory_loss_tesla(student: FlatNetwork, start: torch.Tensor, target: torch.Tensor, lr: torch.Tensor,
                           images: torch.Tensor, labels: Labels, plan: StudentPlan,
                           dsa: DSA | None, leaves: list[torch.Tensor]) -> torch.Tensor:
@@ -138,20 +145,12 @@ def trajectory_loss_tesla(student: FlatNetwork, start: torch.Tensor, target: tor
     learned lr). Constant memory in the number of steps: see the module docstring.
     """
     alpha = lr.detach()
-
-    def batch(i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = plan.batches[i]
-        xb = x[idx]
-        if dsa is not None:
-            xb = dsa.apply(xb, plan.augment[i])
-        return xb, y[idx]
-
     # Pass 1: the student's run, no graph to the synthetic tensors.
     w, total = start.clone(), torch.zeros_like(start)
     with torch.no_grad():
         x_det, y_det = images.detach(), labels().detach()
     for i in range(len(plan.batches)):
-        g = student.loss_gradient(w, *batch(i, x_det, y_det), create_graph=False)
+        g = student.loss_gradient(w, *plan.batch(i, x_det, y_det, dsa), create_graph=False)
         total += g
         w = w - alpha * g
     scale = (start - target).pow(2).sum()
@@ -165,7 +164,7 @@ def trajectory_loss_tesla(student: FlatNetwork, start: torch.Tensor, target: tor
     image_leaves = [t for t in leaves if t is not lr]
     for i in range(len(plan.batches)):
         # Labels are rebuilt per step: a graph shared by all steps would be freed by the first backward.
-        g = student.loss_gradient(w, *batch(i, images, labels()), create_graph=True)
+        g = student.loss_gradient(w, *plan.batch(i, images, labels(), dsa), create_graph=True)
         torch.autograd.backward(g, grad_tensors=-alpha * v, inputs=image_leaves)
         w = w - alpha * g.detach()
     return loss.detach()
@@ -177,11 +176,8 @@ def trajectory_loss_unrolled(student: FlatNetwork, start: torch.Tensor, target: 
     """The authors' way: one graph through all steps, exact gradient, memory linear in N."""
     w = start.clone().requires_grad_(True)
     y = labels()
-    for i, idx in enumerate(plan.batches):
-        xb = images[idx]
-        if dsa is not None:
-            xb = dsa.apply(xb, plan.augment[i])
-        g = student.loss_gradient(w, xb, y[idx], create_graph=True)
+    for i in range(len(plan.batches)):
+        g = student.loss_gradient(w, *plan.batch(i, images, y, dsa), create_graph=True)
         w = w - lr * g
     loss = (w - target).pow(2).sum() / (start - target).pow(2).sum()
     torch.autograd.backward(loss, inputs=leaves)
