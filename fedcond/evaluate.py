@@ -106,7 +106,6 @@ def _train_and_test(
     config: EvalConfig,
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
-    temperature: float = 1.0,
 ) -> float:
     c, h, w = dataset.image_shape
     model = get_model(config.model, c, dataset.num_classes, (h, w), seed=seed).to(dataset.device)
@@ -114,7 +113,8 @@ def _train_and_test(
     train_model(
         model, images, labels, config.epochs, lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay, batch_size=config.batch_size, generator=gen,
-        augment=_augmenter(config), on_epoch=on_epoch, temperature=temperature,
+        # Hard labels ignore the temperature; soft ones were given theirs by evaluate_synthetic.
+        augment=_augmenter(config), on_epoch=on_epoch, temperature=config.kd_temperature or 1.0,
     )
     return accuracy(model, dataset.test_images, dataset.test_labels)
 
@@ -157,10 +157,8 @@ def evaluate_synthetic(
     """
     config = config or EvalConfig()
     check_compatible(sset, dataset)
-    temperature = 1.0  # hard labels have no temperature
     if sset.soft_labels:
-        temperature = kd_temperature(sset, config)
-        config = replace(config, kd_temperature=temperature)
+        config = replace(config, kd_temperature=kd_temperature(sset, config))
     zca = zca_regularization(sset.config)
     if zca is not None:  # the set lives in ZCA-whitened space: test in the same space
         dataset = zca_dataset(dataset, zca)
@@ -168,7 +166,7 @@ def evaluate_synthetic(
     y = sset.labels.to(dataset.device)
     accs = []
     for r in range(runs):
-        accs.append(_train_and_test(dataset, x, y, config, seed + r, temperature=temperature))
+        accs.append(_train_and_test(dataset, x, y, config, seed + r))
         if on_run is not None:
             on_run(r, accs[-1])
     return EvalResult(accs, config, "synthetic", sset.num_images, {"method": sset.method, "ipc": sset.ipc})
