@@ -33,6 +33,7 @@ from torch import nn
 from fedcond.data import ImageDataset
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
+from fedcond.runinfo import write_bytes_atomic
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import Augment, accuracy, train_model
 from fedcond.zca import zca_dataset, zca_regularization
@@ -204,13 +205,7 @@ def save_teacher(path: str | os.PathLike, model: nn.Module, info: TeacherInfo) -
     """Write ``model``'s weights and ``info`` atomically as safetensors; return bytes written."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": TEACHER_FORMAT, **info.to_dict()}
-    data = st_save(state, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return len(data)
+    return write_bytes_atomic(path, st_save(state, metadata={_META_KEY: json.dumps(meta, sort_keys=True)}))
 
 
 def _header_metadata(data: bytes) -> dict[str, Any]:

@@ -68,11 +68,18 @@ def run_record(device: torch.device, **fields: Any) -> dict[str, Any]:
     }
 
 
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON atomically (a crash never leaves a half-written file)."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> int:
+    """Write ``data`` to a temporary name and move it into place, so a crash never leaves a
+    half-written file at ``path``; create missing folders. Returns the bytes written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
-    return path
+    return len(data)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON atomically (a crash never leaves a half-written file)."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode())
+    return Path(path)

@@ -26,6 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedcond.errors import FedcondError
+from fedcond.runinfo import write_bytes_atomic
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float32", "float16", "uint8")
@@ -177,13 +178,7 @@ class SyntheticSet:
 
     def save(self, path: str | os.PathLike) -> int:
         """Write atomically to ``path`` (``.safetensors``); return the bytes written."""
-        data = self.to_bytes()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        return len(data)
+        return write_bytes_atomic(path, self.to_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> "SyntheticSet":

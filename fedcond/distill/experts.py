@@ -26,13 +26,14 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from fedcond.augment import DEFAULT_STRATEGY, DSA, parse_strategy
 from fedcond.data import ImageDataset
 from fedcond.distill.functional import FlatNetwork
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
+from fedcond.runinfo import write_bytes_atomic
 from fedcond.train import accuracy, train_model
 
 MANIFEST = "manifest.json"
@@ -101,9 +102,7 @@ def _manifest(dataset: ImageDataset, config: ExpertConfig, num_params: int) -> d
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, save({k: v.contiguous().cpu() for k, v in tensors.items()}, metadata=metadata))
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
