@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import shlex
 import sys
 import time
@@ -40,18 +39,14 @@ from fedcond.distill import get_distiller
 from fedcond.evaluate import EvalConfig, evaluate_architectures, evaluate_random, evaluate_synthetic
 from fedcond.models import MODEL_NAMES
 from fedcond.relabel import train_teacher
+from fedcond.runinfo import peak_memory_bytes
+from fedcond.train import accuracy
 from fedcond.relabel import relabel as kd_relabel
 
 # Published ConvNet CIFAR-10 accuracies at IPC 1/10/50 (from the issue).
 ANCHORS = {"mtt": [46.3, 65.3, 71.6], "frepo": [46.8, 65.5, 71.7], "tesla": [48.5, 66.4, 72.6],
            "idc": [50.0, 67.5, 74.5], "datm": [46.9, 66.8, 76.1]}
 ARCHITECTURES = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def method_options(method: str, global_iterations: int | None, options: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -84,7 +79,7 @@ def distill_row(dataset, method: str, ipc: int, values: dict[str, Any], device: 
     if len(stamps) >= 2 and stamps[-1][1] > stamps[0][1]:
         per_it = (stamps[-1][0] - stamps[0][0]) / (stamps[-1][1] - stamps[0][1])
     return sset, {"config": config.to_dict(), "distill_seconds": wall, "seconds_per_iteration": per_it,
-                  "peak_memory_mb": peak_memory_mb(device)}
+                  "peak_memory_mb": peak_memory_bytes(device) / 2**20}
 
 
 def summary(result) -> dict:
@@ -175,8 +170,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.kd_temperature is not None:
         t0 = time.perf_counter()
         teacher = train_teacher(dataset, "convnet", epochs=args.teacher_epochs, seed=args.seed)
-        from fedcond.train import accuracy  # noqa: PLC0415
-
         result["teacher"] = {"model": "convnet", "epochs": args.teacher_epochs, "temperature": args.kd_temperature,
                              "accuracy": accuracy(teacher, dataset.test_images, dataset.test_labels),
                              "seconds": time.perf_counter() - t0}
