@@ -123,6 +123,18 @@ def make_set(
     ).validate()
 
 
+def describe_difference(there: dict[str, Any], now: dict[str, Any], prefix: str = "") -> str:
+    """``"key: <there> there, <now> now"`` for the first differing (dotted, nested) key of two
+    settings dicts: what a refused checkpoint or expert folder tells the user."""
+    for key in sorted(set(there) | set(now)):
+        a, b = there.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and a != b:
+            return describe_difference(a, b, f"{prefix}{key}.")
+        if a != b:
+            return f"{prefix}{key}: {a!r} there, {b!r} now"
+    return "unknown difference"
+
+
 def generator_seed(generator: torch.Generator) -> int:
     """The seed a generator was created with (recorded in the SyntheticSet)."""
     return int(generator.initial_seed())

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save
 
 from fedcond.augment import DEFAULT_STRATEGY, DSA, parse_strategy
 from fedcond.data import ImageDataset
+from fedcond.distill.base import describe_difference
 from fedcond.distill.functional import FlatNetwork
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
@@ -169,9 +170,8 @@ def ensure_experts(
         if path.exists():
             found = json.loads(path.read_text())
             if found != manifest:
-                diff = next((k for k in manifest if found.get(k) != manifest.get(k)), "format")
-                raise FedcondError(f"experts in {folder} were trained differently ({diff}: {found.get(diff)!r} there, "
-                                   f"{manifest.get(diff)!r} now); use another folder")
+                raise FedcondError(f"experts in {folder} were trained differently "
+                                   f"({describe_difference(found, manifest)}); use another folder")
         else:
             path.write_text(json.dumps(manifest, indent=2))
     todo = [i for i in range(config.num_experts) if folder is None or not (folder / f"expert_{i:03d}.safetensors").exists()]

@@ -25,7 +25,7 @@ import torch
 
 from fedcond.augment import DEFAULT_STRATEGY, parse_strategy
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, emit, generator_seed, make_set
+from fedcond.distill.base import Callback, DistillConfig, describe_difference, emit, generator_seed, make_set
 from fedcond.distill.matching import ClassSampler, initial_label_logits, initial_synthetic
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
@@ -268,7 +268,7 @@ def load_checkpoint(path: Path, state: RunState, generator: torch.Generator, fin
     except Exception as err:  # unpickling errors come in many types; all mean "unreadable"
         raise FedcondError(f"cannot read checkpoint {path}: {err}; delete it to start over") from None
     if saved != fingerprint:
-        diff = _first_difference(json.loads(saved), json.loads(fingerprint))
+        diff = describe_difference(json.loads(saved), json.loads(fingerprint))
         raise FedcondError(f"checkpoint {path} belongs to a different run ({diff}); use another checkpoint dir or delete it")
     with torch.no_grad():
         state.images.copy_(payload["images"])
@@ -281,13 +281,6 @@ def load_checkpoint(path: Path, state: RunState, generator: torch.Generator, fin
     if method_state is not None:
         method_state.load_state_dict(payload["method_state"])
     return iteration
-
-
-def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key):
-            return f"{key}: {a.get(key)!r} there, {b.get(key)!r} now"
-    return "unknown difference"
 
 
 def run_loop(
