@@ -10,7 +10,8 @@ from fedcond.synthetic import SyntheticSet
 
 
 def save_grid(sset: SyntheticSet, path: str | os.PathLike, max_per_class: int = 10) -> Path:
-    """Save a grid, one row per class (up to ``max_per_class`` images each), as a PNG."""
+    """Save a grid, one row per class (up to ``max_per_class`` images each; with one image per
+    class, one row of classes), as a PNG."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -21,18 +22,25 @@ def save_grid(sset: SyntheticSet, path: str | os.PathLike, max_per_class: int = 
     rows = [c for c in range(sset.num_classes) if bool((labels == c).any())]
     cols = max(1, min(max_per_class, max((int((labels == c).sum()) for c in rows), default=1)))
     size = 1.0 if sset.image_shape[-1] <= 16 else 1.2
-    fig, axes = plt.subplots(len(rows) or 1, cols, figsize=(cols * size + 1.2, max(1, len(rows)) * size), squeeze=False)
+    # One image per class (IPC1): classes side by side in one row instead of one tall column.
+    one_row = cols == 1
+    shape = (1, max(1, len(rows))) if one_row else (max(1, len(rows)), cols)
+    fig, axes = plt.subplots(*shape, figsize=(shape[1] * size + (0 if one_row else 1.2), shape[0] * size + (0.4 if one_row else 0)),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r, c in enumerate(rows):
         imgs = pixels[labels == c][:cols]
         for j, img in enumerate(imgs):
-            ax = axes[r][j]
+            ax = axes[0][r] if one_row else axes[r][j]
             if img.shape[0] == 1:
                 ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             else:
                 ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
-        axes[r][0].text(-0.15, 0.5, sset.classes[c], transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
+        if one_row:
+            axes[0][r].set_title(sset.classes[c], fontsize=8)
+        else:
+            axes[r][0].text(-0.15, 0.5, sset.classes[c], transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
     fig.suptitle(f"{sset.method} · {sset.dataset} · ipc {sset.ipc} · {sset.num_images} images", fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
