@@ -20,7 +20,7 @@ def command(
     partition: Optional[str] = typer.Option(None, "--partition", help="iid, dirichlet or pathological (default dirichlet)"),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration (default 0.5)"),
     classes_per_client: Optional[int] = typer.Option(None, "--classes-per-client", help="pathological: classes per client (default 2)"),
-    strategies: str = typer.Option("fedcond,fedavg,fedprox", "--strategies", help="comma list: fedcond, fedcond-iterative, fedavg, fedprox, fedadam"),
+    strategies: Optional[str] = typer.Option(None, "--strategies", help="comma list: fedcond, fedcond-iterative, fedavg, fedprox, fedadam (default fedcond,fedavg,fedprox)"),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="rounds for iterative strategies (one-shot FedCond runs 1)"),
     ipc: Optional[int] = typer.Option(None, "--ipc", help="synthetic images per class per client (default 10)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of partitions, models and sampling of failures"),
@@ -37,31 +37,26 @@ def command(
     client_cpus: float = typer.Option(1.0, "--client-cpus", help="simulation: CPUs per client"),
     client_gpus: float = typer.Option(0.0, "--client-gpus", help="simulation: GPU fraction per client (e.g. 0.25)"),
     reference: str = typer.Option("full", "--reference", help="centralised reference: none, full or distill"),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML with a [federate] table (flags override it)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="run-config TOML: FederateConfig's fields as kebab-case keys, as `flwr run --run-config` reads (flags override it)"),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="distillation option key=value (repeatable)"),
 ) -> None:
     """Run FedCond and baselines on the same client partitions; report accuracy against bytes sent."""
-    from fedcond.federated.config import STRATEGIES, FederateConfig, strategies_from_toml  # noqa: PLC0415
+    from fedcond.federated.config import FederateConfig  # noqa: PLC0415
 
     values = {
         "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "num_clients": num_clients,
         "partition": partition, "alpha": alpha, "classes_per_client": classes_per_client, "rounds": rounds,
         "ipc": ipc, "seed": seed, "method": method, "mode": mode, "iterations": iterations, "fraction": fraction,
         "local_epochs": local_epochs, "lr": lr, "proximal_mu": proximal_mu, "server_epochs": server_epochs,
-        "fail_fraction": fail_fraction, "fail_mode": fail_mode,
+        "fail_fraction": fail_fraction, "fail_mode": fail_mode, "strategies": strategies,
     }
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
     if config is not None:
         cfg = FederateConfig.from_toml(config, **values)
-        if strategies == "fedcond,fedavg,fedprox":  # flag left at its default: the file decides
-            names = strategies_from_toml(config) or names
     else:
         cfg = FederateConfig(**{k: v for k, v in values.items() if v is not None})
     if option:
         cfg.extra.update(parse_options(option))
-    unknown = [s for s in names if s not in STRATEGIES]
-    if unknown or not names:
-        raise FedcondError(f"unknown strategy {', '.join(unknown) or '(none)'}: use {', '.join(STRATEGIES)}")
+    names = cfg.strategy_names
     if reference not in ("none", "full", "distill"):
         raise FedcondError(f"--reference must be none, full or distill, got {reference!r}")
     if cfg.method not in _methods():

@@ -1,10 +1,12 @@
 """``FederateConfig``: every setting of one federated run, as one typed dataclass.
 
-The same settings travel three ways: CLI flags / TOML (``fedcond federate``), Flower's run
-config (``[tool.flwr.app.config]`` in pyproject.toml, kebab-case keys, values str/int/float/
-bool), and the apps' constructor overrides in the in-process runner. ``from_run_config`` and
-``to_run_config`` translate between the dataclass and Flower's flat dict, so the ClientApp
-and ServerApp read exactly the fields the runner set.
+One source of settings, three ways in, one format: ``fedcond federate --config FILE``,
+Flower's run config (``[tool.flwr.app.config]`` in pyproject.toml, and ``flwr run .
+--run-config FILE``) and the in-process runner's overrides all use the same flat
+kebab-case keys, one per field (``num-clients`` for ``num_clients``), with str/int/float/
+bool values. pyproject.toml's defaults equal the dataclass defaults (a test checks it), so
+a ``configs/federated_*.toml`` file gives the same run either way. ``from_run_config`` and
+``to_run_config`` translate between the dataclass and Flower's flat dict.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from fedcond.errors import FedcondError
 PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedcond", "fedcond-iterative", "fedavg", "fedprox", "fedadam")
 MODES = ("oneshot", "iterative")
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
 @dataclass
 class FederateConfig:
     """One federated run: data, partition, strategy, client work, server work, faults.
 
-    ``strategy`` is the one strategy a ServerApp runs; the runner loops over several.
+    ``strategy`` is the one strategy a ServerApp runs (what ``flwr run .`` runs);
+    ``strategies`` is the comma list ``fedcond federate`` compares, one simulation each.
     ``rounds`` applies to every strategy except one-shot FedCond, which always runs one.
     """
 
@@ -37,6 +41,7 @@ class FederateConfig:
     classes_per_client: int = 2  # pathological partition
     seed: int = 0
     strategy: str = "fedcond"
+    strategies: str = "fedcond,fedavg,fedprox"  # comma list (run-config values are scalars)
     mode: str = "oneshot"  # FedCond: oneshot | iterative
     rounds: int = 5
     fraction: float = 1.0  # clients sampled per round
@@ -71,8 +76,9 @@ class FederateConfig:
             raise FedcondError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         if self.alpha <= 0:
             raise FedcondError(f"--alpha must be > 0, got {self.alpha}")
-        if self.strategy not in STRATEGIES:
-            raise FedcondError(f"unknown strategy {self.strategy!r}: use {', '.join(STRATEGIES)}")
+        unknown = [s for s in (self.strategy, *self.strategy_names) if s not in STRATEGIES]
+        if unknown or not self.strategy_names:
+            raise FedcondError(f"unknown strategy {', '.join(unknown) or '(none)'}: use {', '.join(STRATEGIES)}")
         if self.mode not in MODES:
             raise FedcondError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.rounds < 1 or self.ipc < 1 or self.local_epochs < 1 or self.server_epochs < 1:
@@ -88,6 +94,11 @@ class FederateConfig:
 
     # ------------------------------------------------------------------ derived
     @property
+    def strategy_names(self) -> list[str]:
+        """``strategies`` as a list of names."""
+        return [s.strip() for s in self.strategies.split(",") if s.strip()]
+
+    @property
     def effective_mode(self) -> str:
         """``fedcond-iterative`` is FedCond in iterative mode; other names keep ``mode``."""
         return "iterative" if self.strategy == "fedcond-iterative" else self.mode
@@ -100,42 +111,47 @@ class FederateConfig:
         return self.rounds
 
     def for_strategy(self, strategy: str) -> "FederateConfig":
-        return replace(self, strategy=strategy)
+        """This config running ``strategy`` alone (one simulation of the comparison)."""
+        return replace(self, strategy=strategy, strategies=strategy)
 
     # ------------------------------------------------------------------ Flower run config
     def to_run_config(self) -> dict[str, str | int | float | bool]:
         """Flat kebab-case dict for Flower's run config (``extra`` goes in as ``opt-<key>``)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name == "extra":
-                continue
-            out[f.name.replace("_", "-")] = getattr(self, f.name)
-        for key, value in self.extra.items():
-            out[f"opt-{key}"] = value
+        out: dict[str, Any] = {run_config_key(f.name): getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out.update({f"opt-{key}": value for key, value in self.extra.items()})
         return out
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any], overrides: dict[str, Any] | None = None) -> "FederateConfig":
-        """Build from Flower's run config, then apply ``overrides`` (same kebab-case keys)."""
+    def from_run_config(cls, run_config: dict[str, Any], overrides: dict[str, Any] | None = None,
+                        source: str = "run config") -> "FederateConfig":
+        """Build from Flower's run config, then apply ``overrides`` (same kebab-case keys).
+
+        Unknown keys and values of the wrong type are a ``FedcondError`` naming ``source``.
+        """
         merged = {**dict(run_config), **(overrides or {})}
-        known = {f.name for f in fields(cls)} - {"extra"}
+        by_key = {run_config_key(f.name): f for f in fields(cls) if f.name != "extra"}
+        extra = {k[4:].replace("-", "_"): merged.pop(k) for k in list(merged) if k.startswith("opt-")}
+        unknown = sorted(set(merged) - set(by_key))
+        if unknown:
+            raise FedcondError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(by_key))}")
         values: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
         for key, value in merged.items():
-            name = key.replace("-", "_")
-            if key.startswith("opt-"):
-                extra[key[4:].replace("-", "_")] = value
-            elif name in known:
-                values[name] = value
-        # Flower's TOML loader gives ints for whole floats (alpha = 1) and vice versa; coerce.
-        for f in fields(cls):
-            if f.name in values and f.type in ("float", "int"):
-                values[f.name] = float(values[f.name]) if f.type == "float" else int(values[f.name])
+            f = by_key[key]
+            want = _TYPES[f.type]
+            # TOML writes whole floats as ints (alpha = 1) and Flower keeps them so: coerce.
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise FedcondError(f"{source}: {key} must be of type {f.type}, got {value!r}")
+            values[f.name] = value
         return cls(**values, extra=extra)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "FederateConfig":
-        """Read ``[federate]`` (or top-level keys) from a TOML file; ``overrides`` win."""
+        """Read a flat run-config TOML (the format ``flwr run --run-config`` reads).
+
+        ``overrides`` are field names (snake_case); those that are not None win.
+        """
         path = Path(path)
         if not path.is_file():
             raise FedcondError(f"no such config file: {path}")
@@ -143,24 +159,17 @@ class FederateConfig:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise FedcondError(f"cannot parse {path}: {err}") from None
-        table = data.get("federate", data)
-        table = {k.replace("-", "_"): v for k, v in table.items() if not isinstance(v, dict) or k == "extra"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known - {"strategies"})
-        if unknown:
-            raise FedcondError(f"{path}: unknown key(s) {', '.join(unknown)}")
-        table.pop("strategies", None)
-        return cls(**{**table, **{k: v for k, v in overrides.items() if v is not None}})
+        tables = sorted(k for k, v in data.items() if isinstance(v, dict))
+        if tables:
+            raise FedcondError(f"{path}: table(s) [{'], ['.join(tables)}] found; settings are top-level "
+                               "kebab-case keys (the format `flwr run . --run-config FILE` reads)")
+        flags = {run_config_key(k): v for k, v in overrides.items() if v is not None and k != "extra"}
+        return cls.from_run_config(data, flags, source=str(path))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def strategies_from_toml(path: str | Path) -> list[str] | None:
-    """The ``strategies`` list of a TOML config, if it has one."""
-    data = tomllib.loads(Path(path).read_text())
-    table = data.get("federate", data)
-    value = table.get("strategies")
-    if value is None:
-        return None
-    return [s.strip() for s in (value.split(",") if isinstance(value, str) else value)]
+def run_config_key(name: str) -> str:
+    """The run-config key of a field: ``num_clients`` -> ``num-clients``."""
+    return name.replace("_", "-")
