@@ -45,7 +45,7 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
 
     initial = model_to_record(new_model(data, cfg))
     strategy.start(grid=metered_grid(grid, ledger), initial_arrays=initial, num_rounds=cfg.effective_rounds,
-                   train_config=ConfigRecord(), evaluate_fn=evaluate_fn, timeout=float(cfg.extra.get("round_timeout", 3600)))
+                   train_config=ConfigRecord(), evaluate_fn=evaluate_fn, timeout=cfg.round_timeout)
     record = build_record(cfg, ledger, accuracy, times, strategy)
     log(INFO, "%s: final accuracy %.4f, upload %d bytes, download %d bytes", cfg.strategy,
         record["final_accuracy"], record["upload_bytes"], record["download_bytes"])
@@ -91,7 +91,8 @@ def make_server_app(overrides: dict[str, Any] | None = None,
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = FederateConfig.from_run_config(context.run_config, overrides)
-        torch.set_num_threads(max(1, int(cfg.extra.get("server_threads", torch.get_num_threads()))))
+        if cfg.server_threads > 0:
+            torch.set_num_threads(cfg.server_threads)
         run_server(grid, cfg, on_result)
 
     return app

@@ -31,9 +31,9 @@ def run_settings() -> list[dataclasses.Field]:
 
 
 def test_every_field_is_a_run_setting():
-    # A field that is not a str/int/float/bool cannot travel in Flower's run config.
-    assert [f.name for f in run_settings()] == [f.name for f in dataclasses.fields(FederateConfig)
-                                                if f.name != "extra"]
+    # A field that is not a str/int/float/bool (an untyped dict of extras, say) cannot
+    # travel in Flower's run config, so `flwr run` could never set it.
+    assert run_settings() == list(dataclasses.fields(FederateConfig))
 
 
 def test_pyproject_run_config_equals_the_dataclass_defaults():
@@ -102,3 +102,15 @@ def test_whole_floats_from_toml_are_floats(tmp_path):
     path.write_text("alpha = 1\n")
     cfg = FederateConfig.from_toml(path)
     assert cfg.alpha == 1.0 and isinstance(cfg.alpha, float)
+
+
+def test_method_options_are_checked_against_the_method():
+    cfg = FederateConfig().with_method_options({"lr_images": 0.5})
+    assert cfg.distill_config()[1].lr_images == 0.5
+    assert FederateConfig.from_run_config(cfg.to_run_config()) == cfg  # travels as a run-config string
+    with pytest.raises(FedcondError, match="unknown option.*nosuch; known: .*lr_images"):
+        FederateConfig().with_method_options({"nosuch": 3})
+    with pytest.raises(FedcondError, match="unknown option.*ipc"):  # ipc is a setting of its own
+        FederateConfig(method_options='{"ipc": 3}')
+    with pytest.raises(FedcondError, match="JSON object"):
+        FederateConfig(method_options="lr_images=0.5")

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -19,20 +17,6 @@ from fedcond.data import ImageDataset
 from fedcond.federated.config import FederateConfig
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import classification_loss
-
-
-def distill_config(cfg: FederateConfig, method: str):  # noqa: ANN201
-    """The method's config from the run config: ipc, model, iterations (if it iterates), extras."""
-    from fedcond.distill import get_distiller  # noqa: PLC0415
-
-    distiller = get_distiller(method)
-    names = {f.name for f in dataclasses.fields(distiller.config_class)}
-    values = {"ipc": cfg.ipc, "model": cfg.model, **{k: v for k, v in cfg.extra.items() if k in names}}
-    if "iterations" in names:
-        values["iterations"] = cfg.iterations
-    if "checkpoint_dir" in names:
-        values["checkpoint_dir"] = None  # clients are stateless processes; no resume files
-    return distiller, distiller.config_class.from_dict(values)
 
 
 def distill_partition(
@@ -54,7 +38,7 @@ def distill_partition(
         start = previous if previous is not None else _initial_set(data, cfg, generator)
         sset = refine_against_model(data, start, global_model, cfg, generator)
     else:
-        distiller, config = distill_config(cfg, cfg.method)
+        distiller, config = cfg.distill_config()
         sset = distiller.distill(data, config, generator, torch.device(cfg.device))
     sset.storage_dtype = cfg.storage_dtype
     return sset

@@ -11,8 +11,9 @@ a ``configs/federated_*.toml`` file gives the same run either way. ``from_run_co
 
 from __future__ import annotations
 
+import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from fedcond.errors import FedcondError
 PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedcond", "fedcond-iterative", "fedavg", "fedprox", "fedadam")
 MODES = ("oneshot", "iterative")
+# Method options that FederateConfig sets itself (``-o ipc=3`` would fight ``ipc``).
+OWN_METHOD_SETTINGS = ("ipc", "model", "iterations", "checkpoint_dir")
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
@@ -48,10 +51,16 @@ class FederateConfig:
     model: str = "convnet"
     # FedCond clients
     method: str = "dm"
+    method_options: str = ""  # JSON object of the method's config fields (-o key=value)
     ipc: int = 10
     iterations: int = 100  # per client and round; CPU-sized (DM's paper setting is 20k)
     storage_dtype: str = "float32"
     max_payload_bytes: int = 16 * 2**20  # server-side cap on one reply
+    # FedCond iterative mode: refining a client's set against the global model (FedDM)
+    feddm_lr_images: float = 1.0
+    feddm_momentum_images: float = 0.5
+    feddm_batch_real: int = 256  # real images per class per step
+    feddm_rho: float = 0.01  # relative weight perturbation of the received model
     # FedAvg / FedProx / FedAdam clients
     local_epochs: int = 5  # tuned on digits (benchmarks/results/federated_digits.md)
     lr: float = 0.1
@@ -62,12 +71,13 @@ class FederateConfig:
     server_epochs: int = 150
     server_lr_train: float = 0.01
     # faults and resources
+    round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     fail_fraction: float = 0.0
     fail_mode: str = "raise"  # raise (exception -> error reply) | corrupt (NaN payload)
     client_threads: int = 1
+    server_threads: int = 0  # 0 = torch's default
     device: str = "cpu"
     out_dir: str = ""  # where the ServerApp writes its per-strategy JSON ("" = nowhere)
-    extra: dict[str, Any] = field(default_factory=dict)  # method options (-o key=value)
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -91,12 +101,55 @@ class FederateConfig:
             raise FedcondError(f"fail mode must be raise or corrupt, got {self.fail_mode!r}")
         if self.lr <= 0 or self.server_lr_train <= 0 or self.proximal_mu < 0:
             raise FedcondError("learning rates must be > 0 and proximal mu >= 0")
+        if self.feddm_lr_images <= 0 or not 0 <= self.feddm_momentum_images < 1 or self.feddm_batch_real < 1 or self.feddm_rho < 0:
+            raise FedcondError("feddm-lr-images must be > 0, feddm-momentum-images in [0, 1), "
+                               "feddm-batch-real >= 1 and feddm-rho >= 0")
+        if self.round_timeout <= 0 or self.server_threads < 0:
+            raise FedcondError("round-timeout must be > 0 and server-threads >= 0")
+        self.distill_config()  # unknown method or method option: fail here, not in a client
 
     # ------------------------------------------------------------------ derived
     @property
     def strategy_names(self) -> list[str]:
         """``strategies`` as a list of names."""
         return [s.strip() for s in self.strategies.split(",") if s.strip()]
+
+    @property
+    def method_option_values(self) -> dict[str, Any]:
+        """``method_options`` as a dict (``{}`` when empty)."""
+        if not self.method_options.strip():
+            return {}
+        try:
+            values = json.loads(self.method_options)
+        except json.JSONDecodeError as err:
+            raise FedcondError(f"method-options must be a JSON object, e.g. '{{\"lr_images\": 0.5}}': {err}") from None
+        if not isinstance(values, dict):
+            raise FedcondError(f"method-options must be a JSON object, got {self.method_options!r}")
+        return values
+
+    def distill_config(self):  # noqa: ANN201  (a Distiller and its config; distill/ imported lazily)
+        """The FedCond method's distiller and config: ipc, model, iterations, method options.
+
+        Unknown options are a ``FedcondError`` naming them and listing the known ones.
+        """
+        from fedcond.distill import get_distiller, method_names  # noqa: PLC0415
+
+        if self.method not in method_names():
+            raise FedcondError(f"unknown method {self.method!r}: use one of {', '.join(method_names())}")
+        distiller = get_distiller(self.method)
+        names = {f.name for f in fields(distiller.config_class)}
+        options = self.method_option_values
+        known = sorted(names - set(OWN_METHOD_SETTINGS))
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise FedcondError(f"unknown option(s) for method {self.method}: {', '.join(unknown)}; "
+                               f"known: {', '.join(known)}")
+        values = {"ipc": self.ipc, "model": self.model, **options}
+        if "iterations" in names:
+            values["iterations"] = self.iterations
+        if "checkpoint_dir" in names:
+            values["checkpoint_dir"] = None  # clients are stateless processes; no resume files
+        return distiller, distiller.config_class.from_dict(values)
 
     @property
     def effective_mode(self) -> str:
@@ -114,12 +167,15 @@ class FederateConfig:
         """This config running ``strategy`` alone (one simulation of the comparison)."""
         return replace(self, strategy=strategy, strategies=strategy)
 
+    def with_method_options(self, options: dict[str, Any]) -> "FederateConfig":
+        """This config with ``options`` added to the method options (they win)."""
+        merged = {**self.method_option_values, **options}
+        return replace(self, method_options=json.dumps(merged, sort_keys=True) if merged else "")
+
     # ------------------------------------------------------------------ Flower run config
     def to_run_config(self) -> dict[str, str | int | float | bool]:
-        """Flat kebab-case dict for Flower's run config (``extra`` goes in as ``opt-<key>``)."""
-        out: dict[str, Any] = {run_config_key(f.name): getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        out.update({f"opt-{key}": value for key, value in self.extra.items()})
-        return out
+        """Flat kebab-case dict for Flower's run config: one key per field."""
+        return {run_config_key(f.name): getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any], overrides: dict[str, Any] | None = None,
@@ -129,8 +185,7 @@ class FederateConfig:
         Unknown keys and values of the wrong type are a ``FedcondError`` naming ``source``.
         """
         merged = {**dict(run_config), **(overrides or {})}
-        by_key = {run_config_key(f.name): f for f in fields(cls) if f.name != "extra"}
-        extra = {k[4:].replace("-", "_"): merged.pop(k) for k in list(merged) if k.startswith("opt-")}
+        by_key = {run_config_key(f.name): f for f in fields(cls)}
         unknown = sorted(set(merged) - set(by_key))
         if unknown:
             raise FedcondError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(by_key))}")
@@ -144,7 +199,7 @@ class FederateConfig:
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise FedcondError(f"{source}: {key} must be of type {f.type}, got {value!r}")
             values[f.name] = value
-        return cls(**values, extra=extra)
+        return cls(**values)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "FederateConfig":
@@ -163,7 +218,7 @@ class FederateConfig:
         if tables:
             raise FedcondError(f"{path}: table(s) [{'], ['.join(tables)}] found; settings are top-level "
                                "kebab-case keys (the format `flwr run . --run-config FILE` reads)")
-        flags = {run_config_key(k): v for k, v in overrides.items() if v is not None and k != "extra"}
+        flags = {run_config_key(k): v for k, v in overrides.items() if v is not None}
         return cls.from_run_config(data, flags, source=str(path))
 
     def to_json(self) -> dict[str, Any]:

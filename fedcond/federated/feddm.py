@@ -56,13 +56,11 @@ def refine_against_model(
 ) -> SyntheticSet:
     """Optimise ``start``'s images to match ``data``'s class-mean embeddings under ``model``.
 
-    Options from ``cfg.extra``: ``lr_images`` (1.0), ``momentum_images`` (0.5),
-    ``batch_real`` (256), ``rho`` (0.01, relative weight perturbation).
+    Settings from ``cfg``: ``feddm_lr_images``, ``feddm_momentum_images``,
+    ``feddm_batch_real`` and ``feddm_rho`` (relative weight perturbation).
     """
-    lr = float(cfg.extra.get("lr_images", 1.0))
-    momentum = float(cfg.extra.get("momentum_images", 0.5))
-    batch_real = int(cfg.extra.get("batch_real", 256))
-    rho = float(cfg.extra.get("rho", 0.01))
+    lr, momentum = cfg.feddm_lr_images, cfg.feddm_momentum_images
+    batch_real, rho = cfg.feddm_batch_real, cfg.feddm_rho
     model = model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
