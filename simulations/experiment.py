@@ -1,8 +1,8 @@
 """One comparison end to end: partitions + histogram, every strategy, reference, report files.
 
 Writes into ``out``: ``results.json``, ``accuracy_vs_bytes.png``, ``results.md``,
-``label_histogram.json`` and ``label_histogram.png``. Used by ``fedcond federate`` and the
-benchmark script.
+``label_histogram.json``, ``label_histogram.png`` and ``flower.log`` (Flower's log). Used
+by ``fedcond federate`` and the benchmark script.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     hist = save_partitions(cfg, out)
-    runs = run_all(cfg, strategies, resources, on_done)
+    runs = run_all(cfg, strategies, resources, on_done, log_file=out / "flower.log")
     ref: dict[str, Any] = {}
     if reference != "none":
         total_ipc = None

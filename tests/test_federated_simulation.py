@@ -72,3 +72,11 @@ def test_results_json_schema(experiment):
         assert (out / name).stat().st_size > 0
     hist = json.loads((out / "label_histogram.json").read_text())["histogram"]
     assert len(hist) == 4 and sum(map(sum, hist)) == 1347
+
+
+def test_flower_log_is_a_file_without_the_deprecation(experiment):
+    out, _ = experiment
+    text = (out / "flower.log").read_text()
+    assert "Starting FedAvg strategy" in text and "[ROUND 2/2]" in text  # Flower's INFO lines
+    assert "injected failure" in text  # the failing clients' errors are kept there
+    assert "run_simulation` function is deprecated" not in text

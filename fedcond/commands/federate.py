@@ -14,7 +14,7 @@ from fedcond.errors import FedcondError
 @user_errors
 def command(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="digits, mnist, cifar10, ... (default digits)"),
-    out: Path = typer.Option(..., "--out", help="output folder (results.json, accuracy_vs_bytes.png, results.md, label_histogram.*)"),
+    out: Path = typer.Option(..., "--out", help="output folder (results.json, accuracy_vs_bytes.png, results.md, label_histogram.*, flower.log)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),
     num_clients: Optional[int] = typer.Option(None, "--num-clients", help="simulated clients (default 10)"),
     partition: Optional[str] = typer.Option(None, "--partition", help="iid, dirichlet or pathological (default dirichlet)"),
@@ -64,6 +64,7 @@ def command(
     from simulations.runner import backend_config  # noqa: PLC0415
 
     console.print(f"[bold]federate[/] {cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}, strategies {', '.join(names)}")
+    console.print(f"  Flower's log: {out / 'flower.log'}")
 
     def done(record: dict) -> None:
         console.print(f"  {record['strategy']}: accuracy {record['final_accuracy']:.4f}, "
@@ -72,5 +73,5 @@ def command(
 
     result = run_experiment(cfg, names, out, backend_config(client_cpus, client_gpus), reference, done)
     typer.echo(result["table"])
-    typer.echo(f"wrote {out / 'results.json'}, {out / 'accuracy_vs_bytes.png'}, {out / 'results.md'}, {out / 'label_histogram.png'}")
+    typer.echo(f"wrote {out / 'results.json'}, {out / 'accuracy_vs_bytes.png'}, {out / 'results.md'}, {out / 'label_histogram.png'}, {out / 'flower.log'}")
 

@@ -1,0 +1,60 @@
+"""Flower's log goes to flower.log, not the console; run_simulation's deprecation is dropped."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from logging import INFO
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from flwr.supercore.logger import ConsoleHandler, log, warn_deprecated_feature  # noqa: E402
+
+from simulations.flower_log import flower_log_to_file, without_run_simulation_deprecation  # noqa: E402
+
+DEPRECATION = ("The `run_simulation` function is deprecated and will be removed in a future version of Flower. "
+               "Please use `flwr run` in the CLI instead to run your simulation.")
+
+
+@pytest.fixture()
+def console():
+    """What Flower's console handler writes (its stream is fixed when flwr is imported)."""
+    handler = next(h for h in logging.getLogger("flwr").handlers if isinstance(h, ConsoleHandler))
+    stream = io.StringIO()
+    saved = handler.setStream(stream)
+    yield stream
+    handler.setStream(saved)
+
+
+def test_flower_log_and_warnings_go_to_the_file_not_the_console(tmp_path, console, capsys):
+    path = tmp_path / "flower.log"
+    handlers = list(logging.getLogger("flwr").handlers)
+    with flower_log_to_file(path), without_run_simulation_deprecation():
+        log(INFO, "[ROUND 1/1] from Flower")
+        warn_deprecated_feature(DEPRECATION)
+        warn_deprecated_feature("some other feature")  # other deprecations still reach the log
+        warnings.warn("Tip: a Ray FutureWarning", FutureWarning, stacklevel=1)
+    assert console.getvalue() == "" and capsys.readouterr().err == ""
+    text = path.read_text()
+    assert "[ROUND 1/1] from Flower" in text and "some other feature" in text and "Ray FutureWarning" in text
+    assert "run_simulation" not in text
+    assert logging.getLogger("flwr").handlers == handlers  # the console handler is back
+
+
+def test_outside_the_block_flower_logs_to_the_console_again(tmp_path, console):
+    with flower_log_to_file(tmp_path / "flower.log"):
+        pass
+    log(INFO, "after the block")
+    assert "after the block" in console.getvalue()
+
+
+def test_only_the_run_simulation_deprecation_is_dropped(console):
+    with without_run_simulation_deprecation():
+        warn_deprecated_feature(DEPRECATION)
+        warn_deprecated_feature("some other feature")
+    assert "run_simulation" not in console.getvalue() and "some other feature" in console.getvalue()
+    warn_deprecated_feature(DEPRECATION)  # the filter is gone after the block
+    assert "run_simulation" in console.getvalue()
