@@ -29,7 +29,16 @@ from fedcond.augment import DSA
 from fedcond.data import ImageDataset
 from fedcond.distill.base import Callback, DistillConfig, register
 from fedcond.distill.loop import IterativeConfig, start_run
-from fedcond.distill.matching import SiameseBatches, embed_chunked, embedding_chunk, fresh_network, syn_assignment
+from fedcond.distill.matching import (
+    SiameseBatches,
+    embed_chunked,
+    embedding_chunk,
+    fresh_network,
+    has_batch_norm,
+    match_channel_stats,
+    syn_assignment,
+)
+from fedcond.models import get_model
 from fedcond.synthetic import SyntheticSet
 
 
@@ -106,6 +115,10 @@ class DM:
         hard_assign = syn_assignment(syn_rows, rows, None, sampler.classes)
         net: nn.Module | None = None
         chunk = embedding_chunk(device)
+        # Batch norm hides the set's overall scale from the loss: keep it at the real data's.
+        c, h, w = dataset.image_shape
+        probe = embed_model if embed_model is not None else get_model(config.model, c, dataset.num_classes, (h, w))
+        pixel_stats = _channel_stats(dataset.train_images) if has_batch_norm(probe) else None
 
         def step(_: int) -> torch.Tensor:
             nonlocal net
@@ -119,6 +132,8 @@ class DM:
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             state.optimizer.step()
+            if pixel_stats is not None:
+                match_channel_stats(state.images.data, *pixel_stats)
             return loss.detach()
 
         flags = _freeze(embed_model)
@@ -127,6 +142,11 @@ class DM:
         finally:
             _unfreeze(embed_model, flags)
         return run.snapshot()
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of a set of images (N, C, H, W)."""
+    return images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3))
 
 
 def _freeze(model: nn.Module | None) -> list[bool]:
