@@ -102,3 +102,53 @@ def test_soft_label_buffer_adds_soft_target_loss(tiny):
     assert torch.allclose(fake.loss, expected)
     fake.loss.backward()  # the replay term is differentiable w.r.t. the model
     assert model.classifier.weight.grad is not None
+
+
+def test_default_retrain_mode_learns_from_the_buffer_alone(tiny):
+    """``retrain``: after each experience the model restarts from its initial weights and
+    trains on the balanced distilled buffer, so the first experience is kept."""
+    plugin = DistilledReplayPlugin(mem_size=4, method="dm", iterations=20, num_classes=10,
+                                   distill_options={"dsa": False}, model="convnet-bn")
+    assert plugin.mode == "retrain"
+    strategy = _train(tiny, [plugin])
+    assert plugin.storage_policy.class_counts() == {(0, c): 1 for c in range(4)}
+    naive = _train(tiny, [])
+    assert _exp0_accuracy(strategy.model, tiny) > _exp0_accuracy(naive.model, tiny) + 0.4
+
+
+def test_batch_norm_learner_learns_from_distilled_replay(tiny):
+    """Mixed-batch replay of DM images into a batch-norm ConvNet keeps the old classes
+    (before the fix DM images drifted to 4-5x the real pixel scale and replay was useless)."""
+    plugin = DistilledReplayPlugin(mem_size=8, batch_size_mem=8, method="dm", iterations=30, num_classes=10,
+                                   distill_options={"dsa": False}, model="convnet-bn", mode="replay")
+    strategy = _train(tiny, [plugin])
+    naive = _train(tiny, [])
+    assert _exp0_accuracy(strategy.model, tiny) > _exp0_accuracy(naive.model, tiny) + 0.3
+
+
+def test_plugin_in_a_users_avalanche_script_with_avalanches_own_model(tiny):
+    """Avalanche's SimpleMLP and Naive, the plugin added with its arguments only."""
+    from avalanche.models import SimpleMLP
+
+    torch.manual_seed(0)
+    model = SimpleMLP(num_classes=10, input_size=64, hidden_size=128)
+    plugin = DistilledReplayPlugin(mem_size=8, method="dm", iterations=20, distill_options={"dsa": False})
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                     train_mb_size=16, train_epochs=3, plugins=[plugin], evaluator=None)
+    for exp in tiny.train_stream:
+        strategy.train(exp)
+    torch.manual_seed(0)
+    plain = SimpleMLP(num_classes=10, input_size=64, hidden_size=128)
+    naive = Naive(model=plain, optimizer=torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9),
+                  train_mb_size=16, train_epochs=3, evaluator=None)
+    for exp in tiny.train_stream:
+        naive.train(exp)
+    assert len(plugin.storage_policy.buffer) == 8
+    assert _exp0_accuracy(strategy.model, tiny) > _exp0_accuracy(naive.model, tiny) + 0.4
+
+
+def test_bad_mode_is_a_user_error():
+    from fedcond.errors import FedcondError
+
+    with pytest.raises(FedcondError, match="mode must be one of"):
+        DistilledReplayPlugin(mem_size=4, mode="gdumb")

@@ -62,7 +62,7 @@ class DistillSpec:
     iterations: int | None = None
     model: str = "convnet"
     options: dict[str, Any] = field(default_factory=dict)
-    rebalance: str = "subselect"
+    rebalance: str = "nested"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -217,6 +217,23 @@ class DistilledBuffer(ExemplarsBuffer):
         if quota > 0:
             self.entries[key] = (self._cut(key, new, quota, "cpu", 0) if key in self.cores
                                  else _Entry(*subselect(new.images, new.labels, quota)))
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the buffer holds, as tensors and plain values (``torch.save``-safe)."""
+        keys = sorted(self.entries)
+        return {"max_size": self.max_size, "num_classes": self.num_classes, "tensor_labels": self._tensor_labels,
+                "experiences_seen": self._experiences_seen, "keys": [list(k) for k in keys],
+                "images": [self.entries[k].images for k in keys], "labels": [self.entries[k].labels for k in keys],
+                "cores": [[k[0], k[1], n] for k, n in sorted(self.cores.items())]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s contents (the distillation spec is the constructor's)."""
+        self.max_size, self.num_classes = int(state["max_size"]), state["num_classes"]
+        self._tensor_labels, self._experiences_seen = bool(state["tensor_labels"]), int(state["experiences_seen"])
+        self.entries = {(int(k[0]), int(k[1])): _Entry(x, y) for k, x, y in zip(state["keys"], state["images"], state["labels"])}
+        self.cores = {(int(t), int(c)): int(n) for t, c, n in state["cores"]}
+        self._rebuild()
 
     # ------------------------------------------------------------------ views
     def _rebuild(self) -> None:

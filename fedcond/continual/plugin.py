@@ -7,9 +7,17 @@ Usage, in any Avalanche script::
 
 It *is* a ``ReplayPlugin`` (same ``mem_size``, ``batch_size``, ``batch_size_mem``,
 ``task_balanced_dataloader``, ``storage_policy`` arguments) whose default storage policy
-is a :class:`~fedcond.continual.buffer.DistilledBuffer`. With hard labels nothing else
-changes: Avalanche's ``ReplayDataLoader`` concatenates a memory batch to every training
-batch and the strategy's own criterion sees both.
+is a :class:`~fedcond.continual.buffer.DistilledBuffer`. While an experience trains,
+Avalanche's ``ReplayDataLoader`` concatenates a memory batch to every training batch and
+the strategy's own criterion sees both. What happens after the experience is the ``mode``:
+
+- ``retrain`` (default): the model goes back to its initial weights and is trained on the
+  balanced buffer alone with the evaluation protocol (:mod:`fedcond.continual.buffer_training`),
+  GDumb-style. The distilled images were made to train a fresh network, so this is the
+  use that lets their information count (measured: ``benchmarks/results/continual_*``).
+- ``finetune``: the same training on the buffer, starting from the weights the experience
+  left (balanced fine-tuning; keeps what the real data of the last experience taught).
+- ``replay``: nothing more: plain experience replay with distilled exemplars.
 
 Soft labels (methods that learn label distributions) cannot ride in that batch — the
 collate step needs one label type — so they take the path Avalanche's regularisation
@@ -20,6 +28,7 @@ plugins use for their penalties: in ``before_backward`` a memory batch of
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -28,7 +37,12 @@ from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ExemplarsBuffer
 
 from fedcond.continual.buffer import DistilledBuffer, DistillSpec
+from fedcond.continual.experience import experience_tensors
+from fedcond.continual.buffer_training import BufferTraining, train_on_memory
+from fedcond.errors import FedcondError
 from fedcond.train import soft_cross_entropy
+
+MODES = ("retrain", "finetune", "replay")
 
 
 class DistilledReplayPlugin(ReplayPlugin):
@@ -44,7 +58,10 @@ class DistilledReplayPlugin(ReplayPlugin):
         iterations: distillation iterations for iterative methods (None = default).
         model: network the distiller uses for features / matching.
         distill_options: further method options (e.g. ``{"lr_images": 1.0}``).
-        rebalance: how old classes shrink when new ones arrive: ``subselect``, ``redistill`` or ``nested`` (see :class:`~fedcond.continual.buffer.DistillSpec`).
+        rebalance: how old classes shrink when new ones arrive: ``nested``, ``subselect`` or ``redistill`` (see :class:`~fedcond.continual.buffer.DistillSpec`).
+        mode: what follows each experience: ``retrain``, ``finetune`` or ``replay`` (above).
+        buffer_training: the recipe of ``retrain`` / ``finetune`` (default: the evaluation
+            protocol, 300 epochs of SGD lr 0.01 on the buffer).
         soft_weight: weight of the soft-target replay loss (soft-label buffers only).
         num_classes: classes of the stream (None = from the benchmark / labels).
         mean, std: normalisation of the inputs, recorded with the buffer's images.
@@ -64,13 +81,17 @@ class DistilledReplayPlugin(ReplayPlugin):
         iterations: int | None = None,
         model: str = "convnet",
         distill_options: dict[str, Any] | None = None,
-        rebalance: str = "subselect",
+        rebalance: str = "nested",
+        mode: str = "retrain",
+        buffer_training: BufferTraining | None = None,
         soft_weight: float = 1.0,
         num_classes: int | None = None,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         seed: int = 0,
     ) -> None:
+        if mode not in MODES:
+            raise FedcondError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if storage_policy is None:
             spec = DistillSpec(method=method, ipc=ipc, iterations=iterations, model=model,
                                options=dict(distill_options or {}), rebalance=rebalance, seed=seed)
@@ -78,7 +99,28 @@ class DistilledReplayPlugin(ReplayPlugin):
         super().__init__(mem_size=mem_size, batch_size=batch_size, batch_size_mem=batch_size_mem,
                          task_balanced_dataloader=task_balanced_dataloader, storage_policy=storage_policy)
         self.soft_weight = soft_weight
+        self.mode = mode
+        self.buffer_training = buffer_training or BufferTraining()
         self._generator = torch.Generator().manual_seed(seed)
+        self._train_generator = torch.Generator().manual_seed(seed + 1)
+        self._initial_state: dict[str, torch.Tensor] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The plugin's state for resuming: buffer, generators, initial weights."""
+        return {"buffer": self.storage_policy.state_dict(), "generator": self._generator.get_state(),
+                "train_generator": self._train_generator.get_state(), "initial_state": self._initial_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s contents."""
+        self.storage_policy.load_state_dict(state["buffer"])
+        self._generator.set_state(state["generator"])
+        self._train_generator.set_state(state["train_generator"])
+        self._initial_state = state["initial_state"]
+
+    def before_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Remember the model's initial weights once (``retrain`` starts from them each time)."""
+        if self.mode == "retrain" and self._initial_state is None:
+            self._initial_state = copy.deepcopy(strategy.model.state_dict())
 
     @property
     def _soft(self) -> bool:
@@ -110,5 +152,21 @@ class DistilledReplayPlugin(ReplayPlugin):
         strategy.loss = strategy.loss + self.soft_weight * soft_cross_entropy(out, target)
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Put the experience into the buffer, then (``retrain``/``finetune``) train on it."""
         # ReplayPlugin calls the deprecated ``update``; call the 0.6 hook directly.
         self.storage_policy.post_adapt(strategy, strategy.experience)
+        if self.mode == "replay" or len(self.storage_policy.buffer) == 0:
+            return
+        if self.mode == "retrain" and self._initial_state is not None:
+            strategy.model.load_state_dict(self._initial_state)
+        images, labels = _memory_tensors(self.storage_policy)
+        train_on_memory(strategy.model, images, labels, self.buffer_training, self._train_generator, strategy.device)
+
+
+def _memory_tensors(policy: ExemplarsBuffer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a storage policy: a DistilledBuffer's tensors (soft labels when it
+    has them), else its Avalanche dataset read once (a user's own storage policy)."""
+    if isinstance(policy, DistilledBuffer):
+        return policy.images, policy.soft_targets if policy.soft_targets is not None else policy.targets
+    images, labels, _ = experience_tensors(policy.buffer)
+    return images, labels

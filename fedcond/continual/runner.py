@@ -5,7 +5,10 @@ experience at a time, and after each experience evaluates on the whole test stre
 Avalanche's ``EvaluationPlugin`` (accuracy per experience and stream, forgetting; text and
 CSV loggers into the output folder). Row i of the accuracy matrix is the accuracy on each
 test experience after training on experience i. ``joint`` trains once on the whole stream,
-so its matrix has one row and its forgetting is 0.
+so its matrix has one row and its forgetting is 0. Forgetting is computed from the matrix
+(:func:`forgetting`, Avalanche's definition), so a resumed run reports the same value.
+Finished runs and finished experiences are kept in the output folder and a run started
+again continues after them (:mod:`fedcond.continual.resume`).
 
 Randomness: model weights come from ``get_model(seed=...)``; Avalanche's data loaders
 shuffle with torch's global generator, so each run seeds it from its ``seed`` first.
@@ -13,6 +16,7 @@ shuffle with torch's global generator, so each run seeds it from its ``seed`` fi
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 import warnings
@@ -26,9 +30,14 @@ from avalanche.logging import CSVLogger, TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
 from fedcond.continual.benchmarks import Benchmark
+from fedcond.continual.buffer import DistilledBuffer
+from fedcond.continual.resume import RunStore, can_checkpoint, capture, restore
 from fedcond.continual.strategies import MEMORY_STRATEGIES, STRATEGIES, StrategySettings, build_strategy, replay_buffer
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
+
+
+OVERRIDABLE = ("lr", "epochs", "batch_size_mem", "buffer_epochs", "buffer_lr")
 
 
 @dataclass
@@ -36,7 +45,9 @@ class ContinualConfig:
     """One comparison: which strategies, memories and seeds, and the shared training settings.
 
     ``overrides`` holds per-strategy tuned values, e.g. ``{"gdumb": {"epochs": 10}}``
-    (keys ``lr``, ``epochs``, ``batch_size_mem``); everything else is shared.
+    (keys in ``OVERRIDABLE``); everything else is shared. ``buffer_epochs`` / ``buffer_lr``
+    are the recipe of the strategies that train on their memory alone (gdumb,
+    distilled-replay, distilled-finetune).
     """
 
     strategies: tuple[str, ...] = ("naive", "replay", "distilled-replay")
@@ -51,7 +62,9 @@ class ContinualConfig:
     ipc: int | None = None
     iterations: int | None = None
     distill_options: dict[str, Any] = field(default_factory=dict)
-    rebalance: str = "subselect"
+    rebalance: str = "nested"
+    buffer_epochs: int = 300
+    buffer_lr: float = 0.01
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,15 +76,16 @@ class ContinualConfig:
         if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
             raise FedcondError("epochs and batch size must be >= 1 and lr > 0")
         for name, values in self.overrides.items():
-            bad = set(values) - {"lr", "epochs", "batch_size_mem"}
+            bad = set(values) - set(OVERRIDABLE)
             if name not in STRATEGIES or bad:
-                raise FedcondError(f"override for {name!r} {sorted(bad)}: only lr, epochs, batch_size_mem of a known strategy")
+                raise FedcondError(f"override for {name!r} {sorted(bad)}: only {', '.join(OVERRIDABLE)} of a known strategy")
 
     def settings(self, strategy: str, mem_size: int, seed: int, bench: Benchmark) -> StrategySettings:
         """The resolved settings of one run (shared values, then the strategy's overrides)."""
         base = dict(name=strategy, mem_size=mem_size, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
                     batch_size_mem=self.batch_size_mem, method=self.method, ipc=self.ipc, iterations=self.iterations,
                     distill_model=self.model, distill_options=dict(self.distill_options), rebalance=self.rebalance,
+                    buffer_epochs=self.buffer_epochs, buffer_lr=self.buffer_lr,
                     num_classes=bench.data.num_classes, mean=bench.data.mean, std=bench.data.std, seed=seed)
         base.update(self.overrides.get(strategy, {}))
         return StrategySettings(**base)
@@ -87,54 +101,99 @@ def plan(config: ContinualConfig) -> list[tuple[str, int, int]]:
 
 
 def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_dir: Path,
-            device: torch.device) -> dict[str, Any]:
-    """Train and evaluate one strategy; return its ``runs`` entry for results.json."""
-    tag = f"{settings.name}_m{settings.mem_size}_s{settings.seed}"
+            device: torch.device, on_experience: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """Train and evaluate one strategy; return its ``runs`` entry for results.json.
+
+    Resumes from the run's experience checkpoint in ``out_dir`` when there is one (see
+    :mod:`fedcond.continual.resume`); ``on_experience(tag, i)`` is called after experience
+    i is trained, evaluated and checkpointed.
+    """
+    tag = run_tag(settings)
+    recorded = _recorded_settings(settings)
+    store = RunStore(out_dir)
     torch.manual_seed(settings.seed)  # Avalanche's loaders shuffle with the global generator
     c, h, w = bench.data.image_shape
     model = get_model(model_name, c, bench.data.num_classes, (h, w), seed=settings.seed)
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{tag}.txt", "w") as text_log:
+    joint = settings.name == "joint"
+    with open(logs / f"{tag}.txt", "a") as text_log:
         evaluator = EvaluationPlugin(
             accuracy_metrics(experience=True, stream=True),
             forgetting_metrics(experience=True, stream=True),
             loggers=[TextLogger(text_log), CSVLogger(log_folder=str(logs / tag))],
         )
         strategy = build_strategy(settings, model, evaluator, device)
+        checkpointing = not joint and can_checkpoint(strategy)
+        saved = store.load_experience(tag, recorded) if checkpointing else None
+        rows: list[list[float]] = saved["rows"] if saved else []
+        stream_acc: float | None = saved["stream_accuracy"] if saved else None
+        earlier = float(saved["wall_time_s"]) if saved else 0.0
+        if saved:
+            restore(strategy, saved)
         start = time.perf_counter()
+        train, test = bench.scenario.train_stream, bench.scenario.test_stream
+        steps = [train] if joint else list(train)
         with warnings.catch_warnings():
             # Avalanche 0.6's own ReplayPlugin/GDumb call its deprecated ``update``: not ours to fix.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            rows, last = _train_and_eval(strategy, bench, settings.name == "joint")
-        wall = time.perf_counter() - start
+            for i in range(len(rows), len(steps)):
+                strategy.train(steps[i])
+                metrics = strategy.eval(test)
+                rows.append([_exp_accuracy(metrics, exp, bench.task_incremental) for exp in range(len(test))])
+                stream_acc = _metric(metrics, "Top1_Acc_Stream/eval_phase/test_stream")
+                if checkpointing:
+                    store.save_experience(tag, recorded, {**capture(strategy), "rows": rows, "stream_accuracy": stream_acc,
+                                                          "wall_time_s": earlier + time.perf_counter() - start})
+                if on_experience is not None:
+                    on_experience(tag, i)
+        wall = earlier + time.perf_counter() - start
     buffer = replay_buffer(strategy)
-    final = rows[-1]
+    pictures = _save_buffer(buffer, out_dir / "buffers", tag)
     return {
         "strategy": settings.name,
         "mem_size": settings.mem_size,
         "seed": settings.seed,
-        "final_average_accuracy": statistics.fmean(final),
-        "stream_accuracy": _metric(last, "Top1_Acc_Stream/eval_phase/test_stream"),
-        "forgetting": 0.0 if settings.name == "joint" else _metric(last, "StreamForgetting/eval_phase/test_stream"),
+        "final_average_accuracy": statistics.fmean(rows[-1]),
+        "stream_accuracy": stream_acc,
+        "forgetting": 0.0 if joint else forgetting(rows),
         "accuracy_matrix": rows,
         "buffer_images": len(buffer.buffer) if buffer is not None else None,
         "buffer_bytes": getattr(buffer, "nbytes", None),
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("mean", "std")},
+        "settings": recorded,
         "wall_time_s": wall,
+        **pictures,
     }
 
 
-def _train_and_eval(strategy: Any, bench: Benchmark, joint: bool) -> tuple[list[list[float]], dict[str, Any]]:
-    train, test = bench.scenario.train_stream, bench.scenario.test_stream
-    rows: list[list[float]] = []
-    last: dict[str, Any] = {}
-    steps = [train] if joint else list(train)
-    for step in steps:
-        strategy.train(step)
-        last = strategy.eval(test)
-        rows.append([_exp_accuracy(last, exp, bench.task_incremental) for exp in range(len(test))])
-    return rows, last
+def _save_buffer(buffer: Any, folder: Path, tag: str) -> dict[str, str]:
+    """A distilled buffer after the last experience: its set and its picture (one row per class)."""
+    if not isinstance(buffer, DistilledBuffer) or not buffer.entries:
+        return {}
+    from fedcond.visualize import save_grid  # noqa: PLC0415
+
+    sset = buffer.synthetic_set()
+    folder.mkdir(parents=True, exist_ok=True)
+    sset.save(folder / f"{tag}.safetensors")
+    save_grid(sset, folder / f"{tag}.png", max_per_class=20)
+    return {"buffer_file": str(folder / f"{tag}.safetensors"), "buffer_image": str(folder / f"{tag}.png")}
+
+
+def run_tag(settings: StrategySettings) -> str:
+    """The run's file name stem: ``<strategy>_m<memory>_s<seed>``."""
+    return f"{settings.name}_m{settings.mem_size}_s{settings.seed}"
+
+
+def _recorded_settings(settings: StrategySettings) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k not in ("mean", "std")}, default=str))
+
+
+def forgetting(rows: list[list[float]]) -> float:
+    """Avalanche's stream forgetting from an accuracy matrix: the mean over every experience
+    but the last of (accuracy right after training it) - (accuracy at the end); 0 for one row."""
+    last = len(rows) - 1
+    drops = [rows[k][k] - rows[last][k] for k in range(min(last, len(rows[0])))]
+    return statistics.fmean(drops) if drops else 0.0
 
 
 def _exp_accuracy(metrics: dict[str, Any], exp: int, task_incremental: bool) -> float:
@@ -151,12 +210,22 @@ def _metric(metrics: dict[str, Any], prefix: str) -> float:
 
 
 def run_comparison(bench: Benchmark, config: ContinualConfig, out_dir: Path, device: torch.device,
-                   on_run: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Every planned run, in order; ``on_run(done, total, entry)`` after each (progress)."""
+                   on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
+                   on_experience: Callable[[str, int], None] | None = None) -> list[dict[str, Any]]:
+    """Every planned run, in order; ``on_run(done, total, entry)`` after each (progress).
+
+    Runs already finished in ``out_dir`` with the same settings are taken from their files,
+    and an interrupted run continues after its last finished experience (``resume``).
+    """
     runs = plan(config)
+    store = RunStore(out_dir)
     results = []
     for i, (strategy, mem, seed) in enumerate(runs):
-        entry = run_one(bench, config.settings(strategy, mem, seed, bench), config.model, out_dir, device)
+        settings = config.settings(strategy, mem, seed, bench)
+        entry = store.finished(run_tag(settings), _recorded_settings(settings))
+        if entry is None:
+            entry = run_one(bench, settings, config.model, out_dir, device, on_experience)
+            store.save_finished(run_tag(settings), entry)
         results.append(entry)
         if on_run is not None:
             on_run(i + 1, len(runs), entry)

@@ -2,9 +2,18 @@
 
 ``naive`` (fine-tuning), ``replay`` (Avalanche ``ReplayPlugin`` with a class-balanced
 buffer, the same balancing as ours), ``gdumb``, ``icarl``, ``joint`` (upper bound) and
-``distilled-replay`` (Naive + :class:`DistilledReplayPlugin`). All get the same model, SGD
-optimiser, mini-batch size and memory; learning rate and epochs may be tuned per strategy
-(``StrategySettings``), and the tuned values are recorded with every run.
+fedcond's distilled buffers, Naive + :class:`DistilledReplayPlugin` in one of its modes:
+``distilled-replay`` (the plugin's default, ``retrain``: train a fresh model on the
+distilled buffer after each experience), ``distilled-finetune`` (the same training from
+the current weights) and ``distilled-mix`` (classic replay: buffer images mixed into
+every mini-batch, nothing after). All get the same model, memory and SGD; learning rate,
+epochs and memory batch size are tuned per strategy (``StrategySettings``) and recorded
+with every run.
+
+GDumb trains only on its memory, like ``distilled-replay``; to be a fair rival it gets
+the same recipe (the evaluation protocol: ``buffer_epochs`` of SGD on the memory in
+batches of up to 256, weight decay 5e-4, lr / 10 at half), not 30 epochs of one
+mini-batch, which cannot train a ConvNet.
 """
 
 from __future__ import annotations
@@ -13,16 +22,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from avalanche.training.plugins import ReplayPlugin
+from avalanche.training.plugins import LRSchedulerPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer
 from avalanche.training.supervised import GDumb, ICaRL, JointTraining, Naive
 from torch import nn
 
+from fedcond.continual.buffer_training import BufferTraining
 from fedcond.continual.plugin import DistilledReplayPlugin
 from fedcond.errors import FedcondError
 
-STRATEGIES = ("naive", "replay", "gdumb", "icarl", "distilled-replay", "joint")
-MEMORY_STRATEGIES = ("replay", "gdumb", "icarl", "distilled-replay")
+DISTILLED_MODES = {"distilled-replay": "retrain", "distilled-finetune": "finetune", "distilled-mix": "replay"}
+STRATEGIES = ("naive", "replay", "gdumb", "icarl", *DISTILLED_MODES, "joint")
+MEMORY_STRATEGIES = ("replay", "gdumb", "icarl", *DISTILLED_MODES)
 
 
 @dataclass
@@ -36,13 +47,16 @@ class StrategySettings:
     batch_size: int = 32
     batch_size_mem: int | None = None
     momentum: float = 0.9
+    # training on the memory alone (gdumb, distilled-replay, distilled-finetune)
+    buffer_epochs: int = 300
+    buffer_lr: float = 0.01
     # distilled replay only
     method: str = "dm"
     ipc: int | None = None
     iterations: int | None = None
     distill_model: str = "convnet"
     distill_options: dict[str, Any] | None = None
-    rebalance: str = "subselect"
+    rebalance: str = "nested"
     num_classes: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -76,7 +90,11 @@ def build_strategy(settings: StrategySettings, model: nn.Module, evaluator: Any,
     if s.name == "joint":
         return JointTraining(model=model, optimizer=opt, criterion=ce, **common)
     if s.name == "gdumb":
-        return GDumb(model=model, optimizer=opt, criterion=ce, mem_size=s.mem_size, **common)
+        recipe = BufferTraining(epochs=s.buffer_epochs, lr=s.buffer_lr)
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        decay = LRSchedulerPlugin(torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, recipe.epochs // 2)], 0.1))
+        common.update(train_mb_size=recipe.batch_size, train_epochs=recipe.epochs)
+        return GDumb(model=model, optimizer=opt, criterion=ce, mem_size=s.mem_size, plugins=[decay], **common)
     if s.name == "icarl":
         return ICaRL(feature_extractor=_Embed(model), classifier=model.classifier, optimizer=opt,
                      memory_size=s.mem_size, buffer_transform=None, fixed_memory=True, **common)
@@ -88,6 +106,7 @@ def build_strategy(settings: StrategySettings, model: nn.Module, evaluator: Any,
         mem_size=s.mem_size, batch_size_mem=s.batch_size_mem, method=s.method, ipc=s.ipc,
         iterations=s.iterations, model=s.distill_model, distill_options=s.distill_options,
         rebalance=s.rebalance, num_classes=s.num_classes, mean=s.mean, std=s.std, seed=s.seed,
+        mode=DISTILLED_MODES[s.name], buffer_training=BufferTraining(epochs=s.buffer_epochs, lr=s.buffer_lr),
     )
     return Naive(model=model, optimizer=opt, criterion=ce, plugins=[plugin], **common)
 
