@@ -2,12 +2,26 @@
 
 Two steps, each writing benchmarks/results/continual_<benchmark>_<step>.{json,md}:
 
-    # 1. tune the baselines' learning rate / epochs per experience (seed 0, one memory)
+    # 1. tune the baselines on the grids below, at every memory size (seed 0); resumable
     python benchmarks/continual_benchmark.py tune --benchmark split-digits
-    # 2. the comparison with the tuned values, every memory size, 3 seeds
-    python benchmarks/continual_benchmark.py compare --benchmark split-digits --mem-sizes 10,20,100,200
+    # 2. the comparison with the tuned values, every memory size, 3 seeds; resumable
+    python benchmarks/continual_benchmark.py compare --benchmark split-digits
 
 SplitMNIST / SplitCIFAR-10 read the shared mirror: ``--data-dir /work/shared/data``.
+What was run on the 2-core CPU for SplitMNIST (full data, ConvNet, 1 epoch/experience)::
+
+    B="--benchmark split-mnist --data-dir /work/shared/data --scratch runs/cb_mnist"
+    python benchmarks/continual_benchmark.py tune $B --mem-sizes 10,20 --grid-lr 0.01,0.03 --grid-epochs 1 \
+        --mem-batch "" --grid-buffer-lr 0.01 --grid-buffer-epochs 100,300 --tune-strategies replay,gdumb
+    python benchmarks/continual_benchmark.py compare $B --mem-sizes 10,20 --seeds 3 \
+        --strategies distilled-replay,replay,gdumb,naive,joint
+
+SplitCIFAR-10 at memory 200, on a GPU (data copied into the git-ignored ``.data/``)::
+
+    python benchmarks/continual_benchmark.py tune --benchmark split-cifar10 --data-dir .data --device cuda \
+        --mem-sizes 200 --grid-epochs 1,5 --tune-strategies replay,gdumb
+    python benchmarks/continual_benchmark.py compare --benchmark split-cifar10 --data-dir .data --device cuda \
+        --mem-sizes 200 --seeds 3 --iterations 1000 --strategies naive,joint,replay,gdumb,distilled-replay,distilled-finetune
 Everything runs through fedcond.continual (Avalanche's templates and EvaluationPlugin).
 """
 
@@ -27,55 +41,104 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 from fedcond.continual.benchmarks import default_model, make_benchmark  # noqa: E402
 from fedcond.continual.report import summarize, write_report  # noqa: E402
 from fedcond.continual.runner import ContinualConfig, run_comparison  # noqa: E402
-from fedcond.runinfo import run_record  # noqa: E402
+from fedcond.runinfo import resolve_device, run_record  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-# The grid every baseline is tuned over (recorded with the results); distilled replay
-# takes replay's tuned lr/epochs rather than a grid of its own.
-GRID = {"lr": [0.003, 0.01, 0.03], "epochs": [3, 5, 10]}
-GDUMB_EPOCHS = [10, 30, 60]  # GDumb retrains from scratch on its memory: it needs more passes
+# The grids every baseline is tuned over, at every memory size (recorded with the results).
+# Experience-trained strategies: lr x epochs per experience, then the memory batch size at
+# the best point. Memory-only learners (gdumb): the recipe on the memory.
+GRID = {"lr": [0.003, 0.01, 0.03, 0.1], "epochs": [1, 5, 10, 20]}
+ICARL_GRID = {"lr": [0.01, 0.03, 0.1], "epochs": [5, 20]}
+MEM_BATCH = [64]  # tried at replay's best (lr, epochs); None = the training batch size (32)
+BUFFER_GRID = {"buffer_lr": [0.01, 0.03, 0.1], "buffer_epochs": [100, 300]}
 
 
-def tune(args: argparse.Namespace, bench, device) -> dict:
-    """Grid over lr x epochs for replay, icarl, naive, joint; epochs for gdumb. Seed 0."""
-    rows = []
-    for strategy in ("replay", "icarl", "naive", "joint", "gdumb"):
-        grid = ([{"lr": lr, "epochs": e} for lr, e in itertools.product(GRID["lr"], GRID["epochs"])]
-                if strategy != "gdumb" else [{"lr": 0.01, "epochs": e} for e in GDUMB_EPOCHS])
-        for point in grid:
-            cfg = ContinualConfig(strategies=(strategy,), mem_sizes=(args.tune_mem,), seeds=(0,), model=args.model,
-                                  batch_size=args.batch_size, **point)
-            run = run_comparison(bench, cfg, Path(args.scratch) / "tune", device)[0]
-            rows.append({"strategy": strategy, **point, "mem_size": run["mem_size"],
-                         "final_average_accuracy": run["final_average_accuracy"], "forgetting": run["forgetting"]})
-            print(rows[-1], flush=True)
-    best = {}
-    for strategy in dict.fromkeys(r["strategy"] for r in rows):
-        top = max((r for r in rows if r["strategy"] == strategy), key=lambda r: r["final_average_accuracy"])
-        best[strategy] = {"lr": top["lr"], "epochs": top["epochs"]}
-    return {"grid": rows, "best": best, "tune_mem_size": args.tune_mem}
+def _points(strategy: str) -> list[dict]:
+    if strategy == "gdumb":
+        return [dict(zip(BUFFER_GRID, v)) for v in itertools.product(*BUFFER_GRID.values())]
+    grid = ICARL_GRID if strategy == "icarl" else GRID
+    return [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
 
 
-def compare(args: argparse.Namespace, bench, device) -> dict:
-    """Every strategy at every memory size and seed, with the tuned settings."""
+def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
+    """Seed 0, every memory size: the grids above for replay, gdumb and icarl.
+
+    Resumable: every finished point is in ``saved["grid"]`` (written after each) and is
+    not run again."""
+    rows = saved.setdefault("grid", [])
+    done = {json.dumps({k: r[k] for k in r if k not in ("final_average_accuracy", "forgetting")}, sort_keys=True) for r in rows}
+
+    def run(strategy: str, mem: int, point: dict) -> dict:
+        key = {"strategy": strategy, "mem_size": mem, **point}
+        tag = json.dumps(key, sort_keys=True)
+        if tag in done:
+            return next(r for r in rows if json.dumps({k: r[k] for k in r if k not in ("final_average_accuracy", "forgetting")}, sort_keys=True) == tag)
+        cfg = ContinualConfig(strategies=(strategy,), mem_sizes=(mem,), seeds=(0,), model=args.model,
+                              batch_size=args.batch_size, **{k: v for k, v in point.items()})
+        r = run_comparison(bench, cfg, Path(args.scratch) / "tune" / f"{strategy}_{mem}_{len(rows)}", device)[0]
+        rows.append({**key, "final_average_accuracy": r["final_average_accuracy"], "forgetting": r["forgetting"]})
+        done.add(tag)
+        print(rows[-1], flush=True)
+        args.save(saved)
+        return rows[-1]
+
+    for mem in args.mem_list:
+        for strategy in args.tune_strategies:
+            for point in _points(strategy):
+                run(strategy, mem, point)
+            if strategy == "replay":
+                top = max((r for r in rows if r["strategy"] == "replay" and r["mem_size"] == mem and "batch_size_mem" not in r),
+                          key=lambda r: r["final_average_accuracy"])
+                for b in MEM_BATCH:
+                    run("replay", mem, {"lr": top["lr"], "epochs": top["epochs"], "batch_size_mem": b})
+    saved["best"] = best_points(rows)
+    return saved
+
+
+def best_points(rows: list[dict]) -> dict:
+    """{strategy: {memory: best settings}} from the tuning rows."""
+    best: dict = {}
+    for r in rows:
+        cur = best.setdefault(r["strategy"], {}).get(str(r["mem_size"]))
+        if cur is None or r["final_average_accuracy"] > cur["final_average_accuracy"]:
+            best[r["strategy"]][str(r["mem_size"])] = r
+    return {s: {m: {k: v for k, v in r.items() if k not in ("strategy", "mem_size", "final_average_accuracy", "forgetting")}
+                for m, r in ms.items()} for s, ms in best.items()}
+
+
+def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
+    """Every strategy at every memory size and seed, each baseline with its tuned settings
+    for that memory. Ours are not tuned: the plugin's defaults (evaluation-protocol
+    recipe on the buffer), replay's tuned lr/epochs while an experience trains."""
     tuned = json.loads(Path(args.tuned).read_text())["best"] if args.tuned else {}
-    replay = tuned.get("replay", {"lr": 0.01, "epochs": 5})
-    overrides = {s: v for s, v in tuned.items() if s != "replay"}
-    overrides["distilled-replay"] = dict(replay)  # ours uses replay's tuned values, not a grid of its own
-    cfg = ContinualConfig(strategies=tuple(args.strategies.split(",")), mem_sizes=tuple(int(m) for m in args.mem_sizes.split(",")),
-                          seeds=tuple(range(args.seeds)), model=args.model, batch_size=args.batch_size,
-                          lr=replay["lr"], epochs=replay["epochs"], method=args.method, iterations=args.iterations,
-                          rebalance=args.rebalance,
-                          overrides=overrides)
+    strategies = tuple(args.strategies.split(","))
+    # runs of earlier invocations (other strategies or seeds) stay in the results file
+    runs_by_key = {(r["strategy"], r["mem_size"], r["seed"]): r for r in saved.get("runs", [])}
+    for mem in args.mem_list:
+        replay = tuned.get("replay", {}).get(str(mem), {"lr": 0.01, "epochs": 5})
+        overrides = {s: v[str(mem)] for s, v in tuned.items() if str(mem) in v and s in strategies}
+        for s in strategies:
+            if s.startswith("distilled") or s in ("naive", "joint"):
+                overrides[s] = {k: replay[k] for k in ("lr", "epochs")}
+        mem_strats = tuple(s for s in strategies if s not in ("naive", "joint") or mem == args.mem_list[0])
+        cfg = ContinualConfig(strategies=mem_strats, mem_sizes=(mem,), seeds=tuple(range(args.seeds)), model=args.model,
+                              batch_size=args.batch_size, method=args.method, iterations=args.iterations,
+                              rebalance=args.rebalance, overrides=overrides)
+
+        def progress(done: int, total: int, e: dict) -> None:
+            print(f"[mem {mem} {done}/{total}] {e['strategy']} seed {e['seed']}: "
+                  f"{e['final_average_accuracy']:.3f} ({e['wall_time_s']:.0f} s)", flush=True)
+
+        # one folder per memory size: the runner resumes finished runs from it
+        for r in run_comparison(bench, cfg, Path(args.scratch) / "compare" / f"m{mem}", device, progress):
+            runs_by_key[(r["strategy"], r["mem_size"], r["seed"])] = r
+        runs = sorted(runs_by_key.values(), key=lambda r: (r["mem_size"], r["strategy"], r["seed"]))
+        saved.update({"tuned": tuned, "runs": runs, "summary": summarize(runs)})
+        args.save(saved)
     out = Path(args.scratch) / "compare"
-
-    def progress(done: int, total: int, e: dict) -> None:
-        print(f"[{done}/{total}] {e['strategy']} mem {e['mem_size']} seed {e['seed']}: "
-              f"{e['final_average_accuracy']:.3f} ({e['wall_time_s']:.0f} s)", flush=True)
-
-    runs = run_comparison(bench, cfg, out, device, progress)
     write_report(runs, out, {"benchmark": bench.name})
-    return {"config": cfg.__dict__, "tuned": tuned, "runs": runs, "summary": summarize(runs), "plots": str(out)}
+    saved["plots"] = str(out)
+    return saved
 
 
 def markdown(result: dict, step: str, command: str, record: dict) -> str:
@@ -83,10 +146,13 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
              f"Device: {record['device_name']}; torch {record['versions']['torch']}, avalanche-lib {record['versions']['avalanche-lib']}; "
              f"wall time {record['wall_time_s']:.0f} s.", ""]
     if step == "tune":
-        lines += ["| strategy | lr | epochs/exp | memory | final avg acc | forgetting |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['strategy']} | {r['lr']} | {r['epochs']} | {r['mem_size']} | {r['final_average_accuracy']:.3f} | {r['forgetting']:.3f} |"
-                  for r in result["grid"]]
-        lines += ["", "Best: " + ", ".join(f"{s}: lr {v['lr']}, {v['epochs']} epochs" for s, v in result["best"].items())]
+        lines += ["| strategy | memory | settings | final avg acc | forgetting |", "|---|---|---|---|---|"]
+        for r in result["grid"]:
+            point = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("strategy", "mem_size", "final_average_accuracy", "forgetting"))
+            lines.append(f"| {r['strategy']} | {r['mem_size']} | {point} | {r['final_average_accuracy']:.3f} | {r['forgetting']:.3f} |")
+        lines += ["", "Best per memory:", ""]
+        lines += [f"- {s} memory {m}: " + ", ".join(f"{k} {v}" for k, v in p.items())
+                  for s, ms in result.get("best", best_points(result["grid"])).items() for m, p in ms.items()]
     else:
         lines += ["| strategy | memory | final avg acc (mean ± std) | forgetting |", "|---|---|---|---|"]
         for s in sorted(result["summary"], key=lambda s: (s["mem_size"], s["strategy"])):
@@ -103,16 +169,22 @@ def main() -> None:
     p.add_argument("--train-fraction", type=float, default=1.0)
     p.add_argument("--model", default=None)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--tune-mem", type=int, default=20)
+    p.add_argument("--tune-strategies", default="replay,gdumb,icarl")
+    p.add_argument("--grid-lr", default=None, help="comma list replacing GRID's learning rates (smaller CPU runs)")
+    p.add_argument("--grid-epochs", default=None, help="comma list replacing GRID's epochs per experience")
+    p.add_argument("--mem-batch", default=None, help="comma list replacing MEM_BATCH ('' = none)")
+    p.add_argument("--grid-buffer-lr", default=None, help="comma list replacing BUFFER_GRID's learning rates")
+    p.add_argument("--grid-buffer-epochs", default=None, help="comma list replacing BUFFER_GRID's epochs")
     p.add_argument("--tuned", default=None, help="tune step's JSON (default: results/continual_<benchmark>_tune.json if present)")
-    p.add_argument("--strategies", default="naive,replay,gdumb,icarl,distilled-replay,joint")
-    p.add_argument("--mem-sizes", default="10,20,100,200")
+    p.add_argument("--strategies", default="naive,joint,replay,gdumb,icarl,distilled-replay,distilled-finetune,distilled-mix")
+    p.add_argument("--mem-sizes", default="10,20,50,100,200")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--method", default="dm")
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--rebalance", default=None, help="distilled replay: subselect, redistill or nested (default: ContinualConfig's)")
     p.add_argument("--out-stem", default=None, help="results file stem (default continual_<benchmark>)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--scratch", default="runs/continual_benchmark")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -123,14 +195,35 @@ def main() -> None:
         args.rebalance = ContinualConfig.rebalance
     if args.step == "compare" and args.tuned is None and (RESULTS / f"{stem}_tune.json").exists():
         args.tuned = str(RESULTS / f"{stem}_tune.json")
-    device = torch.device("cpu")
+    args.mem_list = [int(m) for m in args.mem_sizes.split(",")]
+    if args.grid_lr:
+        GRID["lr"] = ICARL_GRID["lr"] = [float(v) for v in args.grid_lr.split(",")]
+    if args.grid_epochs:
+        GRID["epochs"] = ICARL_GRID["epochs"] = [int(v) for v in args.grid_epochs.split(",")]
+    if args.mem_batch is not None:
+        MEM_BATCH[:] = [int(v) for v in args.mem_batch.split(",") if v]
+    if args.grid_buffer_lr:
+        BUFFER_GRID["buffer_lr"] = [float(v) for v in args.grid_buffer_lr.split(",")]
+    if args.grid_buffer_epochs:
+        BUFFER_GRID["buffer_epochs"] = [int(v) for v in args.grid_buffer_epochs.split(",")]
+    args.tune_strategies = args.tune_strategies.split(",")
+    device = resolve_device(args.device)
     start = time.perf_counter()
-    result = tune(args, bench, device) if args.step == "tune" else compare(args, bench, device)
-    record = run_record(device, benchmark=bench.name, wall_time_s=time.perf_counter() - start, args=vars(args))
+    path = RESULTS / f"{stem}_{args.step}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}_{args.step}.json").write_text(json.dumps({**record, **result}, indent=1, default=str) + "\n")
-    (RESULTS / f"{stem}_{args.step}.md").write_text(markdown(result, args.step, record["command"], record))
-    print(markdown(result, args.step, record["command"], record))
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    earlier = float(saved.get("wall_time_s", 0.0)) if args.step == "tune" else 0.0
+
+    def save(result: dict) -> None:
+        record = run_record(device, benchmark=bench.name, wall_time_s=earlier + time.perf_counter() - start,
+                            args={k: v for k, v in vars(args).items() if k != "save"})
+        path.write_text(json.dumps({**result, **record}, indent=1, default=str) + "\n")
+        (RESULTS / f"{stem}_{args.step}.md").write_text(markdown(result, args.step, record["command"], record))
+
+    args.save = save
+    result = tune(args, bench, device, saved) if args.step == "tune" else compare(args, bench, device, saved)
+    save(result)
+    print((RESULTS / f"{stem}_{args.step}.md").read_text())
 
 
 if __name__ == "__main__":

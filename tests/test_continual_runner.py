@@ -49,6 +49,9 @@ def test_results_json_schema(run):
         assert r["final_average_accuracy"] == pytest.approx(sum(m[-1]) / 5)
     dr = [r for r in runs if r["strategy"] == "distilled-replay"]
     assert all(r["buffer_images"] == r["mem_size"] and r["buffer_bytes"] > 0 for r in dr)
+    assert all(len(r["distill_seconds_per_experience"]) == 5 for r in dr)
+    assert all(r["forgetting"] == pytest.approx(
+        sum(r["accuracy_matrix"][k][k] - r["accuracy_matrix"][-1][k] for k in range(4)) / 4) for r in runs if r["strategy"] != "joint")
     assert {s["strategy"] for s in results["summary"]} == {"naive", "replay", "distilled-replay", "joint"}
     assert results["benchmark"] == "split-digits" and "versions" in results and "device" in results
 
@@ -59,6 +62,11 @@ def test_plots_and_avalanche_logs_written(run):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "logs" / "replay_m10_s3.txt").stat().st_size > 0  # Avalanche TextLogger
     assert list((out / "logs" / "replay_m10_s3").glob("*.csv"))  # Avalanche CSVLogger
+    # the distilled buffer after the last experience: its set and its picture
+    assert (out / "buffers" / "distilled-replay_m20_s3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from fedcond.synthetic import SyntheticSet
+
+    assert SyntheticSet.load(out / "buffers" / "distilled-replay_m20_s3.safetensors").num_images == 20
 
 
 @pytest.mark.parametrize("args, message", [
@@ -66,6 +74,7 @@ def test_plots_and_avalanche_logs_written(run):
     (["--mem-size", "ten"], "--mem-size expects a comma list"),
     (["--benchmark", "split-imagenet"], "unknown benchmark"),
     (["--method", "nope", "--strategies", "distilled-replay"], "unknown method"),
+    (["--buffer-epochs", "0", "--strategies", "gdumb"], "buffer training needs epochs >= 1"),
 ])
 def test_user_errors_are_one_line(tmp_path, args, message):
     result = runner.invoke(app, ["continual", "--out", str(tmp_path), *args])

@@ -23,7 +23,7 @@ _BENCH_KEYS = {"benchmark", "data_dir", "task_incremental", "train_fraction", "d
 def command(
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="split-digits (offline, default), split-mnist, split-fashion-mnist, split-cifar10"),
     out: Path = typer.Option(..., "--out", help="output folder (results.json, accuracy_matrix.png, logs/)"),
-    strategies: Optional[str] = typer.Option(None, "--strategies", "-s", help="comma list of naive, replay, gdumb, icarl, distilled-replay, joint"),
+    strategies: Optional[str] = typer.Option(None, "--strategies", "-s", help="comma list of naive, replay, gdumb, icarl, distilled-replay, distilled-finetune, distilled-mix, joint"),
     mem_size: Optional[str] = typer.Option(None, "--mem-size", "-M", help="memory in images; a comma list runs each size and plots accuracy vs memory"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="local mirror for mnist / fashion-mnist / cifar10"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of every random draw (default 0)"),
@@ -34,7 +34,9 @@ def command(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="distillation method of distilled-replay (dm, dc, dsa, herding, random, ...)"),
     ipc: Optional[int] = typer.Option(None, "--ipc", help="images distilled per new class (default: its share of the memory)"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="distillation iterations (iterative methods)"),
-    rebalance: Optional[str] = typer.Option(None, "--rebalance", help="distilled-replay: how old classes shrink when new ones arrive: nested, subselect or redistill"),
+    rebalance: Optional[str] = typer.Option(None, "--rebalance", help="distilled strategies: how old classes shrink when new ones arrive: nested (default), subselect or redistill"),
+    buffer_epochs: Optional[int] = typer.Option(None, "--buffer-epochs", help="epochs of training on the memory after each experience (gdumb, distilled-replay, distilled-finetune; default 300)"),
+    buffer_lr: Optional[float] = typer.Option(None, "--buffer-lr", help="SGD learning rate of that training (default 0.01)"),
     model: Optional[str] = typer.Option(None, "--model", help="network of every strategy and of distillation (default: convnet)"),
     task_incremental: bool = typer.Option(False, "--task-incremental", help="one task label per experience"),
     train_fraction: Optional[float] = typer.Option(None, "--train-fraction", help="keep this fraction of each class's training images (smaller CPU runs)"),
@@ -47,7 +49,7 @@ def command(
     values = _load_toml(config) if config else {}
     flags = {"benchmark": benchmark, "data_dir": str(data_dir) if data_dir else None, "seed": seed, "epochs": epochs,
              "lr": lr, "batch_size": batch_size, "method": method, "ipc": ipc, "iterations": iterations,
-             "rebalance": rebalance, "model": model, "train_fraction": train_fraction, "device": device,
+             "rebalance": rebalance, "buffer_epochs": buffer_epochs, "buffer_lr": buffer_lr, "model": model, "train_fraction": train_fraction, "device": device,
              "strategies": _list(strategies, str, "--strategies"), "mem_sizes": _list(mem_size, int, "--mem-size"),
              "seeds": _list(seeds, int, "--seeds")}
     values.update({k: v for k, v in flags.items() if v is not None})

@@ -38,8 +38,9 @@ BENCHMARKS = {
 # seed 0-1, memory 10: replay 0.535 vs 0.548 with convnet-bn; distilled replay seed 0 0.571 vs
 # 0.189 — with batch norm the DM images barely help; benchmarks/results/continual_split-digits_compare.md).
 # digits has ~270 training images per experience: one epoch is only ~8 SGD steps, so its
-# defaults are replay's tuned values (benchmarks/results/continual_split-digits_tune.md).
-_DEFAULTS = {"split-digits": {"model": "convnet", "epochs": 5, "lr": 0.003}}
+# defaults are replay's tuned values at memory 10-50 (lr 0.003, 20 epochs per experience;
+# benchmarks/results/continual_split-digits_tune.md).
+_DEFAULTS = {"split-digits": {"model": "convnet", "epochs": 20, "lr": 0.003}}
 _GENERIC = {"model": "convnet", "epochs": 1, "lr": 0.01}
 _ALIASES = {"splitmnist": "split-mnist", "splitfashionmnist": "split-fashion-mnist",
             "splitcifar10": "split-cifar10", "splitcifar-10": "split-cifar10", "split-cifar-10": "split-cifar10",

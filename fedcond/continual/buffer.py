@@ -18,6 +18,7 @@ replays them with a soft-target loss.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -124,6 +125,7 @@ class DistilledBuffer(ExemplarsBuffer):
         self._tensor_labels = True
         self._experiences_seen = 0
         self.cores: dict[Key, int] = {}  # "nested": images per class in the standalone core
+        self.distill_seconds: list[float] = []  # wall time of each experience's update (the stated cost)
 
     def _core_size(self, n: int) -> int:
         """Images of the standalone core (``nested``; else all ``n``): the final per-class quota."""
@@ -134,6 +136,7 @@ class DistilledBuffer(ExemplarsBuffer):
     # ------------------------------------------------------------------ Avalanche hooks
     def post_adapt(self, agent_state: Any, exp: Any) -> None:
         """Distill ``exp``'s classes into the buffer and rebalance the per-class budget."""
+        started = time.perf_counter()
         x, y, t = experience_tensors(exp.dataset)
         if x.shape[0] == 0:
             return
@@ -166,6 +169,7 @@ class DistilledBuffer(ExemplarsBuffer):
                     self.cores[(task, c)] = int(rows.sum())
                 self._merge((task, c), entry, quotas[(task, c)])
         self._rebuild()
+        self.distill_seconds.append(time.perf_counter() - started)
 
     def resize(self, strategy: Any, new_size: int) -> None:
         """Change the budget; classes are cut down to their new quotas at once."""
@@ -225,7 +229,8 @@ class DistilledBuffer(ExemplarsBuffer):
         return {"max_size": self.max_size, "num_classes": self.num_classes, "tensor_labels": self._tensor_labels,
                 "experiences_seen": self._experiences_seen, "keys": [list(k) for k in keys],
                 "images": [self.entries[k].images for k in keys], "labels": [self.entries[k].labels for k in keys],
-                "cores": [[k[0], k[1], n] for k, n in sorted(self.cores.items())]}
+                "cores": [[k[0], k[1], n] for k, n in sorted(self.cores.items())],
+                "distill_seconds": list(self.distill_seconds)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s contents (the distillation spec is the constructor's)."""
@@ -233,6 +238,7 @@ class DistilledBuffer(ExemplarsBuffer):
         self._tensor_labels, self._experiences_seen = bool(state["tensor_labels"]), int(state["experiences_seen"])
         self.entries = {(int(k[0]), int(k[1])): _Entry(x, y) for k, x, y in zip(state["keys"], state["images"], state["labels"])}
         self.cores = {(int(t), int(c)): int(n) for t, c, n in state["cores"]}
+        self.distill_seconds = [float(v) for v in state.get("distill_seconds", [])]
         self._rebuild()
 
     # ------------------------------------------------------------------ views
