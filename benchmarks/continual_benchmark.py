@@ -38,7 +38,7 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from fedcond.continual.benchmarks import default_model, make_benchmark  # noqa: E402
+from fedcond.continual.benchmarks import benchmark_defaults, default_model, make_benchmark  # noqa: E402
 from fedcond.continual.report import summarize, write_report  # noqa: E402
 from fedcond.continual.runner import ContinualConfig, run_comparison  # noqa: E402
 from fedcond.runinfo import resolve_device, run_record  # noqa: E402
@@ -50,7 +50,7 @@ RESULTS = Path(__file__).parent / "results"
 GRID = {"lr": [0.003, 0.01, 0.03, 0.1], "epochs": [1, 5, 10, 20]}
 ICARL_GRID = {"lr": [0.01, 0.03, 0.1], "epochs": [5, 20]}
 MEM_BATCH = [64]  # tried at replay's best (lr, epochs); None = the training batch size (32)
-BUFFER_GRID = {"buffer_lr": [0.01, 0.03, 0.1], "buffer_epochs": [100, 300]}
+BUFFER_GRID = {"buffer_lr": [0.01, 0.03, 0.1], "buffer_epochs": [100, 300], "buffer_augment": ["", "crop_scale_rotate"]}
 
 
 def _points(strategy: str) -> list[dict]:
@@ -66,6 +66,9 @@ def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
     Resumable: every finished point is in ``saved["grid"]`` (written after each) and is
     not run again."""
     rows = saved.setdefault("grid", [])
+    for r in rows:  # rows from before augmentation was a grid dimension trained without it
+        if r["strategy"] == "gdumb":
+            r.setdefault("buffer_augment", "")
     done = {json.dumps({k: r[k] for k in r if k not in ("final_average_accuracy", "forgetting")}, sort_keys=True) for r in rows}
 
     def run(strategy: str, mem: int, point: dict) -> dict:
@@ -115,7 +118,9 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
     # runs of earlier invocations (other strategies or seeds) stay in the results file
     runs_by_key = {(r["strategy"], r["mem_size"], r["seed"]): r for r in saved.get("runs", [])}
     for mem in args.mem_list:
-        replay = tuned.get("replay", {}).get(str(mem), {"lr": 0.01, "epochs": 5})
+        # untuned memory sizes: the benchmark's defaults (e.g. SplitMNIST's 1 epoch, lr 0.01)
+        defaults = benchmark_defaults(bench.name)
+        replay = tuned.get("replay", {}).get(str(mem), {"lr": defaults["lr"], "epochs": defaults["epochs"]})
         overrides = {s: v[str(mem)] for s, v in tuned.items() if str(mem) in v and s in strategies}
         for s in strategies:
             if s.startswith("distilled") or s in ("naive", "joint"):
@@ -175,6 +180,7 @@ def main() -> None:
     p.add_argument("--mem-batch", default=None, help="comma list replacing MEM_BATCH ('' = none)")
     p.add_argument("--grid-buffer-lr", default=None, help="comma list replacing BUFFER_GRID's learning rates")
     p.add_argument("--grid-buffer-epochs", default=None, help="comma list replacing BUFFER_GRID's epochs")
+    p.add_argument("--grid-buffer-augment", default=None, help="comma list replacing BUFFER_GRID's augmentations ('' = none)")
     p.add_argument("--tuned", default=None, help="tune step's JSON (default: results/continual_<benchmark>_tune.json if present)")
     p.add_argument("--strategies", default="naive,joint,replay,gdumb,icarl,distilled-replay,distilled-finetune,distilled-mix")
     p.add_argument("--mem-sizes", default="10,20,50,100,200")
@@ -204,6 +210,8 @@ def main() -> None:
         MEM_BATCH[:] = [int(v) for v in args.mem_batch.split(",") if v]
     if args.grid_buffer_lr:
         BUFFER_GRID["buffer_lr"] = [float(v) for v in args.grid_buffer_lr.split(",")]
+    if args.grid_buffer_augment is not None:
+        BUFFER_GRID["buffer_augment"] = args.grid_buffer_augment.split(",")
     if args.grid_buffer_epochs:
         BUFFER_GRID["buffer_epochs"] = [int(v) for v in args.grid_buffer_epochs.split(",")]
     args.tune_strategies = args.tune_strategies.split(",")

@@ -37,6 +37,7 @@ def command(
     rebalance: Optional[str] = typer.Option(None, "--rebalance", help="distilled strategies: how old classes shrink when new ones arrive: nested (default), subselect or redistill"),
     buffer_epochs: Optional[int] = typer.Option(None, "--buffer-epochs", help="epochs of training on the memory after each experience (gdumb, distilled-replay, distilled-finetune; default 300)"),
     buffer_lr: Optional[float] = typer.Option(None, "--buffer-lr", help="SGD learning rate of that training (default 0.01)"),
+    buffer_augment: Optional[str] = typer.Option(None, "--buffer-augment", help="DSA families of that training, '' for none (default crop_scale_rotate)"),
     model: Optional[str] = typer.Option(None, "--model", help="network of every strategy and of distillation (default: convnet)"),
     task_incremental: bool = typer.Option(False, "--task-incremental", help="one task label per experience"),
     train_fraction: Optional[float] = typer.Option(None, "--train-fraction", help="keep this fraction of each class's training images (smaller CPU runs)"),
@@ -49,7 +50,7 @@ def command(
     values = _load_toml(config) if config else {}
     flags = {"benchmark": benchmark, "data_dir": str(data_dir) if data_dir else None, "seed": seed, "epochs": epochs,
              "lr": lr, "batch_size": batch_size, "method": method, "ipc": ipc, "iterations": iterations,
-             "rebalance": rebalance, "buffer_epochs": buffer_epochs, "buffer_lr": buffer_lr, "model": model, "train_fraction": train_fraction, "device": device,
+             "rebalance": rebalance, "buffer_epochs": buffer_epochs, "buffer_lr": buffer_lr, "buffer_augment": buffer_augment, "model": model, "train_fraction": train_fraction, "device": device,
              "strategies": _list(strategies, str, "--strategies"), "mem_sizes": _list(mem_size, int, "--mem-size"),
              "seeds": _list(seeds, int, "--seeds")}
     values.update({k: v for k, v in flags.items() if v is not None})

@@ -38,7 +38,7 @@ from fedcond.errors import FedcondError
 from fedcond.models import get_model
 
 
-OVERRIDABLE = ("lr", "epochs", "batch_size_mem", "buffer_epochs", "buffer_lr")
+OVERRIDABLE = ("lr", "epochs", "batch_size_mem", "buffer_epochs", "buffer_lr", "buffer_augment")
 
 
 @dataclass
@@ -66,6 +66,7 @@ class ContinualConfig:
     rebalance: str = "nested"
     buffer_epochs: int = 300
     buffer_lr: float = 0.01
+    buffer_augment: str = "crop_scale_rotate"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ class ContinualConfig:
             raise FedcondError("--mem-size must be one or more integers >= 1")
         if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
             raise FedcondError("epochs and batch size must be >= 1 and lr > 0")
-        BufferTraining(epochs=self.buffer_epochs, lr=self.buffer_lr)  # a bad recipe fails before any run
+        BufferTraining(epochs=self.buffer_epochs, lr=self.buffer_lr, augment=self.buffer_augment)  # fail before any run
         for name, values in self.overrides.items():
             bad = set(values) - set(OVERRIDABLE)
             if name not in STRATEGIES or bad:
@@ -87,7 +88,7 @@ class ContinualConfig:
         base = dict(name=strategy, mem_size=mem_size, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
                     batch_size_mem=self.batch_size_mem, method=self.method, ipc=self.ipc, iterations=self.iterations,
                     distill_model=self.model, distill_options=dict(self.distill_options), rebalance=self.rebalance,
-                    buffer_epochs=self.buffer_epochs, buffer_lr=self.buffer_lr,
+                    buffer_epochs=self.buffer_epochs, buffer_lr=self.buffer_lr, buffer_augment=self.buffer_augment,
                     num_classes=bench.data.num_classes, mean=bench.data.mean, std=bench.data.std, seed=seed)
         base.update(self.overrides.get(strategy, {}))
         return StrategySettings(**base)

@@ -12,8 +12,8 @@ with every run.
 
 GDumb trains only on its memory, like ``distilled-replay``; to be a fair rival it gets
 the same recipe (the evaluation protocol: ``buffer_epochs`` of SGD on the memory in
-batches of up to 256, weight decay 5e-4, lr / 10 at half), not 30 epochs of one
-mini-batch, which cannot train a ConvNet.
+batches of up to 256, weight decay 5e-4, lr / 10 at half, ``buffer_augment`` DSA on every
+batch), not 30 epochs of one mini-batch, which cannot train a ConvNet.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from avalanche.training.storage_policy import ClassBalancedBuffer
 from avalanche.training.supervised import GDumb, ICaRL, JointTraining, Naive
 from torch import nn
 
-from fedcond.continual.buffer_training import BufferTraining
+from fedcond.continual.buffer_training import BufferTraining, batch_augmentation_plugin
 from fedcond.continual.plugin import DistilledReplayPlugin
 from fedcond.errors import FedcondError
 
@@ -50,6 +50,7 @@ class StrategySettings:
     # training on the memory alone (gdumb, distilled-replay, distilled-finetune)
     buffer_epochs: int = 300
     buffer_lr: float = 0.01
+    buffer_augment: str = "crop_scale_rotate"
     # distilled replay only
     method: str = "dm"
     ipc: int | None = None
@@ -90,11 +91,13 @@ def build_strategy(settings: StrategySettings, model: nn.Module, evaluator: Any,
     if s.name == "joint":
         return JointTraining(model=model, optimizer=opt, criterion=ce, **common)
     if s.name == "gdumb":
-        recipe = BufferTraining(epochs=s.buffer_epochs, lr=s.buffer_lr)
+        recipe = BufferTraining(epochs=s.buffer_epochs, lr=s.buffer_lr, augment=s.buffer_augment)
         opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
         decay = LRSchedulerPlugin(torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, recipe.epochs // 2)], 0.1))
+        augment = batch_augmentation_plugin(recipe, seed=s.seed + 1)
         common.update(train_mb_size=recipe.batch_size, train_epochs=recipe.epochs)
-        return GDumb(model=model, optimizer=opt, criterion=ce, mem_size=s.mem_size, plugins=[decay], **common)
+        return GDumb(model=model, optimizer=opt, criterion=ce, mem_size=s.mem_size,
+                     plugins=[decay] + ([augment] if augment is not None else []), **common)
     if s.name == "icarl":
         return ICaRL(feature_extractor=_Embed(model), classifier=model.classifier, optimizer=opt,
                      memory_size=s.mem_size, buffer_transform=None, fixed_memory=True, **common)
@@ -106,7 +109,8 @@ def build_strategy(settings: StrategySettings, model: nn.Module, evaluator: Any,
         mem_size=s.mem_size, batch_size_mem=s.batch_size_mem, method=s.method, ipc=s.ipc,
         iterations=s.iterations, model=s.distill_model, distill_options=s.distill_options,
         rebalance=s.rebalance, num_classes=s.num_classes, mean=s.mean, std=s.std, seed=s.seed,
-        mode=DISTILLED_MODES[s.name], buffer_training=BufferTraining(epochs=s.buffer_epochs, lr=s.buffer_lr),
+        mode=DISTILLED_MODES[s.name],
+        buffer_training=BufferTraining(epochs=s.buffer_epochs, lr=s.buffer_lr, augment=s.buffer_augment),
     )
     return Naive(model=model, optimizer=opt, criterion=ce, plugins=[plugin], **common)
 
