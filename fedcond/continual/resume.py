@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from fedcond.continual.buffer import DistilledBuffer
 from fedcond.continual.plugin import DistilledReplayPlugin
 from fedcond.runinfo import write_bytes_atomic, write_json
 
@@ -82,7 +83,12 @@ def can_checkpoint(strategy: Any) -> bool:
 
     # Evaluation and periodic evaluation keep no state between experiences that results use;
     # the clock's counters are saved with the rest.
-    return all(isinstance(p, (DistilledReplayPlugin, EvaluationPlugin, PeriodicEval, Clock)) for p in strategy.plugins)
+    def capturable(p: Any) -> bool:
+        if isinstance(p, DistilledReplayPlugin):
+            return isinstance(p.storage_policy, DistilledBuffer)  # a user's own policy: no state_dict
+        return isinstance(p, (EvaluationPlugin, PeriodicEval, Clock))
+
+    return all(capturable(p) for p in strategy.plugins)
 
 
 def capture(strategy: Any) -> dict[str, Any]:
