@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shutil
+import statistics
 import json
 import time
 import warnings
@@ -141,9 +143,22 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
         saved.update({"tuned": tuned, "runs": runs, "summary": summarize(runs)})
         args.save(saved)
     out = Path(args.scratch) / "compare"
-    write_report(runs, out, {"benchmark": bench.name})
+    paths = write_report(runs, out, {"benchmark": bench.name})
+    # the pictures beside the numbers: accuracy vs memory, and the distilled buffers (seed 0)
+    pictures = {}
+    if "accuracy_vs_memory" in paths:
+        pictures["accuracy_vs_memory"] = _copy(paths["accuracy_vs_memory"], RESULTS / f"{args.stem}_accuracy_vs_memory.png")
+    for r in runs:
+        if r["strategy"] == "distilled-replay" and r["seed"] == 0 and r.get("buffer_image"):
+            pictures[f"buffer_m{r['mem_size']}"] = _copy(Path(r["buffer_image"]), RESULTS / f"{args.stem}_buffer_m{r['mem_size']}.png")
     saved["plots"] = str(out)
+    saved["pictures"] = pictures
     return saved
+
+
+def _copy(src: Path, dst: Path) -> str:
+    shutil.copyfile(src, dst)
+    return str(dst.relative_to(RESULTS.parent.parent)) if dst.is_relative_to(RESULTS.parent.parent) else str(dst)
 
 
 def markdown(result: dict, step: str, command: str, record: dict) -> str:
@@ -159,11 +174,43 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
         lines += [f"- {s} memory {m}: " + ", ".join(f"{k} {v}" for k, v in p.items())
                   for s, ms in result.get("best", best_points(result["grid"])).items() for m, p in ms.items()]
     else:
-        lines += ["| strategy | memory | final avg acc (mean ± std) | forgetting |", "|---|---|---|---|"]
+        runs = result.get("runs", [])
+        lines += ["| strategy | memory | seeds | final avg acc (mean ± std) | forgetting | distill s / experience |",
+                  "|---|---|---|---|---|---|"]
         for s in sorted(result["summary"], key=lambda s: (s["mem_size"], s["strategy"])):
-            lines.append(f"| {s['strategy']} | {s['mem_size']} | {s['final_average_accuracy_mean']:.3f} ± {s['final_average_accuracy_std']:.3f} "
-                         f"| {s['forgetting_mean']:.3f} ± {s['forgetting_std']:.3f} |")
+            secs = [t for r in runs if (r["strategy"], r["mem_size"]) == (s["strategy"], s["mem_size"])
+                    for t in (r.get("distill_seconds_per_experience") or [])]
+            cost = f"{statistics.fmean(secs):.1f}" if secs else ""
+            lines.append(f"| {s['strategy']} | {s['mem_size']} | {len(s['seeds'])} | {s['final_average_accuracy_mean']:.3f} ± "
+                         f"{s['final_average_accuracy_std']:.3f} | {s['forgetting_mean']:.3f} ± {s['forgetting_std']:.3f} | {cost} |")
+        lines += ["", *goal_lines(result["summary"])]
+        lines += ["", "Baselines: each memory size's best point of the tuning grid (seed 0; the `_tune.md` file "
+                  "beside this one); the distilled strategies: the plugin's defaults, not tuned, with replay's "
+                  "tuned lr/epochs while an experience trains."]
+        lines += [f"\n![{name}]({Path(path).name})" for name, path in result.get("pictures", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def goal_lines(summary: list[dict]) -> list[str]:
+    """The issue's goals, per memory: best fedcond strategy vs tuned replay (+10 points),
+    vs tuned GDumb, and the share of the replay -> joint gap it closes."""
+    acc = {(s["strategy"], s["mem_size"]): s["final_average_accuracy_mean"] for s in summary}
+    joint = acc.get(("joint", 0))
+    out = ["| memory | best fedcond | acc | tuned replay | gain | tuned gdumb | share of replay→joint gap closed |",
+           "|---|---|---|---|---|---|---|"]
+    for mem in sorted({m for (_, m) in acc if m > 0}):
+        ours = [(a, s) for (s, m), a in acc.items() if m == mem and s.startswith("distilled")]
+        replay = acc.get(("replay", mem))
+        if not ours or replay is None:
+            continue
+        best, name = max(ours)
+        gdumb = acc.get(("gdumb", mem))
+        share = f"{(best - replay) / (joint - replay):.2f}" if joint is not None and joint > replay else ""
+        out.append(f"| {mem} | {name} | {best:.3f} | {replay:.3f} | {100 * (best - replay):+.1f} pts | "
+                   f"{'' if gdumb is None else f'{gdumb:.3f}'} | {share} |")
+    if joint is not None:
+        out += ["", f"Joint (upper bound): {joint:.3f}."]
+    return out
 
 
 def main() -> None:
@@ -196,7 +243,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.model = args.model or default_model(args.benchmark)
     bench = make_benchmark(args.benchmark, data_dir=args.data_dir, train_fraction=args.train_fraction)
-    stem = args.out_stem or f"continual_{bench.name}" + (f"_frac{args.train_fraction:g}" if args.train_fraction < 1 else "")
+    stem = args.stem = args.out_stem or f"continual_{bench.name}" + (f"_frac{args.train_fraction:g}" if args.train_fraction < 1 else "")
     if args.rebalance is None:
         args.rebalance = ContinualConfig.rebalance
     if args.step == "compare" and args.tuned is None and (RESULTS / f"{stem}_tune.json").exists():
