@@ -10,6 +10,12 @@ Fault injection: with ``fail-fraction`` f, each (round, partition) fails with pr
 f, drawn from a generator seeded by (seed, round, partition) so a run is reproducible;
 ``fail-mode = "raise"`` raises (Flower turns it into an error reply), ``"corrupt"`` sends
 a syntactically valid but NaN-filled set (the server must reject it).
+
+Iterative FedCond clients keep their last set in Flower's node state for the next
+round. That state lives only as long as the federation: when the run checkpoints
+(``checkpoint-dir``), each client also keeps its set in ``<checkpoint-dir>/clients/``
+under its partition and round, and after a restart refines the newest one from before
+the current round, as it would have from its node state.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +34,7 @@ from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.partition import cached_partitions
 from fedcond.federated.records import SET_ARRAYS_KEY, SET_META_KEY, load_record, message_nbytes, model_to_record, set_from_records, set_to_records
+from fedcond.synthetic import SyntheticSet
 
 PREVIOUS_SET = "fedcond-previous-set"
 PREVIOUS_META = "fedcond-previous-meta"
@@ -57,6 +65,8 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
         global_model = load_record(new_model(data, cfg), msg.content["arrays"])
         if PREVIOUS_SET in context.state.array_records:
             previous = set_from_records(context.state[PREVIOUS_SET], context.state[PREVIOUS_META])
+        elif cfg.checkpoint_dir:  # a restarted federation: node state is gone, the client's file is not
+            previous = _kept_set(cfg, pid, server_round)
     start = time.perf_counter()
     sset = distill_partition(data, cfg, seed=cfg.seed * 100_003 + pid * 1009 + server_round, global_model=global_model,
                              previous=previous)
@@ -64,6 +74,10 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
     arrays, meta = set_to_records(sset)
     if global_model is not None:  # keep it for the next round's refinement (node-local state)
         context.state[PREVIOUS_SET], context.state[PREVIOUS_META] = arrays, meta
+        if cfg.checkpoint_dir:
+            folder = Path(cfg.checkpoint_dir) / "clients"
+            folder.mkdir(parents=True, exist_ok=True)
+            sset.save(folder / f"partition-{pid}-round-{server_round}.safetensors")
     if cfg.fail_mode == "corrupt" and injected_failure(cfg, server_round, pid):
         bad = sset.images.clone()
         bad[0].fill_(float("nan"))
@@ -74,6 +88,14 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
     metrics["payload-bytes"] = message_nbytes(content)  # what this reply's records weigh
     content["metrics"] = metrics
     return content
+
+
+def _kept_set(cfg: FederateConfig, pid: int, server_round: int) -> SyntheticSet | None:
+    """The newest set this client kept on disk in a round before ``server_round``."""
+    folder = Path(cfg.checkpoint_dir) / "clients"
+    rounds = [int(p.stem.rsplit("-", 1)[1]) for p in folder.glob(f"partition-{pid}-round-*.safetensors")]
+    earlier = [r for r in rounds if r < server_round]
+    return SyntheticSet.load(folder / f"partition-{pid}-round-{max(earlier)}.safetensors") if earlier else None
 
 
 def _fedavg_reply(msg: Message, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:

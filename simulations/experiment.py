@@ -1,26 +1,34 @@
-"""One comparison end to end: partitions + histogram, every strategy, reference, report files.
+"""One comparison end to end: partitions + histogram, every strategy, references, report files.
 
 Writes into ``out``: ``results.json``, ``accuracy_vs_bytes.png``, ``results.md``,
-``label_histogram.json``, ``label_histogram.png`` and ``flower.log`` (Flower's log). Used
-by ``fedcond federate`` and the benchmark script.
+``label_histogram.json``, ``label_histogram.png``, ``flower.log`` (Flower's log) and
+``checkpoints/`` (one folder per run, see :mod:`simulations.runner`: the same call again
+resumes). Used by ``fedcond federate`` and the benchmark script.
+
+results.json: ``runs`` (the strategies asked for), ``reference`` (the centralised upper
+bound), ``reference_runs`` (random real images and FedCond in the other storage dtypes,
+:mod:`fedcond.federated.references`) and ``raw_data_upload_bytes`` (every client sending
+its whole partition), beside the settings and the machine record.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.partition import label_histogram, partition_indices
+from fedcond.federated.references import plan_runs, raw_data_upload
 from fedcond.federated.report import markdown_table, plot_accuracy_vs_bytes, plot_label_histogram, write_results
 from fedcond.runinfo import run_record, write_json
+from simulations.events import OnEvent
 
 
-def save_partitions(cfg: FederateConfig, out: Path) -> list[list[int]]:
+def save_partitions(cfg: FederateConfig, out: Path) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Compute the run's partitions (exactly as the clients will) and save their histogram."""
     data = get_dataset(cfg.dataset, cfg.data_dir)
     parts = partition_indices(data.train_labels, cfg.num_clients, cfg.partition, cfg.alpha, cfg.classes_per_client, cfg.seed)
@@ -29,7 +37,7 @@ def save_partitions(cfg: FederateConfig, out: Path) -> list[list[int]]:
                                               "alpha": cfg.alpha, "seed": cfg.seed, "histogram": hist})
     title = f"{cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}" + (f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else "")
     plot_label_histogram(hist, data.classes, out / "label_histogram.png", title)
-    return hist
+    return hist, parts
 
 
 def run_experiment(
@@ -38,19 +46,24 @@ def run_experiment(
     out: Path,
     resources: dict[str, Any] | None = None,
     reference: str = "full",
-    on_done: Callable[[dict[str, Any]], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> dict[str, Any]:
-    """Run ``strategies`` on identical partitions; write and return the results.
+    """Run ``strategies`` and their references on identical partitions; write and return the results.
 
-    ``reference``: ``none``, ``full`` (train on all data centrally) or ``distill`` (also
-    run the FedCond method centrally at the pooled images per class).
+    ``reference``: ``none``, ``full`` (train on all data centrally to a plateau) or
+    ``distill`` (also run the FedCond method centrally at the pooled images per class).
+    The reference runs follow ``cfg.storage_dtypes`` and ``cfg.random_reference``.
     """
     from simulations.runner import run_all  # noqa: PLC0415
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    hist = save_partitions(cfg, out)
-    runs = run_all(cfg, strategies, resources, on_done, log_file=out / "flower.log")
+    hist, parts = save_partitions(cfg, out)
+    planned = plan_runs(cfg, strategies)
+    records = run_all(planned, resources, on_event, log_file=out / "flower.log", checkpoints=out / "checkpoints")
+    runs = [r for r, p in zip(records, planned) if p.kind is None]
+    reference_runs = [r for r, p in zip(records, planned) if p.kind is not None]
+    raw = raw_data_upload(get_dataset(cfg.dataset, cfg.data_dir), parts)
     ref: dict[str, Any] = {}
     if reference != "none":
         total_ipc = None
@@ -60,11 +73,12 @@ def run_experiment(
         from fedcond.federated.central import centralised_reference  # noqa: PLC0415
 
         ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg, total_ipc)
-    meta = {"config": cfg.to_json(), "strategies": strategies, "reference": ref,
+    meta = {"config": cfg.to_json(), "strategies": strategies, "reference": ref, "reference_runs": reference_runs,
+            "raw_data_upload_bytes": raw["upload_bytes"], "raw_data": raw,
             "record": run_record(torch.device(cfg.device), wall_time_s=time.perf_counter() - start)}
     write_results(out, runs, meta)
-    plot_accuracy_vs_bytes(runs, out / "accuracy_vs_bytes.png", ref)
-    table = markdown_table(runs, ref)
+    plot_accuracy_vs_bytes(runs, out / "accuracy_vs_bytes.png", ref, reference_runs, raw["upload_bytes"])
+    table = markdown_table(runs, ref, reference_runs, raw["upload_bytes"])
     (out / "results.md").write_text(f"# {cfg.dataset}, {cfg.num_clients} clients, {cfg.partition}"
                                     f"{f' alpha={cfg.alpha}' if cfg.partition == 'dirichlet' else ''}\n\n{table}")
     return {"runs": runs, **meta, "table": table}

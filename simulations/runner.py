@@ -1,11 +1,16 @@
 """Run several strategies on the same partitions in local simulation; collect their records.
 
-Each strategy runs through Flower's Simulation Engine (``flwr.simulation.run_simulation``,
-Ray backend) with this process's ServerApp and ClientApp, built with the same run-config
-overrides except ``strategy``. Clients rebuild their partition from (data set, scheme,
-alpha, seed), so every strategy sees identical partitions; the runner computes them too,
-once, for the label histogram it saves. Flower's log goes to a file (``flower.log`` in the
-output folder, see :mod:`simulations.flower_log`), not the console.
+Each run (a strategy, or a reference of :mod:`fedcond.federated.references`) goes through
+Flower's Simulation Engine (``flwr.simulation.run_simulation``, Ray backend) with this
+process's ServerApp and ClientApp, built with the run's own config as run-config
+overrides. Clients rebuild their partition from (data set, scheme, alpha, seed), so every
+run sees identical partitions. Flower's log goes to a file (``flower.log`` in the output
+folder, see :mod:`simulations.flower_log`), not the console; progress goes to ``on_event``
+(:mod:`simulations.events`).
+
+With a checkpoint root, each run checkpoints every round into ``<root>/<run name>/`` and
+keeps its finished record there (``record.json``): running the same comparison again
+skips finished runs and continues an interrupted one after its last finished round.
 """
 
 from __future__ import annotations
@@ -13,23 +18,34 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
+from fedcond.federated.checkpoint import load_latest, load_record, save_record
 from fedcond.federated.config import FederateConfig
+from fedcond.federated.references import PlannedRun
+from simulations.events import OnEvent, RunFinished, RunStarted
 
 
 def backend_config(num_cpus: float = 1.0, num_gpus: float = 0.0, total_cpus: int | None = None) -> dict[str, Any]:
-    """Ray resources: per-client CPUs/GPU fraction, and the CPUs Ray may use in all."""
+    """Ray resources: per-client CPUs/GPU fraction, and the CPUs Ray may use in all.
+
+    Ray would copy every actor's output to this process's console (Flower's client-side
+    log lines, "Manually terminating ClientAppActor" at each shutdown); a client's error
+    reaches the server in its error reply anyway, and is logged to flower.log from there.
+    """
     total = total_cpus or os.cpu_count() or 1
     return {"client_resources": {"num_cpus": num_cpus, "num_gpus": num_gpus},
-            "init_args": {"num_cpus": total, "num_gpus": 1 if num_gpus > 0 else 0}}
+            "init_args": {"num_cpus": total, "num_gpus": 1 if num_gpus > 0 else 0, "log_to_driver": False}}
 
 
-def run_strategy(cfg: FederateConfig, resources: dict[str, Any] | None = None, log_file: Path | None = None) -> dict[str, Any]:
+def run_strategy(cfg: FederateConfig, resources: dict[str, Any] | None = None, log_file: Path | None = None,
+                 on_event: OnEvent | None = None) -> dict[str, Any]:
     """Simulate ``cfg.strategy`` with ``cfg.num_clients`` SuperNodes; return its record.
 
-    ``log_file`` only names where Flower's log went, for the error message.
+    ``log_file`` only names where Flower's log went, for the error message. An exception
+    raised by ``on_event`` ends the simulation and propagates.
     """
     from flwr.simulation import run_simulation  # noqa: PLC0415
 
@@ -43,33 +59,48 @@ def run_strategy(cfg: FederateConfig, resources: dict[str, Any] | None = None, l
     # run_simulation is deprecated in favour of `flwr run`, which needs a SuperLink; the
     # runner needs an in-process run (see simulations/flower_log.py), so it stays.
     with without_run_simulation_deprecation():
-        run_simulation(server_app=make_server_app(overrides, results.append), client_app=make_client_app(overrides),
-                       num_supernodes=cfg.num_clients, backend_config=resources or backend_config())
+        run_simulation(server_app=make_server_app(overrides, results.append, on_event),
+                       client_app=make_client_app(overrides), num_supernodes=cfg.num_clients,
+                       backend_config=resources or backend_config())
     if not results:
-        raise RuntimeError(f"the {cfg.strategy} simulation ended without a result; see {log_file or 'the log above'}")
+        raise RuntimeError(f"the {cfg.name} simulation ended without a result; see {log_file or 'the log above'}")
     record = results[0]
     record["wall_seconds"] = time.perf_counter() - start
     return record
 
 
 def run_all(
-    cfg: FederateConfig,
-    strategies: list[str],
+    runs: Sequence[PlannedRun],
     resources: dict[str, Any] | None = None,
-    on_done: Callable[[dict[str, Any]], None] | None = None,
+    on_event: OnEvent | None = None,
     log_file: Path | None = None,
+    checkpoints: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every strategy in turn (same partitions, same seed); return their records.
+    """Run every planned run in turn (same partitions, same seed); return their records.
 
-    With ``log_file``, Flower's log and the warnings raised during the runs go there.
+    With ``log_file``, Flower's log and the warnings raised during the runs go there; with
+    ``checkpoints``, runs resume (see the module docstring).
     """
     from simulations.flower_log import flower_log_to_file  # noqa: PLC0415
 
-    runs = []
+    emit = on_event or (lambda event: None)
+    records = []
     with flower_log_to_file(log_file) if log_file is not None else contextlib.nullcontext():
-        for name in strategies:
-            record = run_strategy(cfg.for_strategy(name), resources, log_file)
-            runs.append(record)
-            if on_done is not None:
-                on_done(record)  # prints on fedcond's console, which the file does not capture
-    return runs
+        for run in runs:
+            cfg = run.cfg
+            if checkpoints is not None:
+                cfg = replace(cfg, checkpoint_dir=str(checkpoints / run.name))
+            record = load_record(Path(cfg.checkpoint_dir), cfg) if cfg.checkpoint_dir else None
+            if record is None:
+                saved = load_latest(Path(cfg.checkpoint_dir), cfg) if cfg.checkpoint_dir else None
+                emit(RunStarted(run.name, cfg.effective_rounds, cfg.num_clients, saved.server_round + 1 if saved else 1))
+                record = run_strategy(cfg, resources, log_file, on_event)
+                if run.kind is not None:
+                    record.update({"reference": run.kind, "reference_of": run.of})
+                if cfg.checkpoint_dir:
+                    save_record(Path(cfg.checkpoint_dir), record)
+                emit(RunFinished(run.name, record))
+            else:
+                emit(RunFinished(run.name, record, from_checkpoint=True))
+            records.append(record)
+    return records

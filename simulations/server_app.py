@@ -5,6 +5,11 @@
 runner. The run's record — accuracy after each round, bytes per client per round and
 cumulative, what was lost — goes to the callback and, when ``out-dir`` is set, to
 ``<out-dir>/strategy-<name>.json``.
+
+After every round (in the central evaluation, Flower's last step of a round) the server
+checkpoints when ``checkpoint-dir`` is set (:mod:`fedcond.federated.checkpoint`) and then
+reports the round to ``on_event``; a server that finds a checkpoint continues after it
+(:class:`strategies.resumed.FromRound`).
 """
 
 from __future__ import annotations
@@ -15,44 +20,92 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from flwr.app import ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 from logging import INFO
 
 from fedcond.federated.central import evaluate_arrays, new_model
+from fedcond.federated.checkpoint import RoundState, load_latest, python_random_state, save_round, set_python_random_state
 from fedcond.federated.comms import CommLedger, metered_grid
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.records import model_to_record
+from simulations.events import ClientReplied, OnEvent, RoundFinished
 
 
-def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run ``cfg.strategy`` on ``grid``; return the run's record (see module docstring)."""
+def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, Any]], None] | None = None,
+               on_event: OnEvent | None = None) -> dict[str, Any]:
+    """Run ``cfg.strategy`` on ``grid``; return the run's record (see module docstring).
+
+    With ``cfg.checkpoint_dir`` every finished round is checkpointed there, and a run
+    that finds a checkpoint continues after its round (:mod:`fedcond.federated.checkpoint`).
+    """
     from strategies import build_strategy  # noqa: PLC0415
+    from strategies.resumed import FromRound, load_strategy_state, strategy_state  # noqa: PLC0415
 
     data = get_dataset(cfg.dataset, cfg.data_dir)
     ledger = CommLedger()
     strategy = build_strategy(cfg, data, ledger)
     accuracy: dict[int, float] = {}
     times: dict[int, float] = {}
-    start = time.perf_counter()
+    folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    saved = load_latest(folder, cfg) if folder is not None else None
+    done, elapsed = 0, 0.0
+    initial = model_to_record(new_model(data, cfg))
+    if saved is not None:
+        done, elapsed = saved.server_round, max(saved.seconds.values(), default=0.0)
+        accuracy.update(saved.accuracy)
+        times.update(saved.seconds)
+        ledger.rounds.update(saved.ledger.rounds)
+        load_strategy_state(strategy, saved.strategy_tensors, saved.strategy_json)
+        set_python_random_state(saved.python_random)
+        if saved.torch_random is not None:
+            torch.set_rng_state(saved.torch_random)
+        initial = ArrayRecord({k: v.contiguous() for k, v in saved.model.items()})
+        log(INFO, "%s: resuming from the checkpoint of round %d in %s", cfg.name, done, folder)
+    start = time.perf_counter() - elapsed
 
-    def evaluate_fn(server_round: int, arrays: Any) -> MetricRecord:
+    def evaluate_fn(local_round: int, arrays: Any) -> MetricRecord:
+        server_round = local_round + done
+        if local_round == 0 and done:  # the checkpointed model: its accuracy is known
+            return MetricRecord({"accuracy": accuracy[done]})
         accuracy[server_round] = evaluate_arrays(data, cfg, arrays)
         times[server_round] = time.perf_counter() - start
+        if server_round > 0:
+            finish_round(server_round, arrays)
         return MetricRecord({"accuracy": accuracy[server_round]})
 
-    initial = model_to_record(new_model(data, cfg))
-    strategy.start(grid=metered_grid(grid, ledger), initial_arrays=initial, num_rounds=cfg.effective_rounds,
-                   train_config=ConfigRecord(), evaluate_fn=evaluate_fn, timeout=cfg.round_timeout)
+    def finish_round(server_round: int, arrays: Any) -> None:
+        if folder is not None:
+            tensors, state = strategy_state(strategy)
+            save_round(folder, cfg, RoundState(
+                server_round=server_round, model=arrays.to_torch_state_dict(), accuracy=dict(accuracy),
+                seconds=dict(times), ledger=ledger, strategy_tensors=tensors, strategy_json=state,
+                python_random=python_random_state(), torch_random=torch.get_rng_state()))
+        if on_event is not None:
+            up = sum(ledger.round_totals(r)[0] for r in range(1, server_round + 1))
+            down = sum(ledger.round_totals(r)[1] for r in range(1, server_round + 1))
+            sampled, lost = len(ledger.rounds.get(server_round, {})), len(ledger.lost(server_round))
+            on_event(RoundFinished(cfg.name, server_round, cfg.effective_rounds, accuracy[server_round], up, down,
+                                   sampled - lost, lost, times[server_round]))
+
+    def on_reply(server_round: int, replied: int, sampled: int, ok: bool) -> None:
+        on_event(ClientReplied(cfg.name, server_round, replied, sampled, ok))  # type: ignore[misc]
+
+    remaining = cfg.effective_rounds - done
+    if remaining > 0:
+        metered = metered_grid(grid, ledger, on_reply=on_reply if on_event is not None else None)
+        runner = FromRound(strategy, done) if done else strategy
+        runner.start(grid=metered, initial_arrays=initial, num_rounds=remaining,
+                     train_config=ConfigRecord(), evaluate_fn=evaluate_fn, timeout=cfg.round_timeout)
     record = build_record(cfg, ledger, accuracy, times, strategy)
-    log(INFO, "%s: final accuracy %.4f, upload %d bytes, download %d bytes", cfg.strategy,
+    log(INFO, "%s: final accuracy %.4f, upload %d bytes, download %d bytes", cfg.name,
         record["final_accuracy"], record["upload_bytes"], record["download_bytes"])
     if on_result is not None:
         on_result(record)
     if cfg.out_dir:
-        path = Path(cfg.out_dir) / f"strategy-{cfg.strategy}.json"
+        path = Path(cfg.out_dir) / f"strategy-{cfg.name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -70,21 +123,30 @@ def build_record(cfg: FederateConfig, ledger: CommLedger, accuracy: dict[int, fl
             "round": r, "accuracy": accuracy.get(r), "upload_bytes": up, "download_bytes": down,
             "round_upload_bytes": ru, "round_download_bytes": rd, "seconds": times.get(r),
             "clients_sampled": len(ledger.rounds.get(r, {})), "clients_lost": len(lost),
-            "lost": [{"node_id": c.node_id, "status": c.status, "reason": c.reason} for c in lost],
-            "clients": ledger.to_json(r),
+            "lost": [{"node_id": c.node_id, "status": c.status, "reason": c.reason}
+                     for c in sorted(lost, key=lambda c: _client_order(vars(c)))],
+            "clients": sorted(ledger.to_json(r), key=_client_order),
         })
     out = {"strategy": cfg.strategy, "mode": cfg.effective_mode if cfg.strategy.startswith("fedcond") else None,
            "initial_accuracy": accuracy.get(0), "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
            "upload_bytes": up, "download_bytes": down, "rounds": rounds,
-           "clients_lost_total": sum(r["clients_lost"] for r in rounds)}
+           "clients_lost_total": sum(r["clients_lost"] for r in rounds), "name": cfg.name}
     if hasattr(strategy, "provenance"):
+        out.update({"method": cfg.method, "ipc": cfg.ipc, "storage_dtype": cfg.storage_dtype})
         out["pool_provenance"] = strategy.provenance()
         out["rejections"] = strategy.rejections
     return out
 
 
+def _client_order(client: dict[str, Any]) -> tuple[int, int]:
+    """Clients by partition id (node ids are drawn afresh by every federation)."""
+    pid = client.get("partition_id")
+    return (pid if pid is not None else 1 << 62, client["node_id"])
+
+
 def make_server_app(overrides: dict[str, Any] | None = None,
-                    on_result: Callable[[dict[str, Any]], None] | None = None) -> ServerApp:
+                    on_result: Callable[[dict[str, Any]], None] | None = None,
+                    on_event: OnEvent | None = None) -> ServerApp:
     """A ServerApp reading its settings from the run config, then ``overrides``."""
     app = ServerApp()
 
@@ -93,7 +155,7 @@ def make_server_app(overrides: dict[str, Any] | None = None,
         cfg = FederateConfig.from_run_config(context.run_config, overrides)
         if cfg.server_threads > 0:
             torch.set_num_threads(cfg.server_threads)
-        run_server(grid, cfg, on_result)
+        run_server(grid, cfg, on_result, on_event)
 
     return app
 

@@ -12,6 +12,11 @@ travels and what the server does with the replies.
   reason logged and recorded; the round goes on with the rest. Accepted sets are pooled
   per client (a client's newer set replaces its older one, provenance kept), and the global
   model is trained on the pool with the evaluation protocol.
+
+The pool is keyed by the client's partition id when its reply carries one: node ids are
+drawn afresh whenever a federation starts, so a resumed run must recognise its clients
+by partition. :meth:`FedCond.state` / :meth:`FedCond.load_state` give the pool and the
+rejections to the per-round checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -29,6 +35,7 @@ from flwr.supercore import log
 
 from fedcond.data import ImageDataset
 from fedcond.federated.central import new_model, train_on_pool
+from fedcond.federated.checkpoint import tensor_of_bytes
 from fedcond.federated.comms import CommLedger
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.records import SET_ARRAYS_KEY, SET_META_KEY, load_record, message_nbytes, model_to_record, set_from_records
@@ -61,7 +68,7 @@ class FedCond(FedAvg):
         self.data, self.cfg = data, cfg
         self.ledger = ledger if ledger is not None else CommLedger()
         self.iterative = cfg.effective_mode == "iterative"
-        self.pool: dict[int, PoolEntry] = {}
+        self.pool: dict[str, PoolEntry] = {}  # by partition id (p3), else node id (n123)
         self.rejections: list[dict[str, Any]] = []
         self._global: ArrayRecord | None = None
 
@@ -123,7 +130,8 @@ class FedCond(FedAvg):
                 self.rejections.append({"round": server_round, "node_id": node, "reason": str(err)})
                 continue
             accepted += 1
-            self.pool[node] = PoolEntry(sset, node, _partition_id(msg), server_round, size)
+            pid = _partition_id(msg)
+            self.pool[f"p{pid}" if pid is not None else f"n{node}"] = PoolEntry(sset, node, pid, server_round, size)
         log(INFO, "round %d: %d sets accepted, %d rejected, %d clients failed; pool holds %d sets",
             server_round, accepted, rejected, failed, len(self.pool))
         metrics = MetricRecord({"accepted": accepted, "rejected": rejected, "failed": failed,
@@ -140,6 +148,23 @@ class FedCond(FedAvg):
     def provenance(self) -> list[dict[str, Any]]:
         """Where every pooled set came from (client, round, size, classes)."""
         return [e.provenance() for e in self.pool.values()]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The pool (each set serialised, as it would be saved) and the rejections."""
+        tensors = {f"pool/{key}": tensor_of_bytes(e.sset.to_bytes()) for key, e in self.pool.items()}
+        entries = [{"key": key, "node_id": e.node_id, "partition_id": e.partition_id, "round": e.server_round,
+                    "nbytes": e.nbytes} for key, e in self.pool.items()]
+        return tensors, {"pool": entries, "rejections": self.rejections}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` gave (pool order included: it is the training order)."""
+        self.pool = {
+            e["key"]: PoolEntry(SyntheticSet.from_bytes(tensors[f"pool/{e['key']}"].numpy().tobytes()), e["node_id"],
+                                e["partition_id"], e["round"], e["nbytes"])
+            for e in state["pool"]
+        }
+        self.rejections = list(state["rejections"])
 
 
 def _partition_id(msg: Message) -> int | None:

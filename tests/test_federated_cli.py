@@ -43,6 +43,7 @@ def test_method_option_is_checked_against_the_chosen_method(tmp_path):
     (["--method", "nope"], "unknown method 'nope'"),
     (["-o", "novalue"], "key=value"),
     (["--reference", "half"], "--reference"),
+    (["--storage-dtypes", "float32,int4"], "unknown storage dtype int4"),
 ])
 def test_bad_flags_are_one_line(tmp_path, args, problem):
     assert problem in one_error_line(["--out", str(tmp_path), *args])

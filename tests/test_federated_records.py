@@ -68,3 +68,30 @@ def test_metered_grid_counts_download_and_upload_per_client(task_identity):
         assert raw < entry.download_bytes < raw + 20_000
     up, down = ledger.round_totals(2)
     assert up == sum(_pushed_bytes(r)[0] for r in replies) and down == sum(_pushed_bytes(m)[0] for m in out)
+
+
+def test_metered_grid_reports_each_reply_and_orders_them_by_partition(task_identity):
+    """With ``on_reply`` the grid pushes and pulls itself, one callback per reply as it
+    arrives; the strategy gets the replies by partition id, whatever the arrival order."""
+    record = model_to_record(get_model("convnet", 1, 10, (8, 8), seed=0))
+    out = [Message(RecordDict({"arrays": record, "config": ConfigRecord({"server-round": 1})}), dst_node_id=n,
+                   message_type=MessageType.TRAIN) for n in (21, 22, 23)]
+
+    class PushPullGrid:  # replies arrive one per pull, the last partition first
+        pull_interval = 0.0
+
+        def push_messages(self, messages):
+            for i, m in enumerate(messages):
+                m.metadata.__dict__["_message_id"] = f"m{i}"  # as a grid assigns ids when pushing
+            self.queue = [Message(RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": 1, "partition-id": p})}),
+                                  reply_to=m) for m, p in zip(reversed(messages), (2, 1, 0))]
+            return [m.metadata.message_id for m in messages]
+
+        def pull_messages(self, ids):
+            return [self.queue.pop(0)] if self.queue else []
+
+    heard = []
+    grid = metered_grid(PushPullGrid(), CommLedger(), on_reply=lambda *args: heard.append(args))
+    replies = list(grid.send_and_receive(out, timeout=5))
+    assert heard == [(1, 1, 3, True), (1, 2, 3, True), (1, 3, 3, True)]
+    assert [int(r.content["metrics"]["partition-id"]) for r in replies] == [0, 1, 2]

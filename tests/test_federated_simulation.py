@@ -1,7 +1,9 @@
 """A local Flower simulation with failing clients completes and writes the promised files.
 
 FedCond runs here in iterative mode (model broadcast, sets refined against it); one-shot
-mode is what the loopback deployment test runs.
+mode is what the loopback deployment test runs. Its references run beside it: FedCond
+again with uint8 uploads, random real images at the same bytes, the raw-data bytes and
+a (here briefly trained) centralised upper bound.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ def experiment(tmp_path_factory):
     from simulations.runner import backend_config
 
     out = tmp_path_factory.mktemp("fl")
-    cfg = FederateConfig(dataset="digits", num_clients=4, partition="dirichlet", alpha=0.5, rounds=2, method="random",
-                         ipc=2, iterations=3, server_epochs=5, local_epochs=1, fail_fraction=0.4, seed=1)
-    result = run_experiment(cfg, ["fedcond-iterative", "fedavg"], out, backend_config(1.0, 0.0, 2), reference="none")
+    cfg = FederateConfig(dataset="digits", num_clients=4, partition="dirichlet", alpha=0.5, rounds=2, method="dm",
+                         ipc=2, iterations=3, server_epochs=5, local_epochs=1, fail_fraction=0.4, seed=1,
+                         storage_dtypes="float32,uint8", central_max_epochs=3)
+    result = run_experiment(cfg, ["fedcond-iterative", "fedavg"], out, backend_config(1.0, 0.0, 2), reference="full")
     return out, result
 
 
@@ -80,3 +83,23 @@ def test_flower_log_is_a_file_without_the_deprecation(experiment):
     assert "Starting FedAvg strategy" in text and "[ROUND 2/2]" in text  # Flower's INFO lines
     assert "injected failure" in text  # the failing clients' errors are kept there
     assert "run_simulation` function is deprecated" not in text
+
+
+def test_results_json_holds_the_references(experiment):
+    out, _ = experiment
+    data = json.loads((out / "results.json").read_text())
+    assert [r["strategy"] for r in data["runs"]] == ["fedcond-iterative", "fedavg"]  # the contract is unchanged
+    refs = {r["name"]: r for r in data["reference_runs"]}
+    assert set(refs) == {"fedcond-iterative-uint8", "random-real"}
+    mine = next(r for r in data["runs"] if r["strategy"] == "fedcond-iterative")
+    uint8, random_real = refs["fedcond-iterative-uint8"], refs["random-real"]
+    assert uint8["storage_dtype"] == "uint8" and uint8["reference"] == "storage-dtype" and len(uint8["rounds"]) == 2
+    assert random_real["method"] == "random" and random_real["ipc"] == 2 and len(random_real["rounds"]) == 1
+    assert all(0 <= r["final_accuracy"] <= 1 for r in refs.values())
+    # uint8 pixels take a quarter of float32's bytes (labels and headers aside)
+    assert uint8["upload_bytes"] < 0.6 * mine["upload_bytes"]
+    raw = data["raw_data_upload_bytes"]
+    assert raw == data["raw_data"]["upload_bytes"] and raw > 1347 * 64
+    assert 0 < data["reference"]["full_data_accuracy"] <= 1 and data["reference"]["full_data_epochs"] <= 3
+    table = (out / "results.md").read_text()
+    assert "random-real" in table and "Raw data" in table and "upper bound" in table

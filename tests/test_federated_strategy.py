@@ -55,7 +55,7 @@ def test_malformed_replies_are_rejected_and_the_round_goes_on(task_identity, dig
     ]
     arrays_out, metrics = strategy.aggregate_train(1, replies)
     assert arrays_out is not None  # the global model was trained on the one good set
-    assert set(strategy.pool) == {1}
+    assert [e.node_id for e in strategy.pool.values()] == [1]
     reasons = {r["node_id"]: r["reason"] for r in strategy.rejections}
     assert set(reasons) == {2, 3, 4, 5, 6, 7, 8}
     assert "NaN" in reasons[2]
@@ -73,3 +73,20 @@ def test_all_replies_bad_keeps_the_previous_model(task_identity, digits, tiny_se
     strategy = FedCond(digits, FederateConfig(ipc=2, server_epochs=1), CommLedger())
     arrays_out, metrics = strategy.aggregate_train(1, [_reply(1, error="boom")])
     assert arrays_out is None and metrics["failed"] == 1
+
+
+def test_pool_is_keyed_by_partition_and_survives_a_checkpoint(task_identity, digits, tiny_set):
+    """Node ids change when a federation restarts; partition ids do not."""
+    cfg = FederateConfig(ipc=2, server_epochs=1, storage_dtype="uint8")
+    strategy = FedCond(digits, cfg, CommLedger())
+    arrays, meta = set_to_records(dataclasses.replace(tiny_set, storage_dtype="uint8"))
+    content = RecordDict({"synthetic": arrays, "synthetic-meta": meta,
+                          "metrics": MetricRecord({"num-examples": 10, "partition-id": 3})})
+    strategy.aggregate_train(1, [_reply(11, content)])
+    strategy.aggregate_train(2, [_reply(99, content)])  # the same client after a restart
+    assert list(strategy.pool) == ["p3"] and strategy.pool["p3"].server_round == 2
+    tensors, state = strategy.state()
+    again = FedCond(digits, cfg, CommLedger())
+    again.load_state(tensors, state)
+    assert again.provenance() == strategy.provenance()
+    assert torch.equal(again.pool["p3"].sset.images, strategy.pool["p3"].sset.images)

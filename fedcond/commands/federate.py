@@ -1,20 +1,66 @@
-"""``fedcond federate``: compare FedCond with FedAvg/FedProx in a local Flower simulation."""
+"""``fedcond federate``: compare FedCond with FedAvg/FedProx in a local Flower simulation,
+with its references (raw-data bytes, random real images, storage dtypes, upper bound)."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 
-from fedcond.commands.common import console, parse_options, user_errors
+from fedcond.commands.common import console, parse_options, progress_bar, user_errors
 from fedcond.errors import FedcondError
+
+
+class RunProgress:
+    """The console while runs go on: one progress bar per run over its rounds x clients,
+    one line per finished round, one line per finished run (Flower's log is in a file).
+
+    Called with :mod:`simulations.events` events; they arrive from the runner's and the
+    ServerApp's threads, and rich's progress display takes updates from either.
+    """
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._update: Callable[..., None] | None = None
+        self._done = 0
+
+    def __call__(self, event: Any) -> None:
+        from simulations.events import ClientReplied, RoundFinished, RunFinished, RunStarted  # noqa: PLC0415
+
+        if isinstance(event, RunStarted):
+            self.close()
+            self._done = (event.first_round - 1) * event.num_clients
+            total = event.num_rounds * event.num_clients
+            resumed = f" (resuming at round {event.first_round})" if event.first_round > 1 else ""
+            self._update = self._stack.enter_context(progress_bar(f"{event.name}{resumed}", total))
+            self._update(self._done, round=event.first_round)
+        elif isinstance(event, ClientReplied) and self._update is not None:
+            self._done += 1
+            self._update(self._done, round=event.server_round)
+        elif isinstance(event, RoundFinished):
+            acc = f"{event.accuracy:.4f}" if event.accuracy is not None else "-"
+            console.print(f"  {event.name} round {event.server_round}/{event.num_rounds}: acc {acc}, "
+                          f"up {event.upload_bytes / 2**20:.3f} MB, {event.clients_ok} ok, "
+                          f"{event.clients_lost} lost, {event.seconds:.0f} s", overflow="ellipsis", no_wrap=True)
+        elif isinstance(event, RunFinished):
+            self.close()
+            r = event.record
+            source = " (finished before: from its checkpoint)" if event.from_checkpoint else ""
+            console.print(f"[bold]{event.name}[/]: accuracy {r['final_accuracy']:.4f}, upload "
+                          f"{r['upload_bytes'] / 2**20:.3f} MB, lost {r['clients_lost_total']} client-rounds, "
+                          f"{r.get('wall_seconds', 0):.0f} s{source}")
+
+    def close(self) -> None:
+        self._stack.close()
+        self._update = None
 
 
 @user_errors
 def command(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="digits, mnist, cifar10, ... (default digits)"),
-    out: Path = typer.Option(..., "--out", help="output folder (results.json, accuracy_vs_bytes.png, results.md, label_histogram.*, flower.log)"),
+    out: Path = typer.Option(..., "--out", help="output folder (results.json, accuracy_vs_bytes.png, results.md, label_histogram.*, flower.log, checkpoints/)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),
     num_clients: Optional[int] = typer.Option(None, "--num-clients", help="simulated clients (default 10)"),
     partition: Optional[str] = typer.Option(None, "--partition", help="iid, dirichlet or pathological (default dirichlet)"),
@@ -36,7 +82,11 @@ def command(
     fail_mode: Optional[str] = typer.Option(None, "--fail-mode", help="raise (client error) or corrupt (NaN payload)"),
     client_cpus: float = typer.Option(1.0, "--client-cpus", help="simulation: CPUs per client"),
     client_gpus: float = typer.Option(0.0, "--client-gpus", help="simulation: GPU fraction per client (e.g. 0.25)"),
-    reference: str = typer.Option("full", "--reference", help="centralised reference: none, full or distill"),
+    storage_dtype: Optional[str] = typer.Option(None, "--storage-dtype", help="FedCond's upload dtype: float32, float16 or uint8 (default float32)"),
+    storage_dtypes: Optional[str] = typer.Option(None, "--storage-dtypes", help="comma list of upload dtypes compared: FedCond reruns once per dtype other than --storage-dtype (default float32,float16,uint8)"),
+    random_reference: Optional[bool] = typer.Option(None, "--random-reference/--no-random-reference", help="also run FedCond with random real images at the same bytes (default on)"),
+    reference: str = typer.Option("full", "--reference", help="centralised reference: none, full (upper bound trained to a plateau) or distill"),
+    fresh: bool = typer.Option(False, "--fresh", help="discard OUT/checkpoints and start over instead of resuming"),
     config: Optional[Path] = typer.Option(None, "--config", help="run-config TOML: FederateConfig's fields as kebab-case keys, as `flwr run --run-config` reads (flags override it)"),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="FedCond method option key=value (repeatable): a field of the method's config, e.g. -o lr_images=0.5"),
 ) -> None:
@@ -49,6 +99,7 @@ def command(
         "ipc": ipc, "seed": seed, "method": method, "mode": mode, "iterations": iterations, "fraction": fraction,
         "local_epochs": local_epochs, "lr": lr, "proximal_mu": proximal_mu, "server_epochs": server_epochs,
         "fail_fraction": fail_fraction, "fail_mode": fail_mode, "strategies": strategies,
+        "storage_dtype": storage_dtype, "storage_dtypes": storage_dtypes, "random_reference": random_reference,
     }
     if config is not None:
         cfg = FederateConfig.from_toml(config, **values)
@@ -65,13 +116,16 @@ def command(
 
     console.print(f"[bold]federate[/] {cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}, strategies {', '.join(names)}")
     console.print(f"  Flower's log: {out / 'flower.log'}")
+    console.print(f"  checkpoints: {out / 'checkpoints'} (the same command again resumes)")
+    if fresh and (out / "checkpoints").is_dir():
+        import shutil  # noqa: PLC0415
 
-    def done(record: dict) -> None:
-        console.print(f"  {record['strategy']}: accuracy {record['final_accuracy']:.4f}, "
-                      f"upload {record['upload_bytes'] / 2**20:.3f} MB, lost {record['clients_lost_total']} "
-                      f"client-rounds, {record['wall_seconds']:.0f} s")
-
-    result = run_experiment(cfg, names, out, backend_config(client_cpus, client_gpus), reference, done)
+        shutil.rmtree(out / "checkpoints")
+    progress = RunProgress()
+    try:
+        result = run_experiment(cfg, names, out, backend_config(client_cpus, client_gpus), reference, progress)
+    finally:
+        progress.close()
     typer.echo(result["table"])
     typer.echo(f"wrote {out / 'results.json'}, {out / 'accuracy_vs_bytes.png'}, {out / 'results.md'}, {out / 'label_histogram.png'}, {out / 'flower.log'}")
 

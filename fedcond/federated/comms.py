@@ -10,15 +10,25 @@ FedProx, FedAdam — is metered the same way, without knowing about it.
 Error replies (a client that raised) are recorded as ``failed`` with Flower's reason; the
 sampled nodes that never replied within the timeout as ``dropped``. The strategy may mark
 replies it rejected (``CommLedger.mark``).
+
+Replies are handed to the strategy sorted by the client's partition id (from the reply's
+MetricRecord), not in order of arrival: the strategies add them up in that order, and a
+floating-point sum depends on its order, so a rerun — or a resumed run — gives the same
+model. With ``on_reply`` the grid pushes and pulls itself (the loop of Flower's own
+``send_and_receive``) to report each reply as it arrives, for a progress bar.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+# on_reply(server_round, replies so far, messages sent, reply ok?)
+OnReply = Callable[[int, int, int, bool], None]
 
 from fedcond.federated.records import message_nbytes
 
@@ -75,8 +85,9 @@ def _build_metered_grid():  # noqa: ANN202  (Flower imported lazily, class built
     class MeteredGrid(Grid):
         """A Grid that forwards everything to ``inner`` and meters train messages."""
 
-        def __init__(self, inner: Grid, ledger: CommLedger, meter_types: tuple[str, ...] = ("train",)) -> None:
-            self.inner, self.ledger, self.meter_types = inner, ledger, meter_types
+        def __init__(self, inner: Grid, ledger: CommLedger, meter_types: tuple[str, ...] = ("train",),
+                     on_reply: OnReply | None = None) -> None:
+            self.inner, self.ledger, self.meter_types, self.on_reply = inner, ledger, meter_types, on_reply
             self._calls = 0
 
         # -- plain forwarding ------------------------------------------------------
@@ -111,7 +122,10 @@ def _build_metered_grid():  # noqa: ANN202  (Flower imported lazily, class built
             # Measure before sending: the grid may drop its references once pushed; the
             # deflated form excludes the message id the grid assigns, so nothing changes.
             sizes = [(m, _round_of(m, self._calls), message_nbytes(m)) for m in metered]
-            replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+            if self.on_reply is not None and metered:
+                replies = self._push_and_pull(messages, timeout, sizes[0][1])
+            else:
+                replies = list(self.inner.send_and_receive(messages, timeout=timeout))
             for msg, rnd, size in sizes:
                 self.ledger.client(rnd, msg.metadata.dst_node_id).download_bytes += size
             rounds_by_node = {m.metadata.dst_node_id: rnd for m, rnd, _ in sizes}
@@ -126,9 +140,32 @@ def _build_metered_grid():  # noqa: ANN202  (Flower imported lazily, class built
                 else:
                     entry.status = "ok"
                     _note_partition(entry, reply)
+            return sorted(replies, key=_partition_order)
+
+        def _push_and_pull(self, messages: list[Any], timeout: float | None, server_round: int) -> list[Any]:
+            """Flower's ``send_and_receive`` loop, calling ``on_reply`` for each reply."""
+            pending = set(self.inner.push_messages(messages))
+            sent, replies = len(pending), []
+            end = time.time() + (timeout or 0.0)
+            while pending and (timeout is None or time.time() < end):
+                for reply in self.inner.pull_messages(pending):
+                    replies.append(reply)
+                    pending.discard(reply.metadata.reply_to_message_id)
+                    self.on_reply(server_round, len(replies), sent, not reply.has_error())
+                if pending:
+                    time.sleep(getattr(self.inner, "pull_interval", 0.1))
             return replies
 
     return MeteredGrid
+
+
+def _partition_order(reply: Any) -> tuple[int, int]:
+    """Sort key: partition id (error replies, which carry none, last), then node id."""
+    entry = ClientRound(reply.metadata.src_node_id)
+    if not reply.has_error():
+        _note_partition(entry, reply)
+    pid = entry.partition_id
+    return (pid if pid is not None else 1 << 62, reply.metadata.src_node_id)
 
 
 def short_reason(reason: str) -> str:
@@ -148,6 +185,8 @@ def _note_partition(entry: ClientRound, reply: Any) -> None:
         pass
 
 
-def metered_grid(inner: Any, ledger: CommLedger, meter_types: tuple[str, ...] = ("train",)) -> Any:
-    """Wrap ``inner`` (a flwr Grid) so ``ledger`` receives every train message's size."""
-    return _build_metered_grid()(inner, ledger, meter_types)
+def metered_grid(inner: Any, ledger: CommLedger, meter_types: tuple[str, ...] = ("train",),
+                 on_reply: OnReply | None = None) -> Any:
+    """Wrap ``inner`` (a flwr Grid) so ``ledger`` receives every train message's size
+    (and ``on_reply`` hears of every train reply as it arrives)."""
+    return _build_metered_grid()(inner, ledger, meter_types, on_reply)

@@ -55,6 +55,9 @@ class FederateConfig:
     ipc: int = 10
     iterations: int = 100  # per client and round; CPU-sized (DM's paper setting is 20k)
     storage_dtype: str = "float32"
+    # `fedcond federate` reruns FedCond once per other dtype here (float32, float16, uint8)
+    storage_dtypes: str = "float32,float16,uint8"
+    random_reference: bool = True  # `fedcond federate`: also FedCond with random real images
     max_payload_bytes: int = 16 * 2**20  # server-side cap on one reply
     # FedCond iterative mode: refining a client's set against the global model (FedDM)
     feddm_lr_images: float = 1.0
@@ -70,6 +73,9 @@ class FederateConfig:
     # FedCond server: training the global model on the pooled sets
     server_epochs: int = 150
     server_lr_train: float = 0.01
+    # centralised upper bound (`fedcond federate`): trained until the held-out loss plateaus
+    central_max_epochs: int = 100
+    central_patience: int = 5
     # faults and resources
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     fail_fraction: float = 0.0
@@ -78,6 +84,8 @@ class FederateConfig:
     server_threads: int = 0  # 0 = torch's default
     device: str = "cpu"
     out_dir: str = ""  # where the ServerApp writes its per-strategy JSON ("" = nowhere)
+    run_name: str = ""  # this run's name in results and file names ("" = the strategy's)
+    checkpoint_dir: str = ""  # a checkpoint after every round; a rerun resumes ("" = none)
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -104,6 +112,13 @@ class FederateConfig:
         if self.feddm_lr_images <= 0 or not 0 <= self.feddm_momentum_images < 1 or self.feddm_batch_real < 1 or self.feddm_rho < 0:
             raise FedcondError("feddm-lr-images must be > 0, feddm-momentum-images in [0, 1), "
                                "feddm-batch-real >= 1 and feddm-rho >= 0")
+        from fedcond.synthetic import STORAGE_DTYPES  # noqa: PLC0415
+
+        bad = [d for d in (self.storage_dtype, *self.storage_dtype_names) if d not in STORAGE_DTYPES]
+        if bad:
+            raise FedcondError(f"unknown storage dtype {', '.join(bad)}: use {', '.join(STORAGE_DTYPES)}")
+        if self.central_max_epochs < 1 or self.central_patience < 1:
+            raise FedcondError("central-max-epochs and central-patience must be >= 1")
         if self.round_timeout <= 0 or self.server_threads < 0:
             raise FedcondError("round-timeout must be > 0 and server-threads >= 0")
         self.distill_config()  # unknown method or method option: fail here, not in a client
@@ -113,6 +128,16 @@ class FederateConfig:
     def strategy_names(self) -> list[str]:
         """``strategies`` as a list of names."""
         return [s.strip() for s in self.strategies.split(",") if s.strip()]
+
+    @property
+    def storage_dtype_names(self) -> list[str]:
+        """``storage_dtypes`` as a list of names."""
+        return [s.strip() for s in self.storage_dtypes.split(",") if s.strip()]
+
+    @property
+    def name(self) -> str:
+        """The run's name: ``run_name``, else the strategy's."""
+        return self.run_name or self.strategy
 
     @property
     def method_option_values(self) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 ``results.json`` is the contract ``{"runs": [{"strategy": ..., "rounds": [{"round": 1,
 "accuracy": 0.91, "upload_bytes": ..., "download_bytes": ...}, ...]}, ...]}`` — accuracy a
 fraction, bytes cumulative up to that round — plus the run's settings, the centralised
-reference and provenance fields beside it.
+reference, the reference runs (same schema as ``runs``), the raw-data upload bytes and
+provenance fields beside it.
 """
 
 from __future__ import annotations
@@ -23,19 +24,33 @@ def _mb(n: int | float) -> float:
     return n / 2**20
 
 
-def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None = None) -> str:
-    """One row per strategy: rounds, final accuracy, cumulative upload/download MB, losses."""
-    lines = ["| strategy | rounds | final accuracy | upload MB | download MB | total MB | clients lost |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for run in runs:
-        acc = run.get("final_accuracy")
-        lines.append(f"| {run['strategy']} | {len(run['rounds'])} | {acc:.4f} | {_mb(run['upload_bytes']):.3f} | "
-                     f"{_mb(run['download_bytes']):.3f} | {_mb(run['upload_bytes'] + run['download_bytes']):.3f} | "
-                     f"{run.get('clients_lost_total', 0)} |")
+def _row(run: dict[str, Any], raw_bytes: int | None) -> str:
+    acc = run.get("final_accuracy")
+    share = f"{run['upload_bytes'] / raw_bytes:.2%}" if raw_bytes else "-"
+    return (f"| {run.get('name', run['strategy'])} | {len(run['rounds'])} | {acc:.4f} | {_mb(run['upload_bytes']):.3f} | "
+            f"{_mb(run['download_bytes']):.3f} | {_mb(run['upload_bytes'] + run['download_bytes']):.3f} | {share} | "
+            f"{run.get('clients_lost_total', 0)} |")
+
+
+def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None = None,
+                   reference_runs: list[dict[str, Any]] | None = None, raw_bytes: int | None = None) -> str:
+    """One row per strategy (then per reference run): rounds, final accuracy, cumulative
+    upload/download MB, upload as a share of uploading the raw data, losses; then the
+    raw-data bytes and the centralised references in words."""
+    head = ["| {} | rounds | final accuracy | upload MB | download MB | total MB | upload / raw data | clients lost |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head[0].format("strategy"), head[1], *(_row(r, raw_bytes) for r in runs)]
+    if reference_runs:
+        lines += ["", "References (FedCond's controls, same partitions):", "",
+                  head[0].format("reference"), head[1], *(_row(r, raw_bytes) for r in reference_runs)]
+    lines.append("")
+    if raw_bytes:
+        lines.append(f"Raw data: every client uploading its whole partition once (uint8 pixels) is "
+                     f"{_mb(raw_bytes):.3f} MB.")
     if reference:
-        lines.append("")
         if "full_data_accuracy" in reference:
-            lines.append(f"Centralised reference (all data in one place, {reference['full_data_epochs']} epochs): "
+            lines.append(f"Centralised upper bound (all data in one place, trained to a plateau: "
+                         f"{reference['full_data_epochs']} epochs, best at {reference.get('full_data_best_epoch', '?')}): "
                          f"accuracy {reference['full_data_accuracy']:.4f}.")
         if "centralised_distill_accuracy" in reference:
             lines.append(f"Centralised {reference['centralised_distill_method']} at ipc {reference['centralised_distill_ipc']} "
@@ -43,26 +58,38 @@ def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None 
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: dict[str, Any] | None = None) -> Path:
-    """Accuracy after each round against cumulative upload bytes, all strategies, log x."""
+def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: dict[str, Any] | None = None,
+                           reference_runs: list[dict[str, Any]] | None = None, raw_bytes: int | None = None) -> Path:
+    """Accuracy after each round against cumulative upload bytes, log x: strategies as
+    lines, reference runs as open markers, the raw-data bytes as a vertical line and the
+    centralised upper bound as a horizontal one."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
     for run in runs:
         pts = [(r["upload_bytes"], r["accuracy"]) for r in run["rounds"] if r["accuracy"] is not None and r["upload_bytes"] > 0]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", label=run["strategy"])
+            ax.plot(xs, ys, marker="o", label=run.get("name", run["strategy"]))
+    markers = iter("sD^v<>ph")
+    for run in reference_runs or []:
+        pts = [(r["upload_bytes"], r["accuracy"]) for r in run["rounds"] if r["accuracy"] is not None and r["upload_bytes"] > 0]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker=next(markers, "o"), markersize=7, linestyle=":", markerfacecolor="none",
+                    label=f"{run.get('name', run['strategy'])} (reference)")
+    if raw_bytes:
+        ax.axvline(raw_bytes, color="black", linestyle="-.", linewidth=1, label="upload of the raw data")
     if reference and "full_data_accuracy" in reference:
-        ax.axhline(reference["full_data_accuracy"], color="grey", linestyle="--", label="centralised (all data)")
+        ax.axhline(reference["full_data_accuracy"], color="grey", linestyle="--", label="centralised upper bound")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative upload bytes (all clients)")
     ax.set_ylabel("test accuracy")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

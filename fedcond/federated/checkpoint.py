@@ -1,0 +1,152 @@
+"""Per-round checkpoints of one federated run, so a killed run continues where it stopped.
+
+After every finished round the ServerApp writes, into the run's checkpoint folder:
+
+- ``round-<k>.safetensors``: the global model, torch's RNG state and the strategy's tensors
+  (FedCond's pooled sets, FedAdam's moments), each under a prefix (``model/``, ``rng/``,
+  ``strategy/``);
+- ``round-<k>.json``: the round, accuracy and seconds per round so far, the byte ledger,
+  Python's RNG state (Flower samples nodes with the ``random`` module) and the strategy's
+  JSON state (pool provenance, rejections);
+- ``latest.json``: which round is complete and the settings that produced it. It is
+  written last, atomically, so a kill while writing a round leaves the previous round's
+  checkpoint in force; older round files are removed after it.
+
+When the run ends, ``record.json`` holds its finished record: a rerun skips the run.
+
+Loading never unpickles: tensors come from safetensors, everything else from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedcond.errors import FedcondError
+from fedcond.federated.comms import ClientRound, CommLedger
+from fedcond.federated.config import FederateConfig
+from fedcond.runinfo import write_json
+
+FORMAT = 1
+# Settings that change how fast a run goes, not what it computes: a rerun may differ here.
+NOT_RESULT_SETTINGS = ("client_threads", "server_threads", "round_timeout", "out_dir", "checkpoint_dir", "device")
+
+
+@dataclass
+class RoundState:
+    """Everything the server needs to continue after round ``server_round``."""
+
+    server_round: int
+    model: dict[str, torch.Tensor]
+    accuracy: dict[int, float]
+    seconds: dict[int, float]
+    ledger: CommLedger
+    strategy_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    strategy_json: dict[str, Any] = field(default_factory=dict)
+    python_random: Any = None
+    torch_random: torch.Tensor | None = None
+
+
+def result_settings(cfg: FederateConfig) -> dict[str, Any]:
+    """The settings a checkpoint must agree with to be continued."""
+    return {k: v for k, v in cfg.to_json().items() if k not in NOT_RESULT_SETTINGS}
+
+
+def check_settings(folder: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """A ``FedcondError`` naming the first differing setting, if ``saved != now``."""
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise FedcondError(f"{folder} holds checkpoints of a different run ({key}: {saved.get(key)!r} there, "
+                               f"{now.get(key)!r} now); delete that folder to start over "
+                               "(fedcond federate: another --out, or --fresh)")
+
+
+def save_round(folder: Path, cfg: FederateConfig, state: RoundState) -> None:
+    """Write round ``state.server_round``'s checkpoint, then point ``latest.json`` at it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    k = state.server_round
+    tensors = {f"model/{n}": t.detach().cpu().contiguous() for n, t in state.model.items()}
+    tensors.update({f"strategy/{n}": t.detach().cpu().contiguous() for n, t in state.strategy_tensors.items()})
+    if state.torch_random is not None:
+        tensors["rng/torch"] = state.torch_random
+    tmp = folder / f".round-{k}.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / f"round-{k}.safetensors")
+    write_json(folder / f"round-{k}.json", {
+        "format": FORMAT, "round": k,
+        "accuracy": {str(r): a for r, a in state.accuracy.items()},
+        "seconds": {str(r): s for r, s in state.seconds.items()},
+        "ledger": {str(r): [vars(c) for c in clients.values()] for r, clients in state.ledger.rounds.items()},
+        "python_random": state.python_random, "strategy": state.strategy_json,
+    })
+    write_json(folder / "latest.json", {"format": FORMAT, "round": k, "settings": result_settings(cfg)})
+    for old in folder.glob("round-*.*"):
+        if old.stem.split("-")[-1] != str(k):
+            old.unlink(missing_ok=True)
+
+
+def load_latest(folder: Path, cfg: FederateConfig) -> RoundState | None:
+    """The newest complete round's state, or None when ``folder`` holds none.
+
+    Settings that differ from the checkpoint's are a ``FedcondError`` (see :func:`check_settings`).
+    """
+    latest = folder / "latest.json"
+    if not latest.is_file():
+        return None
+    head = json.loads(latest.read_text())
+    check_settings(folder, head["settings"], result_settings(cfg))
+    k = int(head["round"])
+    tensors = load_file(str(folder / f"round-{k}.safetensors"))
+    meta = json.loads((folder / f"round-{k}.json").read_text())
+    ledger = CommLedger()
+    for r, clients in meta["ledger"].items():
+        ledger.rounds[int(r)] = {c["node_id"]: ClientRound(**c) for c in clients}
+    return RoundState(
+        server_round=k,
+        model={n.removeprefix("model/"): t for n, t in tensors.items() if n.startswith("model/")},
+        accuracy={int(r): a for r, a in meta["accuracy"].items()},
+        seconds={int(r): s for r, s in meta["seconds"].items()},
+        ledger=ledger,
+        strategy_tensors={n.removeprefix("strategy/"): t for n, t in tensors.items() if n.startswith("strategy/")},
+        strategy_json=meta["strategy"], python_random=meta["python_random"], torch_random=tensors.get("rng/torch"),
+    )
+
+
+def python_random_state() -> list[Any]:
+    """``random.getstate()`` as JSON-friendly lists."""
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_python_random_state(state: list[Any] | None) -> None:
+    if state is not None:
+        version, internal, gauss = state
+        random.setstate((version, tuple(internal), gauss))
+
+
+def save_record(folder: Path, record: dict[str, Any]) -> None:
+    """The finished run's record: a rerun reads it instead of running again."""
+    write_json(folder / "record.json", record)
+
+
+def load_record(folder: Path, cfg: FederateConfig) -> dict[str, Any] | None:
+    """The finished run's record, if ``folder`` holds one made with the same settings."""
+    path = folder / "record.json"
+    if not path.is_file():
+        return None
+    latest = folder / "latest.json"
+    if latest.is_file():
+        check_settings(folder, json.loads(latest.read_text())["settings"], result_settings(cfg))
+    return json.loads(path.read_text())
+
+
+def tensor_of_bytes(data: bytes) -> torch.Tensor:
+    """Bytes as a uint8 tensor (a serialised SyntheticSet kept inside a safetensors file)."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+

@@ -1,0 +1,92 @@
+"""A comparison killed after round k and started again ends as an uninterrupted one.
+
+A kill is an exception raised from the progress callback right after a round was
+checkpointed. The comparison is killed twice: after round 2 of iterative FedCond (whose
+clients must find their previous sets again, their node state gone), then, on the
+rerun, after round 2 of FedAdam (FedCond having finished). The last rerun takes
+FedCond's record from its checkpoint, continues FedAdam at round 3 with its global model
+and server-optimiser moments, and writes the same results: wall times and node ids
+aside (Flower draws node ids afresh for every federation), and byte counts up to a few
+bytes (each message's header carries its node id as a varint, so even two uninterrupted
+runs differ there by a byte or two per message).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from fedcond.federated.config import FederateConfig  # noqa: E402
+from simulations.events import RoundFinished, RunFinished, RunStarted  # noqa: E402
+
+CFG = FederateConfig(dataset="digits", num_clients=3, partition="dirichlet", alpha=0.5, rounds=3, method="random",
+                     ipc=2, iterations=5, server_epochs=5, local_epochs=1, lr=0.05, seed=2, storage_dtypes="float32")
+STRATEGIES = ["fedcond-iterative", "fedadam"]
+
+
+class Killed(Exception):
+    pass
+
+
+def _run(out, on_event=None):
+    from simulations.experiment import run_experiment
+    from simulations.runner import backend_config
+
+    return run_experiment(CFG, STRATEGIES, out, backend_config(1.0, 0.0, 2), reference="none", on_event=on_event)
+
+
+def _comparable(path, approx_bytes=False):
+    """results.json without wall times and node ids; byte counts as ``pytest.approx`` if asked."""
+    def strip(value, key=""):
+        if isinstance(value, dict):
+            return {k: strip(v, k) for k, v in value.items() if k not in ("wall_seconds", "seconds", "node_id", "record")}
+        if isinstance(value, list):
+            return [strip(v, key) for v in value]
+        if approx_bytes and key.endswith("bytes") and isinstance(value, int):
+            return pytest.approx(value, abs=16, rel=1e-5)
+        return value
+
+    return strip(json.loads(path.read_text()))
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path):
+    _run(tmp_path / "whole")
+
+    def kill_after_round_2_of(name):
+        def kill(event):
+            if isinstance(event, RoundFinished) and event.name == name and event.server_round == 2:
+                raise Killed
+        return kill
+
+    with pytest.raises(Killed):
+        _run(tmp_path / "killed", kill_after_round_2_of("fedcond-iterative"))
+    events = []
+    with pytest.raises(Killed):
+        _run(tmp_path / "killed", lambda e: (events.append(e), kill_after_round_2_of("fedadam")(e)))
+    assert RunStarted("fedcond-iterative", 3, 3, first_round=3) == events[0]
+    assert json.loads((tmp_path / "killed/checkpoints/fedadam/latest.json").read_text())["round"] == 2
+    assert not (tmp_path / "killed/results.json").exists()
+
+    events = []
+    _run(tmp_path / "killed", events.append)
+    assert RunFinished("fedcond-iterative", events[0].record, from_checkpoint=True) == events[0]
+    assert RunStarted("fedadam", 3, 3, first_round=3) in events
+    assert [e.server_round for e in events if isinstance(e, RoundFinished)] == [3]  # only the missing round ran
+    assert _comparable(tmp_path / "killed/results.json") == _comparable(tmp_path / "whole/results.json", approx_bytes=True)
+
+
+def test_a_changed_setting_is_not_resumed(tmp_path):
+    from dataclasses import replace
+
+    from fedcond.errors import FedcondError
+    from fedcond.federated.checkpoint import load_latest, save_round, RoundState
+    from fedcond.federated.comms import CommLedger
+
+    save_round(tmp_path, CFG, RoundState(1, {}, {1: 0.5}, {1: 1.0}, CommLedger()))
+    assert load_latest(tmp_path, CFG).accuracy == {1: 0.5}
+    with pytest.raises(FedcondError, match="rounds: 3 there, 4 now"):
+        load_latest(tmp_path, replace(CFG, rounds=4))
+    assert load_latest(tmp_path, replace(CFG, client_threads=2)) is not None  # speed settings may change
