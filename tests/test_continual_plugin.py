@@ -74,7 +74,7 @@ def _train(bench, plugins):
 
 
 def test_plugin_replays_distilled_buffer_with_naive(tiny):
-    plugin, sizes = DistilledReplayPlugin(mem_size=8, batch_size_mem=8, method="herding",
+    plugin, sizes = DistilledReplayPlugin(mem_size=8, batch_size_mem=8, method="herding", mode="replay",
                                           distill_options={"feature_epochs": 1}), _BatchSizes()
     strategy = _train(tiny, [plugin, sizes])
     buf = plugin.storage_policy
@@ -110,7 +110,9 @@ def test_default_retrain_mode_learns_from_the_buffer_alone(tiny):
     plugin = DistilledReplayPlugin(mem_size=4, method="dm", iterations=20, num_classes=10,
                                    distill_options={"dsa": False}, model="convnet-bn")
     assert plugin.mode == "retrain"
-    strategy = _train(tiny, [plugin])
+    sizes = _BatchSizes()
+    strategy = _train(tiny, [plugin, sizes])
+    assert max(sizes.sizes) <= 4 + 4  # buffer batches (4 images, plus 4 replayed), never 16 experience images
     assert plugin.storage_policy.class_counts() == {(0, c): 1 for c in range(4)}
     naive = _train(tiny, [])
     assert _exp0_accuracy(strategy.model, tiny) > _exp0_accuracy(naive.model, tiny) + 0.4

@@ -11,7 +11,9 @@ is a :class:`~fedcond.continual.buffer.DistilledBuffer`. While an experience tra
 Avalanche's ``ReplayDataLoader`` concatenates a memory batch to every training batch and
 the strategy's own criterion sees both. What happens after the experience is the ``mode``:
 
-- ``retrain`` (default): the model goes back to its initial weights and is trained on the
+- ``retrain`` (default): the experience is distilled before training and the strategy
+  trains on the buffer (as in GDumb: the real data's own training would be discarded);
+  then the model goes back to its initial weights and is trained on the
   balanced buffer alone with the evaluation protocol (:mod:`fedcond.continual.buffer_training`),
   GDumb-style. The distilled images were made to train a fresh network, so this is the
   use that lets their information count (measured: ``benchmarks/results/continual_*``).
@@ -151,10 +153,24 @@ class DistilledReplayPlugin(ReplayPlugin):
             target = torch.nn.functional.pad(target, (0, out.shape[1] - target.shape[1]))
         strategy.loss = strategy.loss + self.soft_weight * soft_cross_entropy(out, target)
 
-    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """Put the experience into the buffer, then (``retrain``/``finetune``) train on it."""
-        # ReplayPlugin calls the deprecated ``update``; call the 0.6 hook directly.
+    def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
+        """``retrain``: distill the experience first and let the strategy train on the buffer.
+
+        Training on the experience itself would be thrown away by the restart from the
+        initial weights, so, as Avalanche's GDumb does, the strategy's training set becomes
+        the buffer (on MNIST this saves an epoch over 12,000 images per experience).
+        """
+        if self.mode != "retrain":
+            return
         self.storage_policy.post_adapt(strategy, strategy.experience)
+        strategy.adapted_dataset = self.storage_policy.buffer
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Put the experience into the buffer (``retrain``: done before training), then
+        (``retrain``/``finetune``) train on the buffer."""
+        if self.mode != "retrain":
+            # ReplayPlugin calls the deprecated ``update``; call the 0.6 hook directly.
+            self.storage_policy.post_adapt(strategy, strategy.experience)
         if self.mode == "replay" or len(self.storage_policy.buffer) == 0:
             return
         if self.mode == "retrain" and self._initial_state is not None:
