@@ -118,7 +118,8 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
     tuned = json.loads(Path(args.tuned).read_text())["best"] if args.tuned else {}
     strategies = tuple(args.strategies.split(","))
     # runs of earlier invocations (other strategies or seeds) stay in the results file
-    runs_by_key = {(r["strategy"], r["mem_size"], r["seed"]): r for r in saved.get("runs", [])}
+    runs_by_key = {(r["strategy"], r["mem_size"], r["seed"]): r for r in saved.get("runs", [])
+                   if "settings" in r and "forgetting" in r}  # not a file from an older runner
     for mem in args.mem_list:
         # untuned memory sizes: the benchmark's defaults (e.g. SplitMNIST's 1 epoch, lr 0.01)
         defaults = benchmark_defaults(bench.name)
