@@ -92,6 +92,8 @@ def main() -> None:
             print(saved["runs"][-1], flush=True)
             record = run_record(torch.device("cpu"), args={k: str(v) for k, v in vars(args).items()})
             path.write_text(json.dumps({**saved, **record}, indent=1) + "\n")
+    if path.exists():
+        saved = json.loads(path.read_text())  # with the run record (command, device, versions)
     lines = ["# A user's Avalanche script: SplitMNIST + SimpleMLP + Naive, plugin added", "",
              f"Command: `{saved.get('command', '')}`", "", f"Device: {saved.get('device_name', '')}; versions {saved.get('versions', '')}", "",
              "| plugin | memory | seeds | final avg acc (mean ± std) |", "|---|---|---|---|"]
