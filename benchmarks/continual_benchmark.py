@@ -71,18 +71,18 @@ def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
     for r in rows:  # rows from before augmentation was a grid dimension trained without it
         if r["strategy"] == "gdumb":
             r.setdefault("buffer_augment", "")
-    done = {json.dumps({k: r[k] for k in r if k not in ("final_average_accuracy", "forgetting")}, sort_keys=True) for r in rows}
+    done = {_point_key(r): r for r in rows}
 
     def run(strategy: str, mem: int, point: dict) -> dict:
         key = {"strategy": strategy, "mem_size": mem, **point}
-        tag = json.dumps(key, sort_keys=True)
+        tag = _point_key(key)
         if tag in done:
-            return next(r for r in rows if json.dumps({k: r[k] for k in r if k not in ("final_average_accuracy", "forgetting")}, sort_keys=True) == tag)
+            return done[tag]
         cfg = ContinualConfig(strategies=(strategy,), mem_sizes=(mem,), seeds=(0,), model=args.model,
                               batch_size=args.batch_size, **{k: v for k, v in point.items()})
         r = run_comparison(bench, cfg, Path(args.scratch) / "tune" / f"{strategy}_{mem}_{len(rows)}", device)[0]
         rows.append({**key, "final_average_accuracy": r["final_average_accuracy"], "forgetting": r["forgetting"]})
-        done.add(tag)
+        done[tag] = rows[-1]
         print(rows[-1], flush=True)
         args.save(saved)
         return rows[-1]
@@ -98,6 +98,11 @@ def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
                     run("replay", mem, {"lr": top["lr"], "epochs": top["epochs"], "batch_size_mem": b})
     saved["best"] = best_points(rows)
     return saved
+
+
+def _point_key(row: dict) -> str:
+    """A tuning row's identity: strategy, memory and grid point (not its results)."""
+    return json.dumps({k: v for k, v in row.items() if k not in ("final_average_accuracy", "forgetting")}, sort_keys=True)
 
 
 def best_points(rows: list[dict]) -> dict:
