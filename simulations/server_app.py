@@ -31,7 +31,7 @@ from fedcond.federated.comms import CommLedger, metered_grid
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.records import model_to_record
-from simulations.events import ClientReplied, OnEvent, RoundFinished
+from fedcond.federated.events import ClientReplied, OnEvent, RoundFinished
 
 
 def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, Any]], None] | None = None,

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from fedcond.federated.config import FederateConfig  # noqa: E402
-from simulations.events import RoundFinished, RunFinished, RunStarted  # noqa: E402
+from fedcond.federated.events import RoundFinished, RunFinished, RunStarted  # noqa: E402
 
 CFG = FederateConfig(dataset="digits", num_clients=3, partition="dirichlet", alpha=0.5, rounds=3, method="random",
                      ipc=2, iterations=5, server_epochs=5, local_epochs=1, lr=0.05, seed=2, storage_dtypes="float32")
@@ -32,8 +32,8 @@ class Killed(Exception):
 
 
 def _run(out, on_event=None):
-    from simulations.experiment import run_experiment
-    from simulations.runner import backend_config
+    from fedcond.federated.experiment import run_experiment
+    from fedcond.federated.runner import backend_config
 
     return run_experiment(CFG, STRATEGIES, out, backend_config(1.0, 0.0, 2), reference="none", on_event=on_event)
 

@@ -19,8 +19,8 @@ from fedcond.federated.config import FederateConfig  # noqa: E402
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    from simulations.experiment import run_experiment
-    from simulations.runner import backend_config
+    from fedcond.federated.experiment import run_experiment
+    from fedcond.federated.runner import backend_config
 
     out = tmp_path_factory.mktemp("fl")
     cfg = FederateConfig(dataset="digits", num_clients=4, partition="dirichlet", alpha=0.5, rounds=2, method="dm",

@@ -17,7 +17,7 @@ class RunProgress:
     """The console while runs go on: one progress bar per run over its rounds x clients,
     one line per finished round, one line per finished run (Flower's log is in a file).
 
-    Called with :mod:`simulations.events` events; they arrive from the runner's and the
+    Called with :mod:`fedcond.federated.events` events; they arrive from the runner's and the
     ServerApp's threads, and rich's progress display takes updates from either.
     """
 
@@ -27,7 +27,7 @@ class RunProgress:
         self._done = 0
 
     def __call__(self, event: Any) -> None:
-        from simulations.events import ClientReplied, RoundFinished, RunFinished, RunStarted  # noqa: PLC0415
+        from fedcond.federated.events import ClientReplied, RoundFinished, RunFinished, RunStarted  # noqa: PLC0415
 
         if isinstance(event, RunStarted):
             self.close()
@@ -111,8 +111,8 @@ def command(
     if reference not in ("none", "full", "distill"):
         raise FedcondError(f"--reference must be none, full or distill, got {reference!r}")
 
-    from simulations.experiment import run_experiment  # noqa: PLC0415
-    from simulations.runner import backend_config  # noqa: PLC0415
+    from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
+    from fedcond.federated.runner import backend_config  # noqa: PLC0415
 
     console.print(f"[bold]federate[/] {cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}, strategies {', '.join(names)}")
     console.print(f"  Flower's log: {out / 'flower.log'}")

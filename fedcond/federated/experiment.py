@@ -2,7 +2,7 @@
 
 Writes into ``out``: ``results.json``, ``accuracy_vs_bytes.png``, ``results.md``,
 ``label_histogram.json``, ``label_histogram.png``, ``flower.log`` (Flower's log) and
-``checkpoints/`` (one folder per run, see :mod:`simulations.runner`: the same call again
+``checkpoints/`` (one folder per run, see :mod:`fedcond.federated.runner`: the same call again
 resumes). Used by ``fedcond federate`` and the benchmark script.
 
 results.json: ``runs`` (the strategies asked for), ``reference`` (the centralised upper
@@ -25,7 +25,7 @@ from fedcond.federated.partition import label_histogram, partition_indices
 from fedcond.federated.references import plan_runs, raw_data_upload
 from fedcond.federated.report import markdown_table, plot_accuracy_vs_bytes, plot_label_histogram, write_results
 from fedcond.runinfo import run_record, write_json
-from simulations.events import OnEvent
+from fedcond.federated.events import OnEvent
 
 
 def save_partitions(cfg: FederateConfig, out: Path) -> tuple[list[list[int]], list[torch.Tensor]]:
@@ -54,7 +54,7 @@ def run_experiment(
     ``distill`` (also run the FedCond method centrally at the pooled images per class).
     The reference runs follow ``cfg.storage_dtypes`` and ``cfg.random_reference``.
     """
-    from simulations.runner import run_all  # noqa: PLC0415
+    from fedcond.federated.runner import run_all  # noqa: PLC0415
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
