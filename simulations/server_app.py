@@ -25,13 +25,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 from logging import INFO
 
-from fedcond.federated.central import evaluate_arrays, new_model
 from fedcond.federated.checkpoint import RoundState, load_latest, python_random_state, save_round, set_python_random_state
 from fedcond.federated.comms import CommLedger, metered_grid
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
-from fedcond.federated.records import model_to_record
 from fedcond.federated.events import ClientReplied, OnEvent, RoundFinished
+from fedcond.federated.records import model_to_record
+from fedcond.federated.server_training import evaluate_arrays, new_model
 
 
 def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, Any]], None] | None = None,

@@ -34,11 +34,11 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from fedcond.data import ImageDataset
-from fedcond.federated.central import new_model, train_on_pool
 from fedcond.federated.checkpoint import tensor_of_bytes
 from fedcond.federated.comms import CommLedger
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.records import SET_ARRAYS_KEY, SET_META_KEY, load_record, message_nbytes, model_to_record, set_from_records
+from fedcond.federated.server_training import new_model, train_on_pool
 from fedcond.synthetic import InvalidSyntheticSet, SyntheticSet
 
 

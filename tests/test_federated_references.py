@@ -40,7 +40,7 @@ def test_raw_data_bytes_are_the_uint8_partitions(digits):
 def test_centralised_upper_bound_is_trained(digits):
     """Trained to a plateau it beats what FedAvg reaches on digits (0.976), unlike the old
     fixed 20 epochs (0.969)."""
-    from fedcond.federated.central import centralised_reference
+    from fedcond.federated.references import centralised_reference
 
     ref = centralised_reference(digits, FederateConfig())
     assert ref["full_data_accuracy"] >= 0.98

@@ -21,11 +21,11 @@ import torch
 
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
+from fedcond.federated.events import OnEvent
 from fedcond.federated.partition import label_histogram, partition_indices
-from fedcond.federated.references import plan_runs, raw_data_upload
+from fedcond.federated.references import centralised_reference, plan_runs, raw_data_upload
 from fedcond.federated.report import markdown_table, plot_accuracy_vs_bytes, plot_label_histogram, write_results
 from fedcond.runinfo import run_record, write_json
-from fedcond.federated.events import OnEvent
 
 
 def save_partitions(cfg: FederateConfig, out: Path) -> tuple[list[list[int]], list[torch.Tensor]]:
@@ -70,8 +70,6 @@ def run_experiment(
         if reference == "distill":
             pooled = max((sum(p["num_images"] for p in r.get("pool_provenance", [])) for r in runs), default=0)
             total_ipc = max(1, round(pooled / len(hist[0]))) if pooled else cfg.ipc * cfg.num_clients
-        from fedcond.federated.central import centralised_reference  # noqa: PLC0415
-
         ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg, total_ipc)
     meta = {"config": cfg.to_json(), "strategies": strategies, "reference": ref, "reference_runs": reference_runs,
             "raw_data_upload_bytes": raw["upload_bytes"], "raw_data": raw,

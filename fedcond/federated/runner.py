@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 from fedcond.federated.checkpoint import load_latest, load_record, save_record
 from fedcond.federated.config import FederateConfig
-from fedcond.federated.references import PlannedRun
 from fedcond.federated.events import OnEvent, RunFinished, RunStarted
+from fedcond.federated.references import PlannedRun
 
 
 def backend_config(num_cpus: float = 1.0, num_gpus: float = 0.0, total_cpus: int | None = None) -> dict[str, Any]:

@@ -1,0 +1,57 @@
+"""The server's torch work: the global model, training it on pooled sets, testing it.
+
+All strategies share :func:`evaluate_arrays` (central evaluation on the real test split
+after every round), so accuracies are comparable. FedCond's server trains the global model
+on the pooled synthetic sets with the evaluation protocol (:func:`train_on_pool`, i.e.
+``train_model``: SGD, momentum 0.9, weight decay 5e-4, lr / 10 at half the epochs).
+:func:`new_model` is the global model's architecture; clients build the same one to load
+the model the server sends them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedcond.data import ImageDataset
+from fedcond.federated.config import FederateConfig
+from fedcond.models import get_model
+from fedcond.synthetic import SyntheticSet
+from fedcond.train import accuracy, train_model
+
+
+def new_model(data: ImageDataset, cfg: FederateConfig, seed: int | None = None) -> nn.Module:
+    """The run's architecture, initialised from ``seed`` (default: the run seed)."""
+    c, h, w = data.image_shape
+    return get_model(cfg.model, c, data.num_classes, (h, w), seed=cfg.seed if seed is None else seed)
+
+
+def evaluate_arrays(data: ImageDataset, cfg: FederateConfig, arrays: Any) -> float:
+    """Test accuracy (fraction) of the model held in ``arrays`` (a flwr ArrayRecord)."""
+    from fedcond.federated.records import load_record  # noqa: PLC0415
+
+    model = load_record(new_model(data, cfg), arrays)
+    return accuracy(model, data.test_images, data.test_labels)
+
+
+def pool_sets(sets: list[SyntheticSet]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate images and labels of several sets (hard labels as int64, soft as float)."""
+    images = torch.cat([s.images.float() for s in sets])
+    if any(s.soft_labels for s in sets):
+        k = sets[0].num_classes
+        labels = torch.cat([s.labels.float() if s.soft_labels else nn.functional.one_hot(s.labels, k).float() for s in sets])
+    else:
+        labels = torch.cat([s.labels for s in sets])
+    return images, labels
+
+
+def train_on_pool(
+    model: nn.Module, sets: list[SyntheticSet], cfg: FederateConfig, server_round: int
+) -> nn.Module:
+    """Train ``model`` in place on the pooled sets with the evaluation protocol."""
+    images, labels = pool_sets(sets)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + server_round)
+    return train_model(model, images, labels, cfg.server_epochs, lr=cfg.server_lr_train,
+                       batch_size=256, generator=gen)
