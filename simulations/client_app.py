@@ -33,7 +33,17 @@ from flwr.clientapp import ClientApp
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.partition import cached_partitions
-from fedcond.federated.records import SET_ARRAYS_KEY, SET_META_KEY, load_record, message_nbytes, model_to_record, set_from_records, set_to_records
+from fedcond.federated.records import (
+    ARRAYRECORD_KEY,
+    CONFIGRECORD_KEY,
+    SET_ARRAYS_KEY,
+    SET_META_KEY,
+    load_record,
+    message_nbytes,
+    model_to_record,
+    set_from_records,
+    set_to_records,
+)
 from fedcond.synthetic import SyntheticSet
 
 PREVIOUS_SET = "fedcond-previous-set"
@@ -61,8 +71,8 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
 
     data = _local_data(cfg, pid)
     global_model, previous = None, None
-    if "arrays" in msg.content.array_records:  # iterative mode: refine against the global model
-        global_model = load_record(new_model(data, cfg), msg.content["arrays"])
+    if msg.content[CONFIGRECORD_KEY]["mode"] == "iterative":  # refine against the global model
+        global_model = load_record(new_model(data, cfg), msg.content[ARRAYRECORD_KEY])
         if PREVIOUS_SET in context.state.array_records:
             previous = set_from_records(context.state[PREVIOUS_SET], context.state[PREVIOUS_META])
         elif cfg.checkpoint_dir:  # a restarted federation: node state is gone, the client's file is not
@@ -103,14 +113,14 @@ def _fedavg_reply(msg: Message, cfg: FederateConfig, pid: int, server_round: int
     from fedcond.federated.client_training import local_train  # noqa: PLC0415
 
     data = _local_data(cfg, pid)
-    model = load_record(new_model(data, cfg), msg.content["arrays"])
-    mu = float(msg.content["config"].get("proximal-mu", 0.0))  # FedProx puts it in the config
+    model = load_record(new_model(data, cfg), msg.content[ARRAYRECORD_KEY])
+    mu = float(msg.content[CONFIGRECORD_KEY].get("proximal-mu", 0.0))  # FedProx puts it in the config
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + pid * 1009 + server_round)
     start = time.perf_counter()
     loss = local_train(model, data.train_images, data.train_labels, cfg.local_epochs, cfg.lr, cfg.batch_size, gen, mu)
     metrics = MetricRecord({"num-examples": int(data.train_images.shape[0]), "train-loss": loss,
                             "train-seconds": time.perf_counter() - start, "partition-id": pid})
-    return RecordDict({"arrays": model_to_record(model), "metrics": metrics})
+    return RecordDict({ARRAYRECORD_KEY: model_to_record(model), "metrics": metrics})
 
 
 def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
@@ -124,7 +134,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         pid = int(context.node_config["partition-id"])
         if "num-partitions" in context.node_config:  # the federation decides how many clients there are
             cfg = dataclasses.replace(cfg, num_clients=int(context.node_config["num-partitions"]))
-        config: ConfigRecord = msg.content["config"]
+        config: ConfigRecord = msg.content[CONFIGRECORD_KEY]
         server_round = int(config["server-round"])
         if cfg.fail_mode == "raise" and injected_failure(cfg, server_round, pid):
             raise RuntimeError(f"injected failure (client {pid}, round {server_round})")

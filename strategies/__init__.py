@@ -11,6 +11,7 @@ from typing import Any
 from fedcond.data import ImageDataset
 from fedcond.federated.comms import CommLedger
 from fedcond.federated.config import FederateConfig
+from fedcond.federated.records import ARRAYRECORD_KEY, CONFIGRECORD_KEY
 
 
 def drop_ids(records: list[Any], weighted_by_key: str) -> Any:
@@ -24,7 +25,8 @@ def drop_ids(records: list[Any], weighted_by_key: str) -> Any:
 
 def build_strategy(cfg: FederateConfig, data: ImageDataset, ledger: CommLedger) -> Any:
     """The strategy named by ``cfg.strategy`` with the run's sampling fraction."""
-    common = {"fraction_train": cfg.fraction, "min_train_nodes": 1, "min_available_nodes": 1}
+    common = {"fraction_train": cfg.fraction, "min_train_nodes": 1, "min_available_nodes": 1,
+              "arrayrecord_key": ARRAYRECORD_KEY, "configrecord_key": CONFIGRECORD_KEY}  # what clients read
     if cfg.strategy.startswith("fedcond"):
         from strategies.fedcond import FedCond  # noqa: PLC0415
 

@@ -4,9 +4,11 @@ Built on Flower's message-based ``FedAvg`` (``flwr.serverapp.strategy``): node s
 and ``start()`` (round loop, central evaluation) are Flower's; this class changes what
 travels and what the server does with the replies.
 
-- ``configure_train``: a ConfigRecord (round, mode, distillation settings) to each sampled
-  client; in iterative mode also the global model (FedDM-style refinement). One-shot mode
-  sends no model at all — a client needs nothing but its data.
+- ``configure_train``: FedProx's pattern — the settings go into the config record (round,
+  mode), then ``FedAvg.configure_train`` samples the clients and builds the messages
+  under the strategy's record keys. Iterative mode sends the global model (FedDM-style
+  refinement); one-shot mode sends an empty ArrayRecord — a client needs nothing but
+  its data.
 - ``aggregate_train``: every reply is validated (payload size cap, array keys, dtype,
   shape, class names, label range, NaN/Inf, image count). A bad reply is dropped with its
   reason logged and recorded; the round goes on with the rest. Accepted sets are pooled
@@ -27,10 +29,9 @@ from logging import INFO, WARNING
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from fedcond.data import ImageDataset
@@ -62,15 +63,17 @@ class FedCond(FedAvg):
     """Pool clients' synthetic sets; train the global model on them (one-shot or iterative)."""
 
     def __init__(self, data: ImageDataset, cfg: FederateConfig, ledger: CommLedger | None = None,
-                 fraction_train: float = 1.0, min_train_nodes: int = 1, min_available_nodes: int = 1) -> None:
+                 fraction_train: float = 1.0, min_train_nodes: int = 1, min_available_nodes: int = 1,
+                 arrayrecord_key: str = "arrays", configrecord_key: str = "config") -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0, min_train_nodes=min_train_nodes,
-                         min_available_nodes=min_available_nodes)
+                         min_available_nodes=min_available_nodes, arrayrecord_key=arrayrecord_key,
+                         configrecord_key=configrecord_key)
         self.data, self.cfg = data, cfg
         self.ledger = ledger if ledger is not None else CommLedger()
         self.iterative = cfg.effective_mode == "iterative"
         self.pool: dict[str, PoolEntry] = {}  # by partition id (p3), else node id (n123)
         self.rejections: list[dict[str, Any]] = []
-        self._global: ArrayRecord | None = None
+        self.global_arrays: ArrayRecord | None = None  # the model sent this round (iterative)
 
     def summary(self) -> None:
         log(INFO, "\t├──> FedCond: mode %s, method %s, ipc %d, iterations %d, payload cap %d bytes",
@@ -80,17 +83,10 @@ class FedCond(FedAvg):
 
     # ------------------------------------------------------------------ sending
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """Sample clients; send them the distillation settings (and the model if iterative)."""
-        self._global = arrays
-        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
-        node_ids, _ = sample_nodes(grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes))
-        log(INFO, "configure_train: sampled %d nodes", len(node_ids))
-        config["server-round"] = server_round
+        """Sample clients; send them the round's settings (and the model if iterative)."""
         config["mode"] = "iterative" if self.iterative else "oneshot"
-        content = {"config": config}
-        if self.iterative:
-            content["arrays"] = arrays
-        return self._construct_messages(RecordDict(content), node_ids, MessageType.TRAIN)
+        self.global_arrays = arrays
+        return super().configure_train(server_round, arrays if self.iterative else ArrayRecord(), config, grid)
 
     # ------------------------------------------------------------------ receiving
     def check_reply(self, message: Message) -> tuple[SyntheticSet, int]:
@@ -130,7 +126,8 @@ class FedCond(FedAvg):
                 self.rejections.append({"round": server_round, "node_id": node, "reason": str(err)})
                 continue
             accepted += 1
-            pid = _partition_id(msg)
+            # Keyed by the partition id the client reports (node ids change on a restart).
+            pid = next((int(m["partition-id"]) for m in msg.content.metric_records.values() if "partition-id" in m), None)
             self.pool[f"p{pid}" if pid is not None else f"n{node}"] = PoolEntry(sset, node, pid, server_round, size)
         log(INFO, "round %d: %d sets accepted, %d rejected, %d clients failed; pool holds %d sets",
             server_round, accepted, rejected, failed, len(self.pool))
@@ -140,8 +137,8 @@ class FedCond(FedAvg):
         if not self.pool:
             return None, metrics
         model = new_model(self.data, self.cfg)
-        if self.iterative and self._global is not None:
-            load_record(model, self._global)  # FedDM: keep improving the global model
+        if self.iterative and self.global_arrays is not None:
+            load_record(model, self.global_arrays)  # FedDM: keep improving the global model
         train_on_pool(model, [e.sset for e in self.pool.values()], self.cfg, server_round)
         return model_to_record(model), metrics
 
@@ -165,10 +162,3 @@ class FedCond(FedAvg):
             for e in state["pool"]
         }
         self.rejections = list(state["rejections"])
-
-
-def _partition_id(msg: Message) -> int | None:
-    for record in msg.content.metric_records.values():
-        if "partition-id" in record:
-            return int(record["partition-id"])
-    return None

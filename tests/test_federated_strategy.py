@@ -12,10 +12,30 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Met
 
 from fedcond.federated.comms import CommLedger  # noqa: E402
 from fedcond.federated.config import FederateConfig  # noqa: E402
-from fedcond.federated.records import set_to_records  # noqa: E402
+from fedcond.federated.records import model_to_record, set_to_records  # noqa: E402
+from fedcond.federated.server_training import new_model  # noqa: E402
 from strategies.fedcond import FedCond  # noqa: E402
 
 
+class _Nodes:
+    """Just enough of a Grid for sampling: three connected nodes."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2, 3]
+
+
+def test_configure_train_sends_the_settings_and_the_model_only_when_iterative(task_identity, digits):
+    model = model_to_record(new_model(digits, FederateConfig()))
+    oneshot = FedCond(digits, FederateConfig(), CommLedger())
+    messages = list(oneshot.configure_train(4, model, ConfigRecord(), _Nodes()))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3]
+    content = messages[0].content
+    assert dict(content["config"]) == {"server-round": 4, "mode": "oneshot"}
+    assert len(content["arrays"]) == 0  # one-shot clients need nothing but their data
+    iterative = FedCond(digits, FederateConfig(strategy="fedcond-iterative"), CommLedger())
+    content = list(iterative.configure_train(2, model, ConfigRecord(), _Nodes()))[0].content
+    assert content["config"]["mode"] == "iterative"
+    assert list(content["arrays"].keys()) == list(model.keys())
 
 
 def _reply(node: int, content: RecordDict | None = None, error: str | None = None) -> Message:

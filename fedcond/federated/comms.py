@@ -30,7 +30,7 @@ from typing import Any, Callable
 # on_reply(server_round, replies so far, messages sent, reply ok?)
 OnReply = Callable[[int, int, int, bool], None]
 
-from fedcond.federated.records import message_nbytes
+from fedcond.federated.records import CONFIGRECORD_KEY, message_nbytes
 
 
 @dataclass
@@ -73,7 +73,7 @@ class CommLedger:
 
 def _round_of(message: Any, fallback: int) -> int:
     try:
-        return int(message.content["config"]["server-round"])
+        return int(message.content[CONFIGRECORD_KEY]["server-round"])
     except (KeyError, TypeError, ValueError, AttributeError):
         return fallback
 

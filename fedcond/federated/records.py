@@ -24,6 +24,12 @@ import torch
 
 from fedcond.synthetic import SyntheticSet
 
+# What a strategy sends: the model and the round's settings, under the record keys every
+# strategy is built with (``arrayrecord_key`` / ``configrecord_key``, Flower's defaults),
+# and that clients read.
+ARRAYRECORD_KEY = "arrays"
+CONFIGRECORD_KEY = "config"
+# What a FedCond client sends back: its synthetic set and the set's metadata.
 SET_ARRAYS_KEY = "synthetic"
 SET_META_KEY = "synthetic-meta"
 
