@@ -1,4 +1,4 @@
-"""DM: the pure loss, learning on digits, partial classes, soft labels, ZCA, a given model."""
+"""DM: the pure loss, learning on digits, partial classes, soft labels, ZCA, a given model (FedDM)."""
 
 import pytest
 import torch
@@ -93,6 +93,44 @@ def test_given_embedding_model_is_used_and_left_trainable(digits):
     sset = dm.distill(digits, DMConfig(ipc=1, iterations=3), torch.Generator().manual_seed(0), embed_model=model)
     assert sset.num_images == 10
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def _embedding_gap(model, data, sset):
+    """Sum over the set's classes of ||mean embed(real_c) - mean embed(syn_c)||^2 under ``model``."""
+    with torch.no_grad():
+        return sum(float(((model.embed(data.train_images[data.train_labels == c]).flatten(1).mean(0)
+                           - model.embed(sset.images[sset.hard_labels == c]).flatten(1).mean(0)) ** 2).sum())
+                   for c in sset.hard_labels.unique())
+
+
+def test_with_an_embed_model_a_starting_set_moves_toward_its_class_means(digits):
+    """FedDM's refinement: DM under a fixed (global) model, from a given set."""
+    model = get_model("convnet", 1, 10, (8, 8), seed=0).eval()
+    start = run(digits, iterations=0, ipc=2, init="noise")
+    config = DMConfig(ipc=2, iterations=40, dsa=False, batch_real=1000)
+    sset = get_distiller("dm").distill(digits, config, torch.Generator().manual_seed(0), embed_model=model,
+                                       initial=start)
+    assert torch.equal(sset.hard_labels, start.hard_labels)
+    assert _embedding_gap(model, digits, sset) < 0.2 * _embedding_gap(model, digits, start)
+
+
+def test_perturbed_embed_model_and_classes_the_data_lacks(digits):
+    """rho > 0 matches in perturbed copies and leaves the caller's model alone; a starting
+    set's images of classes absent from the data weigh nothing and stay as they were."""
+    model = get_model("convnet", 1, 10, (8, 8), seed=0).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    start = run(digits, iterations=0, ipc=1, init="noise")
+    local = digits.subset(torch.nonzero(digits.train_labels < 5).flatten())
+    config = DMConfig(ipc=1, iterations=10, dsa=False, rho=0.05)
+    sset = get_distiller("dm").distill(local, config, torch.Generator().manual_seed(0), embed_model=model,
+                                       initial=start)
+    absent = start.hard_labels >= 5
+    assert torch.equal(sset.images[absent], start.images[absent])
+    assert not torch.allclose(sset.images[~absent], start.images[~absent])
+    assert sset.config["present_classes"] == [0, 1, 2, 3, 4] and sset.config["rho"] == 0.05
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(FedcondError, match="rho"):
+        DMConfig(rho=-1.0)
 
 
 def test_bad_options_are_user_errors():

@@ -15,10 +15,19 @@ iteration on the CPU at MNIST IPC10). The network's parameters never need gradie
 Learned soft labels: a class's synthetic mean weights each image by its label probability
 for that class (``syn_assignment``), i.e. DM applied to the soft-labelled set seen as a
 joint distribution over (image, class); with one-hot labels it is exactly DM.
+
+FedDM (Xiong et al., CVPR 2023) is DM with three changes, all options of this one loop:
+the embedding network is a given model (``embed_model``, the federated global model)
+instead of a fresh random one per iteration; each iteration sees a copy of it with small
+Gaussian weight perturbations (``rho``), so the images do not over-fit one network; and
+the images start from an earlier set (``initial``, the client's previous-round set)
+instead of fresh real images. Iterative FedCond clients call it so
+(``fedcond.federated.client_training``).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +47,7 @@ from fedcond.distill.matching import (
     match_channel_stats,
     syn_assignment,
 )
+from fedcond.errors import FedcondError
 from fedcond.models import get_model
 from fedcond.synthetic import SyntheticSet
 
@@ -79,6 +89,14 @@ class DMConfig(IterativeConfig):
     # DM's loss is a sum of squared feature distances (tens at init), so label logits need
     # a smaller step than the images: at 1.0 labels on digits flip class within 10 iterations.
     lr_labels: float = 0.1
+    # With an ``embed_model``: every iteration matches in a copy of it whose parameters p
+    # get Gaussian noise of std rho * mean|p| (FedDM's perturbation); 0 = the model as given.
+    rho: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rho < 0:
+            raise FedcondError(f"rho must be >= 0, got {self.rho}")
 
 
 @register("dm")
@@ -96,13 +114,17 @@ class DM:
         device: torch.device | str = "cpu",
         callbacks: list[Callback] | None = None,
         embed_model: nn.Module | None = None,
+        initial: SyntheticSet | None = None,
     ) -> SyntheticSet:
         """Distill ``dataset`` (only its present classes, up to ``ipc`` images each).
 
         ``embed_model``: match in this fixed network's feature space (e.g. the federated
-        global model) instead of a fresh random network per iteration.
+        global model, on ``device``, used in the train/eval mode it is in) instead of a
+        fresh random network per iteration; ``config.rho`` perturbs it each iteration.
+        ``initial``: refine this set (its images and hard labels) instead of starting from
+        ``config.init``; its images of classes ``dataset`` lacks weigh 0 and stay as they are.
         """
-        run = start_run(self.name, dataset, config, DMConfig, generator, device)
+        run = start_run(self.name, dataset, config, DMConfig, generator, device, initial=initial)
         config, device, dataset = run.config, run.device, run.dataset
         sampler, syn_class, state = run.sampler, run.syn_class, run.state
 
@@ -118,12 +140,14 @@ class DM:
         # Batch norm hides the set's overall scale from the loss: keep it at the real data's.
         c, h, w = dataset.image_shape
         probe = embed_model if embed_model is not None else get_model(config.model, c, dataset.num_classes, (h, w))
-        pixel_stats = _channel_stats(dataset.train_images) if has_batch_norm(probe) else None
+        pixel_stats = _channel_stats(dataset.train_images) if has_batch_norm(probe) and probe.training else None
 
         def step(_: int) -> torch.Tensor:
             nonlocal net
             if embed_model is None:
                 net = fresh_network(config.model, dataset, generator, device, reuse=net).requires_grad_(False)
+            elif config.rho > 0:
+                net = perturbed(embed_model, config.rho, generator, reuse=net)
             real, syn = batches.draw(dataset.train_images, state.images, generator)
             assign = hard_assign
             if state.label_logits is not None:
@@ -142,6 +166,19 @@ class DM:
         finally:
             _unfreeze(embed_model, flags)
         return run.snapshot()
+
+
+@torch.no_grad()
+def perturbed(model: nn.Module, rho: float, generator: torch.Generator, reuse: nn.Module | None = None) -> nn.Module:
+    """A copy of ``model`` whose every parameter p is p + N(0, 1) * rho * mean|p| (no gradients).
+
+    ``reuse`` (an earlier copy of the same model) is overwritten instead of copying anew.
+    """
+    net = reuse if reuse is not None else copy.deepcopy(model).requires_grad_(False)
+    for p, q in zip(model.parameters(), net.parameters()):
+        noise = torch.randn(p.shape, generator=generator).to(p.device)
+        q.copy_(p + noise * rho * p.abs().mean())
+    return net
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -206,11 +206,15 @@ class RunSetup:
 def start_run(
     method: str, dataset: ImageDataset, config: DistillConfig, config_class: type[IterativeConfig],
     generator: torch.Generator, device: torch.device | str, extras: dict[str, tuple[torch.Tensor, float]] | None = None,
+    initial: SyntheticSet | None = None,
 ) -> RunSetup:
     """The shared start of an iterative method: its config, the data on the device (in ZCA
     space if asked), the sampler, the initial synthetic images and labels, their optimiser.
 
     ``extras`` (e.g. learned learning rates) are moved to the device and optimised too.
+    ``initial``: start from this set's images and (hard) labels instead of ``config.init``;
+    only the classes it shares with the data are sampled, its images of other classes
+    have no row (``syn_class`` keeps their ids) and stay as they are.
     """
     from fedcond.zca import zca_dataset  # noqa: PLC0415  (zca imports data; keep loop light)
 
@@ -221,8 +225,18 @@ def start_run(
     dataset = dataset.to(device)
     if config.zca:
         dataset = zca_dataset(dataset, config.zca_regularization)
-    sampler = ClassSampler.from_labels(dataset.train_labels, dataset.num_classes)
-    images, syn_class = initial_synthetic(dataset, sampler, config.ipc, config.init, generator)
+    if initial is None:
+        sampler = ClassSampler.from_labels(dataset.train_labels, dataset.num_classes)
+        images, syn_class = initial_synthetic(dataset, sampler, config.ipc, config.init, generator)
+    else:
+        if config.zca:
+            raise FedcondError("a starting set cannot be refined in ZCA space: distill it with zca off")
+        if tuple(initial.image_shape) != tuple(dataset.image_shape) or initial.num_classes != dataset.num_classes:
+            raise FedcondError(f"the starting set ({tuple(initial.image_shape)}, {initial.num_classes} classes) does "
+                               f"not fit the data ({tuple(dataset.image_shape)}, {dataset.num_classes} classes)")
+        syn_class = initial.hard_labels.to(device)
+        sampler = ClassSampler.from_labels(dataset.train_labels, dataset.num_classes, only=syn_class.unique())
+        images = initial.images.float().to(device)
     logits = initial_label_logits(syn_class, dataset.num_classes, config.label_init_scale) if config.learn_labels else None
     extras = {name: (t.to(device), lr) for name, (t, lr) in (extras or {}).items()}
     state = RunState.create(images, logits, config, extras)

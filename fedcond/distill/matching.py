@@ -48,10 +48,14 @@ class ClassSampler:
     counts: torch.Tensor
 
     @classmethod
-    def from_labels(cls, labels: torch.Tensor, num_classes: int) -> "ClassSampler":
+    def from_labels(cls, labels: torch.Tensor, num_classes: int, only: torch.Tensor | None = None) -> "ClassSampler":
+        """Over the classes present in ``labels`` (and among ``only``, when given)."""
         labels = labels.cpu()
         counts_all = torch.bincount(labels, minlength=num_classes)
-        classes = torch.nonzero(counts_all).flatten()
+        present = counts_all > 0
+        if only is not None:
+            present &= torch.isin(torch.arange(counts_all.numel()), only.cpu())
+        classes = torch.nonzero(present).flatten()
         if classes.numel() == 0:
             raise FedcondError("the data set has no training images to distill")
         counts = counts_all[classes]
@@ -191,8 +195,9 @@ def initial_synthetic(
 
 
 def class_rows(class_ids: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Row index (position in ``classes``) of every id in ``class_ids``."""
-    lookup = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long, device=class_ids.device)
+    """Row index (position in ``classes``) of every id in ``class_ids``; -1 for ids not in ``classes``."""
+    size = max(int(classes.max()), int(class_ids.max()) if class_ids.numel() else 0) + 1
+    lookup = torch.full((size,), -1, dtype=torch.long, device=class_ids.device)
     lookup[classes.to(class_ids.device)] = torch.arange(classes.numel(), device=class_ids.device)
     return lookup[class_ids]
 
@@ -205,12 +210,13 @@ def initial_label_logits(syn_class: torch.Tensor, num_classes: int, scale: float
 def syn_assignment(syn_rows: torch.Tensor, num_rows: int, probs: torch.Tensor | None, classes: torch.Tensor) -> torch.Tensor:
     """(R, N) weights turning synthetic features into per-class means (rows sum to 1).
 
-    Hard labels: 1/s_c on the class's own images. Learned soft labels: each image counts
-    towards every class in proportion to its label probability, i.e. the class-conditional
-    mean of the soft-labelled set seen as a joint distribution over (image, class).
+    Hard labels: 1/s_c on the class's own images; images of no row (``syn_rows`` -1: a
+    class the real data lacks) weigh 0. Learned soft labels: each image counts towards
+    every class in proportion to its label probability, i.e. the class-conditional mean of
+    the soft-labelled set seen as a joint distribution over (image, class).
     """
     if probs is None:
-        a = F.one_hot(syn_rows, num_rows).T.float()
+        a = F.one_hot(syn_rows.clamp_min(0), num_rows).T.float() * (syn_rows >= 0).float()
     else:
         a = probs[:, classes.to(probs.device)].T
     return a / a.sum(dim=1, keepdim=True)

@@ -1,9 +1,10 @@
 """The torch work of federated clients, free of Flower: distill a partition, train locally.
 
 - FedCond clients call :func:`distill_partition`: any registered Distiller (DM by
-  default) on the client's own images, or — in iterative mode from round 2 on — mean
-  embedding matching against the received global model, refining the set the client
-  made in the previous round (:mod:`fedcond.federated.feddm`).
+  default) on the client's own images, or — in iterative mode — FedDM: the DM distiller
+  matching class-mean embeddings under the received global model (perturbed by
+  ``feddm_rho`` each iteration), refining the set the client made in the previous round
+  (from fresh real images in the first).
 - FedAvg / FedProx / FedAdam clients call :func:`local_train`: plain SGD for a few local
   epochs, with FedProx's proximal term ``mu/2 * ||w - w_global||^2`` when ``mu > 0``.
 """
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from fedcond.data import ImageDataset
+from fedcond.distill import get_distiller
 from fedcond.federated.config import FederateConfig
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import classification_loss
@@ -28,28 +30,21 @@ def distill_partition(
 ) -> SyntheticSet:
     """Condense a client's partition (``data``'s train split) into a SyntheticSet.
 
-    With ``global_model`` (iterative mode), match mean embeddings under that model,
-    starting from ``previous`` when the client has a set from an earlier round.
+    With ``global_model`` (iterative mode), FedDM: DM in that model's feature space, with
+    the ``feddm_*`` settings (:meth:`FederateConfig.feddm_config`), starting from
+    ``previous`` when the client has a set from an earlier round.
     """
     generator = torch.Generator().manual_seed(seed)
     if global_model is not None:
-        from fedcond.federated.feddm import refine_against_model  # noqa: PLC0415
-
-        start = previous if previous is not None else _initial_set(data, cfg, generator)
-        sset = refine_against_model(data, start, global_model, cfg, generator)
+        embed_model = global_model.to(cfg.device).eval()  # the global model as it is, dropout and BN frozen
+        sset = get_distiller("dm").distill(data, cfg.feddm_config(), generator, torch.device(cfg.device),
+                                           embed_model=embed_model, initial=previous)
+        sset.method = "feddm"
     else:
         distiller, config = cfg.distill_config()
         sset = distiller.distill(data, config, generator, torch.device(cfg.device))
     sset.storage_dtype = cfg.storage_dtype
     return sset
-
-
-def _initial_set(data: ImageDataset, cfg: FederateConfig, generator: torch.Generator) -> SyntheticSet:
-    """Random real images per present class: the usual starting point of DM/FedDM."""
-    from fedcond.distill import get_distiller  # noqa: PLC0415
-
-    distiller = get_distiller("random")
-    return distiller.distill(data, distiller.config_class(ipc=cfg.ipc, model=cfg.model), generator)
 
 
 def local_train(

@@ -176,6 +176,15 @@ class FederateConfig:
             values["checkpoint_dir"] = None  # clients are stateless processes; no resume files
         return distiller, distiller.config_class.from_dict(values)
 
+    def feddm_config(self):  # noqa: ANN201  (a DMConfig; distill/ imported lazily)
+        """DM's settings for iterative FedCond's refinement against the global model (FedDM):
+        ipc, model, iterations and the ``feddm_*`` fields; no augmentation, no checkpoints."""
+        from fedcond.distill.dm import DMConfig  # noqa: PLC0415
+
+        return DMConfig(ipc=self.ipc, model=self.model, iterations=self.iterations, lr_images=self.feddm_lr_images,
+                        momentum_images=self.feddm_momentum_images, batch_real=self.feddm_batch_real,
+                        rho=self.feddm_rho, dsa=False, checkpoint_dir=None)
+
     @property
     def effective_mode(self) -> str:
         """``fedcond-iterative`` is FedCond in iterative mode; other names keep ``mode``."""
