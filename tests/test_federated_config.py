@@ -114,3 +114,15 @@ def test_method_options_are_checked_against_the_method():
         FederateConfig(method_options='{"ipc": 3}')
     with pytest.raises(FedcondError, match="JSON object"):
         FederateConfig(method_options="lr_images=0.5")
+
+
+def test_server_augment_follows_the_images_and_rejects_unknown_families():
+    from fedcond.augment import DEFAULT_STRATEGY, parse_strategy
+
+    cfg = FederateConfig()
+    assert cfg.server_augmenter(1).families == parse_strategy("crop_scale_rotate")  # no flips on digits
+    assert cfg.server_augmenter(3).families == parse_strategy(DEFAULT_STRATEGY)
+    assert FederateConfig(server_augment="none").server_augmenter(1) is None
+    assert FederateConfig(server_augment="crop").server_augmenter(3).families == ("crop",)
+    with pytest.raises(FedcondError, match="DSA strategy"):
+        FederateConfig(server_augment="crop_wobble")

@@ -78,6 +78,7 @@ def command(
     lr: Optional[float] = typer.Option(None, "--lr", help="FedAvg/FedProx client learning rate"),
     proximal_mu: Optional[float] = typer.Option(None, "--proximal-mu", help="FedProx mu"),
     server_epochs: Optional[int] = typer.Option(None, "--server-epochs", help="FedCond server epochs on the pooled sets"),
+    server_augment: Optional[str] = typer.Option(None, "--server-augment", help="DSA families of that training, e.g. crop_scale_rotate; none or auto (default)"),
     fail_fraction: Optional[float] = typer.Option(None, "--fail-fraction", help="fraction of clients failing each round (seeded)"),
     fail_mode: Optional[str] = typer.Option(None, "--fail-mode", help="raise (client error) or corrupt (NaN payload)"),
     client_cpus: float = typer.Option(1.0, "--client-cpus", help="simulation: CPUs per client"),
@@ -98,6 +99,7 @@ def command(
         "partition": partition, "alpha": alpha, "classes_per_client": classes_per_client, "rounds": rounds,
         "ipc": ipc, "seed": seed, "method": method, "mode": mode, "iterations": iterations, "fraction": fraction,
         "local_epochs": local_epochs, "lr": lr, "proximal_mu": proximal_mu, "server_epochs": server_epochs,
+        "server_augment": server_augment,
         "fail_fraction": fail_fraction, "fail_mode": fail_mode, "strategies": strategies,
         "storage_dtype": storage_dtype, "storage_dtypes": storage_dtypes, "random_reference": random_reference,
     }

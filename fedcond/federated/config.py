@@ -73,6 +73,11 @@ class FederateConfig:
     # FedCond server: training the global model on the pooled sets
     server_epochs: int = 150
     server_lr_train: float = 0.01
+    # DSA families applied to each mini-batch of that training ("none": no augmentation;
+    # "auto": crop_scale_rotate for one-channel images, DSA's default set for colour). On
+    # digits (10 clients, IPC 1) it lifts DM's pool from 0.896 to 0.950 and random real
+    # images from 0.924 to 0.971: few images need it, whatever made them.
+    server_augment: str = "auto"
     # centralised upper bound (`fedcond federate`): trained until the held-out loss plateaus
     central_max_epochs: int = 100
     central_patience: int = 5
@@ -117,6 +122,10 @@ class FederateConfig:
         bad = [d for d in (self.storage_dtype, *self.storage_dtype_names) if d not in STORAGE_DTYPES]
         if bad:
             raise FedcondError(f"unknown storage dtype {', '.join(bad)}: use {', '.join(STORAGE_DTYPES)}")
+        if self.server_augment not in ("auto", "none"):
+            from fedcond.augment import parse_strategy  # noqa: PLC0415
+
+            parse_strategy(self.server_augment)
         if self.central_max_epochs < 1 or self.central_patience < 1:
             raise FedcondError("central-max-epochs and central-patience must be >= 1")
         if self.round_timeout <= 0 or self.server_threads < 0:
@@ -124,6 +133,16 @@ class FederateConfig:
         self.distill_config()  # unknown method or method option: fail here, not in a client
 
     # ------------------------------------------------------------------ derived
+    def server_augmenter(self, channels: int):  # noqa: ANN201  (an Augment, or None)
+        """The batch augmentation of the server's training on the pool (see ``server_augment``)."""
+        if self.server_augment == "none":
+            return None
+        from fedcond.augment import DEFAULT_STRATEGY, DSA  # noqa: PLC0415
+
+        if self.server_augment == "auto":
+            return DSA("crop_scale_rotate" if channels == 1 else DEFAULT_STRATEGY)
+        return DSA(self.server_augment)
+
     @property
     def strategy_names(self) -> list[str]:
         """``strategies`` as a list of names."""

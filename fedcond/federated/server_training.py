@@ -3,7 +3,8 @@
 All strategies share :func:`evaluate_arrays` (central evaluation on the real test split
 after every round), so accuracies are comparable. FedCond's server trains the global model
 on the pooled synthetic sets with the evaluation protocol (:func:`train_on_pool`, i.e.
-``train_model``: SGD, momentum 0.9, weight decay 5e-4, lr / 10 at half the epochs).
+``train_model``: SGD, momentum 0.9, weight decay 5e-4, lr / 10 at half the epochs, each
+mini-batch augmented as ``server_augment`` says).
 :func:`new_model` is the global model's architecture; clients build the same one to load
 the model the server sends them.
 """
@@ -54,4 +55,4 @@ def train_on_pool(
     images, labels = pool_sets(sets)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + server_round)
     return train_model(model, images, labels, cfg.server_epochs, lr=cfg.server_lr_train,
-                       batch_size=256, generator=gen)
+                       batch_size=256, generator=gen, augment=cfg.server_augmenter(images.shape[1]))
