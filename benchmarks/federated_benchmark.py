@@ -1,26 +1,46 @@
-"""Federated benchmark: FedCond (one-shot, iterative) vs FedAvg / FedProx, accuracy vs upload.
+"""Federated benchmark: FedCond vs tuned FedAvg / FedProx, accuracy against upload bytes.
 
-    python benchmarks/federated_benchmark.py --dataset digits --alphas 0.1,0.5 --rounds 10 \
-        --tune --out benchmarks/results
+MNIST on the CPU (the issue's setting; about 3 hours per Dirichlet alpha and seed here)::
 
-For every Dirichlet alpha: (1) optionally a small FedAvg grid (client lr x local epochs,
-same partitions, same round budget) whose best cell sets FedAvg's and FedProx's settings —
-the grid is recorded beside the results; (2) all strategies on identical partitions with a
-centralised reference (full data, and the FedCond method centrally at the pooled IPC).
-Writes ``federated_<dataset>.json`` and ``federated_<dataset>.md`` into ``--out``, with the
-command line and the machine.
+    python benchmarks/federated_benchmark.py --dataset mnist --data-dir ../shared/data \\
+        --alphas 0.5,0.1 --seeds 0,1,2 --ipcs 1,10 --rounds 20 --tune-rounds 5 \\
+        --grid-lr 0.01,0.05 --grid-epochs 1,2 -o '{"batch_real": 64}' --scratch runs/fb_mnist
+
+CIFAR-10 on a GPU: the same with ``--dataset cifar10 --device cuda`` (and
+``--client-gpus 0.25``). Digits in minutes: ``--dataset digits``.
+
+Every (alpha, seed) runs *cells* on identical partitions, each a ``fedcond federate``
+comparison in its own folder under ``--scratch`` (runs resume from their per-round
+checkpoints, finished cells are read back, so the same command continues a killed
+benchmark and the order below decides what is there first):
+
+1. ``fedcond_ipc<k>``: one-shot FedCond at each IPC of ``--ipcs`` with its references —
+   random real images at the same IPC and storage dtype (the same bytes);
+2. ``fedavg_lr<lr>_ep<e>`` (first seed only): FedAvg's grid, ``--tune-rounds`` rounds each;
+   the best final accuracy sets FedAvg's and FedProx's client lr and local epochs;
+3. ``fedavg`` and ``fedprox`` with those settings for ``--rounds`` rounds;
+4. ``fedcond-iterative`` (if ``--iterative-rounds`` > 0);
+5. ``upper-bound``: one model on all the data, trained to its held-out plateau.
+
+The summary per (alpha, seed): FedAvg's plateau (its best round) and the upload bytes to
+reach it (first round within ``--plateau-tolerance`` of it), and every FedCond cell's
+accuracy, upload bytes, distance to that plateau, share of its bytes and gain over random
+real images. Results go to ``--out``/``federated_<dataset>.{json,md}`` (command, machine,
+versions, peak memory of the process tree, wall time) after every cell; the plot
+``federated_<dataset>_alpha<a>.png`` shows accuracy against cumulative upload per round.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
+import statistics
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,99 +48,293 @@ from fedcond.federated.config import FederateConfig  # noqa: E402
 from fedcond.runinfo import device_description, package_versions  # noqa: E402
 
 
-def tune_fedavg(cfg: FederateConfig, lrs: list[float], epochs: list[int]) -> list[dict]:
-    """Final FedAvg accuracy for every (lr, local epochs) on the run's partitions."""
-    from simulations.runner import run_strategy  # noqa: PLC0415
+class PeakMemory:
+    """Peak resident memory of this process and all its descendants (Ray's workers too)."""
 
-    grid = []
-    for lr, ep in itertools.product(lrs, epochs):
-        record = run_strategy(dataclasses.replace(cfg, strategy="fedavg", lr=lr, local_epochs=ep))
-        grid.append({"lr": lr, "local_epochs": ep, "final_accuracy": record["final_accuracy"],
-                     "accuracy_by_round": [r["accuracy"] for r in record["rounds"]]})
-        print(f"  grid fedavg lr={lr} local_epochs={ep}: {record['final_accuracy']:.4f}", flush=True)
-    return grid
+    def __init__(self, every_s: float = 2.0) -> None:
+        import psutil  # noqa: PLC0415  (Ray depends on it)
+
+        self._proc, self._every, self.peak_bytes = psutil.Process(), every_s, 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._every):
+            total = 0
+            for p in [self._proc, *self._proc.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except Exception:  # noqa: BLE001  (a worker that just exited)
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
-def summarise(result: dict) -> dict:
-    """Final accuracy and cumulative upload MB per strategy, and the goal checks."""
-    runs = {r["strategy"]: r for r in result["runs"]}
-    rows = {name: {"final_accuracy": r["final_accuracy"], "upload_mb": r["upload_bytes"] / 2**20,
-                   "download_mb": r["download_bytes"] / 2**20, "rounds": len(r["rounds"])} for name, r in runs.items()}
-    out: dict = {"strategies": rows}
-    if "fedavg" in runs:
-        avg = runs["fedavg"]
-        for name in ("fedcond", "fedcond-iterative"):
-            if name not in runs:
-                continue
-            fc = runs[name]
-            reach = next((r for r in fc["rounds"] if r["accuracy"] >= avg["final_accuracy"]), None)
-            out[f"{name}_reaches_fedavg_accuracy"] = reach is not None
-            out[f"{name}_upload_fraction_of_fedavg"] = (reach or fc["rounds"][-1])["upload_bytes"] / avg["upload_bytes"]
-    ref = result.get("reference", {})
-    if "centralised_distill_accuracy" in ref and "fedcond" in runs:
-        out["oneshot_over_centralised_distill"] = runs["fedcond"]["final_accuracy"] / ref["centralised_distill_accuracy"]
+def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path) -> dict[str, Any]:
+    """One comparison in ``folder`` (read back when finished, resumed when interrupted)."""
+    from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
+
+    done = folder / "cell.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    start = time.perf_counter()
+    result = run_experiment(cfg, strategies, folder, reference="none")
+    cell = {"config": cfg.to_json(), "wall_seconds": time.perf_counter() - start,
+            "runs": [_slim(r) for r in result["runs"]],
+            "reference_runs": [_slim(r) for r in result["reference_runs"]],
+            "raw_data_upload_bytes": result["raw_data_upload_bytes"]}
+    done.write_text(json.dumps(cell, indent=1, default=str) + "\n")
+    return cell
+
+
+def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
+    """All the data in one place, trained to its held-out plateau (independent of alpha)."""
+    from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
+    from fedcond.federated.references import centralised_reference  # noqa: PLC0415
+
+    done = folder / "cell.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg)
+    done.write_text(json.dumps(ref, indent=1) + "\n")
+    return ref
+
+
+def _slim(record: dict[str, Any]) -> dict[str, Any]:
+    """A run's record without per-client detail (kept in the cell's own results.json)."""
+    out = {k: v for k, v in record.items() if k not in ("pool_provenance", "rejections")}
+    out["rounds"] = [{k: v for k, v in r.items() if k not in ("clients", "lost")} for r in record["rounds"]]
     return out
+
+
+def plateau(run: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """A run's best accuracy and the cumulative upload of its first round within ``tolerance`` of it."""
+    best = max(r["accuracy"] for r in run["rounds"])
+    reach = next(r for r in run["rounds"] if r["accuracy"] >= best - tolerance)
+    return {"accuracy": best, "round": reach["round"], "upload_bytes": reach["upload_bytes"]}
+
+
+def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """Goal checks of one (alpha, seed): FedCond against FedAvg's plateau and random real."""
+    out: dict[str, Any] = {}
+    runs = {c: r for c, cell in cells.items() if c in ("fedavg", "fedprox", "fedcond-iterative") for r in cell.get("runs", [])}
+    for name in ("fedavg", "fedprox"):
+        if name in runs:
+            out[f"{name}_plateau"] = plateau(runs[name], tolerance)
+    avg = out.get("fedavg_plateau")
+    rows = []
+    for name, cell in cells.items():
+        if not name.startswith("fedcond"):
+            continue
+        ours = [r for r in cell["runs"] if r["strategy"].startswith("fedcond")]
+        for run in ours:
+            random = next((r for r in cell.get("reference_runs", []) if r.get("reference") == "random-real"), None)
+            row = {"cell": name, "ipc": run.get("ipc"), "rounds": len(run["rounds"]), "accuracy": run["final_accuracy"],
+                   "upload_bytes": run["upload_bytes"]}
+            if random is not None:
+                row.update({"random_real_accuracy": random["final_accuracy"], "random_real_upload_bytes": random["upload_bytes"],
+                            "gain_over_random_real_pts": 100 * (run["final_accuracy"] - random["final_accuracy"])})
+            if avg is not None:
+                row.update({"below_fedavg_plateau_pts": 100 * (avg["accuracy"] - run["final_accuracy"]),
+                            "upload_fraction_of_fedavg_to_plateau": run["upload_bytes"] / avg["upload_bytes"]})
+                row["within_1pt_at_tenth_bytes"] = (row["below_fedavg_plateau_pts"] <= 1.0
+                                                    and row["upload_fraction_of_fedavg_to_plateau"] <= 0.1)
+            rows.append(row)
+    out["fedcond"] = rows
+    return out
+
+
+def plot(report: dict[str, Any], alpha: str, path: Path) -> None:
+    """Accuracy against cumulative upload (log scale) for every run of one alpha's first seed."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    setting = report["settings"].get(alpha, {})
+    seed_key = next(iter(setting), None)
+    if seed_key is None:
+        return
+    cells = setting[seed_key]["cells"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    raw = None
+    for name, cell in cells.items():
+        if name.startswith("fedavg_lr") or name == "upper-bound":
+            continue
+        raw = cell.get("raw_data_upload_bytes", raw)
+        for run in [*cell.get("runs", []), *cell.get("reference_runs", [])]:
+            label = run.get("name", run["strategy"]) if run.get("reference") else run["strategy"]
+            if name.startswith("fedcond_ipc"):
+                label = f"{label} (IPC {run.get('ipc')})"
+            xs = [r["upload_bytes"] / 2**20 for r in run["rounds"]]
+            ys = [r["accuracy"] for r in run["rounds"]]
+            ax.plot(xs, ys, marker="o" if len(xs) == 1 else ".", linestyle="-" if len(xs) > 1 else "none", label=label)
+    if raw:
+        ax.axvline(raw / 2**20, color="grey", linestyle="--", label="raw training data")
+    ub = setting[seed_key].get("upper_bound")
+    if ub:
+        ax.axhline(ub["full_data_accuracy"], color="black", linestyle=":", label="all data, one place")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative upload (MB, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{report['dataset']}, {report['num_clients']} clients, Dirichlet {alpha.split('=')[1]} ({seed_key})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """``federated_<dataset>.json`` and ``.md`` (and the plots) from what is finished."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"federated_{report['dataset']}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    mb = 2**20
+    lines = [f"# Federated benchmark: {report['dataset']}, {report['num_clients']} clients, Dirichlet", "",
+             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
+             f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}  ",
+             f"Wall time so far: {report['wall_seconds'] / 60:.0f} min; peak memory of the process tree: "
+             f"{report['peak_memory_bytes'] / 2**30:.2f} GiB", ""]
+    for alpha, setting in report["settings"].items():
+        lines += [f"## {alpha}", ""]
+        for seed_key, entry in setting.items():
+            s = entry["summary"]
+            lines += [f"### {seed_key}", ""]
+            if "fedavg_grid" in entry:
+                lines += ["FedAvg grid (" + str(entry["tune_rounds"]) + " rounds, final accuracy): " + ", ".join(
+                    f"lr {g['lr']} x {g['local_epochs']} ep: {g['final_accuracy']:.4f}" for g in entry["fedavg_grid"]), ""]
+            for name in ("fedavg", "fedprox"):
+                if f"{name}_plateau" in s:
+                    p = s[f"{name}_plateau"]
+                    lines.append(f"- {name} plateau {p['accuracy']:.4f}, reached in round {p['round']} "
+                                 f"after {p['upload_bytes'] / mb:.1f} MB uploaded")
+            if entry.get("upper_bound"):
+                lines.append(f"- all data in one place (upper bound): {entry['upper_bound']['full_data_accuracy']:.4f}")
+            raw = next((c.get("raw_data_upload_bytes") for c in entry["cells"].values() if c.get("raw_data_upload_bytes")), None)
+            if raw:
+                lines.append(f"- uploading the raw training data: {raw / mb:.2f} MB")
+            lines += ["", "| FedCond cell | IPC | rounds | accuracy | upload MB | random real (same bytes) | gain pts "
+                      "| below FedAvg plateau pts | share of FedAvg bytes |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in s.get("fedcond", []):
+                lines.append(f"| {r['cell']} | {r['ipc']} | {r['rounds']} | {r['accuracy']:.4f} | {r['upload_bytes'] / mb:.3f} | "
+                             f"{r.get('random_real_accuracy', float('nan')):.4f} | {r.get('gain_over_random_real_pts', float('nan')):+.1f} | "
+                             f"{r.get('below_fedavg_plateau_pts', float('nan')):.2f} | "
+                             f"{r.get('upload_fraction_of_fedavg_to_plateau', float('nan')):.4f} |")
+            lines += ["", "Cell wall times (min): " + ", ".join(f"{n} {c.get('wall_seconds', 0) / 60:.1f}"
+                                                            for n, c in entry["cells"].items()), ""]
+        seeds = list(setting.values())
+        if len(seeds) > 1:
+            lines += [f"Over {len(seeds)} seeds (mean ± std):", ""]
+            for cell_name in sorted({r["cell"] for e in seeds for r in e["summary"].get("fedcond", [])}):
+                accs = [r["accuracy"] for e in seeds for r in e["summary"].get("fedcond", []) if r["cell"] == cell_name]
+                rnd = [r["random_real_accuracy"] for e in seeds for r in e["summary"].get("fedcond", [])
+                       if r["cell"] == cell_name and "random_real_accuracy" in r]
+                lines.append(f"- {cell_name}: {_mean_std(accs)} (random real {_mean_std(rnd)}; {len(accs)} seeds)")
+            plats = [e["summary"]["fedavg_plateau"]["accuracy"] for e in seeds if "fedavg_plateau" in e["summary"]]
+            lines += [f"- fedavg plateau: {_mean_std(plats)} ({len(plats)} seeds)", ""]
+        lines += [f"![{alpha}](federated_{report['dataset']}_{alpha.replace('=', '')}.png)", ""]
+        plot(report, alpha, out / f"federated_{report['dataset']}_{alpha.replace('=', '')}.png")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir", default="")
-    parser.add_argument("--alphas", default="0.1,0.5")
+    parser.add_argument("--alphas", default="0.5,0.1")
+    parser.add_argument("--seeds", default="0")
     parser.add_argument("--num-clients", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=10, help="round budget of FedAvg/FedProx/iterative FedCond")
-    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--ipcs", default="1,10", help="one-shot FedCond cells, each with random real at the same bytes")
+    parser.add_argument("--method", default="dm")
+    parser.add_argument("-o", "--method-options", default="", help='JSON object of the method\'s options, e.g. {"batch_real": 64}')
     parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--server-epochs", type=int, default=150)
-    parser.add_argument("--strategies", default="fedcond,fedcond-iterative,fedavg,fedprox")
-    parser.add_argument("--tune", action="store_true", help="grid-search FedAvg lr x local epochs first")
-    parser.add_argument("--grid-lr", default="0.01,0.05,0.1")
-    parser.add_argument("--grid-epochs", default="1,5")
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server-epochs", type=int, default=300)
+    parser.add_argument("--storage-dtype", default="uint8")
+    parser.add_argument("--rounds", type=int, default=20, help="FedAvg/FedProx rounds after tuning")
+    parser.add_argument("--tune-rounds", type=int, default=5)
+    parser.add_argument("--grid-lr", default="0.01,0.05")
+    parser.add_argument("--grid-epochs", default="1,2")
+    parser.add_argument("--proximal-mu", type=float, default=0.01)
+    parser.add_argument("--iterative-rounds", type=int, default=0, help="iterative FedCond cell rounds (0: none)")
+    parser.add_argument("--iterative-ipc", type=int, default=10)
+    parser.add_argument("--upper-bound", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--central-max-epochs", type=int, default=30)
+    parser.add_argument("--plateau-tolerance", type=float, default=0.005)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--scratch", type=Path, default=Path("runs/federated_benchmark"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
-    from simulations.experiment import run_experiment  # noqa: PLC0415
+    import torch  # noqa: PLC0415
 
-    report: dict = {"command": " ".join(["python", *sys.argv]), "machine": device_description(__import__("torch").device("cpu")),
-                    "versions": package_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": {}}
+    memory = PeakMemory()
+    start = time.perf_counter()
+    report: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "dataset": args.dataset,
+                              "num_clients": args.num_clients, "machine": device_description(torch.device(args.device)),
+                              "versions": package_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "plateau_tolerance": args.plateau_tolerance, "settings": {}}
+
+    def save() -> None:
+        report["wall_seconds"] = time.perf_counter() - start
+        report["peak_memory_bytes"] = memory.peak_bytes
+        write_report(report, args.out)
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    tuned: dict[float, tuple[float, int]] = {}
     for alpha in [float(a) for a in args.alphas.split(",")]:
-        cfg = FederateConfig(dataset=args.dataset, data_dir=args.data_dir, num_clients=args.num_clients,
-                             partition="dirichlet", alpha=alpha, rounds=args.rounds, ipc=args.ipc,
-                             iterations=args.iterations, server_epochs=args.server_epochs, lr=args.lr,
-                             local_epochs=args.local_epochs, seed=args.seed)
-        entry: dict = {}
-        if args.tune:
-            print(f"alpha {alpha}: tuning FedAvg", flush=True)
-            grid = tune_fedavg(cfg, [float(v) for v in args.grid_lr.split(",")], [int(v) for v in args.grid_epochs.split(",")])
-            best = max(grid, key=lambda g: g["final_accuracy"])
-            cfg = dataclasses.replace(cfg, lr=best["lr"], local_epochs=best["local_epochs"])
-            entry["fedavg_grid"] = grid
-        print(f"alpha {alpha}: {args.strategies} (lr {cfg.lr}, local epochs {cfg.local_epochs})", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            result = run_experiment(cfg, args.strategies.split(","), Path(tmp), reference="distill")
-        entry.update({"config": cfg.to_json(), "reference": result["reference"], "summary": summarise(result),
-                      "table": result["table"],
-                      "runs": [{k: v for k, v in r.items() if k not in ("pool_provenance",)} for r in result["runs"]]})
-        for run in entry["runs"]:  # keep the file readable: per-client detail only as counts
-            for rnd in run["rounds"]:
-                rnd.pop("clients", None)
-        report["settings"][f"alpha={alpha}"] = entry
-        print(result["table"], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"federated_{args.dataset}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    lines = [f"# Federated benchmark: {args.dataset}, {args.num_clients} clients, Dirichlet", "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}", ""]
-    for key, entry in report["settings"].items():
-        lines += [f"## {key}", "", entry["table"], "```json", json.dumps(entry["summary"], indent=1), "```", ""]
-        if "fedavg_grid" in entry:
-            lines += ["FedAvg grid (final accuracy): " + ", ".join(
-                f"lr {g['lr']} x {g['local_epochs']} ep: {g['final_accuracy']:.4f}" for g in entry["fedavg_grid"]), ""]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {stem}.json and {stem}.md")
+        for seed in seeds:
+            base = FederateConfig(dataset=args.dataset, data_dir=args.data_dir, num_clients=args.num_clients,
+                                  partition="dirichlet", alpha=alpha, seed=seed, method=args.method,
+                                  method_options=args.method_options, iterations=args.iterations,
+                                  server_epochs=args.server_epochs, storage_dtype=args.storage_dtype,
+                                  storage_dtypes=args.storage_dtype, proximal_mu=args.proximal_mu,
+                                  central_max_epochs=args.central_max_epochs, device=args.device)
+            scratch = args.scratch / f"alpha{alpha}" / f"seed{seed}"
+            entry: dict[str, Any] = {"cells": {}}
+            report["settings"].setdefault(f"alpha={alpha}", {})[f"seed={seed}"] = entry
+
+            def cell(name: str, cfg: FederateConfig, strategies: list[str], entry=entry, scratch=scratch) -> dict:  # noqa: ANN001
+                print(f"alpha {cfg.alpha} seed {cfg.seed}: {name}", flush=True)
+                entry["cells"][name] = run_cell(cfg, strategies, scratch / name)
+                entry["summary"] = summarise(entry["cells"], args.plateau_tolerance)
+                save()
+                return entry["cells"][name]
+
+            for ipc in [int(v) for v in args.ipcs.split(",") if v]:
+                cell(f"fedcond_ipc{ipc}", dataclasses.replace(base, ipc=ipc, random_reference=True), ["fedcond"])
+            if alpha not in tuned:
+                grid = []
+                for lr in [float(v) for v in args.grid_lr.split(",")]:
+                    for ep in [int(v) for v in args.grid_epochs.split(",")]:
+                        c = cell(f"fedavg_lr{lr}_ep{ep}", dataclasses.replace(base, rounds=args.tune_rounds, lr=lr, local_epochs=ep,
+                                                                               random_reference=False), ["fedavg"])
+                        grid.append({"lr": lr, "local_epochs": ep, "final_accuracy": c["runs"][0]["final_accuracy"]})
+                best = max(grid, key=lambda g: g["final_accuracy"])
+                tuned[alpha] = (best["lr"], best["local_epochs"])
+                entry.update({"fedavg_grid": grid, "tune_rounds": args.tune_rounds})
+            lr, ep = tuned[alpha]
+            for name in ("fedavg", "fedprox"):
+                cell(name, dataclasses.replace(base, rounds=args.rounds, lr=lr, local_epochs=ep, random_reference=False), [name])
+            if args.iterative_rounds > 0:
+                cell("fedcond-iterative", dataclasses.replace(base, rounds=args.iterative_rounds, ipc=args.iterative_ipc,
+                                                              random_reference=False), ["fedcond-iterative"])
+            if args.upper_bound:
+                print(f"alpha {alpha} seed {seed}: upper bound", flush=True)
+                entry["upper_bound"] = upper_bound_cell(base, args.scratch / f"upper-bound_seed{seed}")
+                save()
+    memory.stop()
+    save()
+    print(f"wrote {args.out / f'federated_{args.dataset}'}.json and .md")
 
 
 if __name__ == "__main__":
