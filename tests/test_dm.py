@@ -154,3 +154,63 @@ def test_batch_norm_network_keeps_the_set_on_the_real_pixel_scale(digits):
     real = data.train_images
     assert sset.images.std().item() == pytest.approx(real.std().item(), rel=0.05)
     assert sset.images.mean().item() == pytest.approx(real.mean().item(), abs=0.05)
+
+
+def _skewed(digits, counts):
+    """A partition holding ``counts[c]`` images of class c (a small, skewed federated client)."""
+    labels = digits.train_labels
+    return digits.subset(torch.cat([torch.nonzero(labels == c).flatten()[:n] for c, n in enumerate(counts) if n]))
+
+
+def test_small_skewed_partitions_embed_only_their_real_images_and_give_the_padded_result(digits, monkeypatch):
+    """Issue 15: a class batch is as wide as the largest class; smaller classes used to fill
+    it with zero-weight padding that was embedded all the same. Now only real images are
+    embedded, and the set is bit for bit the one the padded batch gave."""
+    import fedcond.distill.dm as dm_module
+    from fedcond.distill import matching
+
+    counts = [5, 1, 1, 0, 3, 0, 7, 0, 21, 3]  # an MNIST Dirichlet(0.5) client: 41 images, 7 classes
+    data = _skewed(digits, counts)
+    embedded = []
+    loss = dm_module.dm_loss
+
+    def counting(embed_fn, real, *args, **kwargs):
+        embedded.append(real.shape[0])
+        return loss(embed_fn, real, *args, **kwargs)
+
+    monkeypatch.setattr(dm_module, "dm_loss", counting)
+    compact = run(data, iterations=4, ipc=2)
+    assert embedded == [sum(counts)] * 4  # padded: 7 classes x 21 slots = 147 per iteration
+
+    create = matching.SiameseBatches.create.__func__
+    monkeypatch.setattr(matching.SiameseBatches, "create",
+                        classmethod(lambda cls, *a, **k: create(cls, *a, **{**k, "compact": False})))
+    embedded.clear()
+    padded = run(data, iterations=4, ipc=2)
+    assert embedded == [7 * 21] * 4
+    assert torch.equal(compact.images, padded.images) and torch.equal(compact.labels, padded.labels)
+
+
+@pytest.mark.parametrize("counts,chunk", [([3, 1, 2], None), ([1], None), ([2, 1, 5], 4), ([5, 5, 1], 4),
+                                          ([4, 1, 2], 4), ([3, 3, 3], 4), ([1, 2, 3], 3), ([3, 1, 1], 2)])
+def test_compact_embedding_matches_the_padded_chunks_even_for_a_lone_image(counts, chunk):
+    """An image embedded alone takes another CPU kernel (last-bit differences): the compact
+    batch embeds an image alone exactly where the padded chunks did. The embedding here
+    marks lone calls, so any mismatch shows."""
+    from fedcond.distill.matching import ClassSampler, RealSlots, embed_chunked
+
+    def embed(x):
+        return x.flatten(1) * 2 + (0.5 if x.shape[0] == 1 else 0.0)
+
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    sampler = ClassSampler.from_labels(labels, len(counts))
+    images = torch.randn(labels.numel(), 1, 2, 2)
+    idx = sampler.sample(100, torch.Generator().manual_seed(0))
+    valid = sampler.valid(100)
+    weights = sampler.weights(100, torch.device("cpu"))
+    padded = embed_chunked(embed, images[idx.flatten()], chunk)
+    slots = RealSlots.create(valid, chunk, torch.device("cpu"))
+    compact = slots.embed(embed, images[idx[valid]], chunk)
+    assert torch.equal(compact[valid.flatten()], padded[valid.flatten()])
+    assert torch.equal(compact[~valid.flatten()], torch.zeros_like(compact[~valid.flatten()]))
+    assert torch.equal(weights.flatten() > 0, valid.flatten())

@@ -11,6 +11,11 @@ weighted reduction / one matmul, never a Python loop over classes. The real pass
 under ``no_grad`` and apart from the synthetic pass: concatenating them made autograd
 propagate input gradients through the whole real batch (measured ~2x slower per
 iteration on the CPU at MNIST IPC10). The network's parameters never need gradients.
+A class with fewer real images than the batch width costs only its images: the real batch
+is drawn compact (``SiameseBatches(compact=True)``, padding never embedded; a client of 41
+MNIST images in 7 classes embedded 147 slots per iteration before), with exactly the
+numbers the padded batch gave, since padding weighed 0. Not with a batch-norm network in
+train mode, whose batch statistics did see the padding: it keeps the padded batch.
 
 Learned soft labels: a class's synthetic mean weights each image by its label probability
 for that class (``syn_assignment``), i.e. DM applied to the soft-labelled set seen as a
@@ -39,6 +44,7 @@ from fedcond.data import ImageDataset
 from fedcond.distill.base import Callback, DistillConfig, register
 from fedcond.distill.loop import IterativeConfig, start_run
 from fedcond.distill.matching import (
+    RealSlots,
     SiameseBatches,
     embed_chunked,
     embedding_chunk,
@@ -59,6 +65,7 @@ def dm_loss(
     syn_images: torch.Tensor,
     syn_weights: torch.Tensor,
     chunk: int | None = None,
+    real_slots: RealSlots | None = None,
 ) -> torch.Tensor:
     """Sum over classes of ``||mean embed(real_c) - mean embed(syn_c)||^2``.
 
@@ -69,10 +76,16 @@ def dm_loss(
         syn_images: (N, C, H, W) the synthetic images (gradients flow to them).
         syn_weights: (R, N) averaging weights per class row, see ``syn_assignment``.
         chunk: embed the real images this many at a time (see ``embed_chunked``).
+        real_slots: ``real_images`` is a compact batch, (V, C, H, W), holding only these
+            slots of the (R * B) layout; padding slots (weight 0) are never embedded.
     """
     rows, width = real_weights.shape
     with torch.no_grad():
-        real_feat = embed_chunked(embed_fn, real_images, chunk).view(rows, width, -1)
+        if real_slots is None:
+            real_feat = embed_chunked(embed_fn, real_images, chunk)
+        else:
+            real_feat = real_slots.embed(embed_fn, real_images, chunk)
+        real_feat = real_feat.view(rows, width, -1)
     real_mean = torch.einsum("rb,rbd->rd", real_weights, real_feat)
     syn_mean = syn_weights @ embed_fn(syn_images).flatten(1)
     return ((real_mean - syn_mean) ** 2).sum()
@@ -130,17 +143,19 @@ class DM:
 
         rows = sampler.num_rows
         real_weights = sampler.weights(config.batch_real, device)
+        chunk = embedding_chunk(device)
+        c, h, w = dataset.image_shape
+        probe = embed_model if embed_model is not None else get_model(config.model, c, dataset.num_classes, (h, w))
+        batch_stats = has_batch_norm(probe) and probe.training  # an image's features depend on its batch
         # One DSA draw per class, shared by that class's real and synthetic images.
         batches = SiameseBatches.create(sampler, syn_class, config.batch_real,
-                                        DSA(config.dsa_strategy) if config.dsa else None, device)
+                                        DSA(config.dsa_strategy) if config.dsa else None, device,
+                                        compact=not batch_stats, chunk=chunk)
         syn_rows = batches.syn_rows
         hard_assign = syn_assignment(syn_rows, rows, None, sampler.classes)
         net: nn.Module | None = None
-        chunk = embedding_chunk(device)
         # Batch norm hides the set's overall scale from the loss: keep it at the real data's.
-        c, h, w = dataset.image_shape
-        probe = embed_model if embed_model is not None else get_model(config.model, c, dataset.num_classes, (h, w))
-        pixel_stats = _channel_stats(dataset.train_images) if has_batch_norm(probe) and probe.training else None
+        pixel_stats = _channel_stats(dataset.train_images) if batch_stats else None
 
         def step(_: int) -> torch.Tensor:
             nonlocal net
@@ -152,7 +167,7 @@ class DM:
             assign = hard_assign
             if state.label_logits is not None:
                 assign = syn_assignment(syn_rows, rows, torch.softmax(state.label_logits, dim=1), sampler.classes)
-            loss = dm_loss((net or embed_model).embed, real, real_weights, syn, assign, chunk)
+            loss = dm_loss((net or embed_model).embed, real, real_weights, syn, assign, chunk, batches.slots)
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             state.optimizer.step()

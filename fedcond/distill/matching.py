@@ -8,6 +8,14 @@ moved to the device in one small copy (pinned, asynchronous on CUDA).
 Only the classes present in the data take part (a federated client or a continual
 experience may hold a few), each with ``min(ipc, images of that class)`` synthetic images.
 Rows ("class rows") index the present classes; ``classes[row]`` is the class id.
+
+A class-balanced batch is a padded (R, B) table: a class with fewer than B images repeats
+its last index with weight 0. For a small, skewed partition that is mostly padding (41
+images in 7 classes, the largest holding 21, fill 147 slots). Methods whose per-image
+work does not see the other images of its batch (DM without train-mode batch norm) draw a
+*compact* batch instead (:class:`RealSlots`): the same random draw, only the real slots
+embedded, their features put back where the padded layout had them — the same numbers,
+without the padded work.
 """
 
 from __future__ import annotations
@@ -74,6 +82,10 @@ class ClassSampler:
         """Per-class batch width: ``requested``, capped by the largest class."""
         return min(requested, int(self.counts.max()))
 
+    def valid(self, requested: int) -> torch.Tensor:
+        """(R, B) bool (CPU): the slots that hold a real image of their class, not padding."""
+        return torch.arange(self.batch_size(requested)).view(1, -1) < self.counts.view(-1, 1)
+
     def weights(self, requested: int, device: torch.device) -> torch.Tensor:
         """(R, B) averaging weights: 1/b_c on a class's b_c = min(B, count) real slots, 0 on padding."""
         b = self.batch_size(requested)
@@ -92,6 +104,55 @@ class ClassSampler:
         return self.table.gather(1, pick)
 
 
+@dataclass(frozen=True)
+class RealSlots:
+    """Where the images of a compact real batch sit in the padded (R * B) layout.
+
+    Attributes:
+        index: (V,) ascending slot of each real image, on the device.
+        total: R * B, the slots of the padded layout.
+        lone_last: the padded layout's chunked embedding (:func:`embed_chunked`) met its
+            last slot alone, and that slot holds a real image.
+    """
+
+    index: torch.Tensor
+    total: int
+    lone_last: bool
+
+    @classmethod
+    def create(cls, valid: torch.Tensor, chunk: int | None, device: torch.device) -> "RealSlots":
+        """From the (R, B) mask of real slots and the chunk the padded batch was embedded in."""
+        flat = valid.flatten()
+        total = int(flat.numel())
+        lone = total == 1 if chunk is None or chunk >= total else total % chunk == 1
+        return cls(torch.nonzero(flat).flatten().to(device), total, lone and bool(flat[-1]))
+
+    def embed(self, embed_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+              chunk: int | None) -> torch.Tensor:
+        """(total, D) features: ``embed_fn`` of the V ``images`` at their slots, zeros on padding.
+
+        Bit for bit what ``embed_chunked`` gives those slots on the padded batch. On the CPU
+        an image's features do not depend on the other images of its call, except in a call
+        of ONE image (another kernel, last-bit differences); so an image is embedded alone
+        exactly where the padded batch embedded it alone, and never elsewhere (a lone
+        remainder is embedded beside a copy of itself).
+        """
+        body = images[:-1] if self.lone_last else images
+        step = chunk or max(1, body.shape[0])
+        parts = []
+        for i in range(0, body.shape[0], step):
+            piece = body[i : i + step]
+            if piece.shape[0] == 1:
+                parts.append(embed_fn(torch.cat([piece, piece])).flatten(1)[:1])
+            else:
+                parts.append(embed_fn(piece).flatten(1))
+        if self.lone_last:
+            parts.append(embed_fn(images[-1:]).flatten(1))
+        feat = torch.cat(parts)
+        out = feat.new_zeros((self.total, feat.shape[1]))
+        return out.index_copy(0, self.index, feat)
+
+
 @dataclass
 class SiameseBatches:
     """Per iteration: a class-balanced real batch and the synthetic set, both augmented by
@@ -99,8 +160,11 @@ class SiameseBatches:
     FRePo). Everything but the draw is set up once.
 
     Attributes:
-        real_rows: (R * B,) class row of every real slot (B = ``sampler.batch_size``).
+        real_rows: class row of every real image drawn: (R * B,), B = ``sampler.batch_size``;
+            compact: (V,), the real slots only.
         syn_rows: (N,) class row of every synthetic image.
+        slots: compact batches only (None: padded, or nothing to leave out): where the
+            drawn images sit in the padded layout.
     """
 
     sampler: ClassSampler
@@ -108,19 +172,32 @@ class SiameseBatches:
     dsa: DSA | None
     real_rows: torch.Tensor
     syn_rows: torch.Tensor
+    slots: RealSlots | None = None
+    _valid: torch.Tensor | None = None  # (R, B) CPU mask of real slots (compact only)
 
     @classmethod
     def create(cls, sampler: ClassSampler, syn_class: torch.Tensor, batch_real: int, dsa: DSA | None,
-               device: torch.device) -> "SiameseBatches":
+               device: torch.device, compact: bool = False, chunk: int | None = None) -> "SiameseBatches":
+        """``compact``: draw only the real slots (see :class:`RealSlots`; ``chunk`` is the
+        embedding chunk the padded batch would have used). Only for methods whose work on an
+        image does not depend on the rest of its batch."""
         width = sampler.batch_size(batch_real)
         real_rows = torch.arange(sampler.num_rows, device=device).repeat_interleave(width)
-        return cls(sampler, batch_real, dsa, real_rows, class_rows(syn_class, sampler.classes))
+        syn_rows = class_rows(syn_class, sampler.classes)
+        valid = sampler.valid(batch_real)
+        if not compact or bool(valid.all()):
+            return cls(sampler, batch_real, dsa, real_rows, syn_rows)
+        slots = RealSlots.create(valid, chunk, device)
+        return cls(sampler, batch_real, dsa, real_rows[slots.index], syn_rows, slots, valid)
 
     def draw(self, train_images: torch.Tensor, syn_images: torch.Tensor,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(real batch (R * B, ...), synthetic images (N, ...)), augmented if ``dsa`` is set."""
+        """(real batch (R * B, ...) or, compact, (V, ...); synthetic images (N, ...)), augmented
+        if ``dsa`` is set. A compact draw takes the same random numbers as a padded one."""
         device = train_images.device
-        real = train_images[to_device(self.sampler.sample(self.batch_real, generator).flatten(), device)]
+        idx = self.sampler.sample(self.batch_real, generator)
+        idx = idx[self._valid] if self._valid is not None else idx.flatten()
+        real = train_images[to_device(idx, device)]
         syn = syn_images
         if self.dsa is not None:
             params = self.dsa.sample_params(self.sampler.num_rows, generator).to(device)
