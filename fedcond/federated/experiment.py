@@ -22,7 +22,7 @@ import torch
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.events import OnEvent
-from fedcond.federated.partition import label_histogram, partition_indices
+from fedcond.federated.partition import cached_partitions, label_histogram
 from fedcond.federated.references import centralised_reference, plan_runs, raw_data_upload
 from fedcond.federated.report import markdown_table, plot_accuracy_vs_bytes, plot_label_histogram, write_results
 from fedcond.runinfo import run_record, write_json
@@ -31,7 +31,9 @@ from fedcond.runinfo import run_record, write_json
 def save_partitions(cfg: FederateConfig, out: Path) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Compute the run's partitions (exactly as the clients will) and save their histogram."""
     data = get_dataset(cfg.dataset, cfg.data_dir)
-    parts = partition_indices(data.train_labels, cfg.num_clients, cfg.partition, cfg.alpha, cfg.classes_per_client, cfg.seed)
+    # Stored on disk too: every simulation process then reads them instead of recomputing.
+    parts = list(cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
+                                   cfg.classes_per_client, cfg.seed))
     hist = label_histogram(data.train_labels, parts, data.num_classes)
     write_json(out / "label_histogram.json", {"classes": list(data.classes), "partition": cfg.partition,
                                               "alpha": cfg.alpha, "seed": cfg.seed, "histogram": hist})

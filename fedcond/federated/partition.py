@@ -9,12 +9,22 @@ Seeding: Dirichlet and pathological partitioners take ``seed``; ``IidPartitioner
 contiguously, so the index table is shuffled with the seed first (otherwise a label-sorted
 data set would give label-skewed "IID" shards). Same seed, same partitions — in every
 process, which is how each ClientApp rebuilds its own partition from the run config.
+
+Computing them is not free (5 s for 1,000 Dirichlet clients of MNIST), and every
+simulation process needs them before its first client: :func:`stored_partitions` keeps
+them in the cache folder (``$FEDCOND_CACHE/partitions``, keyed by the labels, the settings
+and the flwr-datasets version), so the runner computes them once and each process reads
+them; :func:`cached_partitions` memoises that per process.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -76,15 +86,61 @@ def partition_indices(
     return out
 
 
+PARTITIONS_FORMAT = 1
+
+
+def stored_partitions(
+    labels: torch.Tensor,
+    num_clients: int,
+    scheme: str = "iid",
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    seed: int = 0,
+    folder: Path | None = None,
+) -> list[torch.Tensor]:
+    """:func:`partition_indices`, read from ``folder`` when an earlier call (any process)
+    stored them there, else computed and stored (written atomically; an unreadable or
+    inconsistent file is computed again). Default folder: ``<cache>/partitions``."""
+    from importlib import metadata  # noqa: PLC0415
+
+    from fedcond.data import default_cache_dir  # noqa: PLC0415
+
+    y = np.ascontiguousarray(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64))
+    settings = {"format": PARTITIONS_FORMAT, "num_clients": num_clients, "scheme": scheme, "alpha": alpha,
+                "classes_per_client": classes_per_client, "seed": seed,
+                "flwr_datasets": metadata.version("flwr-datasets")}
+    key = hashlib.sha256(y.tobytes() + json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+    path = (folder or default_cache_dir() / "partitions") / f"{key}.pt"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        sizes, flat = saved["sizes"], saved["indices"]
+        if sizes.numel() == num_clients and int(sizes.sum()) == flat.numel() and (flat.numel() == 0 or (
+                int(flat.min()) >= 0 and int(flat.max()) < y.shape[0])):
+            return list(torch.split(flat, sizes.tolist()))
+    except Exception:  # noqa: BLE001  (missing, truncated or foreign file: compute again)
+        pass
+    parts = partition_indices(y, num_clients, scheme, alpha, classes_per_client, seed)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save({"sizes": torch.tensor([p.numel() for p in parts], dtype=torch.long),
+                    "indices": torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)}, tmp)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs the recomputation
+        pass
+    return parts
+
+
 @functools.lru_cache(maxsize=8)
 def cached_partitions(
     dataset: str, data_dir: str, num_clients: int, scheme: str, alpha: float, classes_per_client: int, seed: int
 ) -> tuple[torch.Tensor, ...]:
-    """Partitions of a named data set, computed once per process (ClientApps call this per message)."""
+    """Partitions of a named data set, once per process (ClientApps call this per message),
+    read from the cache folder when any process stored them (:func:`stored_partitions`)."""
     from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
 
     data = get_dataset(dataset, data_dir)
-    return tuple(partition_indices(data.train_labels, num_clients, scheme, alpha, classes_per_client, seed))
+    return tuple(stored_partitions(data.train_labels, num_clients, scheme, alpha, classes_per_client, seed))
 
 
 def label_histogram(labels: torch.Tensor, parts: Sequence[torch.Tensor], num_classes: int) -> list[list[int]]:
