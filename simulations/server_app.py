@@ -122,6 +122,7 @@ def build_record(cfg: FederateConfig, ledger: CommLedger, accuracy: dict[int, fl
         rounds.append({
             "round": r, "accuracy": accuracy.get(r), "upload_bytes": up, "download_bytes": down,
             "round_upload_bytes": ru, "round_download_bytes": rd, "seconds": times.get(r),
+            "clients_seconds": ledger.client_seconds.get(r),  # sending to last reply (None if resumed)
             "clients_sampled": len(ledger.rounds.get(r, {})), "clients_lost": len(lost),
             "lost": [{"node_id": c.node_id, "status": c.status, "reason": c.reason}
                      for c in sorted(lost, key=lambda c: _client_order(vars(c)))],

@@ -35,7 +35,7 @@ def user_errors(func: F) -> F:
 def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
     """A rich progress bar; yields ``update(completed, total=None, **metrics)``.
 
-    Metrics (e.g. loss) are shown beside the bar. The bar is drawn on stderr so stdout
+    Metrics (e.g. loss; numbers or text) are shown beside the bar. The bar is drawn on stderr so stdout
     stays clean for tables and JSON.
     """
     columns = [
@@ -45,8 +45,8 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, metrics="")
 
-        def update(completed: int, total: int | None = None, **metrics: float) -> None:
-            text = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        def update(completed: int, total: int | None = None, **metrics: float | str) -> None:
+            text = "  ".join(f"{k} {v}" if isinstance(v, str) else f"{k} {v:.4g}" for k, v in metrics.items())
             progress.update(task, completed=completed, total=total, metrics=text)
 
         yield update

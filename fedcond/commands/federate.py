@@ -14,8 +14,9 @@ from fedcond.errors import FedcondError
 
 
 class RunProgress:
-    """The console while runs go on: one progress bar per run over its rounds x clients,
-    one line per finished round, one line per finished run (Flower's log is in a file).
+    """The console while runs go on: one progress bar per run over its rounds x sampled
+    clients, with the clients finished in the current round and the time left; one line per
+    finished round, one line per finished run (Flower's log is in a file).
 
     Called with :mod:`fedcond.federated.events` events; they arrive from the runner's and the
     ServerApp's threads, and rich's progress display takes updates from either.
@@ -25,6 +26,7 @@ class RunProgress:
         self._stack = ExitStack()
         self._update: Callable[..., None] | None = None
         self._done = 0
+        self._rounds, self._round, self._round_start = 1, 0, 0
 
     def __call__(self, event: Any) -> None:
         from fedcond.federated.events import ClientReplied, RoundFinished, RunFinished, RunStarted  # noqa: PLC0415
@@ -32,13 +34,18 @@ class RunProgress:
         if isinstance(event, RunStarted):
             self.close()
             self._done = (event.first_round - 1) * event.num_clients
+            self._rounds, self._round = event.num_rounds, 0
             total = event.num_rounds * event.num_clients
             resumed = f" (resuming at round {event.first_round})" if event.first_round > 1 else ""
             self._update = self._stack.enter_context(progress_bar(f"{event.name}{resumed}", total))
             self._update(self._done, round=event.first_round)
         elif isinstance(event, ClientReplied) and self._update is not None:
-            self._done += 1
-            self._update(self._done, round=event.server_round)
+            if event.server_round != self._round:  # the first reply of a round: count its sampled clients
+                self._round, self._round_start = event.server_round, self._done
+            self._done = self._round_start + event.replied
+            total = self._round_start + event.sampled * (self._rounds - event.server_round + 1)
+            self._update(self._done, total=total, round=f"{event.server_round}/{self._rounds}",
+                         clients=f"{event.replied}/{event.sampled}")
         elif isinstance(event, RoundFinished):
             acc = f"{event.accuracy:.4f}" if event.accuracy is not None else "-"
             console.print(f"  {event.name} round {event.server_round}/{event.num_rounds}: acc {acc}, "

@@ -50,6 +50,8 @@ class CommLedger:
     """Per-round, per-client byte counts of one strategy's run."""
 
     rounds: dict[int, dict[int, ClientRound]] = field(default_factory=dict)
+    # seconds from sending a round's train messages to its last reply (the clients' part)
+    client_seconds: dict[int, float] = field(default_factory=dict)
 
     def client(self, server_round: int, node_id: int) -> ClientRound:
         return self.rounds.setdefault(server_round, {}).setdefault(node_id, ClientRound(node_id))
@@ -122,10 +124,13 @@ def _build_metered_grid():  # noqa: ANN202  (Flower imported lazily, class built
             # Measure before sending: the grid may drop its references once pushed; the
             # deflated form excludes the message id the grid assigns, so nothing changes.
             sizes = [(m, _round_of(m, self._calls), message_nbytes(m)) for m in metered]
+            sent_at = time.perf_counter()
             if self.on_reply is not None and metered:
                 replies = self._push_and_pull(messages, timeout, sizes[0][1])
             else:
                 replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+            if sizes:
+                self.ledger.client_seconds[sizes[0][1]] = time.perf_counter() - sent_at
             for msg, rnd, size in sizes:
                 self.ledger.client(rnd, msg.metadata.dst_node_id).download_bytes += size
             rounds_by_node = {m.metadata.dst_node_id: rnd for m, rnd, _ in sizes}

@@ -8,7 +8,8 @@ resumes). Used by ``fedcond federate`` and the benchmark script.
 results.json: ``runs`` (the strategies asked for), ``reference`` (the centralised upper
 bound), ``reference_runs`` (random real images and FedCond in the other storage dtypes,
 :mod:`fedcond.federated.references`) and ``raw_data_upload_bytes`` (every client sending
-its whole partition), beside the settings and the machine record.
+its whole partition), beside the settings, the machine record and ``peak_memory`` (of
+this process and all the processes it started, :mod:`fedcond.federated.memory`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.events import OnEvent
+from fedcond.federated.memory import PeakMemory
 from fedcond.federated.partition import cached_partitions, label_histogram
 from fedcond.federated.references import centralised_reference, plan_runs, raw_data_upload
 from fedcond.federated.report import markdown_table, plot_accuracy_vs_bytes, plot_label_histogram, write_results
@@ -56,10 +58,17 @@ def run_experiment(
     ``distill`` (also run the FedCond method centrally at the pooled images per class).
     The reference runs follow ``cfg.storage_dtypes`` and ``cfg.random_reference``.
     """
+    out.mkdir(parents=True, exist_ok=True)
+    with PeakMemory() as memory:
+        return _run(cfg, strategies, out, resources, reference, on_event, memory)
+
+
+def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[str, Any] | None, reference: str,
+         on_event: OnEvent | None, memory: PeakMemory) -> dict[str, Any]:
     from fedcond.federated.runner import run_all  # noqa: PLC0415
 
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+
     hist, parts = save_partitions(cfg, out)
     planned = plan_runs(cfg, strategies)
     records = run_all(planned, resources, on_event, log_file=out / "flower.log", checkpoints=out / "checkpoints")
@@ -75,7 +84,9 @@ def run_experiment(
         ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg, total_ipc)
     meta = {"config": cfg.to_json(), "strategies": strategies, "reference": ref, "reference_runs": reference_runs,
             "raw_data_upload_bytes": raw["upload_bytes"], "raw_data": raw,
-            "record": run_record(torch.device(cfg.device), wall_time_s=time.perf_counter() - start)}
+            "record": run_record(torch.device(cfg.device), wall_time_s=time.perf_counter() - start),
+            # the peaks of this process and every process it started (Ray's workers), all runs
+            "peak_memory": memory.to_json()}
     write_results(out, runs, meta)
     plot_accuracy_vs_bytes(runs, out / "accuracy_vs_bytes.png", ref, reference_runs, raw["upload_bytes"])
     table = markdown_table(runs, ref, reference_runs, raw["upload_bytes"])
