@@ -1,0 +1,211 @@
+"""Scale benchmark: 10, 100 and 1,000 simulated clients on MNIST (issue 15).
+
+Two cells per number of clients, each a ``fedcond federate`` run through Flower's
+Simulation Engine (the same ClientApp and ServerApp), Dirichlet(0.5) partitions, seed 0:
+
+- ``fedcond_<n>``: one-shot FedCond, DM at IPC 1 with 20 iterations per client;
+- ``fedavg_<n>``: one FedAvg round with 10 % of the clients sampled.
+
+Per cell: wall time of the whole run (Ray start, data, initial and final evaluation on the
+10,000 test images, the server's work), the clients' part of the round (sending to the
+last reply: ``clients_seconds``), clients per second over it and over the steady stream
+of replies, and the peak memory of all processes together (this one and Ray's workers;
+RSS summed, and PSS, which counts a shared page once). The machine's load average is
+recorded before and after each cell: on a shared machine it says what the numbers mean.
+
+The server trains on the pooled sets for ``--server-epochs`` (default 1, not the
+federate default of 150): its cost grows with the pool (1,000 clients at IPC 1 pool about
+6,000 images, and 150 epochs of that are hours of CPU), which is the server's training
+recipe, not the cost of simulating clients; the cell records the server's seconds apart.
+
+Cells are resumable: finished cells are read back from ``--out``'s JSON; a cell stopped
+by ``--cell-timeout`` is recorded as partial (clients finished, their rate, the
+extrapolated time for all) and is rerun only with ``--retry-partial``. Results go to
+``--out``/``scale_<dataset><tag>.{json,md}`` after every cell, with the command, machine
+and versions.
+
+The CPU run (2 cores)::
+
+    nice -n 10 python benchmarks/scale_benchmark.py --data-dir /work/shared/data
+
+On a GPU, the same plus 10,000 clients, eight clients sharing the GPU at a time::
+
+    python benchmarks/scale_benchmark.py --data-dir DATA --device cuda --client-gpus 0.125 \\
+        --client-cpus 1 --clients 10,100,1000,10000 --tag _gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedcond.federated.config import FederateConfig  # noqa: E402
+from fedcond.runinfo import device_description, package_versions, write_json  # noqa: E402
+
+
+class CellTimeout(Exception):
+    """Raised from the event callback to stop a cell that ran past ``--cell-timeout``."""
+
+
+def cell_config(args: argparse.Namespace, strategy: str, n: int) -> FederateConfig:
+    common = dict(dataset=args.dataset, data_dir=args.data_dir or "", num_clients=n, partition="dirichlet",
+                  alpha=0.5, seed=0, strategy=strategy, strategies=strategy, storage_dtypes="float32",
+                  random_reference=False, device=args.device, server_epochs=args.server_epochs)
+    if strategy == "fedcond":
+        return FederateConfig(**common, method="dm", ipc=1, iterations=20)
+    return FederateConfig(**common, rounds=1, fraction=0.1)
+
+
+def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dict[str, Any]:
+    """One cell; returns its summary (partial if stopped by the timeout)."""
+    from fedcond.federated.events import ClientReplied, RoundFinished  # noqa: PLC0415
+    from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
+    from fedcond.federated.memory import PeakMemory  # noqa: PLC0415
+    from fedcond.federated.runner import backend_config  # noqa: PLC0415
+
+    if folder.exists():
+        shutil.rmtree(folder)  # a cell is measured from scratch, never resumed mid-run
+    replies: list[tuple[float, int, int]] = []  # (seconds since start, replied, sampled)
+    start = time.perf_counter()
+    deadline = start + args.cell_timeout if args.cell_timeout > 0 else None
+    round_done: list[float] = []
+
+    def on_event(event: Any) -> None:
+        now = time.perf_counter() - start
+        if isinstance(event, ClientReplied):
+            replies.append((now, event.replied, event.sampled))
+            if event.replied % max(1, event.sampled // 10) == 0:
+                print(f"  {cfg.strategy} {cfg.num_clients}: {event.replied}/{event.sampled} clients, {now:.0f} s",
+                      flush=True)
+        elif isinstance(event, RoundFinished):
+            round_done.append(now)
+        if deadline is not None and time.perf_counter() > deadline:
+            raise CellTimeout(f"stopped after {args.cell_timeout:.0f} s")
+
+    load_before = os.getloadavg()
+    resources = backend_config(args.client_cpus, args.client_gpus)
+    status, result = "finished", None
+    with PeakMemory() as memory:
+        try:
+            result = run_experiment(cfg, [cfg.strategy], folder, resources, reference="none", on_event=on_event)
+        except CellTimeout:
+            status = "partial"
+        except Exception as err:  # noqa: BLE001  (run_simulation may wrap the callback's exception)
+            if "CellTimeout" not in repr(err) and not (deadline and time.perf_counter() > deadline):
+                raise
+            status = "partial"
+    wall = time.perf_counter() - start
+    sampled = replies[-1][2] if replies else None
+    done = replies[-1][1] if replies else 0
+    out: dict[str, Any] = {"strategy": cfg.strategy, "num_clients": cfg.num_clients, "status": status,
+                           "clients_sampled": sampled, "clients_finished": done, "wall_seconds": wall,
+                           "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                           "peak_memory": memory.to_json(), "config": cfg.to_json()}
+    if len(replies) >= 2 and replies[-1][0] > replies[0][0]:
+        # the steady stream: replies after the first (which also paid the workers' start-up)
+        out["steady_clients_per_second"] = (replies[-1][1] - replies[0][1]) / (replies[-1][0] - replies[0][0])
+        out["first_reply_seconds"] = replies[0][0]
+    if result is not None:
+        run = result["runs"][0]
+        rnd = run["rounds"][-1]
+        out.update(final_accuracy=run["final_accuracy"], upload_bytes=run["upload_bytes"],
+                   clients_seconds=rnd["clients_seconds"], round_seconds=rnd["seconds"],
+                   simulation_wall_seconds=run["wall_seconds"],
+                   clients_per_second=(sampled or 0) / rnd["clients_seconds"] if rnd["clients_seconds"] else None,
+                   server_seconds_after_clients=(round_done[-1] - replies[-1][0]) if round_done and replies else None)
+    elif "steady_clients_per_second" in out and sampled:
+        out["extrapolated_clients_seconds"] = out["first_reply_seconds"] + (sampled - 1) / out["steady_clients_per_second"]
+    return out
+
+
+def _gib(n: int | None) -> str:
+    return f"{n / 2**30:.2f}" if n else "-"
+
+
+def _s(x: float | None) -> str:
+    return f"{x:.0f}" if x is not None else "-"
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    write_json(path.with_suffix(".json"), report)
+    lines = [f"# Scale: simulated clients on {report['dataset']}", "",
+             f"Command: `{report['command']}`", "",
+             f"Machine: {report['machine']}; versions: "
+             + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v), "",
+             "One-shot FedCond: DM, IPC 1, 20 iterations per client; FedAvg: one round, 10 % of the clients sampled. "
+             f"Dirichlet(0.5), seed 0, server epochs {report['server_epochs']}. Wall: the whole run (Ray start, data, "
+             "initial and final test evaluation, server). Clients s: sending the round to its last reply. Memory: all "
+             "processes together (this one and Ray's workers), peak of the sum of RSS (shared pages counted per "
+             "process) and of PSS (counted once). Load: the 1-minute load average before / after the cell.", "",
+             "| cell | sampled | finished | wall s | clients s | clients/s | steady clients/s | server s | "
+             "peak RSS GiB | peak PSS GiB | load | status |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for name, c in report["cells"].items():
+        mem = c["peak_memory"]
+        cps = c.get("clients_per_second")
+        steady = c.get("steady_clients_per_second")
+        status = c["status"]
+        if status == "partial" and c.get("extrapolated_clients_seconds"):
+            status += f" (all {c['clients_sampled']}: ~{c['extrapolated_clients_seconds'] / 60:.0f} min at the steady rate)"
+        lines.append(f"| {name} | {c['clients_sampled']} | {c['clients_finished']} | {_s(c['wall_seconds'])} | "
+                     f"{_s(c.get('clients_seconds'))} | {f'{cps:.2f}' if cps else '-'} | "
+                     f"{f'{steady:.2f}' if steady else '-'} | {_s(c.get('server_seconds_after_clients'))} | "
+                     f"{_gib(mem['rss_bytes'])} | {_gib(mem['pss_bytes'])} | "
+                     f"{c['load_average_before'][0]:.1f} / {c['load_average_after'][0]:.1f} | {status} |")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--clients", default="10,100,1000", help="comma list of numbers of clients")
+    parser.add_argument("--strategies", default="fedcond,fedavg", help="comma list: fedcond, fedavg")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--client-cpus", type=float, default=1.0)
+    parser.add_argument("--client-gpus", type=float, default=0.0)
+    parser.add_argument("--server-epochs", type=int, default=1)
+    parser.add_argument("--cell-timeout", type=float, default=25 * 60, help="seconds per cell (0: none)")
+    parser.add_argument("--retry-partial", action="store_true", help="rerun cells recorded as partial")
+    parser.add_argument("--scratch", default="runs/scale", help="the cells' run folders")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--tag", default="", help="suffix of the results files, e.g. _gpu")
+    args = parser.parse_args(argv)
+
+    import torch  # noqa: PLC0415
+
+    path = Path(args.out) / f"scale_{args.dataset}{args.tag}.json"
+    report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    report.update(dataset=args.dataset, server_epochs=args.server_epochs,
+                  command="python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                  machine=device_description(torch.device(args.device)), versions=package_versions())
+    cells: dict[str, Any] = report.setdefault("cells", {})
+    sizes = [int(n) for n in args.clients.split(",")]
+    strategies = [s.strip() for s in args.strategies.split(",")]
+    order = [(s, n) for n in sizes for s in strategies]
+    for strategy, n in order:
+        name = f"{strategy}_{n}"
+        if name in cells and (cells[name]["status"] == "finished" or not args.retry_partial):
+            print(f"{name}: {cells[name]['status']} before, kept", flush=True)
+            continue
+        print(f"{name}: running (load {os.getloadavg()[0]:.1f})", flush=True)
+        cells[name] = run_cell(args, cell_config(args, strategy, n), Path(args.scratch) / name)
+        c = cells[name]
+        print(f"{name}: {c['status']}, wall {c['wall_seconds']:.0f} s, clients {_s(c.get('clients_seconds'))} s, "
+              f"peak RSS {_gib(c['peak_memory']['rss_bytes'])} GiB", flush=True)
+        write_report(path, report)
+    write_report(path, report)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
