@@ -19,7 +19,9 @@ from fedcond.synthetic import STORAGE_DTYPES
 def command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="digits, mnist, fashion-mnist, cifar10, cifar100, svhn, or an ImageFolder path"),
     out: Path = typer.Option(..., "--out", help="output folder (synthetic.safetensors, run.json, grid.png)"),
-    method: str = typer.Option("dm", "--method", "-m", help="distillation or coreset method (random, herding, kcenter, dm, dc, dsa, mtt, dd, kip, frepo)"),
+    method: str = typer.Option("dm", "--method", "-m", help="distillation or coreset method (random, herding, kcenter, dm, dp-dm, dc, dsa, mtt, dd, kip, frepo)"),
+    epsilon: Optional[float] = typer.Option(None, "--epsilon", help="dp-dm: the privacy budget epsilon"),
+    delta: Optional[float] = typer.Option(None, "--delta", help="dp-dm: the privacy budget delta (default 1e-5)"),
     ipc: int = typer.Option(10, "--ipc", help="images per class"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="iterations, for methods that iterate (default: the method's)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror instead of downloading"),
@@ -43,6 +45,11 @@ def command(
     distiller = get_distiller(method)
     fields = {f.name for f in dataclasses.fields(distiller.config_class)}
     values = {"ipc": ipc, "model": model, **parse_options(option)}
+    for name, value in (("epsilon", epsilon), ("delta", delta)):
+        if value is not None:
+            if name not in fields:
+                raise FedcondError(f"--{name} is for differentially private methods (dp-dm), not {method!r}")
+            values[name] = value
     if iterations is not None:
         if "iterations" not in fields:
             raise FedcondError(f"method {method!r} does not iterate; drop --iterations")
@@ -76,6 +83,9 @@ def command(
     record = run_record(dev, method=method, dataset=data.name, ipc=ipc, seed=seed, config=config.to_dict(),
                         wall_time_s=wall, peak_memory_bytes=peak_memory_bytes(dev), nbytes=nbytes,
                         num_images=sset.num_images, class_counts=sset.class_counts(), storage_dtype=dtype)
+    if "privacy" in sset.config:  # a DP method: the guarantee it spent (also in the set's metadata)
+        record["epsilon"] = sset.config["privacy"]["epsilon"]
+        record["privacy"] = sset.config["privacy"]
     if "iterations" in fields:
         record["iterations"] = config.iterations  # type: ignore[attr-defined]
         record["seconds_per_iteration"] = _seconds_per_iteration(stamps, wall, config.iterations)  # type: ignore[attr-defined]
