@@ -107,6 +107,21 @@ def _train_and_test(
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> float:
+    model = train_fresh_model(dataset, images, labels, config, seed, on_epoch)
+    return accuracy(model, dataset.test_images, dataset.test_labels)
+
+
+def train_fresh_model(
+    dataset: ImageDataset,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: EvalConfig,
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> torch.nn.Module:
+    """One model of the protocol: ``config.model`` initialised from ``seed`` and trained on
+    (images, labels) with the protocol's settings; the trained model (the privacy audit
+    attacks it)."""
     c, h, w = dataset.image_shape
     model = get_model(config.model, c, dataset.num_classes, (h, w), seed=seed).to(dataset.device)
     gen = torch.Generator().manual_seed(seed)
@@ -116,7 +131,7 @@ def _train_and_test(
         # Hard labels ignore the temperature; soft ones were given theirs by evaluate_synthetic.
         augment=_augmenter(config), on_epoch=on_epoch, temperature=config.kd_temperature or 1.0,
     )
-    return accuracy(model, dataset.test_images, dataset.test_labels)
+    return model
 
 
 def check_compatible(sset: SyntheticSet, dataset: ImageDataset) -> None:

@@ -4,4 +4,4 @@
 command is a new file here plus one name in the list.
 """
 
-COMMANDS = ("distill", "experts", "evaluate", "relabel", "info", "federate", "continual", "report")
+COMMANDS = ("distill", "experts", "evaluate", "relabel", "info", "audit", "federate", "continual", "report")
