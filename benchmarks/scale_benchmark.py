@@ -6,6 +6,12 @@ Simulation Engine (the same ClientApp and ServerApp), Dirichlet(0.5) partitions,
 - ``fedcond_<n>``: one-shot FedCond, DM at IPC 1 with 20 iterations per client;
 - ``fedavg_<n>``: one FedAvg round with 10 % of the clients sampled.
 
+Optional (``--strategies``): ``fedcond-batched_<n>``: the same clients' DM work without
+Flower, batched ``--group-size`` clients at a time in this process on ``--device``
+(:mod:`fedcond.distill.dm_batch`: stacked networks; clients grouped by size); and
+``fedcond-alone_<n>``: the same one client at a time in this process. Together they say
+whether batching pays on the device (on the 2-core CPU it does not for MNIST).
+
 Per cell: wall time of the whole run (Ray start, data, initial and final evaluation on the
 10,000 test images, the server's work), the clients' part of the round (sending to the
 last reply: ``clients_seconds``), clients per second over it and over the steady stream
@@ -28,10 +34,12 @@ The CPU run (2 cores)::
 
     nice -n 10 python benchmarks/scale_benchmark.py --data-dir /work/shared/data
 
-On a GPU, the same plus 10,000 clients, eight clients sharing the GPU at a time::
+On a GPU, the same plus 10,000 clients, eight clients sharing the GPU at a time, and the
+batched path beside the one-client-at-a-time one::
 
     python benchmarks/scale_benchmark.py --data-dir DATA --device cuda --client-gpus 0.125 \\
-        --client-cpus 1 --clients 10,100,1000,10000 --tag _gpu
+        --client-cpus 1 --clients 10,100,1000,10000 --tag _gpu \\
+        --strategies fedcond,fedavg,fedcond-batched,fedcond-alone --group-size 64
 """
 
 from __future__ import annotations
@@ -59,9 +67,64 @@ def cell_config(args: argparse.Namespace, strategy: str, n: int) -> FederateConf
     common = dict(dataset=args.dataset, data_dir=args.data_dir or "", num_clients=n, partition="dirichlet",
                   alpha=0.5, seed=0, strategy=strategy, strategies=strategy, storage_dtypes="float32",
                   random_reference=False, device=args.device, server_epochs=args.server_epochs)
-    if strategy == "fedcond":
-        return FederateConfig(**common, method="dm", ipc=1, iterations=20)
+    if strategy.startswith("fedcond"):
+        return FederateConfig(**{**common, "strategy": "fedcond", "strategies": "fedcond"}, method="dm", ipc=1,
+                              iterations=20)
     return FederateConfig(**common, rounds=1, fraction=0.1)
+
+
+def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool) -> dict[str, Any]:
+    """The clients' DM work of a one-shot FedCond round in this process, without Flower:
+    ``batched`` groups of ``--group-size`` clients of similar size (``distill_many``), or one
+    client at a time (``DM().distill``, as each ClientApp does). Seeds as the ClientApp's."""
+    from fedcond.distill.dm_batch import distill_many  # noqa: PLC0415
+    from fedcond.federated.client_training import distill_partition  # noqa: PLC0415
+    from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
+    from fedcond.federated.memory import PeakMemory  # noqa: PLC0415
+    from fedcond.federated.partition import cached_partitions  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(max(1, cfg.client_threads))  # as the ClientApp does
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        data = get_dataset(cfg.dataset, cfg.data_dir)
+        parts = cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
+                                  cfg.classes_per_client, cfg.seed)
+        setup = time.perf_counter() - start
+        seed = [cfg.seed * 100_003 + pid * 1009 + 1 for pid in range(cfg.num_clients)]  # round 1
+        deadline = start + args.cell_timeout if args.cell_timeout > 0 else None
+        done, timed_out = 0, False
+        work_start = time.perf_counter()
+        if batched:
+            _, config = cfg.distill_config()
+            order = sorted(range(cfg.num_clients), key=lambda pid: len(parts[pid]))
+            for i in range(0, len(order), args.group_size):
+                group = order[i : i + args.group_size]
+                distill_many([data.subset(parts[pid], name=cfg.dataset) for pid in group], config,
+                             [torch.Generator().manual_seed(seed[pid]) for pid in group], torch.device(cfg.device))
+                done += len(group)
+                if deadline is not None and time.perf_counter() > deadline:
+                    timed_out = True
+                    break
+        else:
+            for pid in range(cfg.num_clients):
+                distill_partition(data.subset(parts[pid], name=cfg.dataset), cfg, seed=seed[pid])
+                done += 1
+                if deadline is not None and time.perf_counter() > deadline:
+                    timed_out = True
+                    break
+        if cfg.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        work = time.perf_counter() - work_start
+    return {"strategy": "fedcond-batched" if batched else "fedcond-alone", "num_clients": cfg.num_clients,
+            "status": "partial" if timed_out else "finished", "clients_sampled": cfg.num_clients,
+            "clients_finished": done, "wall_seconds": time.perf_counter() - start, "setup_seconds": setup,
+            "clients_seconds": work, "clients_per_second": done / work if work > 0 else None,
+            "group_size": args.group_size if batched else 1, "threads": torch.get_num_threads(),
+            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+            "peak_memory": memory.to_json(), "config": cfg.to_json()}
 
 
 def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dict[str, Any]:
@@ -142,7 +205,8 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
              + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v), "",
              "One-shot FedCond: DM, IPC 1, 20 iterations per client; FedAvg: one round, 10 % of the clients sampled. "
              f"Dirichlet(0.5), seed 0, server epochs {report['server_epochs']}. Wall: the whole run (Ray start, data, "
-             "initial and final test evaluation, server). Clients s: sending the round to its last reply. Memory: all "
+             "initial and final test evaluation, server). Clients s: sending the round to its last reply "
+             "(fedcond-batched / fedcond-alone: the clients' DM work in one process, without Flower). Memory: all "
              "processes together (this one and Ray's workers), peak of the sum of RSS (shared pages counted per "
              "process) and of PSS (counted once). Load: the 1-minute load average before / after the cell.", "",
              "| cell | sampled | finished | wall s | clients s | clients/s | steady clients/s | server s | "
@@ -169,7 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--clients", default="10,100,1000", help="comma list of numbers of clients")
-    parser.add_argument("--strategies", default="fedcond,fedavg", help="comma list: fedcond, fedavg")
+    parser.add_argument("--strategies", default="fedcond,fedavg",
+                        help="comma list: fedcond, fedavg, fedcond-batched, fedcond-alone")
+    parser.add_argument("--group-size", type=int, default=64, help="fedcond-batched: clients per batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--client-cpus", type=float, default=1.0)
     parser.add_argument("--client-gpus", type=float, default=0.0)
@@ -198,7 +264,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {cells[name]['status']} before, kept", flush=True)
             continue
         print(f"{name}: running (load {os.getloadavg()[0]:.1f})", flush=True)
-        cells[name] = run_cell(args, cell_config(args, strategy, n), Path(args.scratch) / name)
+        cfg = cell_config(args, strategy, n)
+        if strategy in ("fedcond-batched", "fedcond-alone"):
+            cells[name] = run_in_process(args, cfg, batched=strategy == "fedcond-batched")
+        else:
+            cells[name] = run_cell(args, cfg, Path(args.scratch) / name)
         c = cells[name]
         print(f"{name}: {c['status']}, wall {c['wall_seconds']:.0f} s, clients {_s(c.get('clients_seconds'))} s, "
               f"peak RSS {_gib(c['peak_memory']['rss_bytes'])} GiB", flush=True)
