@@ -14,10 +14,11 @@ from fedcond.evaluate import EvalConfig, evaluate_synthetic
 from fedcond.synthetic import SyntheticSet
 
 
-def distill(data, seed=0, **options):
+def distill(data, seed=0, callbacks=None, **options):
     d = get_distiller("dp-dm")
-    return d.distill(data, d.config_class.from_dict({"ipc": 2, "iterations": 5, "bank_size": 2, **options}),
-                     torch.Generator().manual_seed(seed))
+    options = {"ipc": 2, "iterations": 5, "bank_size": 2, "noise_seed": 0, **options}  # fixed noise: repeatable
+    return d.distill(data, d.config_class.from_dict(options),
+                     torch.Generator().manual_seed(seed), callbacks=callbacks)
 
 
 def test_cli_run_records_its_epsilon_in_run_json_and_the_set(tmp_path):
@@ -33,6 +34,39 @@ def test_cli_run_records_its_epsilon_in_run_json_and_the_set(tmp_path):
     assert privacy["mechanism"] == "release" and privacy["steps"] == 1 and privacy["sample_rate"] == 1.0
     back = SyntheticSet.load(out / "synthetic.safetensors")
     assert back.method == "dp-dm" and back.config["privacy"] == privacy
+
+
+def test_noise_is_secret_by_default_and_a_resumed_run_reuses_it(digits, tmp_path):
+    # The run's seed is public (it is in the set): the noise must not follow from it.
+    a, b = distill(digits, noise_seed=-1), distill(digits, noise_seed=-1)
+    assert not torch.equal(a.images, b.images) and a.config["privacy"]["noise_seed"] == "secret"
+    fixed = distill(digits), distill(digits)
+    assert torch.equal(fixed[0].images, fixed[1].images) and "fixed" in fixed[0].config["privacy"]["noise_seed"]
+    # A killed run continued from its checkpoint ends as if never stopped: the same secret
+    # noise (one release, not two), read back from the checkpoint.
+    for mechanism in ("release", "iterate"):
+        folder = tmp_path / mechanism
+        opts = {"mechanism": mechanism, "iterations": 8, "checkpoint_every": 2, "log_every": 2}
+        with pytest.raises(_Killed):
+            distill(digits, noise_seed=-1, checkpoint_dir=str(folder), callbacks=[_kill_at(4)], **opts)
+        secret = int(torch.load(folder / "checkpoint.pt", weights_only=True)["method_state"]["seed"])
+        resumed = distill(digits, noise_seed=-1, checkpoint_dir=str(folder), **opts)
+        straight = distill(digits, noise_seed=secret, **opts)
+        assert torch.equal(resumed.images, straight.images), mechanism
+    # Iterate mode's noise depends on the number of iterations: a longer resume is refused.
+    with pytest.raises(FedcondError, match="calibrated for 8 iterations"):
+        distill(digits, mechanism="iterate", iterations=12, noise_seed=-1, checkpoint_dir=str(tmp_path / "iterate"))
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(iteration):
+    def callback(i, total, metrics):
+        if i == iteration:
+            raise _Killed
+    return callback
 
 
 def test_real_image_start_zca_and_bad_budgets_are_refused(digits):

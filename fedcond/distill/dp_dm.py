@@ -27,6 +27,11 @@ evaluation runs) it reached 0.819 at ε = 1 and 0.928 at ε = 10, where ``iterat
 (benchmarks/privacy_benchmark.py) repeats the comparison on MNIST. Accounting is Opacus's
 (:mod:`fedcond.privacy.accounting`), under add/remove-one-example adjacency.
 
+The Gaussian noise comes from a generator of its own, seeded from the operating system's
+secret randomness (``noise_seed=-1``): the run's seed is written into the set, and noise
+anyone can recompute would protect nothing. The secret seed is kept only in the run's
+checkpoint, so a resumed run reuses the same release instead of making a second one.
+
 What the guarantee covers, and what it assumes: the images start from noise (a real-image
 start would hand over the images it starts from), labels are the public class list, and
 the data set's normalisation constants are treated as public (as DP-SGD papers do).
@@ -39,7 +44,9 @@ mostly noise, and dropping them is post-processing too.
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,7 +55,7 @@ from torch import nn
 from fedcond.augment import DSA, DSAParams
 from fedcond.data import ImageDataset
 from fedcond.distill.base import Callback, DistillConfig, generator_seed, register
-from fedcond.distill.loop import IterativeConfig, RunState, finish_set, run_fingerprint, run_loop
+from fedcond.distill.loop import CHECKPOINT_NAME, IterativeConfig, RunState, finish_set, run_fingerprint, run_loop
 from fedcond.distill.matching import embed_chunked, embedding_chunk, fresh_network
 from fedcond.errors import FedcondError
 from fedcond.privacy.accounting import ACCOUNTANTS, PrivacySpend, calibrate
@@ -79,6 +86,7 @@ class DPDMConfig(IterativeConfig):
         min_class_size: classes whose noisy size is below this get no images; < 0 = three
             standard deviations of the size noise.
         accountant: Opacus's ``prv`` (tight) or ``rdp``.
+        noise_seed: see the field's comment; -1 = secret.
     """
 
     iterations: int = 1000  # release: matching only, cheap; iterate: pass fewer (each reads a subsample)
@@ -95,6 +103,11 @@ class DPDMConfig(IterativeConfig):
     count_weight: float = 0.5
     min_class_size: float = -1.0
     accountant: str = "prv"
+    # The Gaussian noise's own seed: -1 (default) draws it from the operating system's secret
+    # randomness, kept only in the run's checkpoint. A fixed seed makes the noise
+    # reproducible, for tests: anyone who knows it can recompute the noise, so the
+    # guarantee does not hold against them.
+    noise_seed: int = -1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,6 +128,8 @@ class DPDMConfig(IterativeConfig):
             raise FedcondError(f"sample_rate must be in [0, 1] (0: automatic), got {self.sample_rate}")
         if self.clip_norm <= 0 or self.count_weight <= 0:
             raise FedcondError("clip_norm and count_weight must be > 0")
+        if self.noise_seed < -1:
+            raise FedcondError(f"noise_seed must be -1 (secret) or >= 0, got {self.noise_seed}")
         if self.accountant not in ACCOUNTANTS:
             raise FedcondError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
 
@@ -129,18 +144,64 @@ class _Member:
     target: torch.Tensor
 
 
-class _CountTracker:
-    """Iterate mode: the running sum of the noisy class sizes (a MethodState, checkpointed)."""
+class _NoiseSource:
+    """The run's noise generator (a MethodState, checkpointed with the run) and, in iterate
+    mode, the running sum of the noisy class sizes.
 
-    def __init__(self, num_classes: int) -> None:
-        self.sum = torch.zeros(num_classes)
+    The noise must not come from the run's ``generator``: its seed is recorded in the set,
+    and noise anyone can recompute protects nothing. A secret seed lives only here and in
+    the checkpoint, so a resumed run releases the same noise instead of a second release.
+    """
+
+    def __init__(self, seed: int, num_classes: int) -> None:
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.size_sum = torch.zeros(num_classes)
         self.steps = 0
+        self.planned_steps = 1
+
+    @classmethod
+    def create(cls, config: "DPDMConfig", num_classes: int, planned_steps: int) -> "_NoiseSource":
+        """From the config's fixed seed, the resumable checkpoint's, or secret randomness.
+
+        ``planned_steps``: the private steps the noise was calibrated for. Iterate mode's
+        noise depends on the number of iterations, so a checkpoint planned for another
+        number cannot be continued (its first steps had other noise).
+        """
+        saved = _checkpointed_state(config)
+        if saved is not None and config.mechanism == "iterate" and int(saved["planned_steps"]) != planned_steps:
+            raise FedcondError(f"dp-dm iterate: the checkpoint in {config.checkpoint_dir} was calibrated for "
+                               f"{int(saved['planned_steps'])} iterations, not {planned_steps}; resume with the "
+                               "same number (the noise of every step depends on it) or delete the checkpoint")
+        seed = config.noise_seed if config.noise_seed >= 0 else (int(saved["seed"]) if saved is not None else None)
+        source = cls(secrets.randbits(62) if seed is None else seed, num_classes)
+        source.planned_steps = planned_steps
+        return source
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sum": self.sum.clone(), "steps": self.steps}
+        return {"seed": self.seed, "generator": self.generator.get_state(), "size_sum": self.size_sum.clone(),
+                "steps": self.steps, "planned_steps": self.planned_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sum, self.steps = state["sum"].clone(), int(state["steps"])
+        self.seed = int(state["seed"])
+        self.generator.set_state(state["generator"])
+        self.size_sum, self.steps = state["size_sum"].clone(), int(state["steps"])
+        self.planned_steps = int(state["planned_steps"])
+
+
+def _checkpointed_state(config: "DPDMConfig") -> dict[str, Any] | None:
+    """The noise state of an earlier run in ``config.checkpoint_dir``, read before the
+    release (run_loop restores it only after), or None when there is none."""
+    if not config.checkpoint_dir:
+        return None
+    path = Path(config.checkpoint_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["method_state"]
+        return {"seed": int(state["seed"]), "planned_steps": int(state["planned_steps"])}
+    except Exception:  # unreadable or another method's: run_loop reports it when it loads the file
+        return None
 
 
 @register("dp-dm")
@@ -191,19 +252,18 @@ class DPDM:
         dsa = DSA(config.dsa_strategy) if config.dsa else None
         chunk = embedding_chunk(device)
 
+        noise = _NoiseSource.create(config, k, steps)
         if config.mechanism == "release":
-            bank, sizes = _release(dataset, config, spend.noise_multiplier, sens, generator, dsa, chunk)
+            bank, sizes = _release(dataset, config, spend.noise_multiplier, sens, generator, noise.generator, dsa, chunk)
             step = _release_step(bank, state, syn_class, assign, config, generator, dsa)
-            tracker = None
         else:
-            tracker = _CountTracker(k)
             step = _iterate_step(dataset, state, syn_class, assign, config, q, spend.noise_multiplier, sens,
-                                 generator, dsa, chunk, tracker)
+                                 generator, dsa, chunk, noise)
         fingerprint = run_fingerprint(self.name, config, seed, dataset.name, int(syn_class.numel()))
-        run_loop(step, state, config, generator, fingerprint, callbacks, None, method_state=tracker)
-        if tracker is not None:
-            sizes = tracker.sum / max(1, tracker.steps) / q  # each step's size estimate covers a q-sample
-            size_noise /= q * math.sqrt(max(1, tracker.steps))
+        run_loop(step, state, config, generator, fingerprint, callbacks, None, method_state=noise)
+        if config.mechanism == "iterate":
+            sizes = noise.size_sum / max(1, noise.steps) / q  # each step's size estimate covers a q-sample
+            size_noise /= q * math.sqrt(max(1, noise.steps))
             if config.min_class_size < 0:
                 min_size = 3.0 * size_noise
 
@@ -232,6 +292,7 @@ def privacy_record(spend: PrivacySpend, config: DPDMConfig, sens: float, size_no
         "bank_size": config.bank_size if config.mechanism == "release" else None,
         "adjacency": "add or remove one training example",
         "library": "opacus",
+        "noise_seed": "secret" if config.noise_seed < 0 else "fixed (reproducible: no guarantee against anyone who knows it)",
         "class_size_noise_std": size_noise,
         "dropped_classes": torch.nonzero(~keep).flatten().tolist(),
         "noisy_class_sizes": [round(float(s), 1) for s in sizes.cpu()],
@@ -245,8 +306,9 @@ def _embed_unit(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _release(dataset: ImageDataset, config: DPDMConfig, sigma: float, sens: float, generator: torch.Generator,
-             dsa: DSA | None, chunk: int | None) -> tuple[list[_Member], torch.Tensor]:
-    """The one private step of ``release``: the bank's noisy per-class means, and class sizes."""
+             noise: torch.Generator, dsa: DSA | None, chunk: int | None) -> tuple[list[_Member], torch.Tensor]:
+    """The one private step of ``release``: the bank's noisy per-class means, and class sizes.
+    Networks and augmentations come from ``generator``, the noise from ``noise``."""
     k, m = dataset.num_classes, config.bank_size
     nets = [fresh_network(config.model, dataset, generator, dataset.device).eval().requires_grad_(False)
             for _ in range(m)]
@@ -263,7 +325,7 @@ def _release(dataset: ImageDataset, config: DPDMConfig, sigma: float, sens: floa
             parts.append(clip_rows(embed_chunked(net.embed, xa, None), member_clip))
         part = class_sums(torch.cat(parts, dim=1), y, k, config.clip_norm, config.count_weight)
         sums = part if sums is None else sums + part
-    noisy = add_noise(sums, sigma, sens, generator)
+    noisy = add_noise(sums, sigma, sens, noise)
     means, sizes = noisy_means(noisy, config.clip_norm, config.count_weight)
     dims = [p.shape[1] for p in parts]
     targets = torch.split(means / member_clip, dims, dim=1)  # back to the unit scale, per network
@@ -292,7 +354,7 @@ def _release_step(bank: list[_Member], state: RunState, syn_class: torch.Tensor,
 
 def _iterate_step(dataset: ImageDataset, state: RunState, syn_class: torch.Tensor, assign: torch.Tensor,
                   config: DPDMConfig, q: float, sigma: float, sens: float, generator: torch.Generator,
-                  dsa: DSA | None, chunk: int | None, tracker: _CountTracker):  # noqa: ANN202
+                  dsa: DSA | None, chunk: int | None, noise: _NoiseSource):  # noqa: ANN202
     """One DM iteration on a Poisson subsample with fresh noise (a private step each time)."""
     k = dataset.num_classes
     n = dataset.train_labels.numel()
@@ -314,10 +376,10 @@ def _iterate_step(dataset: ImageDataset, state: RunState, syn_class: torch.Tenso
             # An empty sample still releases noise, of the same shape.
             feats = embed_chunked(net.embed, real, chunk) if y.numel() else syn_feat.new_zeros(0, syn_feat.shape[1])
             sums = class_sums(feats, y, k, config.clip_norm, config.count_weight)
-            noisy = add_noise(sums, sigma, sens, generator)
+            noisy = add_noise(sums, sigma, sens, noise.generator)
             means, sizes = noisy_means(noisy, config.clip_norm, config.count_weight)
-        tracker.sum += sizes.cpu()
-        tracker.steps += 1
+        noise.size_sum += sizes.cpu()
+        noise.steps += 1
         target = means / config.clip_norm
         loss = ((target - assign @ syn_feat) ** 2).sum()
         state.optimizer.zero_grad(set_to_none=True)
