@@ -17,7 +17,9 @@ Per cell: wall time of the whole run (Ray start, data, initial and final evaluat
 last reply: ``clients_seconds``), clients per second over it and over the steady stream
 of replies, and the peak memory of all processes together (this one and Ray's workers;
 RSS summed, and PSS, which counts a shared page once). The machine's load average is
-recorded before and after each cell: on a shared machine it says what the numbers mean.
+recorded before and after each cell: on a shared machine it says what the numbers mean,
+and the CPU seconds of all processes (total, and per client over the steady stream of
+replies) say what the work cost whatever the others were doing.
 
 The server trains on the pooled sets for ``--server-epochs`` (default 1, not the
 federate default of 150): its cost grows with the pool (1,000 clients at IPC 1 pool about
@@ -80,7 +82,7 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
     from fedcond.distill.dm_batch import distill_many  # noqa: PLC0415
     from fedcond.federated.client_training import distill_partition  # noqa: PLC0415
     from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
-    from fedcond.federated.memory import PeakMemory  # noqa: PLC0415
+    from fedcond.federated.usage import TreeUsage  # noqa: PLC0415
     from fedcond.federated.partition import cached_partitions  # noqa: PLC0415
 
     import torch  # noqa: PLC0415
@@ -88,7 +90,7 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
     torch.set_num_threads(max(1, cfg.client_threads))  # as the ClientApp does
     load_before = os.getloadavg()
     start = time.perf_counter()
-    with PeakMemory() as memory:
+    with TreeUsage() as usage:
         data = get_dataset(cfg.dataset, cfg.data_dir)
         parts = cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
                                   cfg.classes_per_client, cfg.seed)
@@ -124,19 +126,20 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
             "clients_seconds": work, "clients_per_second": done / work if work > 0 else None,
             "group_size": args.group_size if batched else 1, "threads": torch.get_num_threads(),
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
-            "peak_memory": memory.to_json(), "config": cfg.to_json()}
+            "peak_memory": usage.to_json(), "cpu_seconds": usage.cpu_seconds(),
+            "cpu_seconds_per_client": usage.cpu_seconds() / done if done else None, "config": cfg.to_json()}
 
 
 def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dict[str, Any]:
     """One cell; returns its summary (partial if stopped by the timeout)."""
     from fedcond.federated.events import ClientReplied, RoundFinished  # noqa: PLC0415
     from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
-    from fedcond.federated.memory import PeakMemory  # noqa: PLC0415
+    from fedcond.federated.usage import TreeUsage  # noqa: PLC0415
     from fedcond.federated.runner import backend_config  # noqa: PLC0415
 
     if folder.exists():
         shutil.rmtree(folder)  # a cell is measured from scratch, never resumed mid-run
-    replies: list[tuple[float, int, int]] = []  # (seconds since start, replied, sampled)
+    replies: list[tuple[float, int, int, float]] = []  # (seconds since start, replied, sampled, CPU seconds)
     start = time.perf_counter()
     deadline = start + args.cell_timeout if args.cell_timeout > 0 else None
     round_done: list[float] = []
@@ -144,7 +147,9 @@ def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dic
     def on_event(event: Any) -> None:
         now = time.perf_counter() - start
         if isinstance(event, ClientReplied):
-            replies.append((now, event.replied, event.sampled))
+            last = event.replied in (1, event.sampled) or event.replied % 10 == 0
+            cpu = usage.cpu_seconds(refresh=True) if last else float("nan")
+            replies.append((now, event.replied, event.sampled, cpu))
             if event.replied % max(1, event.sampled // 10) == 0:
                 print(f"  {cfg.strategy} {cfg.num_clients}: {event.replied}/{event.sampled} clients, {now:.0f} s",
                       flush=True)
@@ -156,7 +161,7 @@ def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dic
     load_before = os.getloadavg()
     resources = backend_config(args.client_cpus, args.client_gpus)
     status, result = "finished", None
-    with PeakMemory() as memory:
+    with TreeUsage() as usage:
         try:
             result = run_experiment(cfg, [cfg.strategy], folder, resources, reference="none", on_event=on_event)
         except CellTimeout:
@@ -171,11 +176,16 @@ def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dic
     out: dict[str, Any] = {"strategy": cfg.strategy, "num_clients": cfg.num_clients, "status": status,
                            "clients_sampled": sampled, "clients_finished": done, "wall_seconds": wall,
                            "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                           "peak_memory": memory.to_json(), "config": cfg.to_json()}
-    if len(replies) >= 2 and replies[-1][0] > replies[0][0]:
+                           "peak_memory": usage.to_json(), "cpu_seconds": usage.cpu_seconds(),
+                           "config": cfg.to_json()}
+    measured = [r for r in replies if r[3] == r[3]]  # replies with a CPU sample (not NaN)
+    if len(measured) >= 2 and measured[-1][0] > measured[0][0]:
         # the steady stream: replies after the first (which also paid the workers' start-up)
-        out["steady_clients_per_second"] = (replies[-1][1] - replies[0][1]) / (replies[-1][0] - replies[0][0])
-        out["first_reply_seconds"] = replies[0][0]
+        first, final = measured[0], measured[-1]
+        out["steady_clients_per_second"] = (final[1] - first[1]) / (final[0] - first[0])
+        out["cpu_seconds_per_client"] = (final[3] - first[3]) / (final[1] - first[1])
+        out["first_reply_seconds"] = first[0]
+        out["cpu_seconds_to_first_reply"] = first[3]
     if result is not None:
         run = result["runs"][0]
         rnd = run["rounds"][-1]
@@ -197,6 +207,10 @@ def _s(x: float | None) -> str:
     return f"{x:.0f}" if x is not None else "-"
 
 
+def _f2(x: float | None) -> str:
+    return f"{x:.2f}" if x else "-"
+
+
 def write_report(path: Path, report: dict[str, Any]) -> None:
     write_json(path.with_suffix(".json"), report)
     lines = [f"# Scale: simulated clients on {report['dataset']}", "",
@@ -209,9 +223,9 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
              "(fedcond-batched / fedcond-alone: the clients' DM work in one process, without Flower). Memory: all "
              "processes together (this one and Ray's workers), peak of the sum of RSS (shared pages counted per "
              "process) and of PSS (counted once). Load: the 1-minute load average before / after the cell.", "",
-             "| cell | sampled | finished | wall s | clients s | clients/s | steady clients/s | server s | "
-             "peak RSS GiB | peak PSS GiB | load | status |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| cell | sampled | finished | wall s | clients s | clients/s | steady clients/s | CPU s per client | "
+             "CPU s all | server s | peak RSS GiB | peak PSS GiB | load | status |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for name, c in report["cells"].items():
         mem = c["peak_memory"]
         cps = c.get("clients_per_second")
@@ -221,7 +235,9 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
             status += f" (all {c['clients_sampled']}: ~{c['extrapolated_clients_seconds'] / 60:.0f} min at the steady rate)"
         lines.append(f"| {name} | {c['clients_sampled']} | {c['clients_finished']} | {_s(c['wall_seconds'])} | "
                      f"{_s(c.get('clients_seconds'))} | {f'{cps:.2f}' if cps else '-'} | "
-                     f"{f'{steady:.2f}' if steady else '-'} | {_s(c.get('server_seconds_after_clients'))} | "
+                     f"{f'{steady:.2f}' if steady else '-'} | "
+                     f"{_f2(c.get('cpu_seconds_per_client'))} | "
+                     f"{_s(c.get('cpu_seconds'))} | {_s(c.get('server_seconds_after_clients'))} | "
                      f"{_gib(mem['rss_bytes'])} | {_gib(mem['pss_bytes'])} | "
                      f"{c['load_average_before'][0]:.1f} / {c['load_average_after'][0]:.1f} | {status} |")
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")

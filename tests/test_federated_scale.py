@@ -58,3 +58,4 @@ def test_a_hundred_digits_clients_run_with_progress_and_peak_memory(tmp_path):
     # Ray's workers are other processes: the tree's peak is above this process's own
     assert memory["processes_at_peak"] > 1 and memory["rss_bytes"] > memory["main_rss_bytes"] > 0
     assert saved["runs"][0]["peak_memory"]["rss_bytes"] > 0
+    assert saved["cpu_seconds"] >= saved["runs"][0]["cpu_seconds"] > 0

@@ -19,7 +19,7 @@ are top-level packages beside ``fedcond/``; the rest is in this one):
     references.py              the controls: raw-data bytes, random real images, dtypes, upper bound
     events.py                  typed progress events of a comparison (for the CLI's progress display)
     flower_log.py              Flower's log into a file while the runs go on
-    memory.py                  peak memory of this process and the processes it started (Ray's workers)
+    usage.py                   peak memory and CPU time of this process and those it started (Ray's workers)
     runner.py                  each planned run through Flower's simulation engine; resumes runs
     experiment.py              one comparison end to end (``fedcond federate``): runs, references, files
     report.py                  results.json, the accuracy-vs-bytes plot, the markdown table

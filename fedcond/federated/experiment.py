@@ -1,6 +1,7 @@
 """One comparison end to end: partitions + histogram, every strategy, references, report files.
 
-Writes into ``out``: ``results.json``, ``accuracy_vs_bytes.png``, ``results.md``,
+Writes into ``out``: ``results.json``, ``accuracy_vs_bytes.png`` (and with DP clients
+``accuracy_vs_epsilon.png``), ``results.md``,
 ``label_histogram.json``, ``label_histogram.png``, ``flower.log`` (Flower's log) and
 ``checkpoints/`` (one folder per run, see :mod:`fedcond.federated.runner`: the same call again
 resumes). Used by ``fedcond federate`` and the benchmark script.
@@ -9,7 +10,8 @@ results.json: ``runs`` (the strategies asked for), ``reference`` (the centralise
 bound), ``reference_runs`` (random real images and FedCond in the other storage dtypes,
 :mod:`fedcond.federated.references`) and ``raw_data_upload_bytes`` (every client sending
 its whole partition), beside the settings, the machine record and ``peak_memory`` (of
-this process and all the processes it started, :mod:`fedcond.federated.memory`).
+this process and all the processes it started, :mod:`fedcond.federated.usage`) and
+``cpu_seconds`` (their CPU time).
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ import torch
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.events import OnEvent
-from fedcond.federated.memory import PeakMemory
+from fedcond.federated.usage import TreeUsage
 from fedcond.federated.partition import cached_partitions, label_histogram
 from fedcond.federated.references import centralised_reference, plan_runs, raw_data_upload
-from fedcond.federated.report import markdown_table, plot_accuracy_vs_bytes, plot_label_histogram, write_results
+from fedcond.federated.report import (
+    annotate_privacy, markdown_table, plot_accuracy_vs_bytes, plot_accuracy_vs_epsilon, plot_label_histogram, privacy_table,
+    write_results,
+)
 from fedcond.runinfo import run_record, write_json
 
 
@@ -59,12 +64,12 @@ def run_experiment(
     The reference runs follow ``cfg.storage_dtypes`` and ``cfg.random_reference``.
     """
     out.mkdir(parents=True, exist_ok=True)
-    with PeakMemory() as memory:
-        return _run(cfg, strategies, out, resources, reference, on_event, memory)
+    with TreeUsage() as usage:
+        return _run(cfg, strategies, out, resources, reference, on_event, usage)
 
 
 def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[str, Any] | None, reference: str,
-         on_event: OnEvent | None, memory: PeakMemory) -> dict[str, Any]:
+         on_event: OnEvent | None, usage: TreeUsage) -> dict[str, Any]:
     from fedcond.federated.runner import run_all  # noqa: PLC0415
 
     start = time.perf_counter()
@@ -72,6 +77,7 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
     hist, parts = save_partitions(cfg, out)
     planned = plan_runs(cfg, strategies)
     records = run_all(planned, resources, on_event, log_file=out / "flower.log", checkpoints=out / "checkpoints")
+    records = [annotate_privacy(r) for r in records]  # each client's DP epsilon, and the run's
     runs = [r for r, p in zip(records, planned) if p.kind is None]
     reference_runs = [r for r, p in zip(records, planned) if p.kind is not None]
     raw = raw_data_upload(get_dataset(cfg.dataset, cfg.data_dir), parts)
@@ -86,10 +92,14 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
             "raw_data_upload_bytes": raw["upload_bytes"], "raw_data": raw,
             "record": run_record(torch.device(cfg.device), wall_time_s=time.perf_counter() - start),
             # the peaks of this process and every process it started (Ray's workers), all runs
-            "peak_memory": memory.to_json()}
+            "peak_memory": usage.to_json(), "cpu_seconds": usage.cpu_seconds(refresh=True)}
     write_results(out, runs, meta)
     plot_accuracy_vs_bytes(runs, out / "accuracy_vs_bytes.png", ref, reference_runs, raw["upload_bytes"])
     table = markdown_table(runs, ref, reference_runs, raw["upload_bytes"])
+    privacy = privacy_table(runs + reference_runs)
+    if privacy:
+        table += "\n" + privacy
+    epsilon_plot = plot_accuracy_vs_epsilon(runs + reference_runs, out / "accuracy_vs_epsilon.png", ref)
     (out / "results.md").write_text(f"# {cfg.dataset}, {cfg.num_clients} clients, {cfg.partition}"
                                     f"{f' alpha={cfg.alpha}' if cfg.partition == 'dirichlet' else ''}\n\n{table}")
-    return {"runs": runs, **meta, "table": table}
+    return {"runs": runs, **meta, "table": table, "epsilon_plot": str(epsilon_plot) if epsilon_plot else None}

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from fedcond.federated.checkpoint import load_latest, load_record, save_record
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.events import OnEvent, RunFinished, RunStarted
-from fedcond.federated.memory import PeakMemory
+from fedcond.federated.usage import TreeUsage
 from fedcond.federated.references import PlannedRun
 
 
@@ -59,7 +59,7 @@ def run_strategy(cfg: FederateConfig, resources: dict[str, Any] | None = None, l
     start = time.perf_counter()
     # run_simulation is deprecated in favour of `flwr run`, which needs a SuperLink; the
     # runner needs an in-process run (see fedcond/federated/flower_log.py), so it stays.
-    with without_run_simulation_deprecation(), PeakMemory() as memory:
+    with without_run_simulation_deprecation(), TreeUsage() as usage:
         run_simulation(server_app=make_server_app(overrides, results.append, on_event),
                        client_app=make_client_app(overrides), num_supernodes=cfg.num_clients,
                        backend_config=resources or backend_config())
@@ -67,7 +67,8 @@ def run_strategy(cfg: FederateConfig, resources: dict[str, Any] | None = None, l
         raise RuntimeError(f"the {cfg.name} simulation ended without a result; see {log_file or 'the log above'}")
     record = results[0]
     record["wall_seconds"] = time.perf_counter() - start
-    record["peak_memory"] = memory.to_json()  # this process and its Ray workers, during this run
+    record["peak_memory"] = usage.to_json()  # this process and its Ray workers, during this run
+    record["cpu_seconds"] = usage.cpu_seconds()
     return record
 
 

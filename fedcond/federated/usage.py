@@ -1,14 +1,17 @@
-"""Peak memory of a simulation: this process and every process it started, together.
+"""What a simulation costs the machine: peak memory and CPU time of the whole process tree.
 
-A Flower simulation runs its clients in Ray worker processes, so the driver's own peak
-(``ru_maxrss``) says little. :class:`PeakMemory` samples the process tree in a background
-thread and keeps the largest total seen:
+A Flower simulation runs its clients in Ray worker processes, so the driver's own figures
+(``ru_maxrss``, its CPU time) say little. :class:`TreeUsage` samples this process and every
+process it started in a background thread:
 
-- ``rss_bytes``: resident memory summed over the processes (pages shared between them,
+- ``rss_bytes``: the largest sum of resident memory seen (pages shared between processes,
   such as the libraries every worker maps, count once per process: an upper bound);
-- ``pss_bytes``: proportional set size summed (a shared page split among its sharers: the
-  machine's memory these processes use together), where the system reports it;
-- ``main_rss_bytes``: this process's own peak resident memory.
+- ``pss_bytes``: the largest sum of proportional set sizes (a shared page split among its
+  sharers: the machine's memory these processes use together), where the system reports it;
+- ``main_rss_bytes``: this process's own peak resident memory;
+- :meth:`TreeUsage.cpu_seconds`: user + system CPU time of the tree since the start (a
+  process that exited counts with its last sample). On a shared machine wall time says
+  how busy the others were; CPU seconds say what the work cost.
 
 A spike shorter than the sampling interval can be missed; the interval is recorded.
 """
@@ -21,7 +24,7 @@ import threading
 from typing import Any
 
 
-class PeakMemory:
+class TreeUsage:
     """Context manager: samples the process tree every ``every_s`` seconds while open."""
 
     def __init__(self, every_s: float = 0.5) -> None:
@@ -29,15 +32,20 @@ class PeakMemory:
         self.rss_bytes = 0
         self.pss_bytes: int | None = None
         self.processes = 0
+        self._cpu: dict[int, float] = {}  # pid -> CPU seconds at its last sample
+        self._cpu_start = 0.0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> "TreeUsage":
         import psutil  # noqa: PLC0415  (Ray depends on it)
 
         self._root = psutil.Process()
+        times = self._root.cpu_times()
+        self._cpu_start = times.user + times.system  # this process's CPU before the block
         self.sample()
-        self._thread = threading.Thread(target=self._watch, name="fedcond-peak-memory", daemon=True)
+        self._thread = threading.Thread(target=self._watch, name="fedcond-tree-usage", daemon=True)
         self._thread.start()
         return self
 
@@ -58,9 +66,12 @@ class PeakMemory:
             procs = [self._root, *self._root.children(recursive=True)]
         except Exception:  # noqa: BLE001  (psutil.Error subclasses; the tree changed under us)
             return
+        cpu = {}
         for proc in procs:
             try:
                 rss += proc.memory_info().rss
+                times = proc.cpu_times()
+                cpu[proc.pid] = times.user + times.system
                 count += 1
             except Exception:  # noqa: BLE001
                 continue
@@ -69,13 +80,22 @@ class PeakMemory:
                     pss += proc.memory_full_info().pss
                 except Exception:  # noqa: BLE001  (no smaps here, or no permission)
                     pss_known = False
-        if rss > self.rss_bytes:
-            self.rss_bytes, self.processes = rss, count
-        if pss_known:
-            self.pss_bytes = max(self.pss_bytes or 0, pss)
+        with self._lock:
+            self._cpu.update(cpu)
+            if rss > self.rss_bytes:
+                self.rss_bytes, self.processes = rss, count
+            if pss_known:
+                self.pss_bytes = max(self.pss_bytes or 0, pss)
+
+    def cpu_seconds(self, refresh: bool = False) -> float:
+        """CPU seconds (user + system) of the tree since the block began; ``refresh``: sample first."""
+        if refresh:
+            self.sample()
+        with self._lock:
+            return sum(self._cpu.values()) - self._cpu_start
 
     def to_json(self) -> dict[str, Any]:
-        """The peaks for results.json."""
+        """The memory peaks for results.json (``peak_memory``)."""
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {"rss_bytes": self.rss_bytes, "pss_bytes": self.pss_bytes, "processes_at_peak": self.processes,
                 "main_rss_bytes": int(own if sys.platform == "darwin" else own * 1024),
