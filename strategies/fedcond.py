@@ -54,9 +54,13 @@ class PoolEntry:
     nbytes: int
 
     def provenance(self) -> dict[str, Any]:
+        # epsilon / delta: the DP guarantee the client's set records (None: no DP). The server
+        # records what the client states; it cannot check a guarantee from the set itself.
+        privacy = self.sset.config.get("privacy") or {}
         return {"node_id": self.node_id, "partition_id": self.partition_id, "round": self.server_round,
                 "num_images": self.sset.num_images, "class_counts": self.sset.class_counts(),
-                "method": self.sset.method, "payload_bytes": self.nbytes}
+                "method": self.sset.method, "payload_bytes": self.nbytes,
+                "epsilon": privacy.get("epsilon"), "delta": privacy.get("delta")}
 
 
 class FedCond(FedAvg):
@@ -131,6 +135,9 @@ class FedCond(FedAvg):
             self.pool[f"p{pid}" if pid is not None else f"n{node}"] = PoolEntry(sset, node, pid, server_round, size)
         log(INFO, "round %d: %d sets accepted, %d rejected, %d clients failed; pool holds %d sets",
             server_round, accepted, rejected, failed, len(self.pool))
+        epsilons = [e["epsilon"] for e in self.provenance() if e["epsilon"] is not None]
+        if epsilons:
+            log(INFO, "round %d: clients' DP epsilon %.3g to %.3g", server_round, min(epsilons), max(epsilons))
         metrics = MetricRecord({"accepted": accepted, "rejected": rejected, "failed": failed,
                                 "pool-sets": len(self.pool),
                                 "pool-images": sum(e.sset.num_images for e in self.pool.values())})

@@ -93,6 +93,9 @@ def command(
     storage_dtype: Optional[str] = typer.Option(None, "--storage-dtype", help="FedCond's upload dtype: float32, float16 or uint8 (default float32)"),
     storage_dtypes: Optional[str] = typer.Option(None, "--storage-dtypes", help="comma list of upload dtypes compared: FedCond reruns once per dtype other than --storage-dtype (default float32,float16,uint8)"),
     random_reference: Optional[bool] = typer.Option(None, "--random-reference/--no-random-reference", help="also run FedCond with random real images at the same bytes (default on)"),
+    dp_epsilon: Optional[float] = typer.Option(None, "--dp-epsilon", help="FedCond clients distill with dp-dm at this epsilon (one-shot; default 0: no DP)"),
+    dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="their delta (default 1e-5)"),
+    dp_epsilons: Optional[str] = typer.Option(None, "--dp-epsilons", help="comma list of epsilons: FedCond reruns once per other epsilon, for accuracy against epsilon"),
     reference: str = typer.Option("full", "--reference", help="centralised reference: none, full (upper bound trained to a plateau) or distill"),
     fresh: bool = typer.Option(False, "--fresh", help="discard OUT/checkpoints and start over instead of resuming"),
     config: Optional[Path] = typer.Option(None, "--config", help="run-config TOML: FederateConfig's fields as kebab-case keys, as `flwr run --run-config` reads (flags override it)"),
@@ -109,6 +112,7 @@ def command(
         "server_augment": server_augment,
         "fail_fraction": fail_fraction, "fail_mode": fail_mode, "strategies": strategies,
         "storage_dtype": storage_dtype, "storage_dtypes": storage_dtypes, "random_reference": random_reference,
+        "dp_epsilon": dp_epsilon, "dp_delta": dp_delta, "dp_epsilons": dp_epsilons,
     }
     if config is not None:
         cfg = FederateConfig.from_toml(config, **values)
@@ -136,5 +140,6 @@ def command(
     finally:
         progress.close()
     typer.echo(result["table"])
-    typer.echo(f"wrote {out / 'results.json'}, {out / 'accuracy_vs_bytes.png'}, {out / 'results.md'}, {out / 'label_histogram.png'}, {out / 'flower.log'}")
+    extra = f", {result['epsilon_plot']}" if result.get("epsilon_plot") else ""
+    typer.echo(f"wrote {out / 'results.json'}, {out / 'accuracy_vs_bytes.png'}{extra}, {out / 'results.md'}, {out / 'label_histogram.png'}, {out / 'flower.log'}")
 

@@ -23,7 +23,7 @@ PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedcond", "fedcond-iterative", "fedavg", "fedprox", "fedadam")
 MODES = ("oneshot", "iterative")
 # Method options that FederateConfig sets itself (``-o ipc=3`` would fight ``ipc``).
-OWN_METHOD_SETTINGS = ("ipc", "model", "iterations", "checkpoint_dir")
+OWN_METHOD_SETTINGS = ("ipc", "model", "iterations", "checkpoint_dir", "epsilon", "delta")
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
@@ -59,6 +59,12 @@ class FederateConfig:
     storage_dtypes: str = "float32,float16,uint8"
     random_reference: bool = True  # `fedcond federate`: also FedCond with random real images
     max_payload_bytes: int = 16 * 2**20  # server-side cap on one reply
+    # Differential privacy: > 0 makes FedCond clients distill with dp-dm at this epsilon
+    # (one-shot mode; method dm or dp-dm); each client's spent epsilon is recorded.
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    # `fedcond federate` reruns FedCond once per other epsilon here (accuracy against epsilon)
+    dp_epsilons: str = ""
     # FedCond iterative mode: refining a client's set against the global model (FedDM)
     feddm_lr_images: float = 1.0
     feddm_momentum_images: float = 0.5
@@ -130,6 +136,15 @@ class FederateConfig:
             raise FedcondError("central-max-epochs and central-patience must be >= 1")
         if self.round_timeout <= 0 or self.server_threads < 0:
             raise FedcondError("round-timeout must be > 0 and server-threads >= 0")
+        if self.dp_epsilon < 0 or any(e <= 0 for e in self.dp_epsilon_values) or not 0 < self.dp_delta < 1:
+            raise FedcondError("--dp-epsilon must be >= 0 (0: no DP), --dp-epsilons > 0 and --dp-delta in (0, 1)")
+        if self.dp_epsilon > 0 or self.dp_epsilon_values:
+            if self.method not in ("dm", "dp-dm"):
+                raise FedcondError(f"--dp-epsilon makes FedCond clients distill with dp-dm; use --method dm or "
+                                   f"dp-dm, not {self.method!r}")
+            if self.effective_mode == "iterative" or "fedcond-iterative" in self.strategy_names:
+                raise FedcondError("--dp-epsilon works with one-shot FedCond: every iterative round would spend "
+                                   "the budget again")
         self.distill_config()  # unknown method or method option: fail here, not in a client
 
     # ------------------------------------------------------------------ derived
@@ -154,6 +169,19 @@ class FederateConfig:
         return [s.strip() for s in self.storage_dtypes.split(",") if s.strip()]
 
     @property
+    def dp_epsilon_values(self) -> list[float]:
+        """``dp_epsilons`` as a list of numbers."""
+        try:
+            return [float(e) for e in self.dp_epsilons.split(",") if e.strip()]
+        except ValueError:
+            raise FedcondError(f"--dp-epsilons must be a comma list of numbers, got {self.dp_epsilons!r}") from None
+
+    @property
+    def client_method(self) -> str:
+        """The FedCond clients' distiller: dp-dm when ``dp_epsilon`` > 0, else ``method``."""
+        return "dp-dm" if self.dp_epsilon > 0 else self.method
+
+    @property
     def name(self) -> str:
         """The run's name: ``run_name``, else the strategy's."""
         return self.run_name or self.strategy
@@ -172,7 +200,8 @@ class FederateConfig:
         return values
 
     def distill_config(self):  # noqa: ANN201  (a Distiller and its config; distill/ imported lazily)
-        """The FedCond method's distiller and config: ipc, model, iterations, method options.
+        """The FedCond clients' distiller (:attr:`client_method`) and config: ipc, model,
+        iterations, method options, and with DP the budget (``dp_epsilon``, ``dp_delta``).
 
         Unknown options are a ``FedcondError`` naming them and listing the known ones.
         """
@@ -180,15 +209,17 @@ class FederateConfig:
 
         if self.method not in method_names():
             raise FedcondError(f"unknown method {self.method!r}: use one of {', '.join(method_names())}")
-        distiller = get_distiller(self.method)
+        distiller = get_distiller(self.client_method)
         names = {f.name for f in fields(distiller.config_class)}
         options = self.method_option_values
         known = sorted(names - set(OWN_METHOD_SETTINGS))
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise FedcondError(f"unknown option(s) for method {self.method}: {', '.join(unknown)}; "
+            raise FedcondError(f"unknown option(s) for method {self.client_method}: {', '.join(unknown)}; "
                                f"known: {', '.join(known)}")
         values = {"ipc": self.ipc, "model": self.model, **options}
+        if self.dp_epsilon > 0:
+            values.update(epsilon=self.dp_epsilon, delta=self.dp_delta)
         if "iterations" in names:
             values["iterations"] = self.iterations
         if "checkpoint_dir" in names:

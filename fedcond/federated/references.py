@@ -10,6 +10,8 @@ A number of bytes or an accuracy means little alone. ``fedcond federate`` theref
   storage dtype — the same bytes, so the gap to FedCond is what distillation buys;
 - **storage dtypes** (``fedcond-<dtype>``): FedCond again with its sets sent in each other
   dtype of ``storage_dtypes`` (float16 halves the bytes, uint8 quarters them);
+- **privacy budgets** (``fedcond-eps<E>``): FedCond again with its clients distilling with
+  DP at each other ε of ``dp_epsilons`` (accuracy against ε);
 - the **centralised upper bound** (:func:`centralised_reference`): all data in one place.
 
 The random-real and storage-dtype references are full federated runs through Flower,
@@ -42,6 +44,7 @@ from fedcond.train import accuracy, classification_loss
 
 RANDOM_REAL = "random-real"
 STORAGE_DTYPE = "storage-dtype"
+DP_EPSILON = "dp-epsilon"
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class PlannedRun:
     """One simulation of the comparison: a strategy asked for, or a reference (``kind``)."""
 
     cfg: FederateConfig
-    kind: str | None = None  # None | "random-real" | "storage-dtype"
+    kind: str | None = None  # None | "random-real" | "storage-dtype" | "dp-epsilon"
     of: str | None = None  # the strategy a reference belongs to
 
     @property
@@ -73,9 +76,14 @@ def plan_runs(cfg: FederateConfig, strategies: Sequence[str]) -> list[PlannedRun
         if dtype != cfg.storage_dtype:
             runs.append(PlannedRun(replace(base, storage_dtype=dtype, run_name=f"{fedcond}-{dtype}"),
                                    STORAGE_DTYPE, fedcond))
+    for eps in cfg.dp_epsilon_values:
+        if eps != cfg.dp_epsilon:
+            runs.append(PlannedRun(replace(base, dp_epsilon=eps, dp_epsilons="", run_name=f"{fedcond}-eps{eps:g}"),
+                                   DP_EPSILON, fedcond))
     if cfg.random_reference and cfg.method != "random":
+        # Random real images are the no-privacy control: never DP, whatever FedCond's epsilon.
         random_cfg = replace(cfg.for_strategy("fedcond"), mode="oneshot", method="random", method_options="",
-                             run_name=RANDOM_REAL)
+                             run_name=RANDOM_REAL, dp_epsilon=0.0, dp_epsilons="")
         runs.append(PlannedRun(random_cfg, RANDOM_REAL, fedcond))
     return runs
 

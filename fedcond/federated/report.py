@@ -1,4 +1,5 @@
-"""Reports of a federated comparison: results.json, accuracy-vs-bytes plot, tables, histograms.
+"""Reports of a federated comparison: results.json, accuracy-vs-bytes (and, with DP,
+accuracy-vs-epsilon) plots, tables, histograms.
 
 ``results.json`` is the contract ``{"runs": [{"strategy": ..., "rounds": [{"round": 1,
 "accuracy": 0.91, "upload_bytes": ..., "download_bytes": ...}, ...]}, ...]}`` — accuracy a
@@ -117,6 +118,81 @@ def plot_label_histogram(hist: Sequence[Sequence[int]], classes: Sequence[str], 
     ax.set_title(title)
     if len(classes) <= 20:
         ax.legend(ncol=min(10, len(classes)), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def annotate_privacy(run: dict[str, Any]) -> dict[str, Any]:
+    """Add ``client_epsilons`` (each pooled client's stated ε, None without DP), ``epsilon``
+    and ``delta`` to a FedCond run record, from its pool provenance.
+
+    A run's ε is the largest client's: every training image lives at one client and reaches
+    the server only through that client's set (parallel composition), so each image is
+    protected at least at its client's ε. None when no client used DP.
+    """
+    pool = run.get("pool_provenance")
+    if pool is None:
+        return run
+    run["client_epsilons"] = [p.get("epsilon") for p in pool]
+    stated = [p for p in pool if p.get("epsilon") is not None]
+    private = bool(stated) and len(stated) == len(pool)
+    run["epsilon"] = max(p["epsilon"] for p in stated) if private else None
+    run["delta"] = max(p["delta"] for p in stated) if private else None
+    return run
+
+
+def privacy_table(runs: list[dict[str, Any]]) -> str:
+    """Markdown: accuracy against the privacy budget, one row per FedCond run ("" when none
+    used DP). Runs without DP show epsilon = inf."""
+    if not any(r.get("epsilon") is not None for r in runs):
+        return ""
+    rows = [r for r in runs if "client_epsilons" in r]
+    rows.sort(key=lambda r: (r["epsilon"] is None, r["epsilon"] or 0.0))
+    lines = ["Accuracy against the privacy budget (epsilon: the largest client's; inf: no DP):", "",
+             "| run | epsilon | delta | final accuracy | upload MB |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        eps = f"{r['epsilon']:.3g}" if r["epsilon"] is not None else "inf"
+        delta = f"{r['delta']:.0e}" if r.get("delta") is not None else "-"
+        lines.append(f"| {r.get('name', r['strategy'])} | {eps} | {delta} | {r['final_accuracy']:.4f} | "
+                     f"{_mb(r['upload_bytes']):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_vs_epsilon(runs: list[dict[str, Any]], path: Path, reference: dict[str, Any] | None = None) -> Path | None:
+    """Final accuracy against the runs' ε (log x), beside the same plot against bytes: DP
+    runs as points joined in ε order, FedCond runs without DP as dashed horizontal lines
+    (ε = inf), the centralised upper bound as a grey one. None (no file) without DP runs."""
+    private = sorted((r for r in runs if r.get("epsilon") is not None and r.get("final_accuracy") is not None),
+                     key=lambda r: r["epsilon"])
+    if not private:
+        return None
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    by_dtype: dict[str, list[dict[str, Any]]] = {}
+    for r in private:
+        by_dtype.setdefault(str(r.get("storage_dtype")), []).append(r)
+    for dtype, group in by_dtype.items():
+        ax.plot([r["epsilon"] for r in group], [r["final_accuracy"] for r in group], marker="o",
+                label=f"FedCond with DP-DM ({dtype})")
+    styles = iter([":", "--", "-."])
+    for r in runs:
+        if "client_epsilons" in r and r.get("epsilon") is None and r.get("final_accuracy") is not None:
+            ax.axhline(r["final_accuracy"], linestyle=next(styles, ":"), linewidth=1.2,
+                       label=f"{r.get('name', r['strategy'])} (no DP)", color=f"C{len(by_dtype) + len(ax.lines) % 6}")
+    if reference and "full_data_accuracy" in reference:
+        ax.axhline(reference["full_data_accuracy"], color="grey", linestyle="--", label="centralised upper bound")
+    ax.set_xscale("log")
+    ax.set_xlabel("privacy budget epsilon (largest client's; lower = more private)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
