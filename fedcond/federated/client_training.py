@@ -4,7 +4,8 @@
   default) on the client's own images, or — in iterative mode — FedDM: the DM distiller
   matching class-mean embeddings under the received global model (perturbed by
   ``feddm_rho`` each iteration), refining the set the client made in the previous round
-  (from fresh real images in the first).
+  (from fresh real images in the first). With ``dp_epsilon`` > 0 the distiller is dp-dm
+  (``FederateConfig.client_method``): the set then records the client's (ε, δ).
 - FedAvg / FedProx / FedAdam clients call :func:`local_train`: plain SGD for a few local
   epochs, with FedProx's proximal term ``mu/2 * ||w - w_global||^2`` when ``mu > 0``.
 """
