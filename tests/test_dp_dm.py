@@ -87,6 +87,15 @@ def test_iterate_mechanism_accounts_every_iteration(digits):
     assert longer.config["privacy"]["noise_multiplier"] > p["noise_multiplier"]
 
 
+def test_release_on_a_poisson_sample_is_accounted_with_amplification(digits):
+    full = distill(digits, epsilon=1.0).config["privacy"]
+    sampled = distill(digits, epsilon=1.0, sample_rate=0.2).config["privacy"]
+    assert sampled["sample_rate"] == 0.2 and sampled["steps"] == 1 and sampled["epsilon"] <= 1.0
+    assert sampled["noise_multiplier"] < 0.5 * full["noise_multiplier"]  # 1.64 vs 3.79
+    # Class sizes are estimated for the whole data (about 135 digits per class).
+    assert all(60 < s < 220 for s in sampled["noisy_class_sizes"])
+
+
 def test_every_present_class_gets_ipc_images_and_absent_ones_none(digits):
     # min(ipc, count) would reveal a class's size; DP-DM gives every class it keeps ipc
     # images, and drops classes whose noisy size is below three noise std.

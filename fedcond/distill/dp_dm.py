@@ -76,8 +76,10 @@ class DPDMConfig(IterativeConfig):
             every iteration on a Poisson subsample).
         bank_size: release: random networks in the bank.
         members_per_step: release: bank networks matched per iteration.
-        sample_rate: iterate: each example's inclusion probability per iteration; 0 = about
-            ``batch_real`` examples per class (``batch_real * classes / train size``).
+        sample_rate: each example's inclusion probability in the (Poisson) sample: iterate:
+            per iteration, 0 = about ``batch_real`` examples per class (``batch_real *
+            classes / train size``); release: of the one release, 0 = 1 (all data; lower is
+            cheaper on large data sets, and amplification repays part of the lost signal).
         clip_norm: bound on each example's (whole) embedding norm. Embeddings of the
             instance-norm ConvNet have nearly equal norms, so clipping normalises them and
             this value only sets the scale.
@@ -234,14 +236,13 @@ class DPDM:
         if n == 0:
             raise FedcondError("the data set has no training images to distill")
         if config.mechanism == "release":
-            q, steps = 1.0, 1
+            q, steps = config.sample_rate or 1.0, 1
         else:
             q = config.sample_rate or min(1.0, config.batch_real * k / n)
             steps = max(1, config.iterations)
         spend = calibrate(config.epsilon, config.delta, q, steps, config.accountant)
         sens = sensitivity(config.clip_norm, config.count_weight)
-        size_noise = spend.noise_multiplier * sens / (config.count_weight * config.clip_norm)
-        min_size = config.min_class_size if config.min_class_size >= 0 else 3.0 * size_noise
+        size_noise = spend.noise_multiplier * sens / (config.count_weight * config.clip_norm)  # one release's
 
         # Every class of the data set gets ipc images, whatever the private data hold:
         # the set's shape must not depend on them (classes are dropped only after the release).
@@ -254,7 +255,9 @@ class DPDM:
 
         noise = _NoiseSource.create(config, k, steps)
         if config.mechanism == "release":
-            bank, sizes = _release(dataset, config, spend.noise_multiplier, sens, generator, noise.generator, dsa, chunk)
+            bank, sizes = _release(dataset, config, q, spend.noise_multiplier, sens, generator, noise.generator, dsa,
+                                   chunk)
+            size_noise /= q
             step = _release_step(bank, state, syn_class, assign, config, generator, dsa)
         else:
             step = _iterate_step(dataset, state, syn_class, assign, config, q, spend.noise_multiplier, sens,
@@ -264,9 +267,7 @@ class DPDM:
         if config.mechanism == "iterate":
             sizes = noise.size_sum / max(1, noise.steps) / q  # each step's size estimate covers a q-sample
             size_noise /= q * math.sqrt(max(1, noise.steps))
-            if config.min_class_size < 0:
-                min_size = 3.0 * size_noise
-
+        min_size = config.min_class_size if config.min_class_size >= 0 else 3.0 * size_noise
         keep = sizes.cpu() >= min_size
         if not bool(keep.any()):
             raise FedcondError(f"every class's noisy size is below {min_size:.1f}: too few images for epsilon "
@@ -305,31 +306,43 @@ def _embed_unit(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _release(dataset: ImageDataset, config: DPDMConfig, sigma: float, sens: float, generator: torch.Generator,
-             noise: torch.Generator, dsa: DSA | None, chunk: int | None) -> tuple[list[_Member], torch.Tensor]:
-    """The one private step of ``release``: the bank's noisy per-class means, and class sizes.
-    Networks and augmentations come from ``generator``, the noise from ``noise``."""
+def _release(dataset: ImageDataset, config: DPDMConfig, q: float, sigma: float, sens: float,
+             generator: torch.Generator, noise: torch.Generator, dsa: DSA | None, chunk: int | None
+             ) -> tuple[list[_Member], torch.Tensor]:
+    """The one private step of ``release``: the bank's noisy per-class means, and class sizes
+    (estimated for the whole data). Networks and augmentations come from ``generator``, the
+    sample and the noise from ``noise``."""
     k, m = dataset.num_classes, config.bank_size
     nets = [fresh_network(config.model, dataset, generator, dataset.device).eval().requires_grad_(False)
             for _ in range(m)]
     draws = [dsa.sample_params(k, generator) if dsa is not None else None for _ in range(m)]
     member_clip = config.clip_norm / math.sqrt(m)  # m clipped parts: the whole stays within clip_norm
-    labels = dataset.train_labels
-    step = chunk or labels.numel()
-    sums = None
+    # Poisson subsample (q < 1: cheaper on large data, partly repaid by amplification),
+    # drawn from the secret generator: amplification needs the sample hidden.
+    picked = _poisson(dataset.train_labels.numel(), q, noise, dataset.device)
+    images, labels = dataset.train_images[picked], dataset.train_labels[picked]
+    probe = dataset.train_images[:1]
+    dims = [net.embed(probe).flatten(1).shape[1] for net in nets]
+    sums = torch.zeros(k, sum(dims) + 1, device=dataset.device)
+    step = chunk or max(1, labels.numel())
     for start in range(0, labels.numel(), step):
-        x, y = dataset.train_images[start : start + step], labels[start : start + step]
+        x, y = images[start : start + step], labels[start : start + step]
         parts = []
         for net, draw in zip(nets, draws):
             xa = dsa.apply(x, draw.take(y)) if draw is not None else x
             parts.append(clip_rows(embed_chunked(net.embed, xa, None), member_clip))
-        part = class_sums(torch.cat(parts, dim=1), y, k, config.clip_norm, config.count_weight)
-        sums = part if sums is None else sums + part
+        sums += class_sums(torch.cat(parts, dim=1), y, k, config.clip_norm, config.count_weight)
     noisy = add_noise(sums, sigma, sens, noise)
     means, sizes = noisy_means(noisy, config.clip_norm, config.count_weight)
-    dims = [p.shape[1] for p in parts]
     targets = torch.split(means / member_clip, dims, dim=1)  # back to the unit scale, per network
-    return [_Member(net, draw, t) for net, draw, t in zip(nets, draws, targets)], sizes
+    return [_Member(net, draw, t) for net, draw, t in zip(nets, draws, targets)], sizes / q
+
+
+def _poisson(n: int, q: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Indices of a Poisson sample of ``range(n)``: each independently with probability ``q``."""
+    if q >= 1.0:
+        return torch.arange(n, device=device)
+    return torch.nonzero(torch.rand(n, generator=generator) < q).flatten().to(device)
 
 
 def _release_step(bank: list[_Member], state: RunState, syn_class: torch.Tensor, assign: torch.Tensor,
@@ -364,7 +377,7 @@ def _iterate_step(dataset: ImageDataset, state: RunState, syn_class: torch.Tenso
         nonlocal net
         net = fresh_network(config.model, dataset, generator, dataset.device, reuse=net).eval().requires_grad_(False)
         # Poisson sampling, as the accountant assumes: each example independently with prob q.
-        picked = torch.nonzero(torch.rand(n, generator=generator) < q).flatten().to(dataset.device)
+        picked = _poisson(n, q, noise.generator, dataset.device)  # the secret generator: see _release
         real, y = dataset.train_images[picked], dataset.train_labels[picked]
         syn = state.images
         if dsa is not None:
