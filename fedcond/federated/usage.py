@@ -88,9 +88,21 @@ class TreeUsage:
                 self.pss_bytes = max(self.pss_bytes or 0, pss)
 
     def cpu_seconds(self, refresh: bool = False) -> float:
-        """CPU seconds (user + system) of the tree since the block began; ``refresh``: sample first."""
+        """CPU seconds (user + system) of the tree since the block began; ``refresh``: read
+        the processes' CPU times now (cheap: no memory sample)."""
         if refresh:
-            self.sample()
+            cpu = {}
+            try:
+                for proc in [self._root, *self._root.children(recursive=True)]:
+                    try:
+                        times = proc.cpu_times()
+                        cpu[proc.pid] = times.user + times.system
+                    except Exception:  # noqa: BLE001  (exited meanwhile)
+                        continue
+            except Exception:  # noqa: BLE001
+                pass
+            with self._lock:
+                self._cpu.update(cpu)
         with self._lock:
             return sum(self._cpu.values()) - self._cpu_start
 
