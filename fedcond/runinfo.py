@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-_PACKAGES = ("fedcond", "torch", "torchvision", "numpy", "flwr", "flwr-datasets", "avalanche-lib", "safetensors")
+_PACKAGES = ("fedcond", "torch", "torchvision", "numpy", "flwr", "flwr-datasets", "avalanche-lib", "safetensors",
+             "opacus")
 
 
 def package_versions() -> dict[str, str | None]:
