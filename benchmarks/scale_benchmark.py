@@ -69,6 +69,8 @@ def cell_config(args: argparse.Namespace, strategy: str, n: int) -> FederateConf
     common = dict(dataset=args.dataset, data_dir=args.data_dir or "", num_clients=n, partition="dirichlet",
                   alpha=0.5, seed=0, strategy=strategy, strategies=strategy, storage_dtypes="float32",
                   random_reference=False, device=args.device, server_epochs=args.server_epochs)
+    if args.cell_timeout > 0:  # the server stops waiting for replies then (and so never hangs)
+        common["round_timeout"] = args.cell_timeout
     if strategy.startswith("fedcond"):
         return FederateConfig(**{**common, "strategy": "fedcond", "strategies": "fedcond"}, method="dm", ipc=1,
                               iterations=20)
@@ -130,6 +132,23 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
             "cpu_seconds_per_client": usage.cpu_seconds() / done if done else None, "config": cfg.to_json()}
 
 
+def start_ray(resources: dict[str, Any], attempts: int = 5) -> None:
+    """Start Ray here before Flower does (Flower then uses it, and shuts it down after the
+    run), retrying: on a loaded machine Ray's raylet can miss its 30 s start-up deadline,
+    and a simulation whose Ray failed to start leaves the server waiting for replies."""
+    import ray  # noqa: PLC0415
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**resources["init_args"])
+            return
+        except Exception as err:  # noqa: BLE001  (Ray raises a bare Exception for this)
+            print(f"  Ray did not start (attempt {attempt}/{attempts}): {err}", flush=True)
+            ray.shutdown()
+            time.sleep(10)
+    raise RuntimeError(f"Ray did not start in {attempts} attempts")
+
+
 def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dict[str, Any]:
     """One cell; returns its summary (partial if stopped by the timeout)."""
     from fedcond.federated.events import ClientReplied, RoundFinished  # noqa: PLC0415
@@ -160,6 +179,7 @@ def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dic
     resources = backend_config(args.client_cpus, args.client_gpus)
     status, result = "finished", None
     with TreeUsage() as usage:
+        start_ray(resources)
         try:
             result = run_experiment(cfg, [cfg.strategy], folder, resources, reference="none", on_event=on_event)
         except CellTimeout:
@@ -183,6 +203,8 @@ def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dic
         out["cpu_seconds_per_client"] = (final[3] - first[3]) / (final[1] - first[1])
         out["first_reply_seconds"] = first[0]
         out["cpu_seconds_to_first_reply"] = first[3]
+    if result is not None and done < (sampled or 1):
+        status = "partial"  # the round timed out with replies missing
     if result is not None:
         run = result["runs"][0]
         rnd = run["rounds"][-1]
@@ -191,7 +213,7 @@ def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dic
                    simulation_wall_seconds=run["wall_seconds"],
                    clients_per_second=(sampled or 0) / rnd["clients_seconds"] if rnd["clients_seconds"] else None,
                    server_seconds_after_clients=(round_done[-1] - replies[-1][0]) if round_done and replies else None)
-    elif "steady_clients_per_second" in out and sampled:
+    if status == "partial" and "steady_clients_per_second" in out and sampled:
         out["extrapolated_clients_seconds"] = out["first_reply_seconds"] + (sampled - 1) / out["steady_clients_per_second"]
     return out
 
