@@ -39,10 +39,13 @@ def _run(out, on_event=None):
 
 
 def _comparable(path, approx_bytes=False):
-    """results.json without wall times and node ids; byte counts as ``pytest.approx`` if asked."""
+    """results.json without wall times, node ids and what the machine measured (CPU time,
+    memory); byte counts as ``pytest.approx`` if asked."""
+    measured = ("wall_seconds", "seconds", "clients_seconds", "cpu_seconds", "peak_memory", "node_id", "record")
+
     def strip(value, key=""):
         if isinstance(value, dict):
-            return {k: strip(v, k) for k, v in value.items() if k not in ("wall_seconds", "seconds", "node_id", "record")}
+            return {k: strip(v, k) for k, v in value.items() if k not in measured}
         if isinstance(value, list):
             return [strip(v, key) for v in value]
         if approx_bytes and key.endswith("bytes") and isinstance(value, int):
