@@ -129,8 +129,9 @@ def main() -> None:
     torch.set_num_threads(1)
 
     data = load_dataset(args.dataset, args.data_dir)
-    stem = args.out / f"federated_ipc1_methods_{args.dataset}_alpha{args.alpha}"
-    done = json.loads(stem.with_suffix(".json").read_text())["cells"] if stem.with_suffix(".json").exists() else []
+    stem = args.out / f"federated_ipc1_methods_{args.dataset}_alpha{args.alpha}"  # no suffix: alpha has a dot
+    json_path = Path(f"{stem}.json")
+    done = json.loads(json_path.read_text())["cells"] if json_path.exists() else []
     report = {"command": " ".join(["python", *sys.argv]), "machine": device_description(torch.device("cpu")),
               "versions": package_versions(), "cells": done}
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -156,7 +157,7 @@ def main() -> None:
 def write(report: dict, stem: Path, args: argparse.Namespace) -> None:
     """The JSON (every cell) and a markdown table (mean over seeds and server runs)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    Path(f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = [f"# IPC 1 per client, {args.num_clients} Dirichlet-{args.alpha} clients, {args.dataset}: pooled sets", "",
              f"Command: `{report['command']}`  ", f"Machine: {report['machine']}", "",
              "| method | seeds | images | server trains plain | server augments | client s |", "|---|---:|---:|---:|---:|---:|"]
@@ -167,7 +168,7 @@ def write(report: dict, stem: Path, args: argparse.Namespace) -> None:
         lines.append(f"| {method} | {len(cells)} | {statistics.mean(c['images'] for c in cells):.0f} | "
                      f"{statistics.mean(plain):.4f} | {statistics.mean(aug):.4f} | "
                      f"{statistics.mean(c['client_seconds'] for c in cells):.0f} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
