@@ -7,8 +7,7 @@ the reference numbers from the "Distillation core" issue. Example (CPU, what fit
         --iterations 100 --time-iterations 10 --runs 5 --out benchmarks/results/distill_digits
 
 ``--reference-loop`` also times a DM step written the way the authors' code is structured
-(a Python loop over classes, one DSA draw and two forward passes per class, network
-parameters requiring gradients) on the same machine and data, for a like-for-like speed-up.
+(``benchmarks/reference_loops.py``) on the same machine and data, for a like-for-like speed-up.
 """
 
 from __future__ import annotations
@@ -24,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-from fedcond.augment import DSA
 from fedcond.data import load_dataset
 from fedcond.distill import get_distiller
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
-from fedcond.models import get_model
+from reference_loops import reference_style_dm_seconds  # benchmarks/, beside this script
 
 REFERENCE = {
     "speed": [
@@ -74,35 +72,6 @@ def time_method(dataset, method: str, ipc: int, iterations: int, warmup: int, de
     return {"seconds_per_iteration": (stamps[last] - stamps[warmup]) / iterations,
             "cpu_seconds_per_iteration": (cpu[last] - cpu[warmup]) / iterations,
             "timed_iterations": iterations, "warmup": warmup, "peak_memory_mb": peak_memory_mb(device)}
-
-
-def reference_style_dm_seconds(dataset, ipc: int, iterations: int, device: torch.device, batch: int = 256) -> dict:
-    """Seconds per DM iteration with the authors' loop structure (see module docstring)."""
-    c, h, w = dataset.image_shape
-    k = dataset.num_classes
-    idx = dataset.class_indices()
-    syn = torch.cat([dataset.train_images[i[:ipc]] for i in idx]).clone().requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
-    dsa, g = DSA(), torch.Generator().manual_seed(0)
-    times, cpu_times = [], []
-    for it in range(iterations + 1):
-        t0, c0 = time.perf_counter(), time.process_time()
-        net = get_model("convnet", c, k, (h, w), seed=it).to(device)  # parameters require grad, as theirs
-        loss = torch.zeros((), device=device)
-        for cls in range(k):
-            real = dataset.train_images[idx[cls][torch.randperm(idx[cls].numel(), generator=g)[:batch].to(device)]]
-            params = dsa.sample_params(1, g)
-            out_real = net.embed(dsa.apply(real, params)).detach()
-            out_syn = net.embed(dsa.apply(syn[cls * ipc : (cls + 1) * ipc], params))
-            loss = loss + ((out_real.mean(0) - out_syn.mean(0)) ** 2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sync(device)
-        if it > 0:  # first iteration is warm-up
-            times.append(time.perf_counter() - t0)
-            cpu_times.append(time.process_time() - c0)
-    return {"seconds_per_iteration": sum(times) / len(times), "cpu_seconds_per_iteration": sum(cpu_times) / len(cpu_times)}
 
 
 def accuracy_of(dataset, method: str, ipc: int, iterations: int, runs: int, epochs: int, device: torch.device) -> dict:
