@@ -82,7 +82,9 @@ def train_model(
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[epochs // 2], gamma=0.1)
     n = images.shape[0]
     for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator).to(device)
+        order = torch.randperm(n, generator=generator)
+        # Pinned and asynchronous on CUDA: a plain copy would make the host wait every epoch.
+        order = order.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else order.to(device)
         total, count = torch.zeros((), device=device), 0
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]

@@ -7,19 +7,8 @@ import torch
 
 from fedcond.distill import get_distiller, method_names
 from fedcond.synthetic import SyntheticSet
+from method_settings import FAST  # tests/, shared with test_cuda.py
 
-# The smallest settings that still run each method's whole iteration once or twice.
-FAST = {
-    "dm": {"iterations": 2},
-    "dc": {"iterations": 1, "outer_loop": 2, "inner_loop": 1},
-    "dsa": {"iterations": 1, "outer_loop": 2, "inner_loop": 1},
-    "mtt": {"iterations": 2, "num_experts": 1, "expert_train_epochs": 2, "expert_epochs": 1, "max_start_epoch": 1,
-            "syn_steps": 3},
-    "dd": {"iterations": 2, "unroll_steps": 3},
-    "kip": {"iterations": 2},
-    "frepo": {"iterations": 2},
-    "dp-dm": {"iterations": 2, "bank_size": 2, "noise_seed": 0},  # fixed noise: a fixed class count
-}
 # DP-DM gives each class it keeps ipc images whatever the class's size, which is private
 # (min(ipc, count) would publish it), and keeps only classes whose noisy size is
 # clearly above zero: the 2-image class is below the noise (tests/test_dp_dm.py).

@@ -52,6 +52,7 @@ from fedcond.distill.matching import (
     has_batch_norm,
     match_channel_stats,
     syn_assignment,
+    to_device,
 )
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
@@ -191,7 +192,7 @@ def perturbed(model: nn.Module, rho: float, generator: torch.Generator, reuse: n
     """
     net = reuse if reuse is not None else copy.deepcopy(model).requires_grad_(False)
     for p, q in zip(model.parameters(), net.parameters()):
-        noise = torch.randn(p.shape, generator=generator).to(p.device)
+        noise = to_device(torch.randn(p.shape, generator=generator), p.device)
         q.copy_(p + noise * rho * p.abs().mean())
     return net
 
