@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 
 import click
@@ -20,9 +19,8 @@ app = typer.Typer(
 )
 
 for _name in COMMANDS:
-    if importlib.util.find_spec(f"fedcond.commands.{_name}") is not None:
-        _module = importlib.import_module(f"fedcond.commands.{_name}")
-        app.command(name=_name, help=_module.command.__doc__)(_module.command)
+    _module = importlib.import_module(f"fedcond.commands.{_name}")
+    app.command(name=_name, help=_module.command.__doc__)(_module.command)
 
 
 def main() -> None:

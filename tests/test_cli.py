@@ -25,6 +25,16 @@ def herding_run(tmp_path_factory):
     return out
 
 
+def test_every_listed_command_is_there():
+    """A command named in fedcond.commands.COMMANDS is a command of the app (none listed but absent)."""
+    import typer  # noqa: PLC0415
+
+    from fedcond.commands import COMMANDS  # noqa: PLC0415
+
+    names = set(typer.main.get_command(app).commands)
+    assert names == set(COMMANDS)
+
+
 def test_distill_writes_set_record_and_grid(herding_run):
     sset = SyntheticSet.load(herding_run / "synthetic.safetensors")
     assert sset.method == "herding" and sset.class_counts() == [2] * 10 and sset.seed == 3

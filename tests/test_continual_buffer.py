@@ -7,7 +7,6 @@ import warnings
 import pytest
 import torch
 
-pytest.importorskip("avalanche")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from fedcond.continual.benchmarks import canonical_name, make_benchmark  # noqa: E402

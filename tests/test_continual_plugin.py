@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-pytest.importorskip("avalanche")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from avalanche.benchmarks import nc_benchmark  # noqa: E402

@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 
-pytest.importorskip("avalanche")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import torch  # noqa: E402

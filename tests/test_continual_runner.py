@@ -8,9 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-pytest.importorskip("avalanche")
-
-from fedcond.cli import app  # noqa: E402
+from fedcond.cli import app
 
 runner = CliRunner()
 

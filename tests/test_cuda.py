@@ -12,12 +12,12 @@ import math
 
 import pytest
 import torch
+from method_settings import FAST  # tests/, shared with test_method_contract.py
 
 import fedcond.distill.loop as loop
 from fedcond.distill import get_distiller, method_names
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
 from fedcond.synthetic import SyntheticSet
-from method_settings import FAST  # tests/, shared with test_method_contract.py
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -8,7 +8,7 @@ from fedcond.distill.dd import DDConfig, unrolled_loss
 from fedcond.distill.functional import FlatNetwork
 from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
-from fedcond.graph_memory import SavedTensorMeter
+from graph_memory import SavedTensorMeter  # tests/, a test-only helper
 from fedcond.models import get_model
 
 

@@ -64,7 +64,6 @@ def flower_settings(path: Path) -> dict:
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
 def test_config_files_read_the_same_by_flower_and_fedcond(path):
-    pytest.importorskip("flwr")
     via_flower = FederateConfig.from_run_config(flower_settings(path))
     via_fedcond = FederateConfig.from_toml(path)
     assert via_flower == via_fedcond

@@ -7,20 +7,18 @@ import json
 
 import pytest
 import torch
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from typer.testing import CliRunner
 
-pytest.importorskip("flwr")
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
-
-from fedcond.cli import app  # noqa: E402
-from fedcond.errors import FedcondError  # noqa: E402
-from fedcond.federated.client_training import distill_partition  # noqa: E402
-from fedcond.federated.comms import CommLedger  # noqa: E402
-from fedcond.federated.config import FederateConfig  # noqa: E402
-from fedcond.federated.records import set_to_records  # noqa: E402
-from fedcond.federated.references import DP_EPSILON, RANDOM_REAL, plan_runs  # noqa: E402
-from fedcond.federated.report import annotate_privacy, plot_accuracy_vs_epsilon, privacy_table  # noqa: E402
-from strategies.fedcond import FedCond  # noqa: E402
+from fedcond.cli import app
+from fedcond.errors import FedcondError
+from fedcond.federated.client_training import distill_partition
+from fedcond.federated.comms import CommLedger
+from fedcond.federated.config import FederateConfig
+from fedcond.federated.records import set_to_records
+from fedcond.federated.references import DP_EPSILON, RANDOM_REAL, plan_runs
+from fedcond.federated.report import annotate_privacy, plot_accuracy_vs_epsilon, privacy_table
+from strategies.fedcond import FedCond
 
 QUICK = '{"bank_size": 2, "noise_seed": 0}'
 

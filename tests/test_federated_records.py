@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents, push_objects
 
-flwr = pytest.importorskip("flwr")
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects  # noqa: E402
-from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents, push_objects  # noqa: E402
-
-from fedcond.federated.comms import CommLedger, metered_grid  # noqa: E402
-from fedcond.federated.records import message_nbytes, model_to_record, set_from_records, set_to_records  # noqa: E402
-from fedcond.models import get_model  # noqa: E402
-
-
+from fedcond.federated.comms import CommLedger, metered_grid
+from fedcond.federated.records import message_nbytes, model_to_record, set_from_records, set_to_records
+from fedcond.models import get_model
 
 
 def _pushed_bytes(message) -> tuple[int, dict[str, bytes]]:

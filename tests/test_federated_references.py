@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
-pytest.importorskip("flwr")
-
-from fedcond.federated.config import FederateConfig  # noqa: E402
-from fedcond.federated.references import RANDOM_REAL, STORAGE_DTYPE, plan_runs, raw_data_upload  # noqa: E402
+from fedcond.federated.config import FederateConfig
+from fedcond.federated.references import RANDOM_REAL, STORAGE_DTYPE, plan_runs, raw_data_upload
 
 
 def test_fedcond_brings_its_references_and_the_baselines_none():

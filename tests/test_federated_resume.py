@@ -17,10 +17,8 @@ import json
 
 import pytest
 
-pytest.importorskip("flwr")
-
-from fedcond.federated.config import FederateConfig  # noqa: E402
-from fedcond.federated.events import RoundFinished, RunFinished, RunStarted  # noqa: E402
+from fedcond.federated.config import FederateConfig
+from fedcond.federated.events import RoundFinished, RunFinished, RunStarted
 
 CFG = FederateConfig(dataset="digits", num_clients=3, partition="dirichlet", alpha=0.5, rounds=3, method="random",
                      ipc=2, iterations=5, server_epochs=5, local_epochs=1, lr=0.05, seed=2, storage_dtypes="float32")
@@ -85,7 +83,7 @@ def test_a_changed_setting_is_not_resumed(tmp_path):
     from dataclasses import replace
 
     from fedcond.errors import FedcondError
-    from fedcond.federated.checkpoint import load_latest, save_round, RoundState
+    from fedcond.federated.checkpoint import RoundState, load_latest, save_round
     from fedcond.federated.comms import CommLedger
 
     save_round(tmp_path, CFG, RoundState(1, {}, {1: 0.5}, {1: 1.0}, CommLedger()))

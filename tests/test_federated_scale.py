@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 
-import pytest
-
-pytest.importorskip("flwr")
-
-from fedcond.federated.config import FederateConfig  # noqa: E402
-from fedcond.federated.events import ClientReplied, RoundFinished, RunFinished, RunStarted  # noqa: E402
+from fedcond.federated.config import FederateConfig
+from fedcond.federated.events import ClientReplied, RoundFinished, RunFinished, RunStarted
 
 
 def test_progress_shows_clients_finished_this_round_and_sizes_the_bar_to_the_sampled(monkeypatch):

@@ -12,9 +12,7 @@ import json
 
 import pytest
 
-pytest.importorskip("flwr")
-
-from fedcond.federated.config import FederateConfig  # noqa: E402
+from fedcond.federated.config import FederateConfig
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
-pytest.importorskip("flwr")
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
-
-from fedcond.federated.comms import CommLedger  # noqa: E402
-from fedcond.federated.config import FederateConfig  # noqa: E402
-from fedcond.federated.records import model_to_record, set_to_records  # noqa: E402
-from fedcond.federated.server_training import new_model  # noqa: E402
-from strategies.fedcond import FedCond  # noqa: E402
+from fedcond.federated.comms import CommLedger
+from fedcond.federated.config import FederateConfig
+from fedcond.federated.records import model_to_record, set_to_records
+from fedcond.federated.server_training import new_model
+from strategies.fedcond import FedCond
 
 
 class _Nodes:

@@ -9,7 +9,7 @@ from fedcond.distill.functional import FlatNetwork
 from fedcond.distill.mtt import TRAJECTORY_LOSSES, MTTConfig, plan_student
 from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
-from fedcond.graph_memory import SavedTensorMeter
+from graph_memory import SavedTensorMeter  # tests/, a test-only helper
 from fedcond.models import get_model
 
 # Small experts, shared by the tests of this module through one folder.

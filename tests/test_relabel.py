@@ -15,7 +15,13 @@ from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_synthetic, random_subset_indices
 from fedcond.models import get_model
 from fedcond.relabel import (
-    InvalidTeacher, TeacherInfo, describe_teacher, load_teacher, relabel, save_teacher, train_teacher,
+    InvalidTeacher,
+    TeacherInfo,
+    describe_teacher,
+    load_teacher,
+    relabel,
+    save_teacher,
+    train_teacher,
 )
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import accuracy, classification_loss, soft_cross_entropy

@@ -12,8 +12,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-RUN_FIELDS = ("strategy", "mem_size", "final_average_accuracy", "forgetting", "accuracy_matrix")
-
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean ± std over seeds of final average accuracy and forgetting, per (strategy, memory)."""

@@ -41,11 +41,6 @@ def message_nbytes(message: Any) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
-def record_nbytes(record: Any) -> int:
-    """Serialised size of one record (ArrayRecord, ConfigRecord, MetricRecord) and its children."""
-    return message_nbytes(record)
-
-
 def set_to_records(sset: SyntheticSet) -> tuple[Any, Any]:
     """``(ArrayRecord, ConfigRecord)`` carrying ``sset`` in its storage dtype (validated first)."""
     from flwr.app import ArrayRecord, ConfigRecord  # noqa: PLC0415
