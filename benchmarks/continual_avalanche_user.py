@@ -94,9 +94,16 @@ def main() -> None:
             path.write_text(json.dumps({**saved, **record}, indent=1) + "\n")
     if path.exists():
         saved = json.loads(path.read_text())  # with the run record (command, device, versions)
-    lines = ["# A user's Avalanche script: SplitMNIST + SimpleMLP + Naive, plugin added", "",
-             f"Command: `{saved.get('command', '')}`", "", f"Device: {saved.get('device_name', '')}; versions {saved.get('versions', '')}", "",
-             "| plugin | memory | seeds | final avg acc (mean ± std) |", "|---|---|---|---|"]
+    lines = [
+        "# A user's Avalanche script: SplitMNIST + SimpleMLP + Naive, plugin added",
+        "",
+        f"Command: `{saved.get('command', '')}`",
+        "",
+        f"Device: {saved.get('device_name', '')}; versions {saved.get('versions', '')}",
+        "",
+        "| plugin | memory | seeds | final avg acc (mean ± std) |",
+        "|---|---|---|---|",
+    ]
     groups: dict = {}
     for r in saved["runs"]:
         groups.setdefault((r["plugin"], r["mem_size"]), []).append(r["final_average_accuracy"])

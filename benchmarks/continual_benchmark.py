@@ -21,7 +21,8 @@ SplitCIFAR-10 at memory 200, on a GPU (data copied into the git-ignored ``.data/
     python benchmarks/continual_benchmark.py tune --benchmark split-cifar10 --data-dir .data --device cuda \
         --mem-sizes 200 --grid-epochs 1,5 --tune-strategies replay,gdumb
     python benchmarks/continual_benchmark.py compare --benchmark split-cifar10 --data-dir .data --device cuda \
-        --mem-sizes 200 --seeds 3 --iterations 1000 --strategies naive,joint,replay,gdumb,distilled-replay,distilled-finetune
+        --mem-sizes 200 --seeds 3 --iterations 1000 \
+        --strategies naive,joint,replay,gdumb,distilled-replay,distilled-finetune
 Everything runs through fedcond.continual (Avalanche's templates and EvaluationPlugin).
 """
 
@@ -29,9 +30,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import shutil
 import statistics
-import json
 import time
 import warnings
 from pathlib import Path
@@ -92,8 +93,14 @@ def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
             for point in _points(strategy):
                 run(strategy, mem, point)
             if strategy == "replay":
-                top = max((r for r in rows if r["strategy"] == "replay" and r["mem_size"] == mem and "batch_size_mem" not in r),
-                          key=lambda r: r["final_average_accuracy"])
+                top = max(
+                    (
+                        r
+                        for r in rows
+                        if r["strategy"] == "replay" and r["mem_size"] == mem and "batch_size_mem" not in r
+                    ),
+                    key=lambda r: r["final_average_accuracy"],
+                )
                 for b in MEM_BATCH:
                     run("replay", mem, {"lr": top["lr"], "epochs": top["epochs"], "batch_size_mem": b})
     saved["best"] = best_points(rows)
@@ -102,7 +109,9 @@ def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
 
 def _point_key(row: dict) -> str:
     """A tuning row's identity: strategy, memory and grid point (not its results)."""
-    return json.dumps({k: v for k, v in row.items() if k not in ("final_average_accuracy", "forgetting")}, sort_keys=True)
+    return json.dumps(
+        {k: v for k, v in row.items() if k not in ("final_average_accuracy", "forgetting")}, sort_keys=True
+    )
 
 
 def best_points(rows: list[dict]) -> dict:
@@ -112,8 +121,13 @@ def best_points(rows: list[dict]) -> dict:
         cur = best.setdefault(r["strategy"], {}).get(str(r["mem_size"]))
         if cur is None or r["final_average_accuracy"] > cur["final_average_accuracy"]:
             best[r["strategy"]][str(r["mem_size"])] = r
-    return {s: {m: {k: v for k, v in r.items() if k not in ("strategy", "mem_size", "final_average_accuracy", "forgetting")}
-                for m, r in ms.items()} for s, ms in best.items()}
+    return {
+        s: {
+            m: {k: v for k, v in r.items() if k not in ("strategy", "mem_size", "final_average_accuracy", "forgetting")}
+            for m, r in ms.items()
+        }
+        for s, ms in best.items()
+    }
 
 
 def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
@@ -138,7 +152,7 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
                               batch_size=args.batch_size, method=args.method, iterations=args.iterations,
                               rebalance=args.rebalance, overrides=overrides)
 
-        def progress(done: int, total: int, e: dict) -> None:
+        def progress(done: int, total: int, e: dict, mem: int = mem) -> None:
             print(f"[mem {mem} {done}/{total}] {e['strategy']} seed {e['seed']}: "
                   f"{e['final_average_accuracy']:.3f} ({e['wall_time_s']:.0f} s)", flush=True)
 
@@ -153,10 +167,14 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
     # the pictures beside the numbers: accuracy vs memory, and the distilled buffers (seed 0)
     pictures = {}
     if "accuracy_vs_memory" in paths:
-        pictures["accuracy_vs_memory"] = _copy(paths["accuracy_vs_memory"], RESULTS / f"{args.stem}_accuracy_vs_memory.png")
+        pictures["accuracy_vs_memory"] = _copy(
+            paths["accuracy_vs_memory"], RESULTS / f"{args.stem}_accuracy_vs_memory.png"
+        )
     for r in runs:
         if r["strategy"] == "distilled-replay" and r["seed"] == 0 and r.get("buffer_image"):
-            pictures[f"buffer_m{r['mem_size']}"] = _copy(Path(r["buffer_image"]), RESULTS / f"{args.stem}_buffer_m{r['mem_size']}.png")
+            pictures[f"buffer_m{r['mem_size']}"] = _copy(
+                Path(r["buffer_image"]), RESULTS / f"{args.stem}_buffer_m{r['mem_size']}.png"
+            )
     saved["plots"] = str(out)
     saved["pictures"] = pictures
     return saved
@@ -168,14 +186,28 @@ def _copy(src: Path, dst: Path) -> str:
 
 
 def markdown(result: dict, step: str, command: str, record: dict) -> str:
-    lines = [f"# Continual {step}: {record['benchmark']}", "", f"Command: `{command}`", "",
-             f"Device: {record['device_name']}; torch {record['versions']['torch']}, avalanche-lib {record['versions']['avalanche-lib']}; "
-             f"wall time {record['wall_time_s']:.0f} s.", ""]
+    lines = [
+        f"# Continual {step}: {record['benchmark']}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Device: {record['device_name']}; torch {record['versions']['torch']}, avalanche-lib "
+        f"{record['versions']['avalanche-lib']}; "
+        f"wall time {record['wall_time_s']:.0f} s.",
+        "",
+    ]
     if step == "tune":
         lines += ["| strategy | memory | settings | final avg acc | forgetting |", "|---|---|---|---|---|"]
         for r in result["grid"]:
-            point = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("strategy", "mem_size", "final_average_accuracy", "forgetting"))
-            lines.append(f"| {r['strategy']} | {r['mem_size']} | {point} | {r['final_average_accuracy']:.3f} | {r['forgetting']:.3f} |")
+            point = ", ".join(
+                f"{k} {v}"
+                for k, v in r.items()
+                if k not in ("strategy", "mem_size", "final_average_accuracy", "forgetting")
+            )
+            lines.append(
+                f"| {r['strategy']} | {r['mem_size']} | {point} | {r['final_average_accuracy']:.3f} | "
+                f"{r['forgetting']:.3f} |"
+            )
         lines += ["", "Best per memory:", ""]
         lines += [f"- {s} memory {m}: " + ", ".join(f"{k} {v}" for k, v in p.items())
                   for s, ms in result.get("best", best_points(result["grid"])).items() for m, p in ms.items()]
@@ -187,8 +219,11 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
             secs = [t for r in runs if (r["strategy"], r["mem_size"]) == (s["strategy"], s["mem_size"])
                     for t in (r.get("distill_seconds_per_experience") or [])]
             cost = f"{statistics.fmean(secs):.1f}" if secs else ""
-            lines.append(f"| {s['strategy']} | {s['mem_size']} | {len(s['seeds'])} | {s['final_average_accuracy_mean']:.3f} ± "
-                         f"{s['final_average_accuracy_std']:.3f} | {s['forgetting_mean']:.3f} ± {s['forgetting_std']:.3f} | {cost} |")
+            lines.append(
+                f"| {s['strategy']} | {s['mem_size']} | {len(s['seeds'])} | {s['final_average_accuracy_mean']:.3f} ± "
+                f"{s['final_average_accuracy_std']:.3f} | {s['forgetting_mean']:.3f} ± {s['forgetting_std']:.3f} | "
+                f"{cost} |"
+            )
         lines += ["", *goal_lines(result["summary"])]
         lines += ["", "Baselines: each memory size's best point of the tuning grid (seed 0; the `_tune.md` file "
                   "beside this one); the distilled strategies: the plugin's defaults, not tuned, with replay's "
@@ -233,14 +268,24 @@ def main() -> None:
     p.add_argument("--mem-batch", default=None, help="comma list replacing MEM_BATCH ('' = none)")
     p.add_argument("--grid-buffer-lr", default=None, help="comma list replacing BUFFER_GRID's learning rates")
     p.add_argument("--grid-buffer-epochs", default=None, help="comma list replacing BUFFER_GRID's epochs")
-    p.add_argument("--grid-buffer-augment", default=None, help="comma list replacing BUFFER_GRID's augmentations ('' = none)")
-    p.add_argument("--tuned", default=None, help="tune step's JSON (default: results/continual_<benchmark>_tune.json if present)")
-    p.add_argument("--strategies", default="naive,joint,replay,gdumb,icarl,distilled-replay,distilled-finetune,distilled-mix")
+    p.add_argument(
+        "--grid-buffer-augment", default=None, help="comma list replacing BUFFER_GRID's augmentations ('' = none)"
+    )
+    p.add_argument(
+        "--tuned", default=None, help="tune step's JSON (default: results/continual_<benchmark>_tune.json if present)"
+    )
+    p.add_argument(
+        "--strategies", default="naive,joint,replay,gdumb,icarl,distilled-replay,distilled-finetune,distilled-mix"
+    )
     p.add_argument("--mem-sizes", default="10,20,50,100,200")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--method", default="dm")
     p.add_argument("--iterations", type=int, default=100)
-    p.add_argument("--rebalance", default=None, help="distilled replay: subselect, redistill or nested (default: ContinualConfig's)")
+    p.add_argument(
+        "--rebalance",
+        default=None,
+        help="distilled replay: subselect, redistill or nested (default: ContinualConfig's)",
+    )
     p.add_argument("--out-stem", default=None, help="results file stem (default continual_<benchmark>)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -249,7 +294,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.model = args.model or default_model(args.benchmark)
     bench = make_benchmark(args.benchmark, data_dir=args.data_dir, train_fraction=args.train_fraction)
-    stem = args.stem = args.out_stem or f"continual_{bench.name}" + (f"_frac{args.train_fraction:g}" if args.train_fraction < 1 else "")
+    stem = args.stem = args.out_stem or f"continual_{bench.name}" + (
+        f"_frac{args.train_fraction:g}" if args.train_fraction < 1 else ""
+    )
     if args.rebalance is None:
         args.rebalance = ContinualConfig.rebalance
     if args.step == "compare" and args.tuned is None and (RESULTS / f"{stem}_tune.json").exists():

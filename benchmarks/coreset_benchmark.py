@@ -68,7 +68,9 @@ def main() -> None:
                 res = evaluate_random(data, ipc, cfg, runs=args.runs, seed=args.seed)
                 log("random", ipc, res, time.perf_counter() - t)
                 continue
-            sset = get_distiller(method).distill(data, CoresetConfig(ipc=ipc), torch.Generator().manual_seed(args.seed), dev)
+            sset = get_distiller(method).distill(
+                data, CoresetConfig(ipc=ipc), torch.Generator().manual_seed(args.seed), dev
+            )
             res = evaluate_synthetic(sset, data, cfg, runs=args.runs, seed=args.seed)
             log(method, ipc, res, time.perf_counter() - t)
 
@@ -85,7 +87,10 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, ipc, n, mean, std, lit, sec in rows:
-        lines.append(f"| {name} | {ipc} | {n} | {mean:.2f} ± {std:.2f} | {'' if lit is None else f'{100 * lit:.1f}'} | {sec:.0f} |")
+        lines.append(
+            f"| {name} | {ipc} | {n} | {mean:.2f} ± {std:.2f} | {'' if lit is None else f'{100 * lit:.1f}'} | "
+            f"{sec:.0f} |"
+        )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 

@@ -83,8 +83,16 @@ def accuracy_of(dataset, method: str, ipc: int, iterations: int, runs: int, epoc
     eval_config = EvalConfig(epochs=epochs)
     ours = evaluate_synthetic(sset, dataset, eval_config, runs=runs)
     rand = evaluate_random(dataset, ipc, eval_config, runs=runs)
-    return {"iterations": iterations, "distill_seconds": distill_s, "accuracy_mean": ours.mean, "accuracy_std": ours.std,
-            "random_mean": rand.mean, "random_std": rand.std, "runs": runs, "eval_epochs": epochs}
+    return {
+        "iterations": iterations,
+        "distill_seconds": distill_s,
+        "accuracy_mean": ours.mean,
+        "accuracy_std": ours.std,
+        "random_mean": rand.mean,
+        "random_std": rand.std,
+        "runs": runs,
+        "eval_epochs": epochs,
+    }
 
 
 def markdown(result: dict) -> str:
@@ -103,9 +111,14 @@ def markdown(result: dict) -> str:
         m = f"{t['peak_memory_mb']:.0f}" if t else "—"
         lines.append(f"| {row['method']} | {row['ipc']} | {s} | {c} | {m} | {it} | {a} | {r} |")
     if result.get("reference_loop"):
-        lines += ["", "Same machine, authors' loop structure for DM: "
-                  + ", ".join(f"IPC{k}: {v['seconds_per_iteration']:.3f} s/iter wall, {v['cpu_seconds_per_iteration']:.3f} CPU s/iter"
-                              for k, v in result["reference_loop"].items())]
+        lines += [
+            "",
+            "Same machine, authors' loop structure for DM: "
+            + ", ".join(
+                f"IPC{k}: {v['seconds_per_iteration']:.3f} s/iter wall, {v['cpu_seconds_per_iteration']:.3f} CPU s/iter"
+                for k, v in result["reference_loop"].items()
+            ),
+        ]
     lines += ["", "Reference numbers (from the issue):", *[f"- {s}" for s in REFERENCE["speed"]],
               f"- published ConvNet accuracy, IPC 1/10/50: {json.dumps(REFERENCE['accuracy_convnet_ipc_1_10_50'])}"]
     if result.get("notes"):
@@ -134,7 +147,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dataset = load_dataset(args.dataset, data_dir=args.data_dir, device=device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()}"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU {platform.processor() or platform.machine()}"
+    )
     result = {"dataset": args.dataset, "command": "python " + shlex.join(sys.argv), "device": name,
               "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": [], "reference": REFERENCE,
               "notes": args.note}
@@ -144,12 +161,16 @@ def main(argv: list[str] | None = None) -> None:
             if args.time_iterations > 0:
                 row["timing"] = time_method(dataset, method, ipc, args.time_iterations, args.warmup, device)
             if args.iterations > 0:
-                row["accuracy"] = accuracy_of(dataset, method, ipc, args.iterations, args.runs, args.eval_epochs, device)
+                row["accuracy"] = accuracy_of(
+                    dataset, method, ipc, args.iterations, args.runs, args.eval_epochs, device
+                )
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
     if args.reference_loop:
-        result["reference_loop"] = {ipc: reference_style_dm_seconds(dataset, ipc, max(2, args.time_iterations // 2), device)
-                                    for ipc in (int(v) for v in args.ipcs.split(","))}
+        result["reference_loop"] = {
+            ipc: reference_style_dm_seconds(dataset, ipc, max(2, args.time_iterations // 2), device)
+            for ipc in (int(v) for v in args.ipcs.split(","))
+        }
         print(json.dumps(result["reference_loop"]), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,12 @@ def plateau(run: dict[str, Any], tolerance: float) -> dict[str, Any]:
 def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, Any]:
     """Goal checks of one (alpha, seed): FedCond against FedAvg's plateau and random real."""
     out: dict[str, Any] = {}
-    runs = {c: r for c, cell in cells.items() if c in ("fedavg", "fedprox", "fedcond-iterative") for r in cell.get("runs", [])}
+    runs = {
+        c: r
+        for c, cell in cells.items()
+        if c in ("fedavg", "fedprox", "fedcond-iterative")
+        for r in cell.get("runs", [])
+    }
     for name in ("fedavg", "fedprox"):
         if name in runs:
             out[f"{name}_plateau"] = plateau(runs[name], tolerance)
@@ -135,8 +140,13 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
             row = {"cell": name, "ipc": run.get("ipc"), "rounds": len(run["rounds"]), "accuracy": run["final_accuracy"],
                    "upload_bytes": run["upload_bytes"]}
             if random is not None:
-                row.update({"random_real_accuracy": random["final_accuracy"], "random_real_upload_bytes": random["upload_bytes"],
-                            "gain_over_random_real_pts": 100 * (run["final_accuracy"] - random["final_accuracy"])})
+                row.update(
+                    {
+                        "random_real_accuracy": random["final_accuracy"],
+                        "random_real_upload_bytes": random["upload_bytes"],
+                        "gain_over_random_real_pts": 100 * (run["final_accuracy"] - random["final_accuracy"]),
+                    }
+                )
             if avg is not None:
                 row.update({"below_fedavg_plateau_pts": 100 * (avg["accuracy"] - run["final_accuracy"]),
                             "upload_fraction_of_fedavg_to_plateau": run["upload_bytes"] / avg["upload_bytes"]})
@@ -205,8 +215,16 @@ def write_report(report: dict[str, Any], out: Path) -> None:
             s = entry["summary"]
             lines += [f"### {seed_key}", ""]
             if "fedavg_grid" in entry:
-                lines += ["FedAvg grid (" + str(entry["tune_rounds"]) + " rounds, final accuracy): " + ", ".join(
-                    f"lr {g['lr']} x {g['local_epochs']} ep: {g['final_accuracy']:.4f}" for g in entry["fedavg_grid"]), ""]
+                lines += [
+                    "FedAvg grid ("
+                    + str(entry["tune_rounds"])
+                    + " rounds, final accuracy): "
+                    + ", ".join(
+                        f"lr {g['lr']} x {g['local_epochs']} ep: {g['final_accuracy']:.4f}"
+                        for g in entry["fedavg_grid"]
+                    ),
+                    "",
+                ]
             for name in ("fedavg", "fedprox"):
                 if f"{name}_plateau" in s:
                     p = s[f"{name}_plateau"]
@@ -214,16 +232,27 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                                  f"after {p['upload_bytes'] / mb:.1f} MB uploaded")
             if entry.get("upper_bound"):
                 lines.append(f"- all data in one place (upper bound): {entry['upper_bound']['full_data_accuracy']:.4f}")
-            raw = next((c.get("raw_data_upload_bytes") for c in entry["cells"].values() if c.get("raw_data_upload_bytes")), None)
+            raw = next(
+                (c.get("raw_data_upload_bytes") for c in entry["cells"].values() if c.get("raw_data_upload_bytes")),
+                None,
+            )
             if raw:
                 lines.append(f"- uploading the raw training data: {raw / mb:.2f} MB")
-            lines += ["", "| FedCond cell | IPC | rounds | accuracy | upload MB | random real (same bytes) | gain pts "
-                      "| below FedAvg plateau pts | share of FedAvg bytes |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                "| FedCond cell | IPC | rounds | accuracy | upload MB | random real (same bytes) | gain pts "
+                "| below FedAvg plateau pts | share of FedAvg bytes |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
             for r in s.get("fedcond", []):
-                lines.append(f"| {r['cell']} | {r['ipc']} | {r['rounds']} | {r['accuracy']:.4f} | {r['upload_bytes'] / mb:.3f} | "
-                             f"{r.get('random_real_accuracy', float('nan')):.4f} | {r.get('gain_over_random_real_pts', float('nan')):+.1f} | "
-                             f"{r.get('below_fedavg_plateau_pts', float('nan')):.2f} | "
-                             f"{r.get('upload_fraction_of_fedavg_to_plateau', float('nan')):.4f} |")
+                lines.append(
+                    f"| {r['cell']} | {r['ipc']} | {r['rounds']} | {r['accuracy']:.4f} | {r['upload_bytes'] / mb:.3f} "
+                    "| "
+                    f"{r.get('random_real_accuracy', float('nan')):.4f} | "
+                    f"{r.get('gain_over_random_real_pts', float('nan')):+.1f} | "
+                    f"{r.get('below_fedavg_plateau_pts', float('nan')):.2f} | "
+                    f"{r.get('upload_fraction_of_fedavg_to_plateau', float('nan')):.4f} |"
+                )
             lines += ["", "Cell wall times (min): " + ", ".join(f"{n} {c.get('wall_seconds', 0) / 60:.1f}"
                                                             for n, c in entry["cells"].items()), ""]
         seeds = list(setting.values())
@@ -254,9 +283,13 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.5,0.1")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--num-clients", type=int, default=10)
-    parser.add_argument("--ipcs", default="1,10", help="one-shot FedCond cells, each with random real at the same bytes")
+    parser.add_argument(
+        "--ipcs", default="1,10", help="one-shot FedCond cells, each with random real at the same bytes"
+    )
     parser.add_argument("--method", default="dm")
-    parser.add_argument("-o", "--method-options", default="", help='JSON object of the method\'s options, e.g. {"batch_real": 64}')
+    parser.add_argument(
+        "-o", "--method-options", default="", help='JSON object of the method\'s options, e.g. {"batch_real": 64}'
+    )
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--server-epochs", type=int, default=300)
     parser.add_argument("--storage-dtype", default="uint8")
@@ -316,18 +349,32 @@ def main() -> None:
                 grid = []
                 for lr in [float(v) for v in args.grid_lr.split(",")]:
                     for ep in [int(v) for v in args.grid_epochs.split(",")]:
-                        c = cell(f"fedavg_lr{lr}_ep{ep}", dataclasses.replace(base, rounds=args.tune_rounds, lr=lr, local_epochs=ep,
-                                                                               random_reference=False), ["fedavg"])
+                        c = cell(
+                            f"fedavg_lr{lr}_ep{ep}",
+                            dataclasses.replace(
+                                base, rounds=args.tune_rounds, lr=lr, local_epochs=ep, random_reference=False
+                            ),
+                            ["fedavg"],
+                        )
                         grid.append({"lr": lr, "local_epochs": ep, "final_accuracy": c["runs"][0]["final_accuracy"]})
                 best = max(grid, key=lambda g: g["final_accuracy"])
                 tuned[alpha] = (best["lr"], best["local_epochs"])
                 entry.update({"fedavg_grid": grid, "tune_rounds": args.tune_rounds})
             lr, ep = tuned[alpha]
             for name in ("fedavg", "fedprox"):
-                cell(name, dataclasses.replace(base, rounds=args.rounds, lr=lr, local_epochs=ep, random_reference=False), [name])
+                cell(
+                    name,
+                    dataclasses.replace(base, rounds=args.rounds, lr=lr, local_epochs=ep, random_reference=False),
+                    [name],
+                )
             if args.iterative_rounds > 0:
-                cell("fedcond-iterative", dataclasses.replace(base, rounds=args.iterative_rounds, ipc=args.iterative_ipc,
-                                                              random_reference=False), ["fedcond-iterative"])
+                cell(
+                    "fedcond-iterative",
+                    dataclasses.replace(
+                        base, rounds=args.iterative_rounds, ipc=args.iterative_ipc, random_reference=False
+                    ),
+                    ["fedcond-iterative"],
+                )
             if args.upper_bound:
                 print(f"alpha {alpha} seed {seed}: upper bound", flush=True)
                 entry["upper_bound"] = upper_bound_cell(base, args.scratch / f"upper-bound_seed{seed}")

@@ -107,8 +107,15 @@ def evaluate_pool(data: ImageDataset, sets: list[SyntheticSet], augment: bool, r
     accs = []
     for run in range(runs):
         model = get_model("convnet", c, data.num_classes, (h, w), seed=run)
-        train_model(model, images, labels, epochs, lr=0.01, generator=torch.Generator().manual_seed(run),
-                    augment=DSA("crop_scale_rotate" if c == 1 else "color_crop_cutout_flip_scale_rotate") if augment else None)
+        train_model(
+            model,
+            images,
+            labels,
+            epochs,
+            lr=0.01,
+            generator=torch.Generator().manual_seed(run),
+            augment=DSA("crop_scale_rotate" if c == 1 else "color_crop_cutout_flip_scale_rotate") if augment else None,
+        )
         accs.append(accuracy(model, data.test_images, data.test_labels))
     return accs
 
@@ -145,12 +152,21 @@ def main() -> None:
                 sets += client_sets(data.subset(torch.as_tensor(part)), method, k, args.num_clients, args.iterations,
                                     torch.Generator().manual_seed(seed * 100 + k))
             seconds = time.perf_counter() - start
-            cell = {"method": method, "seed": seed, "images": sum(s.num_images for s in sets), "client_seconds": seconds,
-                    "accuracy_plain": evaluate_pool(data, sets, False, args.runs, args.epochs),
-                    "accuracy_augmented": evaluate_pool(data, sets, True, args.runs, args.epochs)}
+            cell = {
+                "method": method,
+                "seed": seed,
+                "images": sum(s.num_images for s in sets),
+                "client_seconds": seconds,
+                "accuracy_plain": evaluate_pool(data, sets, False, args.runs, args.epochs),
+                "accuracy_augmented": evaluate_pool(data, sets, True, args.runs, args.epochs),
+            }
             report["cells"].append(cell)
-            print(f"seed {seed} {method:18s} {cell['images']} images: plain {statistics.mean(cell['accuracy_plain']):.4f}, "
-                  f"augmented {statistics.mean(cell['accuracy_augmented']):.4f} ({seconds:.0f} s of clients)", flush=True)
+            print(
+                f"seed {seed} {method:18s} {cell['images']} images: plain "
+                f"{statistics.mean(cell['accuracy_plain']):.4f}, "
+                f"augmented {statistics.mean(cell['accuracy_augmented']):.4f} ({seconds:.0f} s of clients)",
+                flush=True,
+            )
             write(report, stem, args)
 
 
@@ -158,9 +174,15 @@ def write(report: dict, stem: Path, args: argparse.Namespace) -> None:
     """The JSON (every cell) and a markdown table (mean over seeds and server runs)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = [f"# IPC 1 per client, {args.num_clients} Dirichlet-{args.alpha} clients, {args.dataset}: pooled sets", "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}", "",
-             "| method | seeds | images | server trains plain | server augments | client s |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# IPC 1 per client, {args.num_clients} Dirichlet-{args.alpha} clients, {args.dataset}: pooled sets",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}",
+        "",
+        "| method | seeds | images | server trains plain | server augments | client s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for method in dict.fromkeys(c["method"] for c in report["cells"]):
         cells = [c for c in report["cells"] if c["method"] == method]
         plain = [a for c in cells for a in c["accuracy_plain"]]

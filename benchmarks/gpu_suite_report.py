@@ -36,7 +36,9 @@ def markdown(results: dict[str, Any]) -> str:
         goal = "—"
         if target:
             verdict = "met" if target["meets_goal"] else "not met"
-            goal = f"<= {_ms(target['goal_seconds'])} ms (authors' H100: {_ms(target['reference_seconds'])} ms): {verdict}"
+            goal = (
+                f"<= {_ms(target['goal_seconds'])} ms (authors' H100: {_ms(target['reference_seconds'])} ms): {verdict}"
+            )
         lines.append(f"| {name} | {_ms(ours['seconds_per_iteration'])} | {_ms(ref['seconds_per_iteration'])} "
                      f"| {row['speedup']:.2f}x | {ours['peak_memory_mb']:.0f} | {ref['peak_memory_mb']:.0f} | {goal} |")
     lines += ["", "DSA and MTT rows: per outer iteration. Peak memory: the GPU allocator's peak per loop "
@@ -46,13 +48,21 @@ def markdown(results: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|"]
     for name, row in cells.items():
         if name.startswith("paper-"):
-            lines.append(f"| {name} | {row.get('iterations_done', 0)} / {row.get('settings', {}).get('iterations', '')} "
-                         f"| {row.get('distill_seconds', 0):.0f} | {_pct(row.get('accuracy'))} "
-                         f"| {_pct(row.get('random_real'))} | {row.get('protocol', '')} "
-                         f"| {row.get('status')} {row.get('note', row.get('error', ''))} |")
+            lines.append(
+                f"| {name} | {row.get('iterations_done', 0)} / {row.get('settings', {}).get('iterations', '')} "
+                f"| {row.get('distill_seconds', 0):.0f} | {_pct(row.get('accuracy'))} "
+                f"| {_pct(row.get('random_real'))} | {row.get('protocol', '')} "
+                f"| {row.get('status')} {row.get('note', row.get('error', ''))} |"
+            )
     commands = {n: r for n, r in cells.items() if n.startswith("cmd-")}
     if commands:
-        lines += ["", "## Other benchmarks' GPU commands", "", "| cell | status | seconds | command |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Other benchmarks' GPU commands",
+            "",
+            "| cell | status | seconds | command |",
+            "|---|---|---|---|",
+        ]
         for name, row in commands.items():
             lines.append(f"| {name} | {row.get('status')} {row.get('note', '')} | {row.get('seconds', 0):.0f} "
                          f"| `{row.get('command', '')}` |")

@@ -38,10 +38,10 @@ from fedcond.data import load_dataset
 from fedcond.distill import get_distiller
 from fedcond.evaluate import EvalConfig, evaluate_architectures, evaluate_random, evaluate_synthetic
 from fedcond.models import MODEL_NAMES
+from fedcond.relabel import relabel as kd_relabel
 from fedcond.relabel import train_teacher
 from fedcond.runinfo import peak_memory_bytes
 from fedcond.train import accuracy
-from fedcond.relabel import relabel as kd_relabel
 
 # Published ConvNet CIFAR-10 accuracies at IPC 1/10/50 (from the issue).
 ANCHORS = {"mtt": [46.3, 65.3, 71.6], "frepo": [46.8, 65.5, 71.7], "tesla": [48.5, 66.4, 72.6],
@@ -59,7 +59,9 @@ def method_options(method: str, global_iterations: int | None, options: dict[str
     return values
 
 
-def distill_row(dataset, method: str, ipc: int, values: dict[str, Any], device: torch.device, seed: int) -> tuple[Any, dict]:
+def distill_row(
+    dataset, method: str, ipc: int, values: dict[str, Any], device: torch.device, seed: int
+) -> tuple[Any, dict]:
     """Distil once; return the set and its cost (wall, s/iteration, peak memory)."""
     d = get_distiller(method)
     config = d.config_class.from_dict({"ipc": ipc, **values})
@@ -103,12 +105,21 @@ def markdown(result: dict) -> str:
                      f"{row['peak_memory_mb']:.0f} |")
     if result.get("teacher"):
         t = result["teacher"]
-        lines += ["", f"KD teacher: {t['model']} trained {t['epochs']} epochs on the real data, test accuracy "
-                      f"{100 * t['accuracy']:.2f} %; soft labels at temperature {t['temperature']}, students trained with the KD loss."]
+        lines += [
+            "",
+            f"KD teacher: {t['model']} trained {t['epochs']} epochs on the real data, test accuracy "
+            f"{100 * t['accuracy']:.2f} %; soft labels at temperature {t['temperature']}, students trained with the KD "
+            "loss.",
+        ]
     if result.get("cross_architecture"):
         archs = result["cross_architecture"]["models"]
-        lines += ["", f"Cross-architecture, IPC{result['cross_architecture']['ipc']} (trained on the set, tested on real data):", "",
-                  "| method | " + " | ".join(archs) + " |", "|---|" + "---|" * len(archs)]
+        lines += [
+            "",
+            f"Cross-architecture, IPC{result['cross_architecture']['ipc']} (trained on the set, tested on real data):",
+            "",
+            "| method | " + " | ".join(archs) + " |",
+            "|---|" + "---|" * len(archs),
+        ]
         for method, accs in result["cross_architecture"]["rows"].items():
             lines.append(f"| {method} | " + " | ".join(pct(accs.get(a)) for a in archs) + " |")
     lines += ["", "Published ConvNet CIFAR-10 anchors, IPC 1/10/50: "
@@ -124,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--methods", default="dm,dd,mtt,kip,frepo")
     p.add_argument("--ipcs", default="1,10")
-    p.add_argument("--iterations", type=int, default=None, help="iterations for every iterative method (default: each method's)")
+    p.add_argument(
+        "--iterations", type=int, default=None, help="iterations for every iterative method (default: each method's)"
+    )
     p.add_argument("-o", "--option", action="append", default=[], help="METHOD:key=value, e.g. mtt:syn_steps=30")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--eval-epochs", type=int, default=300)
@@ -132,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-dsa-strategy", default="color_crop_cutout_flip_scale_rotate")
     p.add_argument("--kd-temperature", type=float, default=None, help="also evaluate each set relabelled by a teacher")
     p.add_argument("--teacher-epochs", type=int, default=30)
-    p.add_argument("--cross-arch-ipc", type=int, default=None, help="evaluate the sets of this IPC on all architectures")
+    p.add_argument(
+        "--cross-arch-ipc", type=int, default=None, help="evaluate the sets of this IPC on all architectures"
+    )
     p.add_argument("--cross-arch-runs", type=int, default=None, help="runs per architecture (default: --runs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -151,7 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     dataset = load_dataset(args.dataset, data_dir=args.data_dir, device=device)
     eval_config = EvalConfig(epochs=args.eval_epochs, dsa=args.eval_dsa, dsa_strategy=args.eval_dsa_strategy)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()}"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU {platform.processor() or platform.machine()}"
+    )
     methods = args.methods.split(",")
     ipcs = [int(v) for v in args.ipcs.split(",")]
     result: dict[str, Any] = {
@@ -181,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     for ipc in ipcs:
         result["random"][str(ipc)] = summary(evaluate_random(dataset, ipc, eval_config, runs=args.runs, seed=args.seed))
         for method in methods:
-            sset, row = distill_row(dataset, method, ipc, method_options(method, args.iterations, options), device, args.seed)
+            sset, row = distill_row(
+                dataset, method, ipc, method_options(method, args.iterations, options), device, args.seed
+            )
             row = {"method": method, "ipc": ipc, **row}
             row["synthetic"] = summary(evaluate_synthetic(sset, dataset, eval_config, runs=args.runs, seed=args.seed))
             if teacher is not None:
@@ -199,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         models = [m for m in ARCHITECTURES if m in MODEL_NAMES]
         rows = {}
         for method, sset in cross_sets.items():
-            res = evaluate_architectures(sset, dataset, models, eval_config, runs=args.cross_arch_runs or args.runs, seed=args.seed)
+            res = evaluate_architectures(
+                sset, dataset, models, eval_config, runs=args.cross_arch_runs or args.runs, seed=args.seed
+            )
             rows[method] = {r.config.model: summary(r) for r in res}
             print(json.dumps({method: {m: v["accuracy_mean"] for m, v in rows[method].items()}}), flush=True)
         result["cross_architecture"] = {"ipc": args.cross_arch_ipc, "models": models, "rows": rows}

@@ -194,9 +194,12 @@ def markdown(record: dict[str, Any], dataset: str, settings: dict[str, Any], cel
     ]
     for name, c in cells.items():
         lines.append(
-            f"| {name} | {_fmt(c['epsilon'], '{:.3g}')} | {100 * c['accuracy_mean']:.1f} | {c['near_copy_share']:.0%} | "
+            f"| {name} | {_fmt(c['epsilon'], '{:.3g}')} | {100 * c['accuracy_mean']:.1f} | {c['near_copy_share']:.0%} "
+            "| "
             f"{c['membership_auc_all_members']:.3f} | {_fmt(c['membership_auc_seed_members'])} | "
-            f"{100 * c['membership_tpr_at_1pct_fpr']:.1f} % | {c['distill_cpu_seconds']:.0f} | {c['audit_cpu_seconds']:.0f} |")
+            f"{100 * c['membership_tpr_at_1pct_fpr']:.1f} % | {c['distill_cpu_seconds']:.0f} | "
+            f"{c['audit_cpu_seconds']:.0f} |"
+        )
     if missing:
         lines += ["", f"Missing cells (not run yet; the same command resumes): {', '.join(missing)}."]
     lines += ["", "Verdicts:", ""] + [f"- {name}: {c['verdict']}" for name, c in cells.items()]

@@ -81,13 +81,13 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
     """The clients' DM work of a one-shot FedCond round in this process, without Flower:
     ``batched`` groups of ``--group-size`` clients of similar size (``distill_many``), or one
     client at a time (``DM().distill``, as each ClientApp does). Seeds as the ClientApp's."""
+    import torch  # noqa: PLC0415
+
     from fedcond.distill.dm_batch import distill_many  # noqa: PLC0415
     from fedcond.federated.client_training import distill_partition  # noqa: PLC0415
     from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
-    from fedcond.federated.usage import TreeUsage  # noqa: PLC0415
     from fedcond.federated.partition import cached_partitions  # noqa: PLC0415
-
-    import torch  # noqa: PLC0415
+    from fedcond.federated.usage import TreeUsage  # noqa: PLC0415
 
     torch.set_num_threads(max(1, cfg.client_threads))  # as the ClientApp does
     load_before = os.getloadavg()
@@ -153,8 +153,8 @@ def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dic
     """One cell; returns its summary (partial if stopped by the timeout)."""
     from fedcond.federated.events import ClientReplied, RoundFinished  # noqa: PLC0415
     from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
-    from fedcond.federated.usage import TreeUsage  # noqa: PLC0415
     from fedcond.federated.runner import backend_config  # noqa: PLC0415
+    from fedcond.federated.usage import TreeUsage  # noqa: PLC0415
 
     if folder.exists():
         shutil.rmtree(folder)  # a cell is measured from scratch, never resumed mid-run
@@ -214,7 +214,9 @@ def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dic
                    clients_per_second=(sampled or 0) / rnd["clients_seconds"] if rnd["clients_seconds"] else None,
                    server_seconds_after_clients=(round_done[-1] - replies[-1][0]) if round_done and replies else None)
     if status == "partial" and "steady_clients_per_second" in out and sampled:
-        out["extrapolated_clients_seconds"] = out["first_reply_seconds"] + (sampled - 1) / out["steady_clients_per_second"]
+        out["extrapolated_clients_seconds"] = (
+            out["first_reply_seconds"] + (sampled - 1) / out["steady_clients_per_second"]
+        )
     return out
 
 
@@ -251,7 +253,9 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
         steady = c.get("steady_clients_per_second")
         status = c["status"]
         if status == "partial" and c.get("extrapolated_clients_seconds"):
-            status += f" (all {c['clients_sampled']}: ~{c['extrapolated_clients_seconds'] / 60:.0f} min at the steady rate)"
+            status += (
+                f" (all {c['clients_sampled']}: ~{c['extrapolated_clients_seconds'] / 60:.0f} min at the steady rate)"
+            )
         lines.append(f"| {name} | {c['clients_sampled']} | {c['clients_finished']} | {_s(c['wall_seconds'])} | "
                      f"{_s(c.get('clients_seconds'))} | {f'{cps:.2f}' if cps else '-'} | "
                      f"{f'{steady:.2f}' if steady else '-'} | "

@@ -198,7 +198,9 @@ def _translate(x: torch.Tensor, crop_u: torch.Tensor, ratio: float) -> torch.Ten
     return padded.gather(2, index).view(n, c, h, w)
 
 
-def _cutout_mask(cut_u: torch.Tensor, on: torch.Tensor, h: int, w: int, ratio: float, dtype: torch.dtype) -> torch.Tensor:
+def _cutout_mask(
+    cut_u: torch.Tensor, on: torch.Tensor, h: int, w: int, ratio: float, dtype: torch.dtype
+) -> torch.Tensor:
     """(n, 1, h, w) mask zeroing a square of ``ratio`` of the side around a random centre."""
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
     # Centre uniform on [0, side + (1 - size % 2)), as in the reference; the square is clipped at the border.

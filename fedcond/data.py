@@ -239,7 +239,7 @@ def _load_torchvision(name: str, root: Path, download: bool) -> ImageDataset:
             y_tr, y_te, classes = tr.labels, te.labels, tuple(str(i) for i in range(10))
     except FedcondError:
         raise
-    except Exception as err:  # torchvision raises RuntimeError/URLError/OSError variously
+    except Exception as err:  # noqa: BLE001  (torchvision raises RuntimeError/URLError/OSError variously)
         raise _missing(name, root, download, err) from None
     mean, std = _STATS[name]
     return _normalised(name, x_tr, y_tr, x_te, y_te, classes, mean, std)

@@ -187,7 +187,9 @@ class ResNet18(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int]) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
+        )
         blocks, cin = [], 64
         for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
             blocks += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]

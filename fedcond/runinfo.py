@@ -33,7 +33,9 @@ def device_description(device: torch.device) -> str:
     """Human-readable device: GPU model, or CPU with its core count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return (
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,7 +62,9 @@ def peak_memory_bytes(device: torch.device) -> int:
 def run_record(device: torch.device, **fields: Any) -> dict[str, Any]:
     """A run's provenance: command line, time, versions, device, plus ``fields``."""
     return {
-        "command": " ".join(["fedcond", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("fedcond") else " ".join(sys.argv),
+        "command": " ".join(["fedcond", *sys.argv[1:]])
+        if sys.argv and sys.argv[0].endswith("fedcond")
+        else " ".join(sys.argv),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
         "device": str(device),

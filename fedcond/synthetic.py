@@ -116,7 +116,8 @@ class SyntheticSet:
             raise InvalidSyntheticSet(f"images must have rank 4 (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != len(self.mean) or len(self.mean) != len(self.std):
             raise InvalidSyntheticSet(
-                f"images have {x.shape[1]} channels but normalisation has {len(self.mean)} mean / {len(self.std)} std values"
+                f"images have {x.shape[1]} channels but normalisation has {len(self.mean)} mean / {len(self.std)} std "
+                "values"
             )
         if not bool(torch.isfinite(x).all()):
             raise InvalidSyntheticSet("images contain NaN or Inf values")
@@ -124,7 +125,9 @@ class SyntheticSet:
             if y.dtype != torch.int64:
                 raise InvalidSyntheticSet(f"hard labels must be int64, got {y.dtype}")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
-                raise InvalidSyntheticSet(f"label out of range: labels span [{int(y.min())}, {int(y.max())}] but there are {k} classes")
+                raise InvalidSyntheticSet(
+                    f"label out of range: labels span [{int(y.min())}, {int(y.max())}] but there are {k} classes"
+                )
         elif y.dim() == 2:
             if not torch.is_floating_point(y):
                 raise InvalidSyntheticSet(f"soft labels must be floating point, got {y.dtype}")
@@ -208,10 +211,13 @@ class SyntheticSet:
                 raise InvalidSyntheticSet(f"images stored as {images.dtype} but the header says {storage}")
             if images.dim() != 4 or list(images.shape[1:]) != list(meta["image_shape"]):
                 raise InvalidSyntheticSet(
-                    f"wrong image shape {tuple(images.shape)}: the header says (N, {', '.join(map(str, meta['image_shape']))})"
+                    f"wrong image shape {tuple(images.shape)}: the header says (N, "
+                    f"{', '.join(map(str, meta['image_shape']))})"
                 )
             if images.shape[0] != int(meta["num_images"]):
-                raise InvalidSyntheticSet(f"count mismatch: header says {meta['num_images']} images, file has {images.shape[0]}")
+                raise InvalidSyntheticSet(
+                    f"count mismatch: header says {meta['num_images']} images, file has {images.shape[0]}"
+                )
             x = images.float()
             if storage == "uint8":
                 x = (x / 255.0 - _channel(mean)) / _channel(std)
@@ -257,17 +263,25 @@ def _read_header_metadata(data: bytes) -> dict[str, Any]:
         raise InvalidSyntheticSet(f"truncated payload: {len(data)} bytes, too short for a safetensors header")
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len > len(data) - 8:
-        raise InvalidSyntheticSet(f"truncated payload: header claims {header_len} bytes but only {len(data) - 8} follow")
+        raise InvalidSyntheticSet(
+            f"truncated payload: header claims {header_len} bytes but only {len(data) - 8} follow"
+        )
     try:
         header = json.loads(data[8 : 8 + header_len])
         meta = json.loads(header["__metadata__"]["fedcond"])
     except (ValueError, KeyError, TypeError):
-        raise InvalidSyntheticSet("not a fedcond synthetic set: the header has no readable 'fedcond' metadata") from None
+        raise InvalidSyntheticSet(
+            "not a fedcond synthetic set: the header has no readable 'fedcond' metadata"
+        ) from None
     if not isinstance(meta, dict):
         raise InvalidSyntheticSet("malformed metadata: expected a JSON object")
     if meta.get("format") != FORMAT_VERSION:
-        raise InvalidSyntheticSet(f"unsupported format version {meta.get('format')!r} (this fedcond reads {FORMAT_VERSION})")
+        raise InvalidSyntheticSet(
+            f"unsupported format version {meta.get('format')!r} (this fedcond reads {FORMAT_VERSION})"
+        )
     for key in ("mean", "std"):
-        if not isinstance(meta.get(key), list) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in meta[key]):
+        if not isinstance(meta.get(key), list) or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in meta[key]
+        ):
             raise InvalidSyntheticSet(f"malformed metadata: {key!r} must be a list of finite numbers")
     return meta

@@ -25,8 +25,11 @@ def save_grid(sset: SyntheticSet, path: str | os.PathLike, max_per_class: int = 
     # One image per class (IPC1): classes side by side in one row instead of one tall column.
     one_row = cols == 1
     shape = (1, max(1, len(rows))) if one_row else (max(1, len(rows)), cols)
-    fig, axes = plt.subplots(*shape, figsize=(shape[1] * size + (0 if one_row else 1.2), shape[0] * size + (0.4 if one_row else 0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        *shape,
+        figsize=(shape[1] * size + (0 if one_row else 1.2), shape[0] * size + (0.4 if one_row else 0)),
+        squeeze=False,
+    )
     for ax in axes.flat:
         ax.axis("off")
     for r, c in enumerate(rows):
@@ -40,7 +43,9 @@ def save_grid(sset: SyntheticSet, path: str | os.PathLike, max_per_class: int = 
         if one_row:
             axes[0][r].set_title(sset.classes[c], fontsize=8)
         else:
-            axes[r][0].text(-0.15, 0.5, sset.classes[c], transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
+            axes[r][0].text(
+                -0.15, 0.5, sset.classes[c], transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8
+            )
     fig.suptitle(f"{sset.method} · {sset.dataset} · ipc {sset.ipc} · {sset.num_images} images", fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

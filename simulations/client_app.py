@@ -66,8 +66,8 @@ def _local_data(cfg: FederateConfig, partition_id: int):  # noqa: ANN202
 
 
 def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:
-    from fedcond.federated.server_training import new_model  # noqa: PLC0415
     from fedcond.federated.client_training import distill_partition  # noqa: PLC0415
+    from fedcond.federated.server_training import new_model  # noqa: PLC0415
 
     data = _local_data(cfg, pid)
     global_model, previous = None, None
@@ -109,8 +109,8 @@ def _kept_set(cfg: FederateConfig, pid: int, server_round: int) -> SyntheticSet 
 
 
 def _fedavg_reply(msg: Message, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:
-    from fedcond.federated.server_training import new_model  # noqa: PLC0415
     from fedcond.federated.client_training import local_train  # noqa: PLC0415
+    from fedcond.federated.server_training import new_model  # noqa: PLC0415
 
     data = _local_data(cfg, pid)
     model = load_record(new_model(data, cfg), msg.content[ARRAYRECORD_KEY])

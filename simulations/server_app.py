@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from logging import INFO
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,9 +24,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
-from logging import INFO
 
-from fedcond.federated.checkpoint import RoundState, load_latest, python_random_state, save_round, set_python_random_state
+from fedcond.federated.checkpoint import (
+    RoundState,
+    load_latest,
+    python_random_state,
+    save_round,
+    set_python_random_state,
+)
 from fedcond.federated.comms import CommLedger, metered_grid
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset

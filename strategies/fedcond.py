@@ -38,7 +38,14 @@ from fedcond.data import ImageDataset
 from fedcond.federated.checkpoint import tensor_of_bytes
 from fedcond.federated.comms import CommLedger
 from fedcond.federated.config import FederateConfig
-from fedcond.federated.records import SET_ARRAYS_KEY, SET_META_KEY, load_record, message_nbytes, model_to_record, set_from_records
+from fedcond.federated.records import (
+    SET_ARRAYS_KEY,
+    SET_META_KEY,
+    load_record,
+    message_nbytes,
+    model_to_record,
+    set_from_records,
+)
 from fedcond.federated.server_training import new_model, train_on_pool
 from fedcond.synthetic import InvalidSyntheticSet, SyntheticSet
 
@@ -86,7 +93,9 @@ class FedCond(FedAvg):
         super().summary()
 
     # ------------------------------------------------------------------ sending
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Sample clients; send them the round's settings (and the model if iterative)."""
         config["mode"] = "iterative" if self.iterative else "oneshot"
         self.global_arrays = arrays
@@ -100,7 +109,9 @@ class FedCond(FedAvg):
             raise InvalidSyntheticSet(f"reply is {size} bytes, above the cap of {self.cfg.max_payload_bytes}")
         content = message.content
         if SET_ARRAYS_KEY not in content.array_records or SET_META_KEY not in content.config_records:
-            raise InvalidSyntheticSet(f"reply lacks the '{SET_ARRAYS_KEY}' ArrayRecord or '{SET_META_KEY}' ConfigRecord")
+            raise InvalidSyntheticSet(
+                f"reply lacks the '{SET_ARRAYS_KEY}' ArrayRecord or '{SET_META_KEY}' ConfigRecord"
+            )
         sset = set_from_records(content[SET_ARRAYS_KEY], content[SET_META_KEY])
         d = self.data
         if tuple(sset.image_shape) != tuple(d.image_shape):
@@ -112,14 +123,22 @@ class FedCond(FedAvg):
             raise InvalidSyntheticSet(f"{sset.num_images} images; expected 1 to {cap} (ipc {self.cfg.ipc})")
         return sset, size
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate and pool the replies, then train the global model on the pool."""
         accepted = rejected = failed = 0
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
                 failed += 1
-                log(WARNING, "round %d: client %d failed, its set is lost this round: %s", server_round, node, msg.error.reason)
+                log(
+                    WARNING,
+                    "round %d: client %d failed, its set is lost this round: %s",
+                    server_round,
+                    node,
+                    msg.error.reason,
+                )
                 continue
             try:
                 sset, size = self.check_reply(msg)
@@ -131,7 +150,9 @@ class FedCond(FedAvg):
                 continue
             accepted += 1
             # Keyed by the partition id the client reports (node ids change on a restart).
-            pid = next((int(m["partition-id"]) for m in msg.content.metric_records.values() if "partition-id" in m), None)
+            pid = next(
+                (int(m["partition-id"]) for m in msg.content.metric_records.values() if "partition-id" in m), None
+            )
             self.pool[f"p{pid}" if pid is not None else f"n{node}"] = PoolEntry(sset, node, pid, server_round, size)
         log(INFO, "round %d: %d sets accepted, %d rejected, %d clients failed; pool holds %d sets",
             server_round, accepted, rejected, failed, len(self.pool))

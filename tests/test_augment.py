@@ -98,7 +98,11 @@ def test_color_changes_values_but_not_geometry():
     x = images(4)
     params = dsa.sample_params(4, gen(0))
     out = dsa.apply(x, params)
-    b, s, c = params.brightness.view(-1, 1, 1, 1), params.saturation.view(-1, 1, 1, 1), params.contrast.view(-1, 1, 1, 1)
+    b, s, c = (
+        params.brightness.view(-1, 1, 1, 1),
+        params.saturation.view(-1, 1, 1, 1),
+        params.contrast.view(-1, 1, 1, 1),
+    )
     y = x + b
     m = y.mean(1, keepdim=True)
     y = (y - m) * s + m

@@ -73,7 +73,9 @@ def _corrupt_files(src, tmp_path):
     meta = {"fedcond": json.dumps(good._metadata(), sort_keys=True)}
     (tmp_path / "nan.safetensors").write_bytes(st_save({"images": nan.images, "labels": good.labels}, metadata=meta))
     yield "nan.safetensors", "NaN"
-    (tmp_path / "shape.safetensors").write_bytes(st_save({"images": good.images[:, :, :4].contiguous(), "labels": good.labels}, metadata=meta))
+    (tmp_path / "shape.safetensors").write_bytes(
+        st_save({"images": good.images[:, :, :4].contiguous(), "labels": good.labels}, metadata=meta)
+    )
     yield "shape.safetensors", "wrong image shape"
     bad_labels = good.labels.clone()
     bad_labels[0] = 42
@@ -95,7 +97,10 @@ def test_user_errors_are_one_line(tmp_path):
     for args, message in [
         (["distill", "--dataset", "nope", "--method", "random", "--out", str(tmp_path)], "unknown dataset"),
         (["distill", "--dataset", "digits", "--method", "nope", "--out", str(tmp_path)], "unknown method"),
-        (["distill", "--dataset", "digits", "--method", "random", "--iterations", "5", "--out", str(tmp_path)], "does not iterate"),
+        (
+            ["distill", "--dataset", "digits", "--method", "random", "--iterations", "5", "--out", str(tmp_path)],
+            "does not iterate",
+        ),
         (["evaluate", "--dataset", "digits"], "nothing to evaluate"),
         (["info", str(tmp_path / "missing.safetensors")], "no such synthetic set file"),
     ]:

@@ -31,7 +31,14 @@ def _config() -> ContinualConfig:
 
 
 def _comparable(runs):
-    return [{k: v for k, v in r.items() if k not in ("wall_time_s", "buffer_file", "buffer_image", "distill_seconds_per_experience")} for r in runs]
+    return [
+        {
+            k: v
+            for k, v in r.items()
+            if k not in ("wall_time_s", "buffer_file", "buffer_image", "distill_seconds_per_experience")
+        }
+        for r in runs
+    ]
 
 
 def test_killed_run_resumes_after_last_experience_with_identical_results(bench, tmp_path):
@@ -51,7 +58,9 @@ def test_killed_run_resumes_after_last_experience_with_identical_results(bench, 
     assert (tmp_path / "cut" / "checkpoints" / "distilled-replay_m10_s1.pt").exists()
 
     trained.clear()
-    resumed = run_comparison(bench, _config(), tmp_path / "cut", device, on_experience=lambda t, i: trained.append((t, i)))
+    resumed = run_comparison(
+        bench, _config(), tmp_path / "cut", device, on_experience=lambda t, i: trained.append((t, i))
+    )
     # nothing finished is recomputed: the finished runs are read back, the killed one goes on at experience 3
     assert trained == [("distilled-replay_m10_s1", 3), ("distilled-replay_m10_s1", 4)]
     assert _comparable(resumed) == _comparable(reference)

@@ -48,8 +48,12 @@ def test_results_json_schema(run):
     dr = [r for r in runs if r["strategy"] == "distilled-replay"]
     assert all(r["buffer_images"] == r["mem_size"] and r["buffer_bytes"] > 0 for r in dr)
     assert all(len(r["distill_seconds_per_experience"]) == 5 for r in dr)
-    assert all(r["forgetting"] == pytest.approx(
-        sum(r["accuracy_matrix"][k][k] - r["accuracy_matrix"][-1][k] for k in range(4)) / 4) for r in runs if r["strategy"] != "joint")
+    assert all(
+        r["forgetting"]
+        == pytest.approx(sum(r["accuracy_matrix"][k][k] - r["accuracy_matrix"][-1][k] for k in range(4)) / 4)
+        for r in runs
+        if r["strategy"] != "joint"
+    )
     assert {s["strategy"] for s in results["summary"]} == {"naive", "replay", "distilled-replay", "joint"}
     assert results["benchmark"] == "split-digits" and "versions" in results and "device" in results
 

@@ -19,7 +19,9 @@ def test_herding_running_mean_approaches_the_class_mean():
     assert len(set(picked.tolist())) == 20
     err = [float((x[picked[:t]].mean(0) - mu).norm()) for t in range(1, 21)]
     assert err[-1] < err[0] / 4  # the running mean converges on the mean
-    rand_err = [float((x[random_select(200, 20, torch.Generator().manual_seed(s))].mean(0) - mu).norm()) for s in range(20)]
+    rand_err = [
+        float((x[random_select(200, 20, torch.Generator().manual_seed(s))].mean(0) - mu).norm()) for s in range(20)
+    ]
     assert err[-1] < min(rand_err)  # and much faster than any random pick of 20
 
 
@@ -43,7 +45,9 @@ def test_selection_caps_at_available_rows():
 def test_coreset_distillers_give_class_balanced_real_images(digits):
     assert {"random", "herding", "kcenter"} <= set(method_names())
     for method in ("random", "herding", "kcenter"):
-        s = get_distiller(method).distill(digits, CoresetConfig(ipc=3, feature_epochs=1), torch.Generator().manual_seed(0))
+        s = get_distiller(method).distill(
+            digits, CoresetConfig(ipc=3, feature_epochs=1), torch.Generator().manual_seed(0)
+        )
         assert s.method == method and s.class_counts() == [3] * 10 and s.seed == 0
         # every image is a real training image with its true label
         d = torch.cdist(s.images.flatten(1), digits.train_images.flatten(1))

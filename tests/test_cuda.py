@@ -12,12 +12,12 @@ import math
 
 import pytest
 import torch
-from method_settings import FAST  # tests/, shared with test_method_contract.py
 
 import fedcond.distill.loop as loop
 from fedcond.distill import get_distiller, method_names
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
 from fedcond.synthetic import SyntheticSet
+from method_settings import FAST  # tests/, shared with test_method_contract.py
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -103,7 +103,10 @@ def test_checkpoints_move_between_gpu_and_cpu(digits, method, tmp_path):
     for sset in (on_cpu, back):
         assert torch.isfinite(sset.images).all()
     assert not torch.equal(back.images, on_cpu.images)
-    assert torch.load(tmp_path / "ckpt" / loop.CHECKPOINT_NAME, map_location="cpu", weights_only=True)["iteration"] == n + 2
+    assert (
+        torch.load(tmp_path / "ckpt" / loop.CHECKPOINT_NAME, map_location="cpu", weights_only=True)["iteration"]
+        == n + 2
+    )
 
 
 def test_evaluation_on_cuda_matches_the_cpu(digits):

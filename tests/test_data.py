@@ -62,7 +62,12 @@ def test_missing_mirror_names_the_place_and_the_fix(tmp_path):
 def test_corrupt_gz_in_mirror_is_a_clear_error(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (raw / f"{name}.gz").write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(FedcondError, match="corrupt archive"):
         load_dataset("mnist", data_dir=tmp_path)

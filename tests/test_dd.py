@@ -8,8 +8,8 @@ from fedcond.distill.dd import DDConfig, unrolled_loss
 from fedcond.distill.functional import FlatNetwork
 from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
-from graph_memory import SavedTensorMeter  # tests/, a test-only helper
 from fedcond.models import get_model
+from graph_memory import SavedTensorMeter  # tests/, a test-only helper
 
 
 def run(dataset, callbacks=None, **options):

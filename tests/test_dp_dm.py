@@ -23,8 +23,28 @@ def distill(data, seed=0, callbacks=None, **options):
 
 def test_cli_run_records_its_epsilon_in_run_json_and_the_set(tmp_path):
     out = tmp_path / "dp"
-    result = CliRunner().invoke(app, ["distill", "--dataset", "digits", "--method", "dp-dm", "--epsilon", "3",
-                                      "--delta", "1e-6", "--ipc", "1", "-n", "3", "-o", "bank_size=2", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "distill",
+            "--dataset",
+            "digits",
+            "--method",
+            "dp-dm",
+            "--epsilon",
+            "3",
+            "--delta",
+            "1e-6",
+            "--ipc",
+            "1",
+            "-n",
+            "3",
+            "-o",
+            "bank_size=2",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())
     assert 2.9 < record["epsilon"] <= 3.0

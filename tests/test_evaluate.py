@@ -64,7 +64,9 @@ def test_dsa_evaluation_strategy_is_checked_and_changes_training(digits, tiny_se
     with pytest.raises(FedcondError, match="unknown DSA strategy"):
         EvalConfig(dsa=True, dsa_strategy="nope")
     plain = evaluate_synthetic(tiny_set, digits, EvalConfig(epochs=20), runs=1)
-    aug = evaluate_synthetic(tiny_set, digits, EvalConfig(epochs=20, dsa=True, dsa_strategy="crop_scale_rotate"), runs=1)
+    aug = evaluate_synthetic(
+        tiny_set, digits, EvalConfig(epochs=20, dsa=True, dsa_strategy="crop_scale_rotate"), runs=1
+    )
     assert aug.accuracies != plain.accuracies and aug.mean > 0.3
 
 
@@ -77,6 +79,10 @@ def test_cross_architecture_evaluation_runs_each_model_with_the_same_protocol(di
     assert all(len(r.accuracies) == 2 and r.config.epochs == 20 for r in results)
     alone = evaluate_synthetic(tiny_set, digits, cfg, runs=2, seed=1)
     assert results[0].accuracies == alone.accuracies  # same seeds, same protocol as a single evaluation
-    for models, message in [([], "empty model name"), (["mlp", "mlp"], "listed twice"), (["convnet", "nope"], "unknown model")]:
+    for models, message in [
+        ([], "empty model name"),
+        (["mlp", "mlp"], "listed twice"),
+        (["convnet", "nope"], "unknown model"),
+    ]:
         with pytest.raises(FedcondError, match=message):
             evaluate_architectures(tiny_set, digits, models, cfg, runs=1)

@@ -29,7 +29,11 @@ def test_trajectory_starts_at_init_and_moves_each_epoch(digits):
 
 def test_folder_is_written_reused_and_grown(digits, tmp_path, monkeypatch):
     first = ensure_experts(digits, ExpertConfig(**SMALL), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["expert_000.safetensors", "expert_001.safetensors", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "expert_000.safetensors",
+        "expert_001.safetensors",
+        "manifest.json",
+    ]
     assert len(expert_accuracies(tmp_path)) == 2
 
     calls = []

@@ -60,7 +60,9 @@ def test_each_other_epsilon_is_a_reference_run_and_random_real_stays_non_private
 
 
 def _reply(node: int, sset, pid: int) -> Message:
-    ins = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type=MessageType.TRAIN)
+    ins = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type=MessageType.TRAIN
+    )
     arrays, meta = set_to_records(sset)
     content = RecordDict({"synthetic": arrays, "synthetic-meta": meta,
                           "metrics": MetricRecord({"num-examples": 10, "partition-id": pid})})

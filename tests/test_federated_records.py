@@ -16,7 +16,9 @@ from fedcond.models import get_model
 def _pushed_bytes(message) -> tuple[int, dict[str, bytes]]:
     """What Flower's own push routine (SuperNode/Grid -> SuperLink) hands to the transport."""
     sent: dict[str, bytes] = {}
-    push_objects(get_all_nested_objects(message), lambda oid, content: sent.__setitem__(oid, content), keep_objects=True)
+    push_objects(
+        get_all_nested_objects(message), lambda oid, content: sent.__setitem__(oid, content), keep_objects=True
+    )
     return sum(len(c) for c in sent.values()), sent
 
 
@@ -28,8 +30,11 @@ def test_synthetic_set_round_trips_through_records(tiny_set):
 
 def test_counted_bytes_equal_what_flower_pushes(task_identity, tiny_set):
     arrays, meta = set_to_records(tiny_set)
-    msg = Message(RecordDict({"synthetic": arrays, "synthetic-meta": meta, "metrics": MetricRecord({"num-examples": 5})}),
-                  dst_node_id=3, message_type=MessageType.TRAIN)
+    msg = Message(
+        RecordDict({"synthetic": arrays, "synthetic-meta": meta, "metrics": MetricRecord({"num-examples": 5})}),
+        dst_node_id=3,
+        message_type=MessageType.TRAIN,
+    )
     counted = message_nbytes(msg)
     pushed, contents = _pushed_bytes(msg)
     assert counted == pushed
@@ -47,8 +52,13 @@ def test_metered_grid_counts_download_and_upload_per_client(task_identity):
 
     class FakeGrid:  # answers every train message with the model (like a FedAvg client)
         def send_and_receive(self, messages, *, timeout=None):
-            return [Message(RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": 1, "partition-id": 4})}),
-                            reply_to=m) for m in messages]
+            return [
+                Message(
+                    RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": 1, "partition-id": 4})}),
+                    reply_to=m,
+                )
+                for m in messages
+            ]
 
     ledger = CommLedger()
     grid = metered_grid(FakeGrid(), ledger)
@@ -78,8 +88,13 @@ def test_metered_grid_reports_each_reply_and_orders_them_by_partition(task_ident
         def push_messages(self, messages):
             for i, m in enumerate(messages):
                 m.metadata.__dict__["_message_id"] = f"m{i}"  # as a grid assigns ids when pushing
-            self.queue = [Message(RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": 1, "partition-id": p})}),
-                                  reply_to=m) for m, p in zip(reversed(messages), (2, 1, 0))]
+            self.queue = [
+                Message(
+                    RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": 1, "partition-id": p})}),
+                    reply_to=m,
+                )
+                for m, p in zip(reversed(messages), (2, 1, 0))
+            ]
             return [m.metadata.message_id for m in messages]
 
         def pull_messages(self, ids):

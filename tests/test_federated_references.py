@@ -14,7 +14,12 @@ def test_fedcond_brings_its_references_and_the_baselines_none():
     assert runs[3].cfg.storage_dtype == "uint8" and runs[3].cfg.method == "dm"
     random_real = runs[4].cfg
     # same bytes as FedCond: same ipc and storage dtype, one upload, random real images
-    assert (random_real.method, random_real.ipc, random_real.storage_dtype, random_real.effective_rounds) == ("random", 10, "float32", 1)
+    assert (random_real.method, random_real.ipc, random_real.storage_dtype, random_real.effective_rounds) == (
+        "random",
+        10,
+        "float32",
+        1,
+    )
     assert [r.name for r in plan_runs(cfg, ["fedavg", "fedprox"])] == ["fedavg", "fedprox"]
     # FedCond on random images is its own random reference; one dtype means no dtype runs
     alone = FederateConfig(method="random", storage_dtypes="float32")

@@ -76,7 +76,9 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
     assert RunFinished("fedcond-iterative", events[0].record, from_checkpoint=True) == events[0]
     assert RunStarted("fedadam", 3, 3, first_round=3) in events
     assert [e.server_round for e in events if isinstance(e, RoundFinished)] == [3]  # only the missing round ran
-    assert _comparable(tmp_path / "killed/results.json") == _comparable(tmp_path / "whole/results.json", approx_bytes=True)
+    assert _comparable(tmp_path / "killed/results.json") == _comparable(
+        tmp_path / "whole/results.json", approx_bytes=True
+    )
 
 
 def test_a_changed_setting_is_not_resumed(tmp_path):

@@ -36,7 +36,9 @@ def test_configure_train_sends_the_settings_and_the_model_only_when_iterative(ta
 
 
 def _reply(node: int, content: RecordDict | None = None, error: str | None = None) -> Message:
-    ins = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type=MessageType.TRAIN)
+    ins = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type=MessageType.TRAIN
+    )
     if error is not None:
         return Message(error=Error(code=0, reason=error), reply_to=ins)
     return Message(content, reply_to=ins)
@@ -55,7 +57,9 @@ def test_malformed_replies_are_rejected_and_the_round_goes_on(task_identity, dig
     nan_images[3, 0, 0, 0] = float("nan")
     arrays, meta = set_to_records(tiny_set)
     wrong_shape = dataclasses.replace(tiny_set, images=torch.zeros(20, 1, 7, 7), mean=(0.0,), std=(1.0,))
-    too_many = dataclasses.replace(tiny_set, images=tiny_set.images.repeat(2, 1, 1, 1), labels=tiny_set.labels.repeat(2))
+    too_many = dataclasses.replace(
+        tiny_set, images=tiny_set.images.repeat(2, 1, 1, 1), labels=tiny_set.labels.repeat(2)
+    )
     big = dataclasses.replace(tiny_set, images=torch.zeros(20, 1, 80, 80), ipc=2)
     bad_label = tiny_set.labels.clone()
     bad_label[0] = 12

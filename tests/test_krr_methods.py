@@ -96,7 +96,9 @@ def test_only_present_classes_with_up_to_ipc_each(digits, method):
 
 
 def test_frepo_options_run(digits):
-    sset = run(digits, "frepo", iterations=4, loss="ce", dsa=True, learn_labels=True, online_steps=2, max_online_steps=2)
+    sset = run(
+        digits, "frepo", iterations=4, loss="ce", dsa=True, learn_labels=True, online_steps=2, max_online_steps=2
+    )
     assert sset.soft_labels and torch.isfinite(sset.images).all()
 
 

@@ -4,10 +4,10 @@ images per present class (DP-DM: ipc per class it keeps), saved and loaded uncha
 
 import pytest
 import torch
-from method_settings import FAST  # tests/, shared with test_cuda.py
 
 from fedcond.distill import get_distiller, method_names
 from fedcond.synthetic import SyntheticSet
+from method_settings import FAST  # tests/, shared with test_cuda.py
 
 # DP-DM gives each class it keeps ipc images whatever the class's size, which is private
 # (min(ipc, count) would publish it), and keeps only classes whose noisy size is

@@ -9,8 +9,8 @@ from fedcond.distill.functional import FlatNetwork
 from fedcond.distill.mtt import TRAJECTORY_LOSSES, MTTConfig, plan_student
 from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
-from graph_memory import SavedTensorMeter  # tests/, a test-only helper
 from fedcond.models import get_model
+from graph_memory import SavedTensorMeter  # tests/, a test-only helper
 
 # Small experts, shared by the tests of this module through one folder.
 EXPERTS = dict(num_experts=2, expert_train_epochs=4, max_start_epoch=2, expert_epochs=2)

@@ -36,7 +36,9 @@ def test_clipping_bounds_every_examples_contribution_to_the_release():
     # The bound is tight: an example far above it contributes exactly the sensitivity.
     i = int(feats.norm(dim=1).argmax())
     keep = torch.arange(50) != i
-    assert float((full - class_sums(feats[keep], labels[keep], 3, clip, weight)).norm()) == pytest.approx(bound, rel=1e-4)
+    assert float((full - class_sums(feats[keep], labels[keep], 3, clip, weight)).norm()) == pytest.approx(
+        bound, rel=1e-4
+    )
     # The size coordinate counts the examples of each class.
     sizes = noisy_means(full, clip, weight)[1]
     assert torch.allclose(sizes, torch.bincount(labels, minlength=3).float())

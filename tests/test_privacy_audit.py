@@ -35,7 +35,9 @@ def test_verbatim_training_images_are_near_copies_and_noise_is_not(px):
     unseen = memorisation(test, train, test, quantile=0.05)
     assert 0.02 <= unseen.near_copy_share <= 0.08 and not unseen.significant()
     # Slightly perturbed copies are still near-copies.
-    shaken = (train[:30] + 0.01 * torch.randn(30, train.shape[1], generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    shaken = (train[:30] + 0.01 * torch.randn(30, train.shape[1], generator=torch.Generator().manual_seed(1))).clamp(
+        0, 1
+    )
     assert memorisation(shaken, train, test).near_copy_share == 1.0
 
 
@@ -95,10 +97,14 @@ def test_cli_verdicts_json_keys_and_pairs_picture(sets, name, verdict, tmp_path)
 
 
 def test_audit_user_errors_are_one_line(sets, tmp_path):
-    for args, message in ((["audit", str(tmp_path / "none.safetensors"), "--dataset", "digits"], "no such"),
-                          (["audit", str(sets / "dp" / "synthetic.safetensors"), "--dataset", "digits", "--runs", "0"], "runs"),
-                          (["audit", str(sets / "dp" / "synthetic.safetensors"), "--dataset", "digits",
-                            "--near-copy-quantile", "2"], "quantile")):
+    for args, message in (
+        (["audit", str(tmp_path / "none.safetensors"), "--dataset", "digits"], "no such"),
+        (["audit", str(sets / "dp" / "synthetic.safetensors"), "--dataset", "digits", "--runs", "0"], "runs"),
+        (
+            ["audit", str(sets / "dp" / "synthetic.safetensors"), "--dataset", "digits", "--near-copy-quantile", "2"],
+            "quantile",
+        ),
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr

@@ -53,7 +53,12 @@ def test_relabelled_labels_are_the_teachers_softened_probabilities(tiny_set, tea
     assert out.labels.dtype == torch.float32 and out.labels.shape == (tiny_set.num_images, 10)
     assert (out.labels >= 0).all() and torch.allclose(out.labels.sum(dim=1), torch.ones(tiny_set.num_images))
     assert torch.allclose(out.labels, torch.softmax(_logits(net, tiny_set.images) / 4.0, dim=1), atol=1e-6)
-    assert (out.method, out.ipc, out.dataset, out.seed) == (tiny_set.method, tiny_set.ipc, tiny_set.dataset, tiny_set.seed)
+    assert (out.method, out.ipc, out.dataset, out.seed) == (
+        tiny_set.method,
+        tiny_set.ipc,
+        tiny_set.dataset,
+        tiny_set.seed,
+    )
     assert out.config["kd_temperature"] == 4.0 and out.config["ipc"] == 2
     assert out.config["relabel"]["teacher"] == "convnet" and out.config["relabel"]["source_labels"] == "hard"
     assert out.config["relabel"]["teacher_accuracy"] == info.accuracy
@@ -132,9 +137,13 @@ def test_kd_loss_is_t_squared_soft_cross_entropy_and_plain_ce_at_t1():
     # equivalently T² · KL(targets || student) plus the targets' entropy, a constant in the student
     kl = F.kl_div(F.log_softmax(logits / t, dim=1), targets, reduction="batchmean")
     assert kd.item() == pytest.approx(t**2 * (kl + _entropy(targets).mean()).item(), rel=1e-5)
-    assert classification_loss(logits, targets).item() == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-6)
+    assert classification_loss(logits, targets).item() == pytest.approx(
+        F.cross_entropy(logits, targets).item(), rel=1e-6
+    )
     hard = torch.tensor([0, 1, 2, 3, 4, 0])
-    assert classification_loss(logits, hard, temperature=t).item() == pytest.approx(F.cross_entropy(logits, hard).item())
+    assert classification_loss(logits, hard, temperature=t).item() == pytest.approx(
+        F.cross_entropy(logits, hard).item()
+    )
 
 
 def test_evaluation_takes_the_sets_temperature_unless_told(digits, tiny_set, teacher):

@@ -19,19 +19,33 @@ def command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="the data set the set was made from"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write every number as JSON here"),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="picture of the closest synthetic/training pairs "
-                                         "(default: audit_pairs.png beside --json, else beside the set)"),
-    runs: int = typer.Option(2, "--runs", "-r", help="models trained on the set (and on random real images) and attacked"),
+    pairs: Optional[Path] = typer.Option(
+        None,
+        "--pairs",
+        help="picture of the closest synthetic/training pairs "
+        "(default: audit_pairs.png beside --json, else beside the set)",
+    ),
+    runs: int = typer.Option(
+        2, "--runs", "-r", help="models trained on the set (and on random real images) and attacked"
+    ),
     epochs: int = typer.Option(300, "--epochs", help="their training epochs (the evaluation protocol's 300)"),
     dsa: bool = typer.Option(False, "--dsa", help="train them with DSA, as fedcond evaluate --dsa"),
-    dsa_strategy: str = typer.Option("color_crop_cutout_flip_scale_rotate", "--dsa-strategy", help="DSA families joined by _"),
+    dsa_strategy: str = typer.Option(
+        "color_crop_cutout_flip_scale_rotate", "--dsa-strategy", help="DSA families joined by _"
+    ),
     max_members: int = typer.Option(2000, "--max-members", help="random training images scored as members"),
     max_nonmembers: int = typer.Option(2000, "--max-nonmembers", help="random held-out images scored as non-members"),
-    quantile: float = typer.Option(0.01, "--near-copy-quantile", help="near-copy threshold as the share of unseen images it flags"),
-    random_baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline", help="also audit random real images of the same size"),
+    quantile: float = typer.Option(
+        0.01, "--near-copy-quantile", help="near-copy threshold as the share of unseen images it flags"
+    ),
+    random_baseline: bool = typer.Option(
+        True, "--random-baseline/--no-random-baseline", help="also audit random real images of the same size"
+    ),
     seed: int = typer.Option(0, "--seed", help="seed of the samples and models"),
     max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", help="refuse synthetic set files larger than this"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)"),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)"
+    ),
 ) -> None:
     """Audit a synthetic set for privacy: near-copies of training images and membership inference."""
     from fedcond.data import load_dataset  # noqa: PLC0415
@@ -50,7 +64,9 @@ def command(
     sset = SyntheticSet.load(path, max_bytes=max_bytes)
     data = load_dataset(dataset, data_dir=data_dir)
     if sset.dataset != data.name:
-        console.print(f"[yellow]note:[/] the set says it was made from {sset.dataset!r}; auditing against {data.name!r}")
+        console.print(
+            f"[yellow]note:[/] the set says it was made from {sset.dataset!r}; auditing against {data.name!r}"
+        )
     console.print(f"[bold]audit[/] {path}: {sset.method}, {sset.num_images} images, against {data.name} "
                   f"({data.train_images.shape[0]} train, {data.test_images.shape[0]} held-out)")
     report = audit_set(sset, data, config, on_step=lambda text: console.print(f"  {text}"))

@@ -21,38 +21,105 @@ _BENCH_KEYS = {"benchmark", "data_dir", "task_incremental", "train_fraction", "d
 
 @user_errors
 def command(
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="split-digits (offline, default), split-mnist, split-fashion-mnist, split-cifar10"),
+    benchmark: Optional[str] = typer.Option(
+        None,
+        "--benchmark",
+        "-b",
+        help="split-digits (offline, default), split-mnist, split-fashion-mnist, split-cifar10",
+    ),
     out: Path = typer.Option(..., "--out", help="output folder (results.json, accuracy_matrix.png, logs/)"),
-    strategies: Optional[str] = typer.Option(None, "--strategies", "-s", help="comma list of naive, replay, gdumb, icarl, distilled-replay, distilled-finetune, distilled-mix, joint"),
-    mem_size: Optional[str] = typer.Option(None, "--mem-size", "-M", help="memory in images; a comma list runs each size and plots accuracy vs memory"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="local mirror for mnist / fashion-mnist / cifar10"),
+    strategies: Optional[str] = typer.Option(
+        None,
+        "--strategies",
+        "-s",
+        help="comma list of naive, replay, gdumb, icarl, distilled-replay, distilled-finetune, distilled-mix, joint",
+    ),
+    mem_size: Optional[str] = typer.Option(
+        None, "--mem-size", "-M", help="memory in images; a comma list runs each size and plots accuracy vs memory"
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="local mirror for mnist / fashion-mnist / cifar10"
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of every random draw (default 0)"),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="comma list of seeds (repeats every run); overrides --seed"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs per experience, all strategies (default: 5 on split-digits, else 1)"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="SGD learning rate, all strategies (default: 0.003 on split-digits, else 0.01)"),
+    seeds: Optional[str] = typer.Option(
+        None, "--seeds", help="comma list of seeds (repeats every run); overrides --seed"
+    ),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", help="training epochs per experience, all strategies (default: 5 on split-digits, else 1)"
+    ),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", help="SGD learning rate, all strategies (default: 0.003 on split-digits, else 0.01)"
+    ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="training mini-batch size"),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="distillation method of distilled-replay (dm, dc, dsa, herding, random, ...)"),
-    ipc: Optional[int] = typer.Option(None, "--ipc", help="images distilled per new class (default: its share of the memory)"),
-    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="distillation iterations (iterative methods)"),
-    rebalance: Optional[str] = typer.Option(None, "--rebalance", help="distilled strategies: how old classes shrink when new ones arrive: nested (default), subselect or redistill"),
-    buffer_epochs: Optional[int] = typer.Option(None, "--buffer-epochs", help="epochs of training on the memory after each experience (gdumb, distilled-replay, distilled-finetune; default 300)"),
-    buffer_lr: Optional[float] = typer.Option(None, "--buffer-lr", help="SGD learning rate of that training (default 0.01)"),
-    buffer_augment: Optional[str] = typer.Option(None, "--buffer-augment", help="DSA families of that training, '' for none (default crop_scale_rotate)"),
-    model: Optional[str] = typer.Option(None, "--model", help="network of every strategy and of distillation (default: convnet)"),
+    method: Optional[str] = typer.Option(
+        None, "--method", "-m", help="distillation method of distilled-replay (dm, dc, dsa, herding, random, ...)"
+    ),
+    ipc: Optional[int] = typer.Option(
+        None, "--ipc", help="images distilled per new class (default: its share of the memory)"
+    ),
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations", "-n", help="distillation iterations (iterative methods)"
+    ),
+    rebalance: Optional[str] = typer.Option(
+        None,
+        "--rebalance",
+        help="distilled strategies: how old classes shrink when new ones arrive: nested (default), subselect or "
+             "redistill",
+    ),
+    buffer_epochs: Optional[int] = typer.Option(
+        None,
+        "--buffer-epochs",
+        help="epochs of training on the memory after each experience (gdumb, distilled-replay, distilled-finetune; "
+             "default 300)",
+    ),
+    buffer_lr: Optional[float] = typer.Option(
+        None, "--buffer-lr", help="SGD learning rate of that training (default 0.01)"
+    ),
+    buffer_augment: Optional[str] = typer.Option(
+        None, "--buffer-augment", help="DSA families of that training, '' for none (default crop_scale_rotate)"
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="network of every strategy and of distillation (default: convnet)"
+    ),
     task_incremental: bool = typer.Option(False, "--task-incremental", help="one task label per experience"),
-    train_fraction: Optional[float] = typer.Option(None, "--train-fraction", help="keep this fraction of each class's training images (smaller CPU runs)"),
+    train_fraction: Optional[float] = typer.Option(
+        None, "--train-fraction", help="keep this fraction of each class's training images (smaller CPU runs)"
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of these settings (flags win)"),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="distillation option key=value (repeatable)"),
+    option: Optional[list[str]] = typer.Option(
+        None, "--option", "-o", help="distillation option key=value (repeatable)"
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default on the CPU: 1, fastest for these small models; measured 10x faster than 2 on a busy 2-core machine)"),
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        help="CPU threads for torch (default on the CPU: 1, fastest for these small models; measured 10x faster than 2 "
+             "on a busy 2-core machine)",
+    ),
 ) -> None:
     """Continual learning with a distilled replay buffer, compared with Avalanche's baselines."""
     values = _load_toml(config) if config else {}
-    flags = {"benchmark": benchmark, "data_dir": str(data_dir) if data_dir else None, "seed": seed, "epochs": epochs,
-             "lr": lr, "batch_size": batch_size, "method": method, "ipc": ipc, "iterations": iterations,
-             "rebalance": rebalance, "buffer_epochs": buffer_epochs, "buffer_lr": buffer_lr, "buffer_augment": buffer_augment, "model": model, "train_fraction": train_fraction, "device": device,
-             "strategies": _list(strategies, str, "--strategies"), "mem_sizes": _list(mem_size, int, "--mem-size"),
-             "seeds": _list(seeds, int, "--seeds")}
+    flags = {
+        "benchmark": benchmark,
+        "data_dir": str(data_dir) if data_dir else None,
+        "seed": seed,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "method": method,
+        "ipc": ipc,
+        "iterations": iterations,
+        "rebalance": rebalance,
+        "buffer_epochs": buffer_epochs,
+        "buffer_lr": buffer_lr,
+        "buffer_augment": buffer_augment,
+        "model": model,
+        "train_fraction": train_fraction,
+        "device": device,
+        "strategies": _list(strategies, str, "--strategies"),
+        "mem_sizes": _list(mem_size, int, "--mem-size"),
+        "seeds": _list(seeds, int, "--seeds"),
+    }
     values.update({k: v for k, v in flags.items() if v is not None})
     if task_incremental:
         values["task_incremental"] = True
@@ -96,8 +163,11 @@ def _run(values: dict[str, Any], out: Path) -> None:
 
         get_distiller(cfg.method)  # an unknown method fails now, not after the baselines
     total = len(plan(cfg))
-    console.print(f"[bold]continual[/] {bench.name}: {bench.n_experiences} experiences, {total} runs "
-                  f"({', '.join(cfg.strategies)}; memory {', '.join(map(str, cfg.mem_sizes))}; seeds {list(cfg.seeds)}), device {dev}")
+    console.print(
+        f"[bold]continual[/] {bench.name}: {bench.n_experiences} experiences, {total} runs "
+        f"({', '.join(cfg.strategies)}; memory {', '.join(map(str, cfg.mem_sizes))}; seeds {list(cfg.seeds)}), device "
+        f"{dev}"
+    )
     start = time.perf_counter()
     with progress_bar("continual", total=total) as update:
         def on_run(done: int, n: int, entry: dict[str, Any]) -> None:
@@ -120,8 +190,11 @@ def _print_table(runs: list[dict[str, Any]]) -> None:
 
     typer.echo(f"{'strategy':<18}{'memory':>7}{'final avg acc':>16}{'forgetting':>14}")
     for s in summarize(runs):
-        typer.echo(f"{s['strategy']:<18}{s['mem_size']:>7}{s['final_average_accuracy_mean']:>10.3f} ± {s['final_average_accuracy_std']:.3f}"
-                   f"{s['forgetting_mean']:>8.3f} ± {s['forgetting_std']:.3f}")
+        typer.echo(
+            f"{s['strategy']:<18}{s['mem_size']:>7}{s['final_average_accuracy_mean']:>10.3f} ± "
+            f"{s['final_average_accuracy_std']:.3f}"
+            f"{s['forgetting_mean']:>8.3f} ± {s['forgetting_std']:.3f}"
+        )
 
 
 def _list(text: str | None, kind: type, flag: str) -> list[Any] | None:

@@ -17,20 +17,35 @@ from fedcond.synthetic import STORAGE_DTYPES
 
 @user_errors
 def command(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="digits, mnist, fashion-mnist, cifar10, cifar100, svhn, or an ImageFolder path"),
+    dataset: str = typer.Option(
+        ..., "--dataset", "-d", help="digits, mnist, fashion-mnist, cifar10, cifar100, svhn, or an ImageFolder path"
+    ),
     out: Path = typer.Option(..., "--out", help="output folder (synthetic.safetensors, run.json, grid.png)"),
-    method: str = typer.Option("dm", "--method", "-m", help="distillation or coreset method (random, herding, kcenter, dm, dp-dm, dc, dsa, mtt, dd, kip, frepo)"),
+    method: str = typer.Option(
+        "dm",
+        "--method",
+        "-m",
+        help="distillation or coreset method (random, herding, kcenter, dm, dp-dm, dc, dsa, mtt, dd, kip, frepo)",
+    ),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="dp-dm: the privacy budget epsilon"),
     delta: Optional[float] = typer.Option(None, "--delta", help="dp-dm: the privacy budget delta (default 1e-5)"),
     ipc: int = typer.Option(10, "--ipc", help="images per class"),
-    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="iterations, for methods that iterate (default: the method's)"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror instead of downloading"),
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations", "-n", help="iterations, for methods that iterate (default: the method's)"
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="read the data set from this local mirror instead of downloading"
+    ),
     seed: int = typer.Option(0, "--seed", help="seed of every random draw"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     model: str = typer.Option("convnet", "--model", help="network used for features / matching"),
     dtype: str = typer.Option("float32", "--dtype", help=f"image storage: {', '.join(STORAGE_DTYPES)}"),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="method option key=value (repeatable), e.g. -o lr_images=0.5"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)"),
+    option: Optional[list[str]] = typer.Option(
+        None, "--option", "-o", help="method option key=value (repeatable), e.g. -o lr_images=0.5"
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)"
+    ),
 ) -> None:
     """Distill a data set into a few synthetic images per class."""
     from fedcond.data import load_dataset  # noqa: PLC0415

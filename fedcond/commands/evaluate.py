@@ -31,27 +31,44 @@ def command(
     dataset: str = typer.Option(..., "--dataset", "-d", help="the data set whose test split is used"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),
     model: Optional[str] = typer.Option(None, "--model", help="network trained from scratch (default convnet)"),
-    models: Optional[str] = typer.Option(None, "--models", help="comma-separated networks for a cross-architecture "
-                                                                 "table, e.g. convnet,mlp,lenet,alexnet,vgg11,resnet18"),
+    models: Optional[str] = typer.Option(
+        None,
+        "--models",
+        help="comma-separated networks for a cross-architecture table, e.g. convnet,mlp,lenet,alexnet,vgg11,resnet18",
+    ),
     runs: int = typer.Option(5, "--runs", "-r", help="independently seeded trainings (mean ± std)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (default 300; 30 with --full)"),
     dsa: bool = typer.Option(False, "--dsa", help="differentiable siamese augmentation while training"),
-    dsa_strategy: str = typer.Option("color_crop_cutout_flip_scale_rotate", "--dsa-strategy",
-                                     help="DSA families joined by _, e.g. crop_scale_rotate for digits"),
-    kd_temperature: Optional[float] = typer.Option(None, "--kd-temperature", help="KD loss temperature for soft "
-                                                   "labels (default: the set's, written by fedcond relabel; else 1)"),
+    dsa_strategy: str = typer.Option(
+        "color_crop_cutout_flip_scale_rotate",
+        "--dsa-strategy",
+        help="DSA families joined by _, e.g. crop_scale_rotate for digits",
+    ),
+    kd_temperature: Optional[float] = typer.Option(
+        None,
+        "--kd-temperature",
+        help="KD loss temperature for soft labels (default: the set's, written by fedcond relabel; else 1)",
+    ),
     full: bool = typer.Option(False, "--full", help="train on all real training data (upper bound)"),
-    random_ipc: Optional[int] = typer.Option(None, "--random-ipc", help="also (or only) evaluate random real subsets of this IPC"),
+    random_ipc: Optional[int] = typer.Option(
+        None, "--random-ipc", help="also (or only) evaluate random real subsets of this IPC"
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON here"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", help="refuse synthetic set files larger than this"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)"),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)"
+    ),
 ) -> None:
     """Train fresh models on a synthetic set (or real data) and report test accuracy."""
     from fedcond.data import load_dataset  # noqa: PLC0415
     from fedcond.evaluate import (  # noqa: PLC0415
-        EvalConfig, architecture_names, evaluate_full, evaluate_random, evaluate_synthetic,
+        EvalConfig,
+        architecture_names,
+        evaluate_full,
+        evaluate_random,
+        evaluate_synthetic,
     )
     from fedcond.runinfo import resolve_device, run_record, write_json  # noqa: PLC0415
     from fedcond.synthetic import SyntheticSet  # noqa: PLC0415

@@ -20,7 +20,9 @@ def command(
     model: str = typer.Option("convnet", "--model", help="expert (and student) network"),
     lr: float = typer.Option(0.01, "--lr", help="expert SGD learning rate"),
     dsa: bool = typer.Option(True, "--dsa/--no-dsa", help="train experts with DSA augmentation (as MTT does)"),
-    dsa_strategy: Optional[str] = typer.Option(None, "--dsa-strategy", help="DSA families joined by _ (default: DSA's)"),
+    dsa_strategy: Optional[str] = typer.Option(
+        None, "--dsa-strategy", help="DSA families joined by _ (default: DSA's)"
+    ),
     zca: bool = typer.Option(False, "--zca", help="train in ZCA-whitened space (distill with -o zca=true then)"),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="further expert option key=value"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),

@@ -67,39 +67,91 @@ class RunProgress:
 @user_errors
 def command(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="digits, mnist, cifar10, ... (default digits)"),
-    out: Path = typer.Option(..., "--out", help="output folder (results.json, accuracy_vs_bytes.png, results.md, label_histogram.*, flower.log, checkpoints/)"),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="output folder (results.json, accuracy_vs_bytes.png, results.md, label_histogram.*, flower.log, "
+             "checkpoints/)",
+    ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),
     num_clients: Optional[int] = typer.Option(None, "--num-clients", help="simulated clients (default 10)"),
-    partition: Optional[str] = typer.Option(None, "--partition", help="iid, dirichlet or pathological (default dirichlet)"),
+    partition: Optional[str] = typer.Option(
+        None, "--partition", help="iid, dirichlet or pathological (default dirichlet)"
+    ),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration (default 0.5)"),
-    classes_per_client: Optional[int] = typer.Option(None, "--classes-per-client", help="pathological: classes per client (default 2)"),
-    strategies: Optional[str] = typer.Option(None, "--strategies", help="comma list: fedcond, fedcond-iterative, fedavg, fedprox, fedadam (default fedcond,fedavg,fedprox)"),
-    rounds: Optional[int] = typer.Option(None, "--rounds", help="rounds for iterative strategies (one-shot FedCond runs 1)"),
+    classes_per_client: Optional[int] = typer.Option(
+        None, "--classes-per-client", help="pathological: classes per client (default 2)"
+    ),
+    strategies: Optional[str] = typer.Option(
+        None,
+        "--strategies",
+        help="comma list: fedcond, fedcond-iterative, fedavg, fedprox, fedadam (default fedcond,fedavg,fedprox)",
+    ),
+    rounds: Optional[int] = typer.Option(
+        None, "--rounds", help="rounds for iterative strategies (one-shot FedCond runs 1)"
+    ),
     ipc: Optional[int] = typer.Option(None, "--ipc", help="synthetic images per class per client (default 10)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of partitions, models and sampling of failures"),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="FedCond clients' distillation method (default dm)"),
+    method: Optional[str] = typer.Option(
+        None, "--method", "-m", help="FedCond clients' distillation method (default dm)"
+    ),
     mode: Optional[str] = typer.Option(None, "--mode", help="FedCond mode: oneshot or iterative"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="distillation iterations per client"),
     fraction: Optional[float] = typer.Option(None, "--fraction", help="fraction of clients sampled per round"),
     local_epochs: Optional[int] = typer.Option(None, "--local-epochs", help="FedAvg/FedProx local epochs"),
     lr: Optional[float] = typer.Option(None, "--lr", help="FedAvg/FedProx client learning rate"),
     proximal_mu: Optional[float] = typer.Option(None, "--proximal-mu", help="FedProx mu"),
-    server_epochs: Optional[int] = typer.Option(None, "--server-epochs", help="FedCond server epochs on the pooled sets"),
-    server_augment: Optional[str] = typer.Option(None, "--server-augment", help="DSA families of that training, e.g. crop_scale_rotate; none or auto (default)"),
-    fail_fraction: Optional[float] = typer.Option(None, "--fail-fraction", help="fraction of clients failing each round (seeded)"),
+    server_epochs: Optional[int] = typer.Option(
+        None, "--server-epochs", help="FedCond server epochs on the pooled sets"
+    ),
+    server_augment: Optional[str] = typer.Option(
+        None, "--server-augment", help="DSA families of that training, e.g. crop_scale_rotate; none or auto (default)"
+    ),
+    fail_fraction: Optional[float] = typer.Option(
+        None, "--fail-fraction", help="fraction of clients failing each round (seeded)"
+    ),
     fail_mode: Optional[str] = typer.Option(None, "--fail-mode", help="raise (client error) or corrupt (NaN payload)"),
     client_cpus: float = typer.Option(1.0, "--client-cpus", help="simulation: CPUs per client"),
     client_gpus: float = typer.Option(0.0, "--client-gpus", help="simulation: GPU fraction per client (e.g. 0.25)"),
-    storage_dtype: Optional[str] = typer.Option(None, "--storage-dtype", help="FedCond's upload dtype: float32, float16 or uint8 (default float32)"),
-    storage_dtypes: Optional[str] = typer.Option(None, "--storage-dtypes", help="comma list of upload dtypes compared: FedCond reruns once per dtype other than --storage-dtype (default float32,float16,uint8)"),
-    random_reference: Optional[bool] = typer.Option(None, "--random-reference/--no-random-reference", help="also run FedCond with random real images at the same bytes (default on)"),
-    dp_epsilon: Optional[float] = typer.Option(None, "--dp-epsilon", help="FedCond clients distill with dp-dm at this epsilon (one-shot; default 0: no DP)"),
+    storage_dtype: Optional[str] = typer.Option(
+        None, "--storage-dtype", help="FedCond's upload dtype: float32, float16 or uint8 (default float32)"
+    ),
+    storage_dtypes: Optional[str] = typer.Option(
+        None,
+        "--storage-dtypes",
+        help="comma list of upload dtypes compared: FedCond reruns once per dtype other than --storage-dtype (default "
+             "float32,float16,uint8)",
+    ),
+    random_reference: Optional[bool] = typer.Option(
+        None,
+        "--random-reference/--no-random-reference",
+        help="also run FedCond with random real images at the same bytes (default on)",
+    ),
+    dp_epsilon: Optional[float] = typer.Option(
+        None, "--dp-epsilon", help="FedCond clients distill with dp-dm at this epsilon (one-shot; default 0: no DP)"
+    ),
     dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="their delta (default 1e-5)"),
-    dp_epsilons: Optional[str] = typer.Option(None, "--dp-epsilons", help="comma list of epsilons: FedCond reruns once per other epsilon, for accuracy against epsilon"),
-    reference: str = typer.Option("full", "--reference", help="centralised reference: none, full (upper bound trained to a plateau) or distill"),
+    dp_epsilons: Optional[str] = typer.Option(
+        None,
+        "--dp-epsilons",
+        help="comma list of epsilons: FedCond reruns once per other epsilon, for accuracy against epsilon",
+    ),
+    reference: str = typer.Option(
+        "full", "--reference", help="centralised reference: none, full (upper bound trained to a plateau) or distill"
+    ),
     fresh: bool = typer.Option(False, "--fresh", help="discard OUT/checkpoints and start over instead of resuming"),
-    config: Optional[Path] = typer.Option(None, "--config", help="run-config TOML: FederateConfig's fields as kebab-case keys, as `flwr run --run-config` reads (flags override it)"),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="FedCond method option key=value (repeatable): a field of the method's config, e.g. -o lr_images=0.5"),
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        help="run-config TOML: FederateConfig's fields as kebab-case keys, as `flwr run --run-config` reads (flags "
+             "override it)",
+    ),
+    option: Optional[list[str]] = typer.Option(
+        None,
+        "--option",
+        "-o",
+        help="FedCond method option key=value (repeatable): a field of the method's config, e.g. -o lr_images=0.5",
+    ),
 ) -> None:
     """Run FedCond and baselines on the same client partitions; report accuracy against bytes sent."""
     from fedcond.federated.config import FederateConfig  # noqa: PLC0415
@@ -127,7 +179,9 @@ def command(
     from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
     from fedcond.federated.runner import backend_config  # noqa: PLC0415
 
-    console.print(f"[bold]federate[/] {cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}, strategies {', '.join(names)}")
+    console.print(
+        f"[bold]federate[/] {cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}, strategies {', '.join(names)}"
+    )
     console.print(f"  Flower's log: {out / 'flower.log'}")
     console.print(f"  checkpoints: {out / 'checkpoints'} (the same command again resumes)")
     if fresh and (out / "checkpoints").is_dir():
@@ -141,5 +195,8 @@ def command(
         progress.close()
     typer.echo(result["table"])
     extra = f", {result['epsilon_plot']}" if result.get("epsilon_plot") else ""
-    typer.echo(f"wrote {out / 'results.json'}, {out / 'accuracy_vs_bytes.png'}{extra}, {out / 'results.md'}, {out / 'label_histogram.png'}, {out / 'flower.log'}")
+    typer.echo(
+        f"wrote {out / 'results.json'}, {out / 'accuracy_vs_bytes.png'}{extra}, {out / 'results.md'}, "
+        f"{out / 'label_histogram.png'}, {out / 'flower.log'}"
+    )
 

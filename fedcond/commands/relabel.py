@@ -18,16 +18,27 @@ from fedcond.synthetic import DEFAULT_MAX_BYTES
 def command(
     path: Path = typer.Argument(..., help="the synthetic.safetensors file to relabel"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="the real data set the teacher is trained (or tested) on"),
-    out: Path = typer.Option(..., "--out", help="OUT.safetensors (record: OUT.run.json), or a folder "
-                                                "(synthetic.safetensors and run.json in it)"),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="OUT.safetensors (record: OUT.run.json), or a folder (synthetic.safetensors and run.json in it)",
+    ),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="reuse a teacher saved with --save-teacher"),
-    teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="network to train as teacher (default convnet)"),
-    teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="epochs of teacher training on the "
-                                                                           "real data (default 30)"),
-    teacher_dsa: Optional[str] = typer.Option(None, "--teacher-dsa", help="train the teacher with these DSA families, "
-                                                                          "e.g. crop_scale_rotate"),
-    temperature: float = typer.Option(4.0, "--temperature", "-t", help="softmax temperature T of the labels and the KD loss"),
-    save_teacher_to: Optional[Path] = typer.Option(None, "--save-teacher", help="save the trained teacher here (.safetensors)"),
+    teacher_model: Optional[str] = typer.Option(
+        None, "--teacher-model", help="network to train as teacher (default convnet)"
+    ),
+    teacher_epochs: Optional[int] = typer.Option(
+        None, "--teacher-epochs", help="epochs of teacher training on the real data (default 30)"
+    ),
+    teacher_dsa: Optional[str] = typer.Option(
+        None, "--teacher-dsa", help="train the teacher with these DSA families, e.g. crop_scale_rotate"
+    ),
+    temperature: float = typer.Option(
+        4.0, "--temperature", "-t", help="softmax temperature T of the labels and the KD loss"
+    ),
+    save_teacher_to: Optional[Path] = typer.Option(
+        None, "--save-teacher", help="save the trained teacher here (.safetensors)"
+    ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),
     seed: int = typer.Option(0, "--seed", help="seed of the teacher's initialisation and shuffling"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
@@ -38,15 +49,22 @@ def command(
     from fedcond.evaluate import check_compatible  # noqa: PLC0415
     from fedcond.models import MODEL_NAMES  # noqa: PLC0415
     from fedcond.relabel import (  # noqa: PLC0415
-        check_teacher_fits, describe_teacher, load_teacher, relabel, save_teacher, train_teacher,
+        check_teacher_fits,
+        describe_teacher,
+        load_teacher,
+        relabel,
+        save_teacher,
+        train_teacher,
     )
     from fedcond.runinfo import resolve_device, run_record, write_json  # noqa: PLC0415
     from fedcond.synthetic import SyntheticSet  # noqa: PLC0415
     from fedcond.zca import zca_regularization  # noqa: PLC0415
 
     if teacher is not None and (teacher_model is not None or teacher_dsa is not None or teacher_epochs is not None):
-        raise FedcondError("give either --teacher FILE (a saved teacher) or --teacher-model/--teacher-epochs/--teacher-dsa "
-                           "to train one, not both")
+        raise FedcondError(
+            "give either --teacher FILE (a saved teacher) or --teacher-model/--teacher-epochs/--teacher-dsa "
+            "to train one, not both"
+        )
     if teacher is not None and save_teacher_to is not None:
         raise FedcondError("--save-teacher saves a newly trained teacher; drop it when reusing --teacher")
     teacher_epochs = 30 if teacher_epochs is None else teacher_epochs
@@ -77,7 +95,9 @@ def command(
         net, info = load_teacher(teacher, device=dev)
         check_teacher_fits(sset, info)  # before any forward pass on mismatched shapes
         if info.dataset != data.name:
-            console.print(f"[yellow]note:[/] the teacher was trained on {info.dataset!r}, relabelling with {data.name!r}")
+            console.print(
+                f"[yellow]note:[/] the teacher was trained on {info.dataset!r}, relabelling with {data.name!r}"
+            )
         # Report the accuracy measured on this data set now, not the one stored in the file.
         measured = describe_teacher(net, data, info.model, info.zca_regularization)
         info = dataclasses.replace(info, accuracy=measured.accuracy)
@@ -96,14 +116,30 @@ def command(
     agreement = float((relabelled.hard_labels == sset.hard_labels).float().mean())
     typer.echo(f"teacher's top class matches the set's labels on {100 * agreement:.1f} % of its images")
     nbytes = relabelled.save(set_path)
-    write_json(record_path, run_record(
-        dev, source=str(path), dataset=data.name, method=sset.method, ipc=sset.ipc,
-        seed=seed, temperature=temperature, teacher=info.to_dict(), teacher_path=str(teacher or save_teacher_to) if (teacher or save_teacher_to) else None,
-        teacher_dsa=teacher_dsa, wall_time_s=time.perf_counter() - start, nbytes=nbytes,
-        num_images=relabelled.num_images, class_counts=relabelled.class_counts(),
-        label_agreement=agreement,
-    ))
-    typer.echo(f"wrote {set_path} ({relabelled.num_images} images, soft labels at T={temperature:g}, {nbytes} bytes), {record_path}")
+    write_json(
+        record_path,
+        run_record(
+            dev,
+            source=str(path),
+            dataset=data.name,
+            method=sset.method,
+            ipc=sset.ipc,
+            seed=seed,
+            temperature=temperature,
+            teacher=info.to_dict(),
+            teacher_path=str(teacher or save_teacher_to) if (teacher or save_teacher_to) else None,
+            teacher_dsa=teacher_dsa,
+            wall_time_s=time.perf_counter() - start,
+            nbytes=nbytes,
+            num_images=relabelled.num_images,
+            class_counts=relabelled.class_counts(),
+            label_agreement=agreement,
+        ),
+    )
+    typer.echo(
+        f"wrote {set_path} ({relabelled.num_images} images, soft labels at T={temperature:g}, {nbytes} bytes), "
+        f"{record_path}"
+    )
 
 
 def _outputs(out: Path) -> tuple[Path, Path]:
@@ -111,5 +147,7 @@ def _outputs(out: Path) -> tuple[Path, Path]:
     if out.suffix == ".safetensors":
         return out, out.with_suffix(".run.json")
     if out.exists() and not out.is_dir():
-        raise FedcondError(f"--out {out} is an existing file that is not .safetensors; give OUT.safetensors or a folder")
+        raise FedcondError(
+            f"--out {out} is an existing file that is not .safetensors; give OUT.safetensors or a folder"
+        )
     return out / "synthetic.safetensors", out / "run.json"

@@ -165,7 +165,9 @@ class DistilledBuffer(ExemplarsBuffer):
                 entry = _Entry(sset.images[rows], sset.labels[rows])
                 if rest is not None:  # core first: _cut keeps a prefix for "nested"
                     more = rest.hard_labels == c
-                    entry = _Entry(torch.cat([entry.images, rest.images[more]]), _cat_labels(entry.labels, rest.labels[more]))
+                    entry = _Entry(
+                        torch.cat([entry.images, rest.images[more]]), _cat_labels(entry.labels, rest.labels[more])
+                    )
                     self.cores[(task, c)] = int(rows.sum())
                 self._merge((task, c), entry, quotas[(task, c)])
         self._rebuild()
@@ -236,7 +238,9 @@ class DistilledBuffer(ExemplarsBuffer):
         """Restore :meth:`state_dict`'s contents (the distillation spec is the constructor's)."""
         self.max_size, self.num_classes = int(state["max_size"]), state["num_classes"]
         self._tensor_labels, self._experiences_seen = bool(state["tensor_labels"]), int(state["experiences_seen"])
-        self.entries = {(int(k[0]), int(k[1])): _Entry(x, y) for k, x, y in zip(state["keys"], state["images"], state["labels"])}
+        self.entries = {
+            (int(k[0]), int(k[1])): _Entry(x, y) for k, x, y in zip(state["keys"], state["images"], state["labels"])
+        }
         self.cores = {(int(t), int(c)): int(n) for t, c, n in state["cores"]}
         self.distill_seconds = [float(v) for v in state.get("distill_seconds", [])]
         self._rebuild()

@@ -62,7 +62,9 @@ def train_on_memory(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                            "(task-incremental) model use mode='replay'")
     if labels.dim() == 2:
         width = _output_width(model, images[:1].to(device))
-        labels = labels[:, :width] if labels.shape[1] > width else nn.functional.pad(labels, (0, width - labels.shape[1]))
+        labels = (
+            labels[:, :width] if labels.shape[1] > width else nn.functional.pad(labels, (0, width - labels.shape[1]))
+        )
     was_training = model.training
     augment = None
     if recipe.augment:

@@ -30,7 +30,9 @@ def experience_tensors(dataset: Any, batch_size: int = 1024) -> tuple[torch.Tens
         return torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     x = torch.cat(xs)
     if x.dim() != 4:
-        raise FedcondError(f"distilled replay needs image tensors (N, C, H, W); the experience gives shape {tuple(x.shape)}")
+        raise FedcondError(
+            f"distilled replay needs image tensors (N, C, H, W); the experience gives shape {tuple(x.shape)}"
+        )
     return x, torch.cat(ys), torch.cat(ts)
 
 

@@ -39,8 +39,8 @@ from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ExemplarsBuffer
 
 from fedcond.continual.buffer import DistilledBuffer, DistillSpec
-from fedcond.continual.experience import experience_tensors
 from fedcond.continual.buffer_training import BufferTraining, train_on_memory
+from fedcond.continual.experience import experience_tensors
 from fedcond.errors import FedcondError
 from fedcond.train import soft_cross_entropy
 
@@ -60,7 +60,8 @@ class DistilledReplayPlugin(ReplayPlugin):
         iterations: distillation iterations for iterative methods (None = default).
         model: network the distiller uses for features / matching.
         distill_options: further method options (e.g. ``{"lr_images": 1.0}``).
-        rebalance: how old classes shrink when new ones arrive: ``nested``, ``subselect`` or ``redistill`` (see :class:`~fedcond.continual.buffer.DistillSpec`).
+        rebalance: how old classes shrink when new ones arrive: ``nested``, ``subselect`` or
+            ``redistill`` (see :class:`~fedcond.continual.buffer.DistillSpec`).
         mode: what follows each experience: ``retrain``, ``finetune`` or ``replay`` (above).
         buffer_training: the recipe of ``retrain`` / ``finetune`` (default: the evaluation
             protocol, 300 epochs of SGD lr 0.01 on the buffer).

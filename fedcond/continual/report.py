@@ -47,7 +47,9 @@ def plot_accuracy_matrices(panels: list[tuple[str, list[list[float]]]], path: Pa
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     cols = max(len(m[0]) for _, m in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(0.4 + (0.6 * cols + 0.8) * len(panels), 0.9 + 0.6 * cols), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(0.4 + (0.6 * cols + 0.8) * len(panels), 0.9 + 0.6 * cols), squeeze=False
+    )
     for ax, (title, matrix) in zip(axes[0], panels):
         ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
         for i, row in enumerate(matrix):
@@ -76,9 +78,18 @@ def plot_accuracy_vs_memory(summary: list[dict[str, Any]], path: Path, title: st
         pts = sorted((s["mem_size"], s["final_average_accuracy_mean"], s["final_average_accuracy_std"])
                      for s in summary if s["strategy"] == strategy)
         if len(pts) == 1 and pts[0][0] == 0:
-            ax.axhline(pts[0][1], linestyle="--", linewidth=1, label=strategy, color="gray" if strategy == "naive" else "black")
+            ax.axhline(
+                pts[0][1], linestyle="--", linewidth=1, label=strategy, color="gray" if strategy == "naive" else "black"
+            )
         else:
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=strategy)
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                marker="o",
+                capsize=3,
+                label=strategy,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("memory size (images)")
     ax.set_ylabel("final average accuracy")
@@ -111,5 +122,7 @@ def write_report(runs: list[dict[str, Any]], out_dir: Path, record: dict[str, An
         panels.append((strategy + (f", mem {mem}" if mem else ""), mean_matrix(rs)))
     paths["accuracy_matrix"] = plot_accuracy_matrices(panels, out_dir / "accuracy_matrix.png")
     if len({r["mem_size"] for r in runs if r["mem_size"] > 0}) > 1:
-        paths["accuracy_vs_memory"] = plot_accuracy_vs_memory(summary, out_dir / "accuracy_vs_memory.png", record.get("benchmark", ""))
+        paths["accuracy_vs_memory"] = plot_accuracy_vs_memory(
+            summary, out_dir / "accuracy_vs_memory.png", record.get("benchmark", "")
+        )
     return paths

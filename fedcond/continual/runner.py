@@ -37,7 +37,6 @@ from fedcond.continual.strategies import MEMORY_STRATEGIES, STRATEGIES, Strategy
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
 
-
 OVERRIDABLE = ("lr", "epochs", "batch_size_mem", "buffer_epochs", "buffer_lr", "buffer_augment")
 
 
@@ -81,7 +80,9 @@ class ContinualConfig:
         for name, values in self.overrides.items():
             bad = set(values) - set(OVERRIDABLE)
             if name not in STRATEGIES or bad:
-                raise FedcondError(f"override for {name!r} {sorted(bad)}: only {', '.join(OVERRIDABLE)} of a known strategy")
+                raise FedcondError(
+                    f"override for {name!r} {sorted(bad)}: only {', '.join(OVERRIDABLE)} of a known strategy"
+                )
 
     def settings(self, strategy: str, mem_size: int, seed: int, bench: Benchmark) -> StrategySettings:
         """The resolved settings of one run (shared values, then the strategy's overrides)."""
@@ -146,8 +147,16 @@ def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_d
                 rows.append([_exp_accuracy(metrics, exp, bench.task_incremental) for exp in range(len(test))])
                 stream_acc = _metric(metrics, "Top1_Acc_Stream/eval_phase/test_stream")
                 if checkpointing:
-                    store.save_experience(tag, recorded, {**capture(strategy), "rows": rows, "stream_accuracy": stream_acc,
-                                                          "wall_time_s": earlier + time.perf_counter() - start})
+                    store.save_experience(
+                        tag,
+                        recorded,
+                        {
+                            **capture(strategy),
+                            "rows": rows,
+                            "stream_accuracy": stream_acc,
+                            "wall_time_s": earlier + time.perf_counter() - start,
+                        },
+                    )
                 if on_experience is not None:
                     on_experience(tag, i)
         wall = earlier + time.perf_counter() - start

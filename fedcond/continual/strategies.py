@@ -92,7 +92,9 @@ def build_strategy(settings: StrategySettings, model: nn.Module, evaluator: Any,
         return JointTraining(model=model, optimizer=opt, criterion=ce, **common)
     if s.name == "gdumb":
         recipe = BufferTraining(epochs=s.buffer_epochs, lr=s.buffer_lr, augment=s.buffer_augment)
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
         decay = LRSchedulerPlugin(torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, recipe.epochs // 2)], 0.1))
         augment = batch_augmentation_plugin(recipe, seed=s.seed + 1)
         common.update(train_mb_size=recipe.batch_size, train_epochs=recipe.epochs)

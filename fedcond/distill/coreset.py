@@ -92,7 +92,9 @@ def feature_extractor(
     if config.feature_epochs > 0:
         n = dataset.train_images.shape[0]
         idx = torch.randperm(n, generator=generator)[: config.feature_train_images].to(dataset.device)
-        train_model(net, dataset.train_images[idx], dataset.train_labels[idx], config.feature_epochs, generator=generator)
+        train_model(
+            net, dataset.train_images[idx], dataset.train_labels[idx], config.feature_epochs, generator=generator
+        )
     return net.eval()
 
 

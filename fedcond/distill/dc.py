@@ -125,7 +125,9 @@ class DCConfig(IterativeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (self.outer_loop is not None and self.outer_loop < 1) or (self.inner_loop is not None and self.inner_loop < 0):
+        if (self.outer_loop is not None and self.outer_loop < 1) or (
+            self.inner_loop is not None and self.inner_loop < 0
+        ):
             raise FedcondError("outer_loop must be >= 1 and inner_loop >= 0")
         if self.lr_net <= 0 or self.batch_train < 1:
             raise FedcondError("lr_net must be > 0 and batch_train >= 1")
@@ -175,8 +177,10 @@ class DC:
         slot_rows = torch.arange(rows, device=device).repeat_interleave(slot_idx.shape[1])
         hard_t = F.one_hot(syn_class, k).float()
         dsa = DSA(config.dsa_strategy) if config.dsa else None
-        vectorised = config.vectorised and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                   for m in fresh_network(model, dataset, torch.Generator(), device).modules())
+        vectorised = config.vectorised and not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for m in fresh_network(model, dataset, torch.Generator(), device).modules()
+        )
         net: nn.Module | None = None
 
         def step(_: int) -> torch.Tensor:
@@ -191,8 +195,12 @@ class DC:
                     real = dsa.apply(real, params.take(real_rows))
                     syn = dsa.apply(syn, params.take(slot_rows))
                 probs = hard_t if state.label_logits is None else torch.softmax(state.label_logits, dim=1)
-                g_real = class_gradients(net, real.view(rows, width, *real.shape[1:]), real_t, real_w, False, vectorised)
-                g_syn = class_gradients(net, syn.view(*slot_idx.shape, *syn.shape[1:]), probs[slot_idx], slot_w, True, vectorised)
+                g_real = class_gradients(
+                    net, real.view(rows, width, *real.shape[1:]), real_t, real_w, False, vectorised
+                )
+                g_syn = class_gradients(
+                    net, syn.view(*slot_idx.shape, *syn.shape[1:]), probs[slot_idx], slot_w, True, vectorised
+                )
                 loss = gradient_distance(g_real, g_syn)
                 state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -55,7 +55,9 @@ class DDConfig(IterativeConfig):
         if self.unroll_steps < 1:
             raise FedcondError(f"unroll_steps must be >= 1, got {self.unroll_steps}")
         if self.backprop_steps is not None and not 1 <= self.backprop_steps <= self.unroll_steps:
-            raise FedcondError(f"backprop_steps must be in [1, unroll_steps={self.unroll_steps}], got {self.backprop_steps}")
+            raise FedcondError(
+                f"backprop_steps must be in [1, unroll_steps={self.unroll_steps}], got {self.backprop_steps}"
+            )
         if self.lr_teacher <= 0 or self.lr_lr < 0:
             raise FedcondError("lr_teacher must be > 0 and lr_lr >= 0")
 
@@ -64,8 +66,16 @@ class DDConfig(IterativeConfig):
         return self.unroll_steps if self.backprop_steps is None else self.backprop_steps
 
 
-def unrolled_loss(student: FlatNetwork, start: torch.Tensor, step_sizes: torch.Tensor, images: torch.Tensor,
-                  labels: torch.Tensor, real: torch.Tensor, real_labels: torch.Tensor, backprop_steps: int) -> torch.Tensor:
+def unrolled_loss(
+    student: FlatNetwork,
+    start: torch.Tensor,
+    step_sizes: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    real: torch.Tensor,
+    real_labels: torch.Tensor,
+    backprop_steps: int,
+) -> torch.Tensor:
     """Real-batch loss after training from ``start`` on (images, labels), one step per step size.
 
     Only the last ``backprop_steps`` steps are part of the graph (truncated unrolling).

@@ -98,7 +98,7 @@ def distill_many(datasets: Sequence[ImageDataset], config: DMConfig, generators:
         params, buffers = stack_module_state([_Embed(n) for n in nets])
         base = _Embed(nets[0])
 
-        def embed(p: dict, bufs: dict, x: torch.Tensor) -> torch.Tensor:
+        def embed(p: dict, bufs: dict, x: torch.Tensor, base: nn.Module = base) -> torch.Tensor:
             return functional_call(base, (p, bufs), (x,))
 
         with torch.no_grad():

@@ -121,7 +121,9 @@ class DPDMConfig(IterativeConfig):
         if self.learn_labels:
             raise FedcondError("dp-dm keeps hard labels; drop learn_labels")
         if not self.epsilon > 0 or not 0 < self.delta < 1:
-            raise FedcondError(f"dp-dm needs epsilon > 0 and 0 < delta < 1, got epsilon {self.epsilon}, delta {self.delta}")
+            raise FedcondError(
+                f"dp-dm needs epsilon > 0 and 0 < delta < 1, got epsilon {self.epsilon}, delta {self.delta}"
+            )
         if self.mechanism not in MECHANISMS:
             raise FedcondError(f"mechanism must be one of {', '.join(MECHANISMS)}, got {self.mechanism!r}")
         if self.bank_size < 1 or not 1 <= self.members_per_step:
@@ -202,7 +204,7 @@ def _checkpointed_state(config: "DPDMConfig") -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["method_state"]
         return {"seed": int(state["seed"]), "planned_steps": int(state["planned_steps"])}
-    except Exception:  # unreadable or another method's: run_loop reports it when it loads the file
+    except Exception:  # noqa: BLE001  (unreadable or another method's: run_loop reports it when it loads the file)
         return None
 
 
@@ -293,7 +295,9 @@ def privacy_record(spend: PrivacySpend, config: DPDMConfig, sens: float, size_no
         "bank_size": config.bank_size if config.mechanism == "release" else None,
         "adjacency": "add or remove one training example",
         "library": "opacus",
-        "noise_seed": "secret" if config.noise_seed < 0 else "fixed (reproducible: no guarantee against anyone who knows it)",
+        "noise_seed": "secret"
+        if config.noise_seed < 0
+        else "fixed (reproducible: no guarantee against anyone who knows it)",
         "class_size_noise_std": size_noise,
         "dropped_classes": torch.nonzero(~keep).flatten().tolist(),
         "noisy_class_sizes": [round(float(s), 1) for s in sizes.cpu()],

@@ -138,9 +138,20 @@ def train_expert(
     for epoch in range(len(points) - 1, config.epochs):
         # One epoch per call: constant lr (no decay), so consecutive calls are one run.
         losses: list[float] = []
-        train_model(net, dataset.train_images, dataset.train_labels, 1, lr=config.lr, momentum=config.momentum,
-                    weight_decay=config.weight_decay, batch_size=config.batch_size, generator=generator,
-                    augment=augment, lr_decay_at_half=False, on_epoch=lambda _, loss: losses.append(loss))
+        train_model(
+            net,
+            dataset.train_images,
+            dataset.train_labels,
+            1,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            batch_size=config.batch_size,
+            generator=generator,
+            augment=augment,
+            lr_decay_at_half=False,
+            on_epoch=lambda _, loss, losses=losses: losses.append(loss),
+        )
         points.append(flat.flatten().cpu())
         if partial is not None:
             _atomic_save({"trajectory": torch.stack(points), "generator": generator.get_state()}, partial, {})
@@ -174,7 +185,9 @@ def ensure_experts(
                                    f"({describe_difference(found, manifest)}); use another folder")
         else:
             path.write_text(json.dumps(manifest, indent=2))
-    todo = [i for i in range(config.num_experts) if folder is None or not (folder / f"expert_{i:03d}.safetensors").exists()]
+    todo = [
+        i for i in range(config.num_experts) if folder is None or not (folder / f"expert_{i:03d}.safetensors").exists()
+    ]
     total, done = len(todo) * config.epochs, 0
     trajectories: dict[int, torch.Tensor] = {}
     for i in todo:

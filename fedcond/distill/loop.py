@@ -198,7 +198,9 @@ class RunSetup:
     def run(self, step: Callable[[int], torch.Tensor], generator: torch.Generator, callbacks: list[Callback] | None,
             snapshot: Callable[[], SyntheticSet] | None = None, method_state: MethodState | None = None) -> None:
         """:func:`run_loop` with this run's fingerprint (checkpoint, resume, progress)."""
-        fingerprint = run_fingerprint(self.method, self.config, self.seed, self.dataset.name, int(self.syn_class.numel()))
+        fingerprint = run_fingerprint(
+            self.method, self.config, self.seed, self.dataset.name, int(self.syn_class.numel())
+        )
         run_loop(step, self.state, self.config, generator, fingerprint, callbacks, snapshot or self.snapshot,
                  method_state=method_state)
 
@@ -237,7 +239,9 @@ def start_run(
         syn_class = initial.hard_labels.to(device)
         sampler = ClassSampler.from_labels(dataset.train_labels, dataset.num_classes, only=syn_class.unique())
         images = initial.images.float().to(device)
-    logits = initial_label_logits(syn_class, dataset.num_classes, config.label_init_scale) if config.learn_labels else None
+    logits = (
+        initial_label_logits(syn_class, dataset.num_classes, config.label_init_scale) if config.learn_labels else None
+    )
     extras = {name: (t.to(device), lr) for name, (t, lr) in (extras or {}).items()}
     state = RunState.create(images, logits, config, extras)
     return RunSetup(method, config, device, seed, dataset, sampler, syn_class, state)
@@ -279,11 +283,13 @@ def load_checkpoint(path: Path, state: RunState, generator: torch.Generator, fin
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         iteration, saved = int(payload["iteration"]), str(payload["fingerprint"])
-    except Exception as err:  # unpickling errors come in many types; all mean "unreadable"
+    except Exception as err:  # noqa: BLE001  (unpickling errors come in many types; all mean "unreadable")
         raise FedcondError(f"cannot read checkpoint {path}: {err}; delete it to start over") from None
     if saved != fingerprint:
         diff = describe_difference(json.loads(saved), json.loads(fingerprint))
-        raise FedcondError(f"checkpoint {path} belongs to a different run ({diff}); use another checkpoint dir or delete it")
+        raise FedcondError(
+            f"checkpoint {path} belongs to a different run ({diff}); use another checkpoint dir or delete it"
+        )
     with torch.no_grad():
         state.images.copy_(payload["images"])
         if state.label_logits is not None:

@@ -284,7 +284,9 @@ def initial_label_logits(syn_class: torch.Tensor, num_classes: int, scale: float
     return F.one_hot(syn_class, num_classes).float() * scale
 
 
-def syn_assignment(syn_rows: torch.Tensor, num_rows: int, probs: torch.Tensor | None, classes: torch.Tensor) -> torch.Tensor:
+def syn_assignment(
+    syn_rows: torch.Tensor, num_rows: int, probs: torch.Tensor | None, classes: torch.Tensor
+) -> torch.Tensor:
     """(R, N) weights turning synthetic features into per-class means (rows sum to 1).
 
     Hard labels: 1/s_c on the class's own images; images of no row (``syn_rows`` -1: a

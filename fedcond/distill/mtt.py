@@ -88,8 +88,10 @@ class MTTConfig(IterativeConfig):
         if self.syn_steps < 1 or self.expert_epochs < 1 or self.max_start_epoch < 0:
             raise FedcondError("syn_steps and expert_epochs must be >= 1, max_start_epoch >= 0")
         if self.max_start_epoch + self.expert_epochs > self.expert_train_epochs:
-            raise FedcondError(f"max_start_epoch + expert_epochs ({self.max_start_epoch} + {self.expert_epochs}) exceeds "
-                               f"the experts' {self.expert_train_epochs} epochs")
+            raise FedcondError(
+                f"max_start_epoch + expert_epochs ({self.max_start_epoch} + {self.expert_epochs}) exceeds "
+                f"the experts' {self.expert_train_epochs} epochs"
+            )
         if self.lr_teacher <= 0 or self.lr_lr < 0:
             raise FedcondError("lr_teacher must be > 0 and lr_lr >= 0")
         if self.batch_syn is not None and self.batch_syn < 1:
@@ -112,7 +114,9 @@ class StudentPlan:
     batches: list[torch.Tensor]  # per step: indices into the synthetic set
     augment: list[DSAParams | None]  # per step: DSA draw (one per image)
 
-    def batch(self, i: int, images: torch.Tensor, labels: torch.Tensor, dsa: DSA | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, i: int, images: torch.Tensor, labels: torch.Tensor, dsa: DSA | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Step ``i``'s (augmented) images and labels."""
         idx = self.batches[i]
         x = images[idx]

@@ -27,10 +27,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from fedcond.federated.records import CONFIGRECORD_KEY, message_nbytes
+
 # on_reply(server_round, replies so far, messages sent, reply ok?)
 OnReply = Callable[[int, int, int, bool], None]
-
-from fedcond.federated.records import CONFIGRECORD_KEY, message_nbytes
 
 
 @dataclass

@@ -120,7 +120,12 @@ class FederateConfig:
             raise FedcondError(f"fail mode must be raise or corrupt, got {self.fail_mode!r}")
         if self.lr <= 0 or self.server_lr_train <= 0 or self.proximal_mu < 0:
             raise FedcondError("learning rates must be > 0 and proximal mu >= 0")
-        if self.feddm_lr_images <= 0 or not 0 <= self.feddm_momentum_images < 1 or self.feddm_batch_real < 1 or self.feddm_rho < 0:
+        if (
+            self.feddm_lr_images <= 0
+            or not 0 <= self.feddm_momentum_images < 1
+            or self.feddm_batch_real < 1
+            or self.feddm_rho < 0
+        ):
             raise FedcondError("feddm-lr-images must be > 0, feddm-momentum-images in [0, 1), "
                                "feddm-batch-real >= 1 and feddm-rho >= 0")
         from fedcond.synthetic import STORAGE_DTYPES  # noqa: PLC0415

@@ -25,13 +25,18 @@ import torch
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.events import OnEvent
-from fedcond.federated.usage import TreeUsage
 from fedcond.federated.partition import cached_partitions, label_histogram
 from fedcond.federated.references import centralised_reference, plan_runs, raw_data_upload
 from fedcond.federated.report import (
-    annotate_privacy, markdown_table, plot_accuracy_vs_bytes, plot_accuracy_vs_epsilon, plot_label_histogram, privacy_table,
+    annotate_privacy,
+    markdown_table,
+    plot_accuracy_vs_bytes,
+    plot_accuracy_vs_epsilon,
+    plot_label_histogram,
+    privacy_table,
     write_results,
 )
+from fedcond.federated.usage import TreeUsage
 from fedcond.runinfo import run_record, write_json
 
 
@@ -44,7 +49,9 @@ def save_partitions(cfg: FederateConfig, out: Path) -> tuple[list[list[int]], li
     hist = label_histogram(data.train_labels, parts, data.num_classes)
     write_json(out / "label_histogram.json", {"classes": list(data.classes), "partition": cfg.partition,
                                               "alpha": cfg.alpha, "seed": cfg.seed, "histogram": hist})
-    title = f"{cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}" + (f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else "")
+    title = f"{cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}" + (
+        f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else ""
+    )
     plot_label_histogram(hist, data.classes, out / "label_histogram.png", title)
     return hist, parts
 

@@ -28,9 +28,11 @@ def _mb(n: int | float) -> float:
 def _row(run: dict[str, Any], raw_bytes: int | None) -> str:
     acc = run.get("final_accuracy")
     share = f"{run['upload_bytes'] / raw_bytes:.2%}" if raw_bytes else "-"
-    return (f"| {run.get('name', run['strategy'])} | {len(run['rounds'])} | {acc:.4f} | {_mb(run['upload_bytes']):.3f} | "
-            f"{_mb(run['download_bytes']):.3f} | {_mb(run['upload_bytes'] + run['download_bytes']):.3f} | {share} | "
-            f"{run.get('clients_lost_total', 0)} |")
+    return (
+        f"| {run.get('name', run['strategy'])} | {len(run['rounds'])} | {acc:.4f} | {_mb(run['upload_bytes']):.3f} | "
+        f"{_mb(run['download_bytes']):.3f} | {_mb(run['upload_bytes'] + run['download_bytes']):.3f} | {share} | "
+        f"{run.get('clients_lost_total', 0)} |"
+    )
 
 
 def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None = None,
@@ -50,12 +52,16 @@ def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None 
                      f"{_mb(raw_bytes):.3f} MB.")
     if reference:
         if "full_data_accuracy" in reference:
-            lines.append(f"Centralised upper bound (all data in one place, trained to a plateau: "
-                         f"{reference['full_data_epochs']} epochs, best at {reference.get('full_data_best_epoch', '?')}): "
-                         f"accuracy {reference['full_data_accuracy']:.4f}.")
+            lines.append(
+                f"Centralised upper bound (all data in one place, trained to a plateau: "
+                f"{reference['full_data_epochs']} epochs, best at {reference.get('full_data_best_epoch', '?')}): "
+                f"accuracy {reference['full_data_accuracy']:.4f}."
+            )
         if "centralised_distill_accuracy" in reference:
-            lines.append(f"Centralised {reference['centralised_distill_method']} at ipc {reference['centralised_distill_ipc']} "
-                         f"(the pooled size): accuracy {reference['centralised_distill_accuracy']:.4f}.")
+            lines.append(
+                f"Centralised {reference['centralised_distill_method']} at ipc {reference['centralised_distill_ipc']} "
+                f"(the pooled size): accuracy {reference['centralised_distill_accuracy']:.4f}."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -71,13 +77,21 @@ def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: di
 
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     for run in runs:
-        pts = [(r["upload_bytes"], r["accuracy"]) for r in run["rounds"] if r["accuracy"] is not None and r["upload_bytes"] > 0]
+        pts = [
+            (r["upload_bytes"], r["accuracy"])
+            for r in run["rounds"]
+            if r["accuracy"] is not None and r["upload_bytes"] > 0
+        ]
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker="o", label=run.get("name", run["strategy"]))
     markers = iter("sD^v<>ph")
     for run in reference_runs or []:
-        pts = [(r["upload_bytes"], r["accuracy"]) for r in run["rounds"] if r["accuracy"] is not None and r["upload_bytes"] > 0]
+        pts = [
+            (r["upload_bytes"], r["accuracy"])
+            for r in run["rounds"]
+            if r["accuracy"] is not None and r["upload_bytes"] > 0
+        ]
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker=next(markers, "o"), markersize=7, linestyle=":", markerfacecolor="none",
@@ -161,7 +175,9 @@ def privacy_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy_vs_epsilon(runs: list[dict[str, Any]], path: Path, reference: dict[str, Any] | None = None) -> Path | None:
+def plot_accuracy_vs_epsilon(
+    runs: list[dict[str, Any]], path: Path, reference: dict[str, Any] | None = None
+) -> Path | None:
     """Final accuracy against the runs' ε (log x), beside the same plot against bytes: DP
     runs as points joined in ε order, FedCond runs without DP as dashed horizontal lines
     (ε = inf), the centralised upper bound as a grey one. None (no file) without DP runs."""

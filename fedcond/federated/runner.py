@@ -25,8 +25,8 @@ from typing import Any, Sequence
 from fedcond.federated.checkpoint import load_latest, load_record, save_record
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.events import OnEvent, RunFinished, RunStarted
-from fedcond.federated.usage import TreeUsage
 from fedcond.federated.references import PlannedRun
+from fedcond.federated.usage import TreeUsage
 
 
 def backend_config(num_cpus: float = 1.0, num_gpus: float = 0.0, total_cpus: int | None = None) -> dict[str, Any]:
@@ -50,8 +50,8 @@ def run_strategy(cfg: FederateConfig, resources: dict[str, Any] | None = None, l
     """
     from flwr.simulation import run_simulation  # noqa: PLC0415
 
-    from simulations.client_app import make_client_app  # noqa: PLC0415
     from fedcond.federated.flower_log import without_run_simulation_deprecation  # noqa: PLC0415
+    from simulations.client_app import make_client_app  # noqa: PLC0415
     from simulations.server_app import make_server_app  # noqa: PLC0415
 
     results: list[dict[str, Any]] = []
@@ -96,7 +96,9 @@ def run_all(
             record = load_record(Path(cfg.checkpoint_dir), cfg) if cfg.checkpoint_dir else None
             if record is None:
                 saved = load_latest(Path(cfg.checkpoint_dir), cfg) if cfg.checkpoint_dir else None
-                emit(RunStarted(run.name, cfg.effective_rounds, cfg.num_clients, saved.server_round + 1 if saved else 1))
+                emit(
+                    RunStarted(run.name, cfg.effective_rounds, cfg.num_clients, saved.server_round + 1 if saved else 1)
+                )
                 record = run_strategy(cfg, resources, log_file, on_event)
                 if run.kind is not None:
                     record.update({"reference": run.kind, "reference_of": run.of})

@@ -42,7 +42,9 @@ def pool_sets(sets: list[SyntheticSet]) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.cat([s.images.float() for s in sets])
     if any(s.soft_labels for s in sets):
         k = sets[0].num_classes
-        labels = torch.cat([s.labels.float() if s.soft_labels else nn.functional.one_hot(s.labels, k).float() for s in sets])
+        labels = torch.cat(
+            [s.labels.float() if s.soft_labels else nn.functional.one_hot(s.labels, k).float() for s in sets]
+        )
     else:
         labels = torch.cat([s.labels for s in sets])
     return images, labels

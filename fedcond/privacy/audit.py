@@ -139,7 +139,8 @@ class AuditReport:
             "set": self.set_info,
             "synthetic": s.to_json(),
             "random_real": r.to_json() if r else None,
-            "audit_config": {k: v for k, v in vars(self.config).items() if k != "eval"} | {"eval": vars(self.config.eval)},
+            "audit_config": {k: v for k, v in vars(self.config).items() if k != "eval"}
+            | {"eval": vars(self.config.eval)},
             "seconds": self.seconds,
         }
 
@@ -171,7 +172,9 @@ def audit_set(sset: SyntheticSet, data: ImageDataset, config: AuditConfig | None
     eval_cfg = config.eval
     if sset.soft_labels:
         eval_cfg = replace(eval_cfg, kd_temperature=kd_temperature(sset, eval_cfg))
-    models = [train_fresh_model(data, sset.images.float(), sset.labels, eval_cfg, config.seed + r) for r in range(config.runs)]
+    models = [
+        train_fresh_model(data, sset.images.float(), sset.labels, eval_cfg, config.seed + r) for r in range(config.runs)
+    ]
     say("membership attack")
     synthetic = _attack(models, data, members, seeds, source, outsiders, mem)
 

@@ -24,7 +24,9 @@ from torch.nn import functional as F
 
 
 @torch.no_grad()
-def example_losses(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def example_losses(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
     """(N,) cross-entropy of ``model`` on each (image, hard label), in eval mode, on the CPU."""
     was_training = model.training
     model.eval()
