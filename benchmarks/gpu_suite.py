@@ -371,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
             raise FedcondError(f"--data-dir {args.data_dir} is not a folder: copy MNIST/raw and "
                                "cifar10-jpeg.tar.gz into it (see the docstring)")
         device = torch.device("cpu" if args.dry_run else "cuda")
-        args.data_dir = None if args.dry_run else args.data_dir
+        # Absolute: the command cells run from the repository root, wherever this was started.
+        args.data_dir = None if args.dry_run else str(Path(args.data_dir).resolve())
+        args.out = args.out.resolve()
         sizes = DRY if args.dry_run else REAL
         args.out.mkdir(parents=True, exist_ok=True)
         suite = Suite(args, sizes, device, args.out, start_results(args, args.out, device))

@@ -42,7 +42,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_ms(ours['seconds_per_iteration'])} | {_ms(ref['seconds_per_iteration'])} "
                      f"| {row['speedup']:.2f}x | {ours['peak_memory_mb']:.0f} | {ref['peak_memory_mb']:.0f} | {goal} |")
     lines += ["", "DSA and MTT rows: per outer iteration. Peak memory: the GPU allocator's peak per loop "
-              "(on the CPU: the process's peak RSS, monotone over the run).", "",
+              "with the resident data set in both; on the CPU: the process's peak RSS, monotone over the run).", "",
               "## Paper-length DM, standard evaluation protocol", "",
               "| cell | iterations | distill s | accuracy % | random real % | protocol | status |",
               "|---|---|---|---|---|---|---|"]
