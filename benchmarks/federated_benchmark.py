@@ -362,6 +362,11 @@ def main() -> None:
                 entry.update({"fedavg_grid": grid, "tune_rounds": args.tune_rounds})
             lr, ep = tuned[alpha]
             for name in ("fedavg", "fedprox"):
+                tuned_cell = entry["cells"].get(f"fedavg_lr{lr}_ep{ep}")
+                if name == "fedavg" and tuned_cell is not None and args.tune_rounds == args.rounds:
+                    # the winning grid cell already is FedAvg at these settings and rounds
+                    entry["cells"][name] = tuned_cell
+                    continue
                 cell(
                     name,
                     dataclasses.replace(base, rounds=args.rounds, lr=lr, local_epochs=ep, random_reference=False),

@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--fresh", action="store_true", help="ignore finished cells in the results file")
+    p.add_argument("--report-only", action="store_true", help="run no cell; rewrite the markdown from the JSON")
     args = p.parse_args()
 
     if args.threads:
@@ -86,16 +87,21 @@ def main() -> None:
                                                "iterate_iterations", "dm_option", "dp_option", "iterate_option",
                                                "seed")}
     done: dict[str, Any] = {}
+    record = run_record(torch.device("cpu"), command=" ".join(["python", *sys.argv]), dataset=data.name)
+    record["versions"] = {**package_versions(), **_more_versions()}
+    record["commands"] = [record["command"]]
     if path.exists() and not args.fresh:
         saved = json.loads(path.read_text())
         if saved.get("settings") == settings:
             done = saved.get("cells", {})
+            # every command that added cells to this file, oldest first
+            earlier = saved.get("commands", [saved.get("command")])
+            added = [] if args.report_only else [c for c in record["commands"] if c not in earlier]
+            record["commands"] = [c for c in earlier if c] + added
         else:
             print(f"{path} holds other settings: starting over (its cells are replaced)", flush=True)
-    record = run_record(torch.device("cpu"), command=" ".join(["python", *sys.argv]), dataset=data.name)
-    record["versions"] = {**package_versions(), **_more_versions()}
 
-    for cell in cells:
+    for cell in [] if args.report_only else cells:
         if cell in done:
             print(f"{cell}: done before ({_summary(done[cell])})", flush=True)
             continue
@@ -178,7 +184,7 @@ def markdown(record: dict[str, Any], dataset: str, settings: dict[str, Any], cel
     v = record["versions"]
     lines = [
         f"# Privacy: audit and DP-DM on {dataset}, IPC {settings['ipc']}", "",
-        f"Command: `{record['command']}`  ",
+        *(f"Command: `{c}`  " for c in record.get("commands", [record["command"]])),
         f"Machine: {record['device_name']}; started {record['started_at']}  ",
         f"Versions: fedcond {v.get('fedcond')}, torch {v.get('torch')}, opacus {v.get('opacus')}, "
         f"scikit-learn {v.get('scikit-learn')}, python {v.get('python')}  ",
