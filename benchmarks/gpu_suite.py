@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's fedcond, whatever is installed
 import torch  # noqa: E402
 
 from fedcond.data import ImageDataset, load_dataset  # noqa: E402
-from fedcond.distill import get_distiller  # noqa: E402
+from fedcond.distill import Callback, get_distiller  # noqa: E402
 from fedcond.distill.experts import ensure_experts  # noqa: E402
 from fedcond.errors import FedcondError  # noqa: E402
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic  # noqa: E402
@@ -205,8 +205,8 @@ def mtt_timing(suite: Suite, data_name: str, ipc: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- paper-length DM
-class Budget:
-    """Callback: keeps the latest snapshot, raises :class:`OutOfTime` once ``deadline`` passed."""
+class Budget(Callback):
+    """Keeps the latest snapshot, raises :class:`OutOfTime` once ``deadline`` passed."""
 
     def __init__(self, suite: Suite, deadline: float, total: int) -> None:
         self.suite, self.deadline, self.total = suite, deadline, total
@@ -214,7 +214,7 @@ class Budget:
         self.iteration = 0
         self.first: tuple[int, float] | None = None
 
-    def __call__(self, iteration: int, total: int, metrics: dict[str, float]) -> None:
+    def on_progress(self, iteration: int, total: int, metrics: dict[str, float]) -> None:
         now = time.monotonic()
         if self.first is None:
             self.first = (iteration, now)

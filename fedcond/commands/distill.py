@@ -49,7 +49,7 @@ def command(
 ) -> None:
     """Distill a data set into a few synthetic images per class."""
     from fedcond.data import load_dataset  # noqa: PLC0415
-    from fedcond.distill import get_distiller  # noqa: PLC0415
+    from fedcond.distill import Callback, get_distiller  # noqa: PLC0415
     from fedcond.runinfo import peak_memory_bytes, resolve_device, run_record, write_json  # noqa: PLC0415
     from fedcond.visualize import save_grid  # noqa: PLC0415
 
@@ -83,13 +83,15 @@ def command(
         torch.cuda.reset_peak_memory_stats(dev)
     start = time.perf_counter()
     with progress_bar(f"distill {method}") as update:
-        def on_progress(iteration: int, total: int, metrics: dict[str, float]) -> None:
-            stamps.append((time.perf_counter(), iteration))
-            update(iteration, total, **metrics)
+        class Bar(Callback):
+            def on_progress(self, iteration: int, total: int, metrics: dict[str, float]) -> None:
+                stamps.append((time.perf_counter(), iteration))
+                update(iteration, total, **metrics)
 
-        # MTT first trains its expert trajectories: show that on the same bar.
-        on_progress.on_experts = lambda done, total: update(done, total, expert_epochs=done)  # type: ignore[attr-defined]
-        sset = distiller.distill(data, config, torch.Generator().manual_seed(seed), dev, [on_progress])
+            def on_experts(self, done: int, total: int) -> None:  # MTT's experts train first: same bar
+                update(done, total, expert_epochs=done)
+
+        sset = distiller.distill(data, config, torch.Generator().manual_seed(seed), dev, [Bar()])
     wall = time.perf_counter() - start
     sset.storage_dtype = dtype
     nbytes = sset.save(out / "synthetic.safetensors")

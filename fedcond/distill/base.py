@@ -9,13 +9,15 @@ all three places.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol, Sequence, TypeVar
 
 import torch
 
 from fedcond.data import ImageDataset
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
+
+C = TypeVar("C", bound="DistillConfig")
 
 
 @dataclass
@@ -33,6 +35,11 @@ class DistillConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
+    def coerce(cls: type[C], config: "DistillConfig") -> C:
+        """``config`` as this class: itself if it is one, else rebuilt from its values."""
+        return config if isinstance(config, cls) else cls(**config.to_dict())
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DistillConfig":
         """Build from a dict (CLI flags, TOML), rejecting unknown keys with a clear message."""
         known = {f.name for f in fields(cls)}
@@ -44,10 +51,41 @@ class DistillConfig:
         return cls(**values)
 
 
-class Callback(Protocol):
-    """Receives progress from iterative methods (progress bars, logging, periodic eval)."""
+class Callback:
+    """What a run reports (progress bars, logging, periodic evaluation); every hook does
+    nothing unless a subclass overrides it. A plain function ``fn(iteration, total,
+    metrics)`` in a ``callbacks`` list stands for ``on_progress`` (see :func:`as_callbacks`)."""
 
-    def __call__(self, iteration: int, total: int, metrics: dict[str, float]) -> None: ...
+    def on_progress(self, iteration: int, total: int, metrics: dict[str, float]) -> None:
+        """Every ``log_every`` iterations and at the end (coresets: per class selected)."""
+
+    def on_snapshot(self, iteration: int, synthetic_set: SyntheticSet) -> None:
+        """Iterative methods, every ``eval_every`` iterations: the set as it is now."""
+
+    def on_experts(self, done: int, total: int) -> None:
+        """MTT, before its iterations: expert epochs trained so far."""
+
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+Callbacks = Sequence[Callback | ProgressFn] | None
+
+
+class _ProgressFunction(Callback):
+    def __init__(self, fn: ProgressFn) -> None:
+        self.fn = fn
+
+    def on_progress(self, iteration: int, total: int, metrics: dict[str, float]) -> None:
+        self.fn(iteration, total, metrics)
+
+
+def as_callbacks(callbacks: Callbacks) -> list[Callback]:
+    """``callbacks`` as Callback objects, a plain function wrapped as its ``on_progress``."""
+    return [cb if isinstance(cb, Callback) else _ProgressFunction(cb) for cb in callbacks or ()]
+
+
+def overrides(callback: Callback, hook: str) -> bool:
+    """Whether ``callback`` does something on ``hook`` (so a costly argument is worth making)."""
+    return getattr(type(callback), hook) is not getattr(Callback, hook)
 
 
 class Distiller(Protocol):
@@ -62,7 +100,7 @@ class Distiller(Protocol):
         config: DistillConfig,
         generator: torch.Generator,
         device: torch.device | str = "cpu",
-        callbacks: list[Callback] | None = None,
+        callbacks: Callbacks = None,
     ) -> SyntheticSet: ...
 
 
@@ -91,15 +129,16 @@ def get_distiller(name: str) -> Distiller:
 
 
 def method_names() -> tuple[str, ...]:
+    """The registered method names."""
     import fedcond.distill  # noqa: F401,PLC0415
 
     return tuple(_REGISTRY)
 
 
-def emit(callbacks: list[Callback] | None, iteration: int, total: int, metrics: dict[str, float]) -> None:
+def emit(callbacks: Callbacks, iteration: int, total: int, metrics: dict[str, float]) -> None:
     """Send one progress event to every callback."""
-    for cb in callbacks or ():
-        cb(iteration, total, metrics)
+    for cb in as_callbacks(callbacks):
+        cb.on_progress(iteration, total, metrics)
 
 
 def make_set(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, emit, generator_seed, make_set, register
+from fedcond.distill.base import Callbacks, DistillConfig, emit, generator_seed, make_set, register
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
 from fedcond.synthetic import SyntheticSet
@@ -109,7 +109,7 @@ class _CoresetDistiller:
     name: str
 
     def _select(self, dataset: ImageDataset, config: CoresetConfig, generator: torch.Generator,
-                callbacks: list[Callback] | None) -> torch.Tensor:
+                callbacks: Callbacks) -> torch.Tensor:
         raise NotImplementedError
 
     def distill(
@@ -118,10 +118,9 @@ class _CoresetDistiller:
         config: DistillConfig,
         generator: torch.Generator,
         device: torch.device | str = "cpu",
-        callbacks: list[Callback] | None = None,
+        callbacks: Callbacks = None,
     ) -> SyntheticSet:
-        if not isinstance(config, CoresetConfig):
-            config = CoresetConfig(**config.to_dict())
+        config = CoresetConfig.coerce(config)
         seed = generator_seed(generator)
         dataset = dataset.to(device)
         idx = self._select(dataset, config, generator, callbacks).to(dataset.device)

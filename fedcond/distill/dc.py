@@ -22,6 +22,7 @@ cannot be vmapped); the literature's ConvNet uses instance norm.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -29,12 +30,10 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from fedcond.augment import DSA
-from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, register
-from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.base import Callbacks, register
+from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import ClassSampler, class_rows, fresh_network, to_device
 from fedcond.errors import FedcondError
-from fedcond.synthetic import SyntheticSet
 from fedcond.train import train_model
 
 # (outer_loop, inner_loop) by images per class, from the DC paper's code.
@@ -145,22 +144,13 @@ class DSAConfig(DCConfig):
 
 
 @register("dc")
-class DC:
+class DC(IterativeDistiller):
     """Gradient matching; ``dsa`` is the same with siamese augmentation."""
 
-    config_class: type[DCConfig] = DCConfig
-    name: str
+    config_class: ClassVar[type[DCConfig]] = DCConfig
 
-    def distill(
-        self,
-        dataset: ImageDataset,
-        config: DistillConfig,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        callbacks: list[Callback] | None = None,
-    ) -> SyntheticSet:
-        """Distill ``dataset`` (only its present classes, up to ``ipc`` images each)."""
-        run = start_run(self.name, dataset, config, self.config_class, generator, device)
+    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks) -> Step:
+        """DC's step: a fresh network, ``outer_loop`` matching steps with inner training between."""
         config, device, dataset = run.config, run.device, run.dataset
         sampler, syn_class, state = run.sampler, run.syn_class, run.state
         model = config.model
@@ -212,8 +202,7 @@ class DC:
                                 augment=dsa, lr_decay_at_half=False)
             return total / outer_loop
 
-        run.run(step, generator, callbacks)
-        return run.snapshot()
+        return step
 
 
 @register("dsa")

@@ -20,13 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, register
+from fedcond.distill.base import Callbacks, register
 from fedcond.distill.functional import FlatNetwork
-from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import fresh_network, to_device
 from fedcond.errors import FedcondError
-from fedcond.synthetic import SyntheticSet
 
 
 @dataclass
@@ -94,26 +92,17 @@ def unrolled_loss(
 
 
 @register("dd")
-class DD:
+class DD(IterativeDistiller):
     """Backpropagation through (truncated) training; see the module docstring."""
 
     config_class = DDConfig
-    name: str
 
-    def distill(
-        self,
-        dataset: ImageDataset,
-        config: DistillConfig,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        callbacks: list[Callback] | None = None,
-    ) -> SyntheticSet:
-        """Distill ``dataset`` (only its present classes, up to ``ipc`` images each)."""
-        if not isinstance(config, DDConfig):
-            config = DDConfig(**config.to_dict())
-        steps0 = torch.full((config.unroll_steps,), config.lr_teacher)
-        run = start_run(self.name, dataset, config, DDConfig, generator, device,
-                        extras={"step_sizes": (steps0, config.lr_lr)})
+    def extras(self, config: DDConfig) -> dict[str, tuple[torch.Tensor, float]]:
+        """The learned inner step sizes (recorded in the set as ``learned_step_sizes``)."""
+        return {"step_sizes": (torch.full((config.unroll_steps,), config.lr_teacher), config.lr_lr)}
+
+    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks) -> Step:
+        """DD's step: a fresh network trained on the set, its real-batch loss back to the set."""
         config, device, dataset = run.config, run.device, run.dataset
         sampler, state = run.sampler, run.state
         real_weights = sampler.weights(config.batch_real, device)
@@ -136,10 +125,4 @@ class DD:
                 state.extras["step_sizes"].clamp_(min=0.0)  # a negative step would ascend the loss
             return loss.detach()
 
-        def snapshot() -> SyntheticSet:
-            sset = run.snapshot()
-            sset.config["learned_step_sizes"] = state.extras["step_sizes"].detach().cpu().tolist()
-            return sset
-
-        run.run(step, generator, callbacks, snapshot)
-        return snapshot()
+        return step

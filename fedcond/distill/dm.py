@@ -41,8 +41,8 @@ from torch import nn
 
 from fedcond.augment import DSA
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, register
-from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.base import Callbacks, DistillConfig, register
+from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import (
     RealSlots,
     SiameseBatches,
@@ -114,11 +114,10 @@ class DMConfig(IterativeConfig):
 
 
 @register("dm")
-class DM:
+class DM(IterativeDistiller):
     """Distribution matching; see :func:`dm_loss`."""
 
     config_class = DMConfig
-    name: str
 
     def distill(
         self,
@@ -126,9 +125,9 @@ class DM:
         config: DistillConfig,
         generator: torch.Generator,
         device: torch.device | str = "cpu",
-        callbacks: list[Callback] | None = None,
-        embed_model: nn.Module | None = None,
+        callbacks: Callbacks = None,
         initial: SyntheticSet | None = None,
+        embed_model: nn.Module | None = None,
     ) -> SyntheticSet:
         """Distill ``dataset`` (only its present classes, up to ``ipc`` images each).
 
@@ -138,7 +137,15 @@ class DM:
         ``initial``: refine this set (its images and hard labels) instead of starting from
         ``config.init``; its images of classes ``dataset`` lacks weigh 0 and stay as they are.
         """
-        run = start_run(self.name, dataset, config, DMConfig, generator, device, initial=initial)
+        flags = _freeze(embed_model)
+        try:
+            return super().distill(dataset, config, generator, device, callbacks, initial, embed_model=embed_model)
+        finally:
+            _unfreeze(embed_model, flags)
+
+    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks,
+                embed_model: nn.Module | None = None) -> Step:
+        """DM's step: one fresh (or perturbed) network, one matching step on the images."""
         config, device, dataset = run.config, run.device, run.dataset
         sampler, syn_class, state = run.sampler, run.syn_class, run.state
 
@@ -176,12 +183,7 @@ class DM:
                 match_channel_stats(state.images.data, *pixel_stats)
             return loss.detach()
 
-        flags = _freeze(embed_model)
-        try:
-            run.run(step, generator, callbacks)
-        finally:
-            _unfreeze(embed_model, flags)
-        return run.snapshot()
+        return step
 
 
 @torch.no_grad()

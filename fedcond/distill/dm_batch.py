@@ -69,8 +69,9 @@ def distill_many(datasets: Sequence[ImageDataset], config: DMConfig, generators:
     if not batchable(config, datasets[0]):
         raise ValueError("distill_many runs fresh networks with hard labels, no ZCA, no batch norm, no checkpoints, "
                          "no rho: distill these clients one at a time with DM().distill")
-    runs = [start_run("dm", d, config, DMConfig, g, device) for d, g in zip(datasets, generators)]
-    config, device = runs[0].config, runs[0].device
+    config = DMConfig.coerce(config)
+    runs = [start_run("dm", d, config, g, device) for d, g in zip(datasets, generators)]
+    device = runs[0].device
     dsa = DSA(config.dsa_strategy) if config.dsa else None
     chunk = embedding_chunk(device)
     batches = [SiameseBatches.create(r.sampler, r.syn_class, config.batch_real, dsa, device, compact=True, chunk=chunk)

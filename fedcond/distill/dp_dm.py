@@ -54,7 +54,7 @@ from torch import nn
 
 from fedcond.augment import DSA, DSAParams
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, generator_seed, register
+from fedcond.distill.base import Callbacks, DistillConfig, generator_seed, register
 from fedcond.distill.loop import CHECKPOINT_NAME, IterativeConfig, RunState, finish_set, run_fingerprint, run_loop
 from fedcond.distill.matching import embed_chunked, embedding_chunk, fresh_network
 from fedcond.errors import FedcondError
@@ -221,15 +221,18 @@ class DPDM:
         config: DistillConfig,
         generator: torch.Generator,
         device: torch.device | str = "cpu",
-        callbacks: list[Callback] | None = None,
+        callbacks: Callbacks = None,
     ) -> SyntheticSet:
         """Distill ``dataset`` with (``config.epsilon``, ``config.delta``)-DP.
 
         The returned set's ``config["privacy"]`` holds the guarantee: ε spent, δ, noise
         multiplier, sensitivity, clipping, sample rate, steps, accountant, mechanism.
+        Not an :class:`~fedcond.distill.loop.IterativeDistiller`: every class starts from
+        noise whatever the private data hold, the release comes before the loop, and classes
+        are dropped after it, so it shares only :func:`run_loop` (and no snapshots are taken:
+        they would show classes the final set drops).
         """
-        if not isinstance(config, DPDMConfig):
-            config = DPDMConfig(**config.to_dict())
+        config = DPDMConfig.coerce(config)
         device = torch.device(device)
         seed = generator_seed(generator)
         dataset = dataset.to(device)

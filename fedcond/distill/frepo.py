@@ -37,13 +37,12 @@ from torch.nn import functional as F
 
 from fedcond.augment import DSA
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, register
+from fedcond.distill.base import Callbacks, register
 from fedcond.distill.kernels import krr_loss, krr_predict, linear_kernel
 from fedcond.distill.kip import centred_one_hot
-from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import SiameseBatches, embed_chunked, embedding_chunk, fresh_network
 from fedcond.errors import FedcondError
-from fedcond.synthetic import SyntheticSet
 from fedcond.train import classification_loss
 
 LOSSES = ("mse", "ce")
@@ -146,27 +145,20 @@ class FRePoConfig(IterativeConfig):
 
 
 @register("frepo")
-class FRePo:
+class FRePo(IterativeDistiller):
     """Neural feature regression with a pool of online networks; see :func:`frepo_loss`."""
 
     config_class = FRePoConfig
-    name: str
 
-    def distill(
-        self,
-        dataset: ImageDataset,
-        config: DistillConfig,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        callbacks: list[Callback] | None = None,
-    ) -> SyntheticSet:
-        """Distill ``dataset`` (only its present classes, up to ``ipc`` images each)."""
-        run = start_run(self.name, dataset, config, FRePoConfig, generator, device)
+    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks) -> Step:
+        """FRePo's step: KRR on one pool network's features, then that network's online training.
+        The pool is the run's ``method_state`` (checkpointed)."""
         config, device, dataset = run.config, run.device, run.dataset
         sampler, syn_class, state = run.sampler, run.syn_class, run.state
         k = dataset.num_classes
         pool = ModelPool(config.model, dataset, generator, device, config.num_models, config.max_online_steps,
                          config.lr_online)
+        run.method_state = pool
 
         real_weights = sampler.weights(config.batch_real, device).flatten()
         dsa = DSA(config.dsa_strategy) if config.dsa else None
@@ -201,5 +193,4 @@ class FRePo:
             pool.advance(i, generator)
             return loss.detach()
 
-        run.run(step, generator, callbacks, method_state=pool)
-        return run.snapshot()
+        return step

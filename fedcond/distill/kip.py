@@ -27,13 +27,11 @@ import torch
 from torch.nn import functional as F
 
 from fedcond.augment import DSA
-from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, register
+from fedcond.distill.base import Callbacks, register
 from fedcond.distill.kernels import krr_loss, relu_nngp, relu_ntk
-from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import SiameseBatches
 from fedcond.errors import FedcondError
-from fedcond.synthetic import SyntheticSet
 
 KERNELS = {"ntk": relu_ntk, "nngp": relu_nngp}
 
@@ -99,22 +97,13 @@ class KIPConfig(IterativeConfig):
 
 
 @register("kip")
-class KIP:
+class KIP(IterativeDistiller):
     """Kernel inducing points; see :func:`kip_loss`."""
 
     config_class = KIPConfig
-    name: str
 
-    def distill(
-        self,
-        dataset: ImageDataset,
-        config: DistillConfig,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        callbacks: list[Callback] | None = None,
-    ) -> SyntheticSet:
-        """Distill ``dataset`` (only its present classes, up to ``ipc`` images each)."""
-        run = start_run(self.name, dataset, config, KIPConfig, generator, device)
+    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks) -> Step:
+        """KIP's step: one real batch, one KRR loss step on the support set."""
         config, device, dataset = run.config, run.device, run.dataset
         sampler, syn_class, state = run.sampler, run.syn_class, run.state
         k = dataset.num_classes
@@ -137,5 +126,4 @@ class KIP:
             state.optimizer.step()
             return loss.detach()
 
-        run.run(step, generator, callbacks)
-        return run.snapshot()
+        return step

@@ -1,16 +1,18 @@
-"""Iterative distillation: the shared config, the optimisation loop, checkpoint and resume.
+"""Iterative distillation: the shared config, the method base class, the loop, checkpoint and resume.
 
-A method supplies ``step(iteration) -> loss`` (one iteration of its own algorithm, drawing
-all randomness from the run's generator); :func:`run_loop` repeats it and adds progress
-callbacks, periodic snapshots and checkpoints. A checkpoint holds exactly what the next
-iteration depends on — the synthetic tensors, the optimiser state, the generator state and
-the iteration index — so a killed run restarted with the same config and checkpoint
-directory continues bit for bit where it stopped. A method with state of its own beyond
-the synthetic tensors (FRePo's pool of online networks and their optimisers) passes it as
-``method_state``, an object with ``state_dict()``/``load_state_dict()``, and it is saved
-and restored with the rest. Files are written to a temporary name
-and moved into place (``os.replace``), and read with ``torch.load(weights_only=True)``:
-tensors, numbers and strings only, never arbitrary pickled objects.
+A method subclasses :class:`IterativeDistiller` and supplies ``prepare(run) -> step``,
+where ``step(iteration) -> loss`` is one iteration of its own algorithm, drawing all
+randomness from the run's generator; the base class starts the run (:func:`start_run`),
+and :func:`run_loop` repeats the step and adds progress callbacks, periodic snapshots and
+checkpoints. A checkpoint holds exactly what the next iteration depends on — the
+synthetic tensors, the optimiser state, the generator state and the iteration index — so
+a killed run restarted with the same config and checkpoint directory continues bit for
+bit where it stopped. A method with state of its own beyond the synthetic tensors
+(FRePo's pool of online networks and their optimisers) puts it in ``run.method_state``,
+an object with ``state_dict()``/``load_state_dict()``, and it is saved and restored with
+the rest. Files are written to a temporary name and moved into place (``os.replace``),
+and read with ``torch.load(weights_only=True)``: tensors, numbers and strings only, never
+arbitrary pickled objects.
 """
 
 from __future__ import annotations
@@ -19,13 +21,22 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 
 from fedcond.augment import DEFAULT_STRATEGY, parse_strategy
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, describe_difference, emit, generator_seed, make_set
+from fedcond.distill.base import (
+    Callbacks,
+    DistillConfig,
+    as_callbacks,
+    describe_difference,
+    emit,
+    generator_seed,
+    make_set,
+    overrides,
+)
 from fedcond.distill.matching import ClassSampler, initial_label_logits, initial_synthetic
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
@@ -56,8 +67,8 @@ class IterativeConfig(DistillConfig):
         checkpoint_dir: save/resume here (None: no checkpoints).
         checkpoint_every: iterations between checkpoints (one is also written at the end).
         log_every: iterations between progress callbacks (each costs one host sync).
-        eval_every: iterations between snapshots handed to callbacks that define
-            ``on_snapshot(iteration, synthetic_set)`` (0: never).
+        eval_every: iterations between snapshots handed to the callbacks'
+            ``Callback.on_snapshot`` (0: never).
     """
 
     iterations: int = 200
@@ -116,8 +127,8 @@ class RunState:
     """The trainable synthetic tensors and their optimiser.
 
     ``extras`` are further learned tensors a method needs (MTT's and DD's learning
-    rates); they share the optimiser, each with its own learning rate, and are saved in
-    checkpoints like the images.
+    rates); they share the optimiser, each with its own learning rate, are saved in
+    checkpoints like the images, and recorded in the set as ``learned_<name>``.
     """
 
     images: torch.Tensor  # leaf, requires grad
@@ -158,9 +169,12 @@ class RunState:
 
 def finish_set(dataset: ImageDataset, state: RunState, syn_class: torch.Tensor, classes: torch.Tensor,
                config: IterativeConfig, seed: int, method: str) -> SyntheticSet:
-    """The current synthetic tensors as a SyntheticSet that records the classes it covers."""
+    """The current synthetic tensors as a SyntheticSet that records the classes it covers
+    and the learned extras (``learned_lr``: a number, ``learned_step_sizes``: a list)."""
     sset = make_set(dataset, state.images, state.labels(syn_class), method, config, seed)
     sset.config["present_classes"] = classes.tolist()
+    for name, tensor in state.extras.items():
+        sset.config[f"learned_{name}"] = tensor.detach().cpu().tolist()
     return sset
 
 
@@ -173,6 +187,8 @@ class RunSetup:
         sampler: class-balanced real batches over the present classes.
         syn_class: (N,) class id of each synthetic image, grouped by class.
         state: the learned tensors and their optimiser.
+        method_state: what the method keeps besides them, checkpointed with them (set by
+            its ``prepare``; FRePo's pool of networks).
     """
 
     method: str
@@ -183,6 +199,7 @@ class RunSetup:
     sampler: ClassSampler
     syn_class: torch.Tensor
     state: RunState
+    method_state: MethodState | None = None
 
     def labels(self) -> torch.Tensor:
         """The labels training steps use: class ids, or the learned probabilities (with graph)."""
@@ -195,23 +212,60 @@ class RunSetup:
         return finish_set(self.dataset, self.state, self.syn_class, self.sampler.classes, self.config, self.seed,
                           self.method)
 
-    def run(self, step: Callable[[int], torch.Tensor], generator: torch.Generator, callbacks: list[Callback] | None,
-            snapshot: Callable[[], SyntheticSet] | None = None, method_state: MethodState | None = None) -> None:
-        """:func:`run_loop` with this run's fingerprint (checkpoint, resume, progress)."""
-        fingerprint = run_fingerprint(
-            self.method, self.config, self.seed, self.dataset.name, int(self.syn_class.numel())
-        )
-        run_loop(step, self.state, self.config, generator, fingerprint, callbacks, snapshot or self.snapshot,
-                 method_state=method_state)
+
+Step = Callable[[int], torch.Tensor]  # one iteration -> its detached scalar loss
+
+
+class IterativeDistiller:
+    """Base of the iterative methods: config conversion, run set-up (:func:`start_run`),
+    the loop with checkpoints, progress and snapshots (:func:`run_loop`), the final set.
+
+    A method sets ``config_class`` and implements :meth:`prepare`; learned tensors beyond
+    the images and labels come from :meth:`extras`, state to checkpoint goes in
+    ``run.method_state``.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[IterativeConfig]]
+
+    def extras(self, config: Any) -> dict[str, tuple[torch.Tensor, float]]:
+        """Further learned tensors, name -> (initial value, learning rate); none by default."""
+        return {}
+
+    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks, **inputs: Any) -> Step:
+        """Build the method's per-run state and return its ``step``."""
+        raise NotImplementedError
+
+    def distill(
+        self,
+        dataset: ImageDataset,
+        config: DistillConfig,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        callbacks: Callbacks = None,
+        initial: SyntheticSet | None = None,
+        **inputs: Any,
+    ) -> SyntheticSet:
+        """Distill ``dataset`` (only its present classes, up to ``ipc`` images each).
+
+        ``initial``: refine this set instead of starting from ``config.init`` (see
+        :func:`start_run`). ``inputs`` go to the method's :meth:`prepare`.
+        """
+        config = self.config_class.coerce(config)
+        run = start_run(self.name, dataset, config, generator, device, self.extras(config), initial)
+        step = self.prepare(run, generator, callbacks, **inputs)
+        fingerprint = run_fingerprint(self.name, config, run.seed, run.dataset.name, int(run.syn_class.numel()))
+        run_loop(step, run.state, config, generator, fingerprint, callbacks, run.snapshot, run.method_state)
+        return run.snapshot()
 
 
 def start_run(
-    method: str, dataset: ImageDataset, config: DistillConfig, config_class: type[IterativeConfig],
-    generator: torch.Generator, device: torch.device | str, extras: dict[str, tuple[torch.Tensor, float]] | None = None,
+    method: str, dataset: ImageDataset, config: IterativeConfig, generator: torch.Generator,
+    device: torch.device | str, extras: dict[str, tuple[torch.Tensor, float]] | None = None,
     initial: SyntheticSet | None = None,
 ) -> RunSetup:
-    """The shared start of an iterative method: its config, the data on the device (in ZCA
-    space if asked), the sampler, the initial synthetic images and labels, their optimiser.
+    """The shared start of an iterative method: the data on the device (in ZCA space if
+    asked), the sampler, the initial synthetic images and labels, their optimiser.
 
     ``extras`` (e.g. learned learning rates) are moved to the device and optimised too.
     ``initial``: start from this set's images and (hard) labels instead of ``config.init``;
@@ -220,8 +274,6 @@ def start_run(
     """
     from fedcond.zca import zca_dataset  # noqa: PLC0415  (zca imports data; keep loop light)
 
-    if not isinstance(config, config_class):
-        config = config_class(**config.to_dict())
     device = torch.device(device)
     seed = generator_seed(generator)
     dataset = dataset.to(device)
@@ -309,7 +361,7 @@ def run_loop(
     config: IterativeConfig,
     generator: torch.Generator,
     fingerprint: str,
-    callbacks: list[Callback] | None = None,
+    callbacks: Callbacks = None,
     snapshot: Callable[[], SyntheticSet] | None = None,
     method_state: MethodState | None = None,
 ) -> list[float]:
@@ -320,6 +372,9 @@ def run_loop(
     with the synthetic tensors (see :class:`MethodState`). Returns the logged mean losses.
     """
     total = config.iterations
+    callbacks = as_callbacks(callbacks)
+    # A snapshot copies the set to the host: make one only for callbacks that read it.
+    readers = [cb for cb in callbacks if overrides(cb, "on_snapshot")] if snapshot is not None else []
     path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
     start = 0
     if path is not None and path.exists():
@@ -340,10 +395,8 @@ def run_loop(
             logged.append(float(running) / count)  # the only host sync of the loop
             emit(callbacks, done, total, {"loss": logged[-1]})
             running, count = None, 0
-        if snapshot is not None and config.eval_every and done % config.eval_every == 0:
-            hooks = [cb.on_snapshot for cb in callbacks or () if hasattr(cb, "on_snapshot")]
-            if hooks:
-                current = snapshot()
-                for hook in hooks:
-                    hook(done, current)
+        if readers and config.eval_every and done % config.eval_every == 0:
+            current = snapshot()  # type: ignore[misc]  (readers is empty without a snapshot)
+            for cb in readers:
+                cb.on_snapshot(done, current)
     return logged

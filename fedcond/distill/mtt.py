@@ -29,19 +29,17 @@ O(α²)·Hessian, small at MTT's learning rates (tests compare both modes' gradi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from fedcond.augment import DSA, DSAParams
-from fedcond.data import ImageDataset
-from fedcond.distill.base import Callback, DistillConfig, register
+from fedcond.distill.base import Callbacks, as_callbacks, register
 from fedcond.distill.experts import ExpertConfig, ensure_experts
 from fedcond.distill.functional import FlatNetwork
-from fedcond.distill.loop import IterativeConfig, start_run
+from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import fresh_network
 from fedcond.errors import FedcondError
-from fedcond.synthetic import SyntheticSet
 
 GRADIENT_MODES = ("tesla", "unrolled")
 
@@ -192,29 +190,27 @@ TRAJECTORY_LOSSES = {"tesla": trajectory_loss_tesla, "unrolled": trajectory_loss
 
 
 @register("mtt")
-class MTT:
+class MTT(IterativeDistiller):
     """Trajectory matching with a learned student learning rate; see the module docstring."""
 
     config_class = MTTConfig
-    name: str
 
-    def distill(
-        self,
-        dataset: ImageDataset,
-        config: DistillConfig,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        callbacks: list[Callback] | None = None,
-    ) -> SyntheticSet:
-        """Distill ``dataset`` (only its present classes, up to ``ipc`` images each)."""
-        if not isinstance(config, MTTConfig):
-            config = MTTConfig(**config.to_dict())
-        run = start_run(self.name, dataset, config, MTTConfig, generator, device,
-                        extras={"lr": (torch.tensor(config.lr_teacher), config.lr_lr)})
+    def extras(self, config: MTTConfig) -> dict[str, tuple[torch.Tensor, float]]:
+        """The student's learned learning rate α (recorded in the set as ``learned_lr``)."""
+        return {"lr": (torch.tensor(config.lr_teacher), config.lr_lr)}
+
+    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks) -> Step:
+        """Train or load the experts, then MTT's step: one student run matched to one expert."""
         config, device, dataset, state = run.config, run.device, run.dataset, run.state
         # Experts train from their own seeds: the run's generator is not touched.
+        hooks = as_callbacks(callbacks)
+
+        def expert_progress(done: int, total: int) -> None:
+            for cb in hooks:
+                cb.on_experts(done, total)
+
         experts = [t.to(device) for t in ensure_experts(dataset, config.expert_config(), config.experts_dir,
-                                                        _expert_progress(callbacks))]
+                                                        expert_progress)]
         student = FlatNetwork(fresh_network(config.model, dataset, torch.Generator().manual_seed(0), device).train())
         dsa = DSA(config.dsa_strategy) if config.dsa else None
         trajectory_loss = TRAJECTORY_LOSSES[config.gradient]
@@ -233,23 +229,4 @@ class MTT:
                 lr.clamp_(min=1e-8)  # a negative step size would train the student backwards
             return loss
 
-        def snapshot() -> SyntheticSet:
-            sset = run.snapshot()
-            sset.config["learned_lr"] = float(state.extras["lr"].detach())
-            return sset
-
-        run.run(step, generator, callbacks, snapshot)
-        return snapshot()
-
-
-def _expert_progress(callbacks: list[Callback] | None) -> Any:
-    """Forward expert-training progress to callbacks that define ``on_experts(done, total)``."""
-    hooks = [cb.on_experts for cb in callbacks or () if hasattr(cb, "on_experts")]
-    if not hooks:
-        return None
-
-    def report(done: int, total: int) -> None:
-        for hook in hooks:
-            hook(done, total)
-
-    return report
+        return step
