@@ -159,9 +159,11 @@ def _run(values: dict[str, Any], out: Path) -> None:
                            task_incremental=bool(bench_args.get("task_incremental", False)),
                            train_fraction=float(bench_args.get("train_fraction", 1.0)), seed=seed)
     if "distilled-replay" in cfg.strategies:
-        from fedcond.distill import get_distiller  # noqa: PLC0415
+        from fedcond.continual.buffer import DistillSpec  # noqa: PLC0415
 
-        get_distiller(cfg.method)  # an unknown method fails now, not after the baselines
+        # An unknown method or method option fails now, not after the baselines.
+        DistillSpec(method=cfg.method, ipc=cfg.ipc, iterations=cfg.iterations, model=cfg.model,
+                    options=cfg.distill_options, rebalance=cfg.rebalance)
     total = len(plan(cfg))
     console.print(
         f"[bold]continual[/] {bench.name}: {bench.n_experiences} experiences, {total} runs "

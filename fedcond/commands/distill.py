@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Optional
@@ -49,7 +48,7 @@ def command(
 ) -> None:
     """Distill a data set into a few synthetic images per class."""
     from fedcond.data import load_dataset  # noqa: PLC0415
-    from fedcond.distill import Callback, get_distiller  # noqa: PLC0415
+    from fedcond.distill import Callback, make_distiller  # noqa: PLC0415
     from fedcond.runinfo import peak_memory_bytes, resolve_device, run_record, write_json  # noqa: PLC0415
     from fedcond.visualize import save_grid  # noqa: PLC0415
 
@@ -57,23 +56,15 @@ def command(
         raise FedcondError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
     set_threads(threads)
     dev = resolve_device(device)
-    distiller = get_distiller(method)
-    fields = {f.name for f in dataclasses.fields(distiller.config_class)}
-    values = {"ipc": ipc, "model": model, **parse_options(option)}
-    for name, value in (("epsilon", epsilon), ("delta", delta)):
-        if value is not None:
-            if name not in fields:
-                raise FedcondError(f"--{name} is for differentially private methods (dp-dm), not {method!r}")
-            values[name] = value
-    if iterations is not None:
-        if "iterations" not in fields:
-            raise FedcondError(f"method {method!r} does not iterate; drop --iterations")
-        values["iterations"] = iterations
-    if "checkpoint_dir" in fields and "checkpoint_dir" not in values:
-        values["checkpoint_dir"] = str(out / "checkpoints")  # re-running the command resumes
-    if "experts_dir" in fields and "experts_dir" not in values:
-        values["experts_dir"] = str(out / "experts")  # MTT: trained once, reused on re-runs
-    config = distiller.config_class.from_dict(values)
+    options = parse_options(option)
+    options.update({name: value for name, value in (("epsilon", epsilon), ("delta", delta)) if value is not None})
+    # Re-running the command resumes from the checkpoints and reuses MTT's experts, unless -o says otherwise.
+    folders = {"checkpoint_dir": str(out / "checkpoints"), "experts_dir": str(out / "experts")}
+    distiller, config = make_distiller(method, ipc, model, iterations, options,
+                                       settings={k: v for k, v in folders.items() if k not in options})
+    iterative = "iterations" in config.to_dict()
+    if iterations is not None and not iterative:
+        raise FedcondError(f"method {method!r} does not iterate; drop --iterations")
 
     data = load_dataset(dataset, data_dir=data_dir, device=dev)
     console.print(f"[bold]{method}[/] on {data.name}: {data.train_images.shape[0]} train images, "
@@ -103,7 +94,7 @@ def command(
     if "privacy" in sset.config:  # a DP method: the guarantee it spent (also in the set's metadata)
         record["epsilon"] = sset.config["privacy"]["epsilon"]
         record["privacy"] = sset.config["privacy"]
-    if "iterations" in fields:
+    if iterative:
         record["iterations"] = config.iterations  # type: ignore[attr-defined]
         record["seconds_per_iteration"] = _seconds_per_iteration(stamps, wall, config.iterations)  # type: ignore[attr-defined]
     write_json(out / "run.json", record)

@@ -19,7 +19,7 @@ replays them with a soft-target loss.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from fedcond.continual.budget import class_quotas, subselect
 from fedcond.continual.experience import experience_dataset, experience_tensors, num_classes_of
-from fedcond.distill import get_distiller
+from fedcond.distill import make_distiller
 from fedcond.errors import FedcondError
 from fedcond.synthetic import SyntheticSet
 
@@ -47,7 +47,8 @@ class DistillSpec:
             stores ``min(ipc, quota)`` per class, so a smaller ipc leaves budget unused.
         iterations: for iterative methods (None = the method's default).
         model: network the method uses for features / matching.
-        options: further method options (``config_class.from_dict`` keys).
+        options: further method options (fields of the method's config; unknown ones are an
+            error listing the known ones, see :func:`fedcond.distill.make_distiller`).
         rebalance: how old classes shrink when new classes arrive. ``subselect``: herding
             on the synthetic images; ``redistill``: distill the old synthetic images again
             into fewer (DM with them as the "real" data); ``nested``: distill each new class
@@ -71,7 +72,8 @@ class DistillSpec:
             raise FedcondError(f"rebalance must be one of {', '.join(REBALANCE)}, got {self.rebalance!r}")
         if self.ipc is not None and self.ipc < 1:
             raise FedcondError(f"ipc must be >= 1, got {self.ipc}")
-        get_distiller(self.method)  # unknown method: fail at construction, not after an experience
+        # An unknown method or option fails at construction, not after an experience.
+        make_distiller(self.method, self.ipc or 1, self.model, self.iterations, self.options)
 
 
 @dataclass
@@ -182,12 +184,8 @@ class DistilledBuffer(ExemplarsBuffer):
     # ------------------------------------------------------------------ distillation
     def distill(self, images: torch.Tensor, labels: torch.Tensor, ipc: int, device: Any, seed: int) -> SyntheticSet:
         """Run the configured method on (images, labels) with ``ipc`` images per class."""
-        distiller = get_distiller(self.spec.method)
-        known = {f.name for f in fields(distiller.config_class)}
-        values: dict[str, Any] = {"ipc": ipc, "model": self.spec.model, **self.spec.options}
-        if self.spec.iterations is not None and "iterations" in known:
-            values["iterations"] = self.spec.iterations
-        config = distiller.config_class.from_dict({k: v for k, v in values.items() if k in known})
+        spec = self.spec
+        distiller, config = make_distiller(spec.method, ipc, spec.model, spec.iterations, spec.options)
         data = experience_dataset(images, labels, self.num_classes or int(labels.max()) + 1, self.mean, self.std)
         sset = distiller.distill(data.to(device), config, torch.Generator().manual_seed(seed), device)
         return sset.detached()

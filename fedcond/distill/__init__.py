@@ -10,6 +10,6 @@ from fedcond.distill import (
     kip,  # noqa: F401  (registers kip)
     mtt,  # noqa: F401  (registers mtt)
 )
-from fedcond.distill.base import Callback, DistillConfig, Distiller, get_distiller, method_names
+from fedcond.distill.base import Callback, DistillConfig, Distiller, get_distiller, make_distiller, method_names
 
-__all__ = ["Callback", "DistillConfig", "Distiller", "get_distiller", "method_names"]
+__all__ = ["Callback", "DistillConfig", "Distiller", "get_distiller", "make_distiller", "method_names"]

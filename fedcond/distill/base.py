@@ -2,14 +2,14 @@
 
 Every method — coreset selections and learned distillations alike — is a ``Distiller``:
 ``distill(dataset, config, generator, device, callbacks) -> SyntheticSet``. The CLI, the
-federated client and the continual buffer only ever call that, so any method works in
-all three places.
+federated client and the continual buffer build one with :func:`make_distiller` and only
+ever call that, so any method works in all three places, with the same option checks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Collection, Mapping, Protocol, Sequence, TypeVar
 
 import torch
 
@@ -133,6 +133,38 @@ def method_names() -> tuple[str, ...]:
     import fedcond.distill  # noqa: F401,PLC0415
 
     return tuple(_REGISTRY)
+
+
+def make_distiller(
+    method: str, ipc: int, model: str = "convnet", iterations: int | None = None,
+    options: Mapping[str, Any] | None = None, *, settings: Mapping[str, Any] | None = None,
+    reserved: Collection[str] = (),
+) -> tuple[Distiller, DistillConfig]:
+    """The distiller called ``method`` and its config: what the CLI, the federated client
+    and the continual buffer distill with.
+
+    Args:
+        ipc, model: images per class and network of every method.
+        iterations: for methods that iterate (None: the method's default); ignored by the others.
+        options: the user's further method options (config fields).
+        settings: the caller's own values for config fields, set where the method has them.
+        reserved: further field names the caller sets through its own flags.
+    Raises:
+        FedcondError: an unknown method, or an option that is no field of the method's config
+            or is one set otherwise (ipc, model, iterations, ``settings``, ``reserved``),
+            naming it and listing the known options.
+    """
+    distiller = get_distiller(method)
+    names = {f.name for f in fields(distiller.config_class)}
+    known = sorted(names - {"ipc", "model", "iterations", *(settings or {}), *reserved})
+    unknown = sorted(set(options or {}) - set(known))
+    if unknown:
+        raise FedcondError(f"unknown option(s) for method {method}: {', '.join(unknown)}; known: {', '.join(known)}")
+    values = {"ipc": ipc, "model": model, **(options or {})}
+    values.update({k: v for k, v in (settings or {}).items() if k in names})
+    if iterations is not None and "iterations" in names:
+        values["iterations"] = iterations
+    return distiller, distiller.config_class.from_dict(values)
 
 
 def emit(callbacks: Callbacks, iteration: int, total: int, metrics: dict[str, float]) -> None:

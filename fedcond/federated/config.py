@@ -210,26 +210,14 @@ class FederateConfig:
 
         Unknown options are a ``FedcondError`` naming them and listing the known ones.
         """
-        from fedcond.distill import get_distiller, method_names  # noqa: PLC0415
+        from fedcond.distill import make_distiller, method_names  # noqa: PLC0415
 
         if self.method not in method_names():
             raise FedcondError(f"unknown method {self.method!r}: use one of {', '.join(method_names())}")
-        distiller = get_distiller(self.client_method)
-        names = {f.name for f in fields(distiller.config_class)}
-        options = self.method_option_values
-        known = sorted(names - set(OWN_METHOD_SETTINGS))
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise FedcondError(f"unknown option(s) for method {self.client_method}: {', '.join(unknown)}; "
-                               f"known: {', '.join(known)}")
-        values = {"ipc": self.ipc, "model": self.model, **options}
-        if self.dp_epsilon > 0:
-            values.update(epsilon=self.dp_epsilon, delta=self.dp_delta)
-        if "iterations" in names:
-            values["iterations"] = self.iterations
-        if "checkpoint_dir" in names:
-            values["checkpoint_dir"] = None  # clients are stateless processes; no resume files
-        return distiller, distiller.config_class.from_dict(values)
+        budget = {"epsilon": self.dp_epsilon, "delta": self.dp_delta} if self.dp_epsilon > 0 else {}
+        # Clients are stateless processes: no checkpoint_dir (its default, None), no resume files.
+        return make_distiller(self.client_method, self.ipc, self.model, self.iterations, self.method_option_values,
+                              settings=budget, reserved=OWN_METHOD_SETTINGS)
 
     def feddm_config(self):  # noqa: ANN201  (a DMConfig; distill/ imported lazily)
         """DM's settings for iterative FedCond's refinement against the global model (FedDM):

@@ -1,0 +1,72 @@
+"""One way from (method, ipc, model, iterations, options) to a distiller: make_distiller,
+used by the CLI, the federated client and the continual buffer, which all reject unknown
+options naming them and listing the known ones; and the Callback base class's hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedcond.cli import app
+from fedcond.continual.buffer import DistillSpec
+from fedcond.distill import Callback, make_distiller
+from fedcond.errors import FedcondError
+from fedcond.federated.config import FederateConfig
+
+
+def test_builds_the_config_from_its_arguments():
+    distiller, config = make_distiller("dm", 3, "convnet", 7, {"lr_images": 0.5})
+    assert distiller.name == "dm" and (config.ipc, config.iterations, config.lr_images) == (3, 7, 0.5)
+    # Methods that do not iterate take no iterations; None keeps a method's default.
+    assert "iterations" not in make_distiller("herding", 2, iterations=7)[1].to_dict()
+    assert make_distiller("dd", 1)[1].iterations == make_distiller("dd", 1)[0].config_class().iterations
+
+
+@pytest.mark.parametrize("options", [{"nosuch": 1}, {"ipc": 3}, {"iterations": 3}])
+def test_unknown_or_own_settings_as_options_are_rejected(options):
+    name = next(iter(options))
+    with pytest.raises(FedcondError, match=f"unknown option.*{name}; known: .*lr_images"):
+        make_distiller("dm", 1, options=options)
+
+
+def test_reserved_and_settings_are_not_options():
+    with pytest.raises(FedcondError, match="unknown option.*epsilon"):
+        make_distiller("dp-dm", 1, options={"epsilon": 1.0}, reserved=("epsilon",))
+    _, config = make_distiller("dp-dm", 1, settings={"epsilon": 2.0, "experts_dir": "x"})
+    assert config.epsilon == 2.0  # settings apply where the method has the field (dp-dm has no experts)
+
+
+def test_every_caller_rejects_unknown_options(tmp_path):
+    result = CliRunner().invoke(app, ["distill", "--dataset", "digits", "--method", "random", "--out",
+                                      str(tmp_path), "-o", "nosuch=1"])
+    assert result.exit_code == 2 and "unknown option(s) for method random: nosuch; known: " in result.stderr
+    with pytest.raises(FedcondError, match="unknown option.*nosuch; known: .*lr_images"):
+        FederateConfig(method="dm", method_options='{"nosuch": 1}')
+    result = CliRunner().invoke(app, ["continual", "--out", str(tmp_path / "c"), "-o", "nosuch=1"])
+    assert result.exit_code == 2 and "unknown option(s) for method dm: nosuch; known: " in result.stderr
+    # The continual buffer used to drop unknown options silently.
+    with pytest.raises(FedcondError, match="unknown option.*nosuch; known: .*lr_images"):
+        DistillSpec(method="dm", options={"nosuch": 1})
+    with pytest.raises(FedcondError, match="unknown option.*lr_images; known: .*feature_epochs"):
+        DistillSpec(method="herding", options={"lr_images": 1.0})
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def on_progress(self, iteration: int, total: int, metrics: dict[str, float]) -> None:
+        self.events.append(("progress", iteration))
+
+    def on_snapshot(self, iteration: int, synthetic_set) -> None:  # noqa: ANN001
+        self.events.append(("snapshot", iteration))
+
+
+def test_callbacks_get_declared_hooks_and_plain_functions_progress(digits):
+    distiller, config = make_distiller("dm", 1, iterations=2, options={"eval_every": 1, "log_every": 1})
+    rec, seen = Recorder(), []
+    distiller.distill(digits, config, torch.Generator().manual_seed(0),
+                      callbacks=[rec, Callback(), lambda i, n, m: seen.append(i)])
+    assert rec.events == [("progress", 1), ("snapshot", 1), ("progress", 2), ("snapshot", 2)]
+    assert seen == [1, 2]
