@@ -55,7 +55,8 @@ from torch import nn
 from fedcond.augment import DSA, DSAParams
 from fedcond.data import ImageDataset
 from fedcond.distill.base import Callbacks, DistillConfig, generator_seed, register
-from fedcond.distill.loop import CHECKPOINT_NAME, IterativeConfig, RunState, finish_set, run_fingerprint, run_loop
+from fedcond.distill.checkpoint import CHECKPOINT_NAME, run_fingerprint
+from fedcond.distill.loop import IterativeConfig, RunState, finish_set, run_loop
 from fedcond.distill.matching import embed_chunked, embedding_chunk, fresh_network
 from fedcond.errors import FedcondError
 from fedcond.privacy.accounting import ACCOUNTANTS, PrivacySpend, calibrate
