@@ -70,3 +70,20 @@ def test_callbacks_get_declared_hooks_and_plain_functions_progress(digits):
                       callbacks=[rec, Callback(), lambda i, n, m: seen.append(i)])
     assert rec.events == [("progress", 1), ("snapshot", 1), ("progress", 2), ("snapshot", 2)]
     assert seen == [1, 2]
+
+
+def test_hook_objects_that_are_not_callbacks_are_refused_not_silently_ignored():
+    from fedcond.distill.base import Callback, as_callbacks
+
+    class Snapshots:  # has a hook, but does not subclass Callback
+        def on_snapshot(self, iteration, synthetic_set):  # noqa: ANN001, ANN201
+            pass
+
+    with pytest.raises(TypeError, match="on_snapshot"):
+        as_callbacks([Snapshots()])
+    with pytest.raises(TypeError, match="nor a function"):
+        as_callbacks([42])
+    calls = []
+    wrapped = as_callbacks([lambda i, n, m: calls.append(i), Callback()])
+    wrapped[0].on_progress(3, 10, {})
+    assert calls == [3] and isinstance(wrapped[1], Callback)

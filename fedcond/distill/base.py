@@ -80,7 +80,18 @@ class _ProgressFunction(Callback):
 
 def as_callbacks(callbacks: Callbacks) -> list[Callback]:
     """``callbacks`` as Callback objects, a plain function wrapped as its ``on_progress``."""
-    return [cb if isinstance(cb, Callback) else _ProgressFunction(cb) for cb in callbacks or ()]
+    out: list[Callback] = []
+    for cb in callbacks or ():
+        if not isinstance(cb, Callback):
+            # an object with hooks but not a Callback would otherwise lose them silently
+            hooks = [h for h in ("on_progress", "on_snapshot", "on_experts") if hasattr(cb, h)]
+            if hooks or not callable(cb):
+                raise TypeError(f"{type(cb).__name__} is not a fedcond.distill.base.Callback"
+                                + (f" (it defines {', '.join(hooks)}): subclass Callback" if hooks else
+                                   " nor a function fn(iteration, total, metrics)"))
+            cb = _ProgressFunction(cb)
+        out.append(cb)
+    return out
 
 
 def overrides(callback: Callback, hook: str) -> bool:
