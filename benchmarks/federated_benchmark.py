@@ -366,6 +366,8 @@ def main() -> None:
                 if name == "fedavg" and tuned_cell is not None and args.tune_rounds == args.rounds:
                     # the winning grid cell already is FedAvg at these settings and rounds
                     entry["cells"][name] = tuned_cell
+                    entry["summary"] = summarise(entry["cells"], args.plateau_tolerance)
+                    save()
                     continue
                 cell(
                     name,
