@@ -105,3 +105,43 @@ def test_metered_grid_reports_each_reply_and_orders_them_by_partition(task_ident
     replies = list(grid.send_and_receive(out, timeout=5))
     assert heard == [(1, 1, 3, True), (1, 2, 3, True), (1, 3, 3, True)]
     assert [int(r.content["metrics"]["partition-id"]) for r in replies] == [0, 1, 2]
+
+
+def test_metered_grid_keeps_at_most_max_in_flight_messages_pushed(task_identity, monkeypatch):
+    """A big round is pushed in waves (Flower's in-memory link state scans every stored
+    message per poll); every client still gets its message once and every reply is heard."""
+    from fedcond.federated import comms
+
+    monkeypatch.setattr(comms, "MAX_IN_FLIGHT", 4)
+    record = model_to_record(get_model("convnet", 1, 10, (8, 8), seed=0))
+    out = [Message(RecordDict({"arrays": record, "config": ConfigRecord({"server-round": 1})}), dst_node_id=n,
+                   message_type=MessageType.TRAIN) for n in range(100, 111)]
+
+    class WindowGrid:  # answers two pushed messages per pull
+        pull_interval = 0.0
+
+        def __init__(self):
+            self.in_flight, self.most, self.pushed, self.count = [], 0, [], 0
+
+        def push_messages(self, messages):
+            ids = []
+            for m in messages:
+                m.metadata.__dict__["_message_id"] = f"m{self.count}"
+                self.count += 1
+                self.in_flight.append(m)
+                self.pushed.append(m.metadata.dst_node_id)
+                ids.append(m.metadata.message_id)
+            self.most = max(self.most, len(self.in_flight))
+            return ids
+
+        def pull_messages(self, ids):
+            done, self.in_flight = self.in_flight[:2], self.in_flight[2:]
+            return [Message(RecordDict({"metrics": MetricRecord({"partition-id": m.metadata.dst_node_id - 100})}),
+                            reply_to=m) for m in done]
+
+    inner, heard = WindowGrid(), []
+    grid = metered_grid(inner, CommLedger(), on_reply=lambda *args: heard.append(args))
+    replies = list(grid.send_and_receive(out, timeout=5))
+    assert inner.most == 4 and inner.pushed == list(range(100, 111))
+    assert [h[1:] for h in heard] == [(i, 11, True) for i in range(1, 12)]
+    assert [int(r.content["metrics"]["partition-id"]) for r in replies] == list(range(11))
