@@ -15,7 +15,9 @@ checkpoints, finished cells are read back, so the same command continues a kille
 benchmark and the order below decides what is there first):
 
 1. ``fedcond_ipc<k>``: one-shot FedCond at each IPC of ``--ipcs`` with its references —
-   random real images at the same IPC and storage dtype (the same bytes);
+   random real images at the same IPC and storage dtype (the same bytes); with
+   ``--factors 1,2`` also ``fedcond_ipc<k>_f2``, each image a 2 x 2 mosaic of smaller ones
+   (multi-formation, :mod:`fedcond.formation`; the same bytes);
 2. ``fedavg_lr<lr>_ep<e>`` (first seed only): FedAvg's grid, ``--tune-rounds`` rounds each;
    the best final accuracy sets FedAvg's and FedProx's client lr and local epochs;
 3. ``fedavg`` and ``fedprox`` with those settings for ``--rounds`` rounds;
@@ -70,6 +72,18 @@ class PeakMemory:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+CELL_KINDS = ("fedcond", "grid", "fedavg", "fedprox", "iterative", "upper-bound")
+
+
+def cell_kind(name: str) -> str:
+    """The ``--cells`` kind of a cell folder name (``fedcond_ipc10`` -> ``fedcond``)."""
+    if name.startswith("fedcond_ipc"):
+        return "fedcond"
+    if name.startswith("fedavg_lr"):
+        return "grid"
+    return {"fedcond-iterative": "iterative"}.get(name, name)
 
 
 def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path) -> dict[str, Any]:
@@ -290,6 +304,10 @@ def main() -> None:
     parser.add_argument(
         "-o", "--method-options", default="", help='JSON object of the method\'s options, e.g. {"batch_real": 64}'
     )
+    parser.add_argument(
+        "--factors", default="1",
+        help="multi-formation factors of the FedCond cells (2: each image a 2x2 mosaic, cell fedcond_ipc<k>_f2)",
+    )
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--server-epochs", type=int, default=300)
     parser.add_argument("--storage-dtype", default="uint8")
@@ -303,6 +321,11 @@ def main() -> None:
     parser.add_argument("--upper-bound", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--central-max-epochs", type=int, default=30)
     parser.add_argument("--plateau-tolerance", type=float, default=0.005)
+    parser.add_argument(
+        "--cells", default="fedcond,grid,fedavg,fedprox,iterative,upper-bound",
+        help="kinds of cell to run; a finished cell of another kind is still read back into the report "
+        "(e.g. more seeds for the FedCond cells alone: --cells fedcond)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scratch", type=Path, default=Path("runs/federated_benchmark"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -323,6 +346,10 @@ def main() -> None:
         write_report(report, args.out)
 
     seeds = [int(s) for s in args.seeds.split(",")]
+    kinds = {k for k in args.cells.split(",") if k}
+    unknown = kinds - set(CELL_KINDS)
+    if unknown:
+        parser.error(f"unknown --cells {sorted(unknown)}; known: {', '.join(CELL_KINDS)}")
     tuned: dict[float, tuple[float, int]] = {}
     for alpha in [float(a) for a in args.alphas.split(",")]:
         for seed in seeds:
@@ -336,7 +363,11 @@ def main() -> None:
             entry: dict[str, Any] = {"cells": {}}
             report["settings"].setdefault(f"alpha={alpha}", {})[f"seed={seed}"] = entry
 
-            def cell(name: str, cfg: FederateConfig, strategies: list[str], entry=entry, scratch=scratch) -> dict:  # noqa: ANN001
+            def cell(  # noqa: ANN202
+                name: str, cfg: FederateConfig, strategies: list[str], entry=entry, scratch=scratch  # noqa: ANN001
+            ) -> dict | None:
+                if cell_kind(name) not in kinds and not (scratch / name / "cell.json").exists():
+                    return None
                 print(f"alpha {cfg.alpha} seed {cfg.seed}: {name}", flush=True)
                 entry["cells"][name] = run_cell(cfg, strategies, scratch / name)
                 entry["summary"] = summarise(entry["cells"], args.plateau_tolerance)
@@ -344,7 +375,13 @@ def main() -> None:
                 return entry["cells"][name]
 
             for ipc in [int(v) for v in args.ipcs.split(",") if v]:
-                cell(f"fedcond_ipc{ipc}", dataclasses.replace(base, ipc=ipc, random_reference=True), ["fedcond"])
+                for factor in [int(v) for v in args.factors.split(",") if v]:
+                    name, options = f"fedcond_ipc{ipc}", base.method_options
+                    if factor > 1:  # multi-formation: factor x factor mosaics, same bytes
+                        name += f"_f{factor}"
+                        options = json.dumps({**json.loads(options or "{}"), "factor": factor})
+                    cfg = dataclasses.replace(base, ipc=ipc, method_options=options, random_reference=True)
+                    cell(name, cfg, ["fedcond"])
             if alpha not in tuned:
                 grid = []
                 for lr in [float(v) for v in args.grid_lr.split(",")]:
@@ -356,7 +393,11 @@ def main() -> None:
                             ),
                             ["fedavg"],
                         )
-                        grid.append({"lr": lr, "local_epochs": ep, "final_accuracy": c["runs"][0]["final_accuracy"]})
+                        if c is not None:
+                            final = c["runs"][0]["final_accuracy"]
+                            grid.append({"lr": lr, "local_epochs": ep, "final_accuracy": final})
+                if not grid:
+                    raise SystemExit(f"alpha {alpha}: no FedAvg grid cell finished; run with --cells including grid")
                 best = max(grid, key=lambda g: g["final_accuracy"])
                 tuned[alpha] = (best["lr"], best["local_epochs"])
                 entry.update({"fedavg_grid": grid, "tune_rounds": args.tune_rounds})
@@ -382,9 +423,10 @@ def main() -> None:
                     ),
                     ["fedcond-iterative"],
                 )
-            if args.upper_bound:
+            upper_folder = args.scratch / f"upper-bound_seed{seed}"
+            if args.upper_bound and ("upper-bound" in kinds or (upper_folder / "cell.json").exists()):
                 print(f"alpha {alpha} seed {seed}: upper bound", flush=True)
-                entry["upper_bound"] = upper_bound_cell(base, args.scratch / f"upper-bound_seed{seed}")
+                entry["upper_bound"] = upper_bound_cell(base, upper_folder)
                 save()
     memory.stop()
     save()

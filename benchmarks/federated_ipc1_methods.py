@@ -11,7 +11,9 @@ trains a fresh ConvNet on them (300 epochs, SGD lr 0.01, with and without the se
 augmentation) — and tests on the real test split. Every method sends the same number of
 images, so the same bytes at any storage dtype.
 
-Methods: any registered distiller at IPC 1 (``random`` is the random-real reference), and
+Methods: any registered distiller at IPC 1 (``random`` is the random-real reference); a
+suffix ``@f<k>`` stores each image as a k x k mosaic of smaller ones (multi-formation,
+:mod:`fedcond.formation`; ``dm@f2``, and ``random@f2`` its random-real reference); and
 two attempts at making ten clients' images less alike than ten class means:
 
 - ``stratified-<m>``: client k distils only the k-th of K equal slices of each class, the
@@ -41,18 +43,22 @@ from fedcond.augment import DSA  # noqa: E402
 from fedcond.data import ImageDataset, load_dataset  # noqa: E402
 from fedcond.distill import get_distiller  # noqa: E402
 from fedcond.federated.partition import partition_indices  # noqa: E402
+from fedcond.federated.server_training import pool_sets  # noqa: E402
 from fedcond.models import get_model  # noqa: E402
 from fedcond.runinfo import device_description, package_versions  # noqa: E402
 from fedcond.synthetic import SyntheticSet  # noqa: E402
 from fedcond.train import accuracy, train_model  # noqa: E402
 
 
-def distill(data: ImageDataset, method: str, ipc: int, iterations: int, generator: torch.Generator) -> SyntheticSet:
-    """``method`` at ``ipc`` on ``data`` (iterative methods for ``iterations`` steps)."""
+def distill(data: ImageDataset, method: str, ipc: int, iterative: dict, generator: torch.Generator) -> SyntheticSet:
+    """``method`` at ``ipc`` on ``data`` (iterative methods with the ``iterative`` options)."""
+    method, _, factor = method.partition("@f")  # "dm@f2": multi-formation, factor 2
     distiller = get_distiller(method)
-    options = {"ipc": ipc}
+    options: dict = {"ipc": ipc}
+    if factor:
+        options["factor"] = int(factor)
     if "iterations" in distiller.config_class.__dataclass_fields__:
-        options["iterations"] = iterations
+        options.update(iterative)
     return distiller.distill(data, distiller.config_class(**options), generator)
 
 
@@ -83,26 +89,25 @@ def allocation(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.minimum(alloc, counts.long())
 
 
-def client_sets(part: ImageDataset, method: str, k: int, num_clients: int, iterations: int,
+def client_sets(part: ImageDataset, method: str, k: int, num_clients: int, iterative: dict,
                 generator: torch.Generator) -> list[SyntheticSet]:
     """What client ``k`` uploads under ``method`` (see the module docstring)."""
     if method.startswith("stratified-"):
-        return [distill(stratum(part, k, num_clients), method.removeprefix("stratified-"), 1, iterations, generator)]
+        return [distill(stratum(part, k, num_clients), method.removeprefix("stratified-"), 1, iterative, generator)]
     if method.startswith("allocated-"):
         alloc = allocation(part.train_labels, part.num_classes)
         sets = []
         for quota in sorted(set(alloc.tolist()) - {0}):
             classes = torch.nonzero(alloc == quota).flatten()
             idx = torch.nonzero(torch.isin(part.train_labels, classes)).flatten()
-            sets.append(distill(part.subset(idx), method.removeprefix("allocated-"), quota, iterations, generator))
+            sets.append(distill(part.subset(idx), method.removeprefix("allocated-"), quota, iterative, generator))
         return sets
-    return [distill(part, method, 1, iterations, generator)]
+    return [distill(part, method, 1, iterative, generator)]
 
 
 def evaluate_pool(data: ImageDataset, sets: list[SyntheticSet], augment: bool, runs: int, epochs: int) -> list[float]:
     """Test accuracy of fresh ConvNets trained on the pooled sets (one per run seed)."""
-    images = torch.cat([s.images.float() for s in sets])
-    labels = torch.cat([s.hard_labels for s in sets])
+    images, labels = pool_sets(sets)  # what the FedCond server trains on (mosaics decoded)
     c, h, w = data.image_shape
     accs = []
     for run in range(runs):
@@ -129,6 +134,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--methods", default="random,dm,dsa,frepo,stratified-dm,allocated-random,allocated-dm")
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--batch-real", type=int, default=256, help="real images per class per iteration")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--runs", type=int, default=2, help="server models per pool")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -149,7 +155,8 @@ def main() -> None:
             start = time.perf_counter()
             sets = []
             for k, part in enumerate(parts):
-                sets += client_sets(data.subset(torch.as_tensor(part)), method, k, args.num_clients, args.iterations,
+                iterative = {"iterations": args.iterations, "batch_real": args.batch_real}
+                sets += client_sets(data.subset(torch.as_tensor(part)), method, k, args.num_clients, iterative,
                                     torch.Generator().manual_seed(seed * 100 + k))
             seconds = time.perf_counter() - start
             cell = {

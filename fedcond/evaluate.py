@@ -177,14 +177,16 @@ def evaluate_synthetic(
     zca = zca_regularization(sset.config)
     if zca is not None:  # the set lives in ZCA-whitened space: test in the same space
         dataset = zca_dataset(dataset, zca)
-    x = sset.images.to(dataset.device, torch.float32)
-    y = sset.labels.to(dataset.device)
+    trained_on = sset.decoded()  # multi-formation mosaics: one training image per tile
+    x = trained_on.images.to(dataset.device, torch.float32)
+    y = trained_on.labels.to(dataset.device)
     accs = []
     for r in range(runs):
         accs.append(_train_and_test(dataset, x, y, config, seed + r))
         if on_run is not None:
             on_run(r, accs[-1])
-    return EvalResult(accs, config, "synthetic", sset.num_images, {"method": sset.method, "ipc": sset.ipc})
+    extra = {"method": sset.method, "ipc": sset.ipc, **({"factor": sset.factor} if sset.factor > 1 else {})}
+    return EvalResult(accs, config, "synthetic", sset.num_images, extra)
 
 
 def architecture_names(models: Sequence[str]) -> list[str]:

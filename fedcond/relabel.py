@@ -188,6 +188,9 @@ def relabel(sset: SyntheticSet, teacher: nn.Module, temperature: float,
         raise FedcondError(f"temperature must be a finite number > 0, got {temperature}")
     if info is not None:
         check_teacher_fits(sset, info)
+    if sset.factor > 1:
+        raise FedcondError(f"the set's images are factor-{sset.factor} mosaics: a teacher would label the mosaic, "
+                           "not its tiles; relabel a set distilled with factor 1")
     probs = teacher_probabilities(teacher, sset.images.detach(), temperature)
     if probs.shape != (sset.num_images, sset.num_classes):
         raise FedcondError(f"the teacher outputs {tuple(probs.shape[1:])} classes but the set has {sset.num_classes}")

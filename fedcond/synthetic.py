@@ -26,6 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedcond.errors import FedcondError
+from fedcond.formation import check_factor, decode, repeat_per_tile
 from fedcond.runinfo import write_bytes_atomic
 
 FORMAT_VERSION = 1
@@ -52,6 +53,9 @@ class SyntheticSet:
         seed: seed of the run that made it (None if unknown).
         config: the creating configuration (JSON-serialisable).
         storage_dtype: image dtype used by ``to_bytes``/``save`` (one of STORAGE_DTYPES).
+        factor: multi-formation factor (:mod:`fedcond.formation`): each stored image is a
+            mosaic of ``factor**2`` tiles, each a training image once upsampled; train on
+            :meth:`decoded`. 1: plain images.
     """
 
     images: torch.Tensor
@@ -65,6 +69,7 @@ class SyntheticSet:
     seed: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
     storage_dtype: str = "float32"
+    factor: int = 1
 
     # ------------------------------------------------------------------ properties
     @property
@@ -96,6 +101,13 @@ class SyntheticSet:
     def class_counts(self) -> list[int]:
         """Number of images per class (by hard label)."""
         return torch.bincount(self.hard_labels.cpu(), minlength=self.num_classes).tolist()
+
+    def decoded(self) -> "SyntheticSet":
+        """The images a model trains on: each mosaic's tiles upsampled (factor 1: itself)."""
+        if self.factor == 1:
+            return self
+        images = decode(self.images, self.factor)
+        return replace(self, images=images, labels=repeat_per_tile(self.labels, self.factor), factor=1)
 
     def to(self, device: str | torch.device) -> "SyntheticSet":
         return replace(self, images=self.images.to(device), labels=self.labels.to(device))
@@ -141,13 +153,17 @@ class SyntheticSet:
             raise InvalidSyntheticSet(f"count mismatch: {x.shape[0]} images but {y.shape[0]} labels")
         if self.ipc < 0:
             raise InvalidSyntheticSet(f"ipc must be >= 0, got {self.ipc}")
+        try:
+            check_factor(self.factor, tuple(x.shape[2:]))
+        except FedcondError as err:
+            raise InvalidSyntheticSet(str(err)) from None
         if self.storage_dtype not in STORAGE_DTYPES:
             raise InvalidSyntheticSet(f"storage dtype {self.storage_dtype!r} is not one of {STORAGE_DTYPES}")
         return self
 
     # ------------------------------------------------------------------ serialisation
     def _metadata(self) -> dict[str, Any]:
-        return {
+        meta = {
             "format": FORMAT_VERSION,
             "classes": list(self.classes),
             "mean": list(self.mean),
@@ -161,6 +177,9 @@ class SyntheticSet:
             "num_images": self.num_images,
             "image_shape": list(self.image_shape),
         }
+        if self.factor != 1:  # plain sets keep the header (and byte count) they always had
+            meta["factor"] = self.factor
+        return meta
 
     def _stored_images(self) -> torch.Tensor:
         x = self.images.detach().cpu().float()
@@ -233,6 +252,7 @@ class SyntheticSet:
                 seed=None if meta.get("seed") is None else int(meta["seed"]),
                 config=dict(meta.get("config") or {}),
                 storage_dtype=storage,
+                factor=int(meta.get("factor", 1)),  # absent in sets written before multi-formation
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidSyntheticSet(f"malformed metadata: {type(err).__name__}: {err}") from None

@@ -29,6 +29,7 @@ def command(
         "num_images": sset.num_images,
         "image_shape": list(sset.image_shape),
         "storage_dtype": sset.storage_dtype,
+        "factor": sset.factor,  # > 1: each image is a factor x factor mosaic of training images
         "labels": "soft" if sset.soft_labels else "hard",
         "nbytes": sset.nbytes,
         "file_bytes": path.stat().st_size,

@@ -72,6 +72,9 @@ class DistillSpec:
             raise FedcondError(f"rebalance must be one of {', '.join(REBALANCE)}, got {self.rebalance!r}")
         if self.ipc is not None and self.ipc < 1:
             raise FedcondError(f"ipc must be >= 1, got {self.ipc}")
+        if self.options.get("factor", 1) != 1:
+            # the buffer counts, stores and replays images one by one; mosaics would break its budget
+            raise FedcondError("the replay buffer does not take multi-formation sets (option factor): leave it at 1")
         # An unknown method or option fails at construction, not after an experience.
         make_distiller(self.method, self.ipc or 1, self.model, self.iterations, self.options)
 

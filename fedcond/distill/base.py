@@ -191,8 +191,10 @@ def make_set(
     method: str,
     config: DistillConfig,
     seed: int | None,
+    factor: int = 1,
 ) -> SyntheticSet:
-    """Wrap result tensors as a (detached, CPU) SyntheticSet with the data set's metadata."""
+    """Wrap result tensors as a (detached, CPU) SyntheticSet with the data set's metadata
+    (``factor`` > 1: the images are multi-formation mosaics, see :mod:`fedcond.formation`)."""
     return SyntheticSet(
         images=images.detach().cpu().float().contiguous(),
         labels=labels.detach().cpu().contiguous(),
@@ -204,6 +206,7 @@ def make_set(
         dataset=dataset.name,
         seed=seed,
         config=config.to_dict(),
+        factor=factor,
     ).validate()
 
 

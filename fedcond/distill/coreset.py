@@ -8,13 +8,14 @@ trained on (a subset of) the real data, as in the distillation literature's base
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from fedcond.data import ImageDataset
 from fedcond.distill.base import Callbacks, DistillConfig, emit, generator_seed, make_set, register
 from fedcond.errors import FedcondError
+from fedcond.formation import check_factor, encode
 from fedcond.models import get_model
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import train_model
@@ -70,11 +71,16 @@ class CoresetConfig(DistillConfig):
 
     feature_epochs: int = 2  # epochs to train the feature network (0 = random init)
     feature_train_images: int = 10_000  # cap on the real images used to train it
+    # Multi-formation (fedcond.formation): select ipc * factor**2 images per class and store
+    # them as ipc mosaics of factor x factor downsampled tiles (same bytes as ipc images).
+    factor: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.feature_epochs < 0 or self.feature_train_images < 1:
             raise FedcondError("feature_epochs must be >= 0 and feature_train_images >= 1")
+        if not isinstance(self.factor, int) or self.factor < 1:
+            raise FedcondError(f"factor must be an integer >= 1, got {self.factor!r}")
 
 
 def _present_classes(dataset: ImageDataset) -> list[tuple[int, torch.Tensor]]:
@@ -123,8 +129,26 @@ class _CoresetDistiller:
         config = CoresetConfig.coerce(config)
         seed = generator_seed(generator)
         dataset = dataset.to(device)
-        idx = self._select(dataset, config, generator, callbacks).to(dataset.device)
-        return make_set(dataset, dataset.train_images[idx], dataset.train_labels[idx], self.name, config, seed)
+        f = config.factor
+        check_factor(f, tuple(dataset.image_shape[1:]))
+        tiles = f * f
+        idx = self._select(dataset, replace(config, ipc=config.ipc * tiles), generator, callbacks).to(dataset.device)
+        if f == 1:
+            return make_set(dataset, dataset.train_images[idx], dataset.train_labels[idx], self.name, config, seed)
+        idx = fill_mosaics(idx, dataset.train_labels[idx], tiles)
+        images = encode(dataset.train_images[idx], f)
+        return make_set(dataset, images, dataset.train_labels[idx[::tiles]], self.name, config, seed, factor=f)
+
+
+def fill_mosaics(idx: torch.Tensor, labels: torch.Tensor, tiles: int) -> torch.Tensor:
+    """Selected indices (grouped by class) padded per class to whole mosaics of ``tiles``,
+    repeating the class's own picks: a class of 5 images and 4 tiles gives 2 mosaics."""
+    out = []
+    for c in labels.unique():
+        own = idx[labels == c]
+        need = -(-own.numel() // tiles) * tiles
+        out.append(own.repeat(-(-need // own.numel()))[:need])
+    return torch.cat(out)
 
 
 @register("random")

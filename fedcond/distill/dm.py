@@ -44,8 +44,10 @@ from fedcond.data import ImageDataset
 from fedcond.distill.base import Callbacks, DistillConfig, register
 from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import (
+    ClassSampler,
     RealSlots,
     SiameseBatches,
+    class_rows,
     embed_chunked,
     embedding_chunk,
     fresh_network,
@@ -55,6 +57,7 @@ from fedcond.distill.matching import (
     to_device,
 )
 from fedcond.errors import FedcondError
+from fedcond.formation import check_factor, decode, encode, repeat_per_tile
 from fedcond.models import get_model
 from fedcond.synthetic import SyntheticSet
 
@@ -106,11 +109,17 @@ class DMConfig(IterativeConfig):
     # With an ``embed_model``: every iteration matches in a copy of it whose parameters p
     # get Gaussian noise of std rho * mean|p| (FedDM's perturbation); 0 = the model as given.
     rho: float = 0.0
+    # Multi-formation (fedcond.formation): each stored image is a factor x factor mosaic of
+    # smaller images, matched (and trained on) one tile at a time; same bytes, factor**2
+    # times the images. Real init fills every tile with its own real image.
+    factor: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rho < 0:
             raise FedcondError(f"rho must be >= 0, got {self.rho}")
+        if not isinstance(self.factor, int) or self.factor < 1:
+            raise FedcondError(f"factor must be an integer >= 1, got {self.factor!r}")
 
 
 @register("dm")
@@ -153,6 +162,13 @@ class DM(IterativeDistiller):
         real_weights = sampler.weights(config.batch_real, device)
         chunk = embedding_chunk(device)
         c, h, w = dataset.image_shape
+        factor = config.factor
+        check_factor(factor, (h, w))
+        if factor > 1:
+            if run.initial_set is None and config.init == "real":
+                with torch.no_grad():
+                    state.images.copy_(real_mosaics(dataset.train_images, sampler, syn_class, factor, generator))
+            syn_class = repeat_per_tile(syn_class, factor)  # one row per tile from here on
         probe = embed_model if embed_model is not None else get_model(config.model, c, dataset.num_classes, (h, w))
         batch_stats = has_batch_norm(probe) and probe.training  # an image's features depend on its batch
         # One DSA draw per class, shared by that class's real and synthetic images.
@@ -171,10 +187,11 @@ class DM(IterativeDistiller):
                 net = fresh_network(config.model, dataset, generator, device, reuse=net).requires_grad_(False)
             elif config.rho > 0:
                 net = perturbed(embed_model, config.rho, generator, reuse=net)
-            real, syn = batches.draw(dataset.train_images, state.images, generator)
+            real, syn = batches.draw(dataset.train_images, decode(state.images, factor), generator)
             assign = hard_assign
             if state.label_logits is not None:
-                assign = syn_assignment(syn_rows, rows, torch.softmax(state.label_logits, dim=1), sampler.classes)
+                probs = repeat_per_tile(torch.softmax(state.label_logits, dim=1), factor)
+                assign = syn_assignment(syn_rows, rows, probs, sampler.classes)
             loss = dm_loss((net or embed_model).embed, real, real_weights, syn, assign, chunk, batches.slots)
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -197,6 +214,16 @@ def perturbed(model: nn.Module, rho: float, generator: torch.Generator, reuse: n
         noise = to_device(torch.randn(p.shape, generator=generator), p.device)
         q.copy_(p + noise * rho * p.abs().mean())
     return net
+
+
+def real_mosaics(train_images: torch.Tensor, sampler: ClassSampler, syn_class: torch.Tensor, factor: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Starting mosaics: every tile of each synthetic image a random real image of its class."""
+    rows = class_rows(syn_class, sampler.classes).cpu()
+    tiles = factor * factor
+    pick = (torch.rand(rows.numel(), tiles, generator=generator) * sampler.counts.cpu()[rows, None]).long()
+    idx = sampler.table.cpu()[rows[:, None], pick].flatten()
+    return encode(train_images[idx.to(train_images.device)], factor)
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,7 +38,7 @@ from fedcond.synthetic import SyntheticSet
 def batchable(config: DMConfig, dataset: ImageDataset) -> bool:
     """Whether :func:`distill_many` runs this config (else distill one client at a time)."""
     c, h, w = dataset.image_shape
-    return not (config.learn_labels or config.zca or config.checkpoint_dir or config.rho
+    return not (config.learn_labels or config.zca or config.checkpoint_dir or config.rho or config.factor > 1
                 or has_batch_norm(get_model(config.model, c, dataset.num_classes, (h, w))))
 
 

@@ -150,7 +150,8 @@ def finish_set(dataset: ImageDataset, state: RunState, syn_class: torch.Tensor, 
                config: IterativeConfig, seed: int, method: str) -> SyntheticSet:
     """The current synthetic tensors as a SyntheticSet that records the classes it covers
     and the learned extras (``learned_lr``: a number, ``learned_step_sizes``: a list)."""
-    sset = make_set(dataset, state.images, state.labels(syn_class), method, config, seed)
+    factor = getattr(config, "factor", 1)  # multi-formation (DM): the images are mosaics
+    sset = make_set(dataset, state.images, state.labels(syn_class), method, config, seed, factor=factor)
     sset.config["present_classes"] = classes.tolist()
     for name, tensor in state.extras.items():
         sset.config[f"learned_{name}"] = tensor.detach().cpu().tolist()
@@ -168,6 +169,7 @@ class RunSetup:
         state: the learned tensors and their optimiser.
         method_state: what the method keeps besides them, checkpointed with them (set by
             its ``prepare``; FRePo's pool of networks).
+        initial_set: the set the run refines (None: it started from ``config.init``).
     """
 
     method: str
@@ -179,6 +181,7 @@ class RunSetup:
     syn_class: torch.Tensor
     state: RunState
     method_state: MethodState | None = None
+    initial_set: SyntheticSet | None = None
 
     def labels(self) -> torch.Tensor:
         """The labels training steps use: class ids, or the learned probabilities (with graph)."""
@@ -267,6 +270,9 @@ def start_run(
         if tuple(initial.image_shape) != tuple(dataset.image_shape) or initial.num_classes != dataset.num_classes:
             raise FedcondError(f"the starting set ({tuple(initial.image_shape)}, {initial.num_classes} classes) does "
                                f"not fit the data ({tuple(dataset.image_shape)}, {dataset.num_classes} classes)")
+        if initial.factor != getattr(config, "factor", 1):
+            raise FedcondError(f"the starting set is made of factor-{initial.factor} mosaics but the run's factor is "
+                               f"{getattr(config, 'factor', 1)}: refine it with the same factor")
         syn_class = initial.hard_labels.to(device)
         sampler = ClassSampler.from_labels(dataset.train_labels, dataset.num_classes, only=syn_class.unique())
         images = initial.images.float().to(device)
@@ -275,7 +281,7 @@ def start_run(
     )
     extras = {name: (t.to(device), lr) for name, (t, lr) in (extras or {}).items()}
     state = RunState.create(images, logits, config, extras)
-    return RunSetup(method, config, device, seed, dataset, sampler, syn_class, state)
+    return RunSetup(method, config, device, seed, dataset, sampler, syn_class, state, initial_set=initial)
 
 
 def run_loop(

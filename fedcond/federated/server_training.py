@@ -38,7 +38,9 @@ def evaluate_arrays(data: ImageDataset, cfg: FederateConfig, arrays: Any) -> flo
 
 
 def pool_sets(sets: list[SyntheticSet]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate images and labels of several sets (hard labels as int64, soft as float)."""
+    """Concatenate the training images and labels of several sets (multi-formation mosaics
+    decoded into their tiles; hard labels as int64, soft as float)."""
+    sets = [s.decoded() for s in sets]
     images = torch.cat([s.images.float() for s in sets])
     if any(s.soft_labels for s in sets):
         k = sets[0].num_classes

@@ -156,6 +156,9 @@ def audit_set(sset: SyntheticSet, data: ImageDataset, config: AuditConfig | None
     check_compatible(sset, data)
     if sset.config.get("zca"):
         raise FedcondError("the set lives in ZCA-whitened space; audit a set distilled without zca")
+    if sset.factor > 1:
+        raise FedcondError(f"the set's images are factor-{sset.factor} mosaics; auditing multi-formation sets is not "
+                           "supported yet")
     say = on_step or (lambda _: None)
     data = data.to("cpu")
     gen = torch.Generator().manual_seed(config.seed)
