@@ -161,6 +161,16 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
                         "gain_over_random_real_pts": 100 * (run["final_accuracy"] - random["final_accuracy"]),
                     }
                 )
+            mosaic = next(
+                (r for r in cell.get("reference_runs", []) if r.get("reference") == "random-real-mosaic"), None
+            )
+            if mosaic is not None:  # multi-formation cells: random real images in the same mosaics
+                row.update(
+                    {
+                        "random_real_mosaic_accuracy": mosaic["final_accuracy"],
+                        "gain_over_random_real_mosaic_pts": 100 * (run["final_accuracy"] - mosaic["final_accuracy"]),
+                    }
+                )
             if avg is not None:
                 row.update({"below_fedavg_plateau_pts": 100 * (avg["accuracy"] - run["final_accuracy"]),
                             "upload_fraction_of_fedavg_to_plateau": run["upload_bytes"] / avg["upload_bytes"]})
@@ -192,7 +202,8 @@ def plot(report: dict[str, Any], alpha: str, path: Path) -> None:
         for run in [*cell.get("runs", []), *cell.get("reference_runs", [])]:
             label = run.get("name", run["strategy"]) if run.get("reference") else run["strategy"]
             if name.startswith("fedcond_ipc"):
-                label = f"{label} (IPC {run.get('ipc')})"
+                formation = name.removeprefix(f"fedcond_ipc{run.get('ipc')}").lstrip("_")  # "" or "f2"
+                label = f"{label} (IPC {run.get('ipc')}{' ' + formation if formation else ''})"
             xs = [r["upload_bytes"] / 2**20 for r in run["rounds"]]
             ys = [r["accuracy"] for r in run["rounds"]]
             ax.plot(xs, ys, marker="o" if len(xs) == 1 else ".", linestyle="-" if len(xs) > 1 else "none", label=label)
@@ -255,8 +266,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
             lines += [
                 "",
                 "| FedCond cell | IPC | rounds | accuracy | upload MB | random real (same bytes) | gain pts "
-                "| below FedAvg plateau pts | share of FedAvg bytes |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| random real mosaics (same bytes) | gain pts | below FedAvg plateau pts | share of FedAvg bytes |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for r in s.get("fedcond", []):
                 lines.append(
@@ -264,6 +275,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                     "| "
                     f"{r.get('random_real_accuracy', float('nan')):.4f} | "
                     f"{r.get('gain_over_random_real_pts', float('nan')):+.1f} | "
+                    f"{r.get('random_real_mosaic_accuracy', float('nan')):.4f} | "
+                    f"{r.get('gain_over_random_real_mosaic_pts', float('nan')):+.1f} | "
                     f"{r.get('below_fedavg_plateau_pts', float('nan')):.2f} | "
                     f"{r.get('upload_fraction_of_fedavg_to_plateau', float('nan')):.4f} |"
                 )
@@ -323,8 +336,8 @@ def main() -> None:
     parser.add_argument("--plateau-tolerance", type=float, default=0.005)
     parser.add_argument(
         "--cells", default="fedcond,grid,fedavg,fedprox,iterative,upper-bound",
-        help="kinds of cell to run; a finished cell of another kind is still read back into the report "
-        "(e.g. more seeds for the FedCond cells alone: --cells fedcond)",
+        help="kinds (or names) of cell to run; a finished cell of another kind is still read back into the "
+        "report (e.g. more seeds for the FedCond cells alone: --cells fedcond; one cell: --cells fedcond_ipc1_f2)",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scratch", type=Path, default=Path("runs/federated_benchmark"))
@@ -347,7 +360,7 @@ def main() -> None:
 
     seeds = [int(s) for s in args.seeds.split(",")]
     kinds = {k for k in args.cells.split(",") if k}
-    unknown = kinds - set(CELL_KINDS)
+    unknown = {k for k in kinds - set(CELL_KINDS) if not k.startswith(("fedcond_ipc", "fedavg_lr"))}
     if unknown:
         parser.error(f"unknown --cells {sorted(unknown)}; known: {', '.join(CELL_KINDS)}")
     tuned: dict[float, tuple[float, int]] = {}
@@ -366,7 +379,7 @@ def main() -> None:
             def cell(  # noqa: ANN202
                 name: str, cfg: FederateConfig, strategies: list[str], entry=entry, scratch=scratch  # noqa: ANN001
             ) -> dict | None:
-                if cell_kind(name) not in kinds and not (scratch / name / "cell.json").exists():
+                if not {cell_kind(name), name} & kinds and not (scratch / name / "cell.json").exists():
                     return None
                 print(f"alpha {cfg.alpha} seed {cfg.seed}: {name}", flush=True)
                 entry["cells"][name] = run_cell(cfg, strategies, scratch / name)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from fedcond.federated.config import FederateConfig
-from fedcond.federated.references import RANDOM_REAL, STORAGE_DTYPE, plan_runs, raw_data_upload
+from fedcond.federated.references import (
+    RANDOM_REAL,
+    RANDOM_REAL_MOSAIC,
+    STORAGE_DTYPE,
+    plan_runs,
+    raw_data_upload,
+)
 
 
 def test_fedcond_brings_its_references_and_the_baselines_none():
@@ -24,6 +30,18 @@ def test_fedcond_brings_its_references_and_the_baselines_none():
     # FedCond on random images is its own random reference; one dtype means no dtype runs
     alone = FederateConfig(method="random", storage_dtypes="float32")
     assert [r.name for r in plan_runs(alone, ["fedcond"])] == ["fedcond"]
+
+
+def test_mosaic_fedcond_is_also_judged_against_random_real_mosaics():
+    cfg = FederateConfig(method="dm", method_options='{"factor": 2, "batch_real": 64}', storage_dtypes="uint8",
+                         storage_dtype="uint8")
+    runs = plan_runs(cfg, ["fedcond"])
+    assert [(r.name, r.kind) for r in runs] == [
+        ("fedcond", None), (RANDOM_REAL, RANDOM_REAL), (f"{RANDOM_REAL}-f2", RANDOM_REAL_MOSAIC)
+    ]
+    plain, mosaic = runs[1].cfg, runs[2].cfg
+    assert plain.method_option_values == {} and mosaic.method_option_values == {"factor": 2}
+    assert (mosaic.method, mosaic.ipc, mosaic.storage_dtype) == ("random", cfg.ipc, "uint8")
 
 
 def test_raw_data_bytes_are_the_uint8_partitions(digits):

@@ -7,7 +7,10 @@ A number of bytes or an accuracy means little alone. ``fedcond federate`` theref
   for 8-bit images, and int64 labels), measured on the Flower message like any upload;
 - **random real images** (``random-real``): FedCond's one-shot protocol with each client
   sending ``ipc`` random real images per class instead of distilled ones, in the same
-  storage dtype — the same bytes, so the gap to FedCond is what distillation buys;
+  storage dtype — the same bytes, so the gap to FedCond is what distillation buys; when
+  FedCond sends multi-formation mosaics (``-o factor=k``), also ``random-real-f<k>``:
+  random real images tiled into the same mosaics, so the gap is what distillation buys
+  beyond the formation itself;
 - **storage dtypes** (``fedcond-<dtype>``): FedCond again with its sets sent in each other
   dtype of ``storage_dtypes`` (float16 halves the bytes, uint8 quarters them);
 - **privacy budgets** (``fedcond-eps<E>``): FedCond again with its clients distilling with
@@ -30,6 +33,7 @@ to choose anything.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
@@ -43,6 +47,7 @@ from fedcond.federated.server_training import new_model, train_on_pool
 from fedcond.train import accuracy, classification_loss
 
 RANDOM_REAL = "random-real"
+RANDOM_REAL_MOSAIC = "random-real-mosaic"
 STORAGE_DTYPE = "storage-dtype"
 DP_EPSILON = "dp-epsilon"
 
@@ -52,7 +57,7 @@ class PlannedRun:
     """One simulation of the comparison: a strategy asked for, or a reference (``kind``)."""
 
     cfg: FederateConfig
-    kind: str | None = None  # None | "random-real" | "storage-dtype" | "dp-epsilon"
+    kind: str | None = None  # None | "random-real" | "random-real-mosaic" | "storage-dtype" | "dp-epsilon"
     of: str | None = None  # the strategy a reference belongs to
 
     @property
@@ -85,6 +90,11 @@ def plan_runs(cfg: FederateConfig, strategies: Sequence[str]) -> list[PlannedRun
         random_cfg = replace(cfg.for_strategy("fedcond"), mode="oneshot", method="random", method_options="",
                              run_name=RANDOM_REAL, dp_epsilon=0.0, dp_epsilons="")
         runs.append(PlannedRun(random_cfg, RANDOM_REAL, fedcond))
+        factor = int(cfg.method_option_values.get("factor", 1))
+        if factor > 1:
+            mosaic_cfg = replace(random_cfg, method_options=json.dumps({"factor": factor}),
+                                 run_name=f"{RANDOM_REAL}-f{factor}")
+            runs.append(PlannedRun(mosaic_cfg, RANDOM_REAL_MOSAIC, fedcond))
     return runs
 
 
