@@ -21,6 +21,11 @@ Learned soft labels: a class's synthetic mean weights each image by its label pr
 for that class (``syn_assignment``), i.e. DM applied to the soft-labelled set seen as a
 joint distribution over (image, class); with one-hot labels it is exactly DM.
 
+Multi-formation (``factor`` > 1, :mod:`fedcond.formation`): the learned tensors are
+mosaics of ``factor**2`` tiles and the loss sees the decoded tiles, each an image of its
+class (real init: every tile starts as a different real image), so a set of the same bytes
+matches the class means with ``factor**2`` times as many images.
+
 FedDM (Xiong et al., CVPR 2023) is DM with three changes, all options of this one loop:
 the embedding network is a given model (``embed_model``, the federated global model)
 instead of a fresh random one per iteration; each iteration sees a copy of it with small
