@@ -202,8 +202,9 @@ def plot(report: dict[str, Any], alpha: str, path: Path) -> None:
         for run in [*cell.get("runs", []), *cell.get("reference_runs", [])]:
             label = run.get("name", run["strategy"]) if run.get("reference") else run["strategy"]
             if name.startswith("fedcond_ipc"):
-                formation = name.removeprefix(f"fedcond_ipc{run.get('ipc')}").lstrip("_")  # "" or "f2"
-                label = f"{label} (IPC {run.get('ipc')}{' ' + formation if formation else ''})"
+                # the cell's formation ("f2") belongs to FedCond's own run; references carry theirs in their name
+                formation = "" if run.get("reference") else name.removeprefix(f"fedcond_ipc{run.get('ipc')}")
+                label = f"{label} (IPC {run.get('ipc')}{formation.replace('_', ' ')})"
             xs = [r["upload_bytes"] / 2**20 for r in run["rounds"]]
             ys = [r["accuracy"] for r in run["rounds"]]
             ax.plot(xs, ys, marker="o" if len(xs) == 1 else ".", linestyle="-" if len(xs) > 1 else "none", label=label)
@@ -236,7 +237,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
              f"{report['peak_memory_bytes'] / 2**30:.2f} GiB", ""]
     for alpha, setting in report["settings"].items():
         lines += [f"## {alpha}", ""]
-        for seed_key, entry in setting.items():
+        finished = {k: e for k, e in setting.items() if "summary" in e}  # seeds with at least one finished cell
+        for seed_key, entry in finished.items():
             s = entry["summary"]
             lines += [f"### {seed_key}", ""]
             if "fedavg_grid" in entry:
@@ -272,29 +274,36 @@ def write_report(report: dict[str, Any], out: Path) -> None:
             for r in s.get("fedcond", []):
                 lines.append(
                     f"| {r['cell']} | {r['ipc']} | {r['rounds']} | {r['accuracy']:.4f} | {r['upload_bytes'] / mb:.3f} "
-                    "| "
-                    f"{r.get('random_real_accuracy', float('nan')):.4f} | "
-                    f"{r.get('gain_over_random_real_pts', float('nan')):+.1f} | "
-                    f"{r.get('random_real_mosaic_accuracy', float('nan')):.4f} | "
-                    f"{r.get('gain_over_random_real_mosaic_pts', float('nan')):+.1f} | "
-                    f"{r.get('below_fedavg_plateau_pts', float('nan')):.2f} | "
-                    f"{r.get('upload_fraction_of_fedavg_to_plateau', float('nan')):.4f} |"
+                    f"| {_cell(r, 'random_real_accuracy', '.4f')} | {_cell(r, 'gain_over_random_real_pts', '+.1f')} "
+                    f"| {_cell(r, 'random_real_mosaic_accuracy', '.4f')} "
+                    f"| {_cell(r, 'gain_over_random_real_mosaic_pts', '+.1f')} "
+                    f"| {_cell(r, 'below_fedavg_plateau_pts', '.2f')} "
+                    f"| {_cell(r, 'upload_fraction_of_fedavg_to_plateau', '.4f')} |"
                 )
             lines += ["", "Cell wall times (min): " + ", ".join(f"{n} {c.get('wall_seconds', 0) / 60:.1f}"
                                                             for n, c in entry["cells"].items()), ""]
-        seeds = list(setting.values())
+        seeds = list(finished.values())
         if len(seeds) > 1:
             lines += [f"Over {len(seeds)} seeds (mean ± std):", ""]
             for cell_name in sorted({r["cell"] for e in seeds for r in e["summary"].get("fedcond", [])}):
-                accs = [r["accuracy"] for e in seeds for r in e["summary"].get("fedcond", []) if r["cell"] == cell_name]
-                rnd = [r["random_real_accuracy"] for e in seeds for r in e["summary"].get("fedcond", [])
-                       if r["cell"] == cell_name and "random_real_accuracy" in r]
-                lines.append(f"- {cell_name}: {_mean_std(accs)} (random real {_mean_std(rnd)}; {len(accs)} seeds)")
+                rows = [r for e in seeds for r in e["summary"].get("fedcond", []) if r["cell"] == cell_name]
+                refs = "; ".join(
+                    f"{label} {_mean_std([r[key] for r in rows if key in r])}"
+                    for label, key in (("random real", "random_real_accuracy"),
+                                       ("random real mosaics", "random_real_mosaic_accuracy"))
+                    if any(key in r for r in rows)
+                )
+                lines.append(f"- {cell_name}: {_mean_std([r['accuracy'] for r in rows])} ({refs}; {len(rows)} seeds)")
             plats = [e["summary"]["fedavg_plateau"]["accuracy"] for e in seeds if "fedavg_plateau" in e["summary"]]
             lines += [f"- fedavg plateau: {_mean_std(plats)} ({len(plats)} seeds)", ""]
         lines += [f"![{alpha}](federated_{report['dataset']}_{alpha.replace('=', '')}.png)", ""]
         plot(report, alpha, out / f"federated_{report['dataset']}_{alpha.replace('=', '')}.png")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _cell(row: dict[str, Any], key: str, spec: str) -> str:
+    """A table cell: the formatted value, or a dash where the row has none (no such reference)."""
+    return format(row[key], spec) if key in row else "–"
 
 
 def _mean_std(values: list[float]) -> str:
@@ -337,7 +346,8 @@ def main() -> None:
     parser.add_argument(
         "--cells", default="fedcond,grid,fedavg,fedprox,iterative,upper-bound",
         help="kinds (or names) of cell to run; a finished cell of another kind is still read back into the "
-        "report (e.g. more seeds for the FedCond cells alone: --cells fedcond; one cell: --cells fedcond_ipc1_f2)",
+        "report (e.g. more seeds for the FedCond cells alone: --cells fedcond; one cell: --cells fedcond_ipc1_f2; "
+        "--cells '' only rebuilds the report from finished cells)",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scratch", type=Path, default=Path("runs/federated_benchmark"))

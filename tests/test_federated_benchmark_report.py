@@ -1,0 +1,66 @@
+"""benchmarks/federated_benchmark.py's report: references shown where a cell has them, dashes where
+it has none, seeds without a finished cell left out, multi-formation cells judged against both
+random-real references."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "federated_benchmark.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("federated_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["federated_benchmark"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(strategy: str, accuracies: list[float], mb_per_round: float, reference: str | None = None,
+         name: str | None = None, ipc: int | None = None) -> dict:
+    rounds = [{"round": i + 1, "accuracy": a, "upload_bytes": (i + 1) * mb_per_round * 2**20}
+              for i, a in enumerate(accuracies)]
+    run = {"strategy": strategy, "rounds": rounds, "final_accuracy": accuracies[-1],
+           "upload_bytes": rounds[-1]["upload_bytes"], "ipc": ipc}
+    if reference:
+        run.update({"reference": reference, "name": name})
+    return run
+
+
+def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path):
+    bench = _load()
+    cells = {
+        "fedcond_ipc1": {"runs": [_run("fedcond", [0.90], 0.1, ipc=1)],
+                         "reference_runs": [_run("fedcond", [0.94], 0.1, "random-real", "random-real", 1)]},
+        "fedcond_ipc1_f2": {"runs": [_run("fedcond", [0.96], 0.1, ipc=1)],
+                            "reference_runs": [
+                                _run("fedcond", [0.94], 0.1, "random-real", "random-real", 1),
+                                _run("fedcond", [0.95], 0.1, "random-real-mosaic", "random-real-f2", 1),
+                            ]},
+        "fedavg": {"runs": [_run("fedavg", [0.95, 0.97, 0.99, 0.99], 10.0)]},
+    }
+    summary = bench.summarise(cells, 0.005)
+    rows = {r["cell"]: r for r in summary["fedcond"]}
+    assert "random_real_mosaic_accuracy" not in rows["fedcond_ipc1"]
+    assert round(rows["fedcond_ipc1_f2"]["gain_over_random_real_pts"], 6) == 2.0
+    assert round(rows["fedcond_ipc1_f2"]["gain_over_random_real_mosaic_pts"], 6) == 1.0
+    assert summary["fedavg_plateau"]["round"] == 3  # first round within the tolerance of the best
+    report = {
+        "dataset": "toy", "num_clients": 10, "command": "python benchmarks/federated_benchmark.py", "machine": "cpu",
+        "versions": {"fedcond": "0"}, "wall_seconds": 60.0, "peak_memory_bytes": 2**30,
+        "settings": {"alpha=0.5": {"seed=0": {"cells": cells, "summary": summary},
+                                   "seed=1": {"cells": {}}}},  # seed 1: nothing finished yet
+    }
+    bench.write_report(report, tmp_path)
+    md = (tmp_path / "federated_toy.md").read_text()
+    assert "### seed=0" in md and "### seed=1" not in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| fedcond_ipc1 |"))
+    assert "| 0.9400 | -4.0 | – | – |" in line and "nan" not in md
+    mosaic = next(ln for ln in md.splitlines() if ln.startswith("| fedcond_ipc1_f2 |"))
+    assert "| 0.9400 | +2.0 | 0.9500 | +1.0 |" in mosaic
+    assert json.loads((tmp_path / "federated_toy.json").read_text())["dataset"] == "toy"
+    assert (tmp_path / "federated_toy_alpha0.5.png").stat().st_size > 0
