@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import statistics
 import sys
 import threading
@@ -70,6 +71,10 @@ class PeakMemory:
                     pass
             self.peak_bytes = max(self.peak_bytes, total)
 
+    def reset(self) -> None:
+        """Start a new peak (one cell's)."""
+        self.peak_bytes = 0
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -86,16 +91,20 @@ def cell_kind(name: str) -> str:
     return {"fedcond-iterative": "iterative"}.get(name, name)
 
 
-def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path) -> dict[str, Any]:
+def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: PeakMemory) -> dict[str, Any]:
     """One comparison in ``folder`` (read back when finished, resumed when interrupted)."""
     from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
 
     done = folder / "cell.json"
     if done.exists():
         return json.loads(done.read_text())
+    # a resumed cell's wall time covers only what this invocation ran; the report says so
+    resumed = (folder / "checkpoints").exists()
+    memory.reset()
     start = time.perf_counter()
     result = run_experiment(cfg, strategies, folder, reference="none")
-    cell = {"config": cfg.to_json(), "wall_seconds": time.perf_counter() - start,
+    cell = {"config": cfg.to_json(), "wall_seconds": time.perf_counter() - start, "resumed": resumed,
+            "peak_memory_bytes": memory.peak_bytes,
             "runs": [_slim(r) for r in result["runs"]],
             "reference_runs": [_slim(r) for r in result["reference_runs"]],
             "raw_data_upload_bytes": result["raw_data_upload_bytes"]}
@@ -115,6 +124,20 @@ def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
     ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg)
     done.write_text(json.dumps(ref, indent=1) + "\n")
     return ref
+
+
+def reproducing_command(argv: list[str]) -> str:
+    """The shell command that runs every cell of this report: ``argv`` without ``--cells``, which only picks
+    which cells one invocation runs (all of them resume and skip finished cells)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--cells":
+            skip = True
+        elif not arg.startswith("--cells="):
+            kept.append(arg)
+    return shlex.join(["python", *kept])
 
 
 def _slim(record: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +217,7 @@ def plot(report: dict[str, Any], alpha: str, path: Path) -> None:
         return
     cells = setting[seed_key]["cells"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    raw = None
+    raw, drawn = None, set()
     for name, cell in cells.items():
         if name.startswith("fedavg_lr") or name == "upper-bound":
             continue
@@ -207,6 +230,10 @@ def plot(report: dict[str, Any], alpha: str, path: Path) -> None:
                 label = f"{label} (IPC {run.get('ipc')}{formation.replace('_', ' ')})"
             xs = [r["upload_bytes"] / 2**20 for r in run["rounds"]]
             ys = [r["accuracy"] for r in run["rounds"]]
+            # the same reference run in two cells (its header, so its bytes, differ by a few options)
+            if (label, tuple(ys)) in drawn:
+                continue
+            drawn.add((label, tuple(ys)))
             ax.plot(xs, ys, marker="o" if len(xs) == 1 else ".", linestyle="-" if len(xs) > 1 else "none", label=label)
     if raw:
         ax.axvline(raw / 2**20, color="grey", linestyle="--", label="raw training data")
@@ -233,8 +260,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     lines = [f"# Federated benchmark: {report['dataset']}, {report['num_clients']} clients, Dirichlet", "",
              f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
              f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}  ",
-             f"Wall time so far: {report['wall_seconds'] / 60:.0f} min; peak memory of the process tree: "
-             f"{report['peak_memory_bytes'] / 2**30:.2f} GiB", ""]
+             f"Wall time of the finished cells (sum): {report['wall_seconds'] / 60:.0f} min; peak memory of the "
+             f"process tree: {report['peak_memory_bytes'] / 2**30:.2f} GiB (the most over every invocation that "
+             "wrote this report)", ""]
     for alpha, setting in report["settings"].items():
         lines += [f"## {alpha}", ""]
         finished = {k: e for k, e in setting.items() if "summary" in e}  # seeds with at least one finished cell
@@ -280,8 +308,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                     f"| {_cell(r, 'below_fedavg_plateau_pts', '.2f')} "
                     f"| {_cell(r, 'upload_fraction_of_fedavg_to_plateau', '.4f')} |"
                 )
-            lines += ["", "Cell wall times (min): " + ", ".join(f"{n} {c.get('wall_seconds', 0) / 60:.1f}"
-                                                            for n, c in entry["cells"].items()), ""]
+            lines += ["", "Cell wall times (min): " + ", ".join(
+                f"{n} {c.get('wall_seconds', 0) / 60:.1f}" + (" (after resuming)" if c.get("resumed") else "")
+                for n, c in entry["cells"].items()), ""]
         seeds = list(finished.values())
         if len(seeds) > 1:
             lines += [f"Over {len(seeds)} seeds (mean ± std):", ""]
@@ -293,9 +322,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                                        ("random real mosaics", "random_real_mosaic_accuracy"))
                     if any(key in r for r in rows)
                 )
-                lines.append(f"- {cell_name}: {_mean_std([r['accuracy'] for r in rows])} ({refs}; {len(rows)} seeds)")
+                lines.append(f"- {cell_name}: {_mean_std([r['accuracy'] for r in rows])} ({refs}; {_seeds(len(rows))})")
             plats = [e["summary"]["fedavg_plateau"]["accuracy"] for e in seeds if "fedavg_plateau" in e["summary"]]
-            lines += [f"- fedavg plateau: {_mean_std(plats)} ({len(plats)} seeds)", ""]
+            lines += [f"- fedavg plateau: {_mean_std(plats)} ({_seeds(len(plats))})", ""]
         lines += [f"![{alpha}](federated_{report['dataset']}_{alpha.replace('=', '')}.png)", ""]
         plot(report, alpha, out / f"federated_{report['dataset']}_{alpha.replace('=', '')}.png")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -304,6 +333,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
 def _cell(row: dict[str, Any], key: str, spec: str) -> str:
     """A table cell: the formatted value, or a dash where the row has none (no such reference)."""
     return format(row[key], spec) if key in row else "–"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -357,15 +390,24 @@ def main() -> None:
     import torch  # noqa: PLC0415
 
     memory = PeakMemory()
-    start = time.perf_counter()
-    report: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "dataset": args.dataset,
+    report: dict[str, Any] = {"command": reproducing_command(sys.argv), "dataset": args.dataset,
                               "num_clients": args.num_clients, "machine": device_description(torch.device(args.device)),
                               "versions": package_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "plateau_tolerance": args.plateau_tolerance, "settings": {}}
 
+    # a report rebuilt by a later invocation (more seeds, --cells '') keeps the peak an earlier one measured
+    previous = args.out / f"federated_{args.dataset}.json"
+    earlier_peak = json.loads(previous.read_text()).get("peak_memory_bytes", 0) if previous.exists() else 0
+    process_peak = 0
+
     def save() -> None:
-        report["wall_seconds"] = time.perf_counter() - start
-        report["peak_memory_bytes"] = memory.peak_bytes
+        nonlocal process_peak
+        process_peak = max(process_peak, memory.peak_bytes)  # the monitor restarts per cell
+        cells = [c for setting in report["settings"].values() for e in setting.values() for c in e["cells"].values()]
+        report["wall_seconds"] = sum(c.get("wall_seconds", 0) for c in cells)
+        report["peak_memory_bytes"] = max(
+            [earlier_peak, process_peak, *(c.get("peak_memory_bytes", 0) for c in cells)]
+        )
         write_report(report, args.out)
 
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -392,7 +434,7 @@ def main() -> None:
                 if not {cell_kind(name), name} & kinds and not (scratch / name / "cell.json").exists():
                     return None
                 print(f"alpha {cfg.alpha} seed {cfg.seed}: {name}", flush=True)
-                entry["cells"][name] = run_cell(cfg, strategies, scratch / name)
+                entry["cells"][name] = run_cell(cfg, strategies, scratch / name, memory)
                 entry["summary"] = summarise(entry["cells"], args.plateau_tolerance)
                 save()
                 return entry["cells"][name]

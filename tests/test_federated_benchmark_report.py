@@ -41,7 +41,8 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
                                 _run("fedcond", [0.94], 0.1, "random-real", "random-real", 1),
                                 _run("fedcond", [0.95], 0.1, "random-real-mosaic", "random-real-f2", 1),
                             ]},
-        "fedavg": {"runs": [_run("fedavg", [0.95, 0.97, 0.99, 0.99], 10.0)]},
+        "fedavg": {"runs": [_run("fedavg", [0.95, 0.97, 0.99, 0.99], 10.0)], "wall_seconds": 120.0,
+                   "resumed": True},
     }
     summary = bench.summarise(cells, 0.005)
     rows = {r["cell"]: r for r in summary["fedcond"]}
@@ -64,3 +65,14 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
     assert "| 0.9400 | +2.0 | 0.9500 | +1.0 |" in mosaic
     assert json.loads((tmp_path / "federated_toy.json").read_text())["dataset"] == "toy"
     assert (tmp_path / "federated_toy_alpha0.5.png").stat().st_size > 0
+    # a cell finished by a resumed invocation says its wall time is only the resumed part
+    assert "fedavg 2.0 (after resuming)" in md
+
+
+def test_report_command_runs_every_cell_and_pastes_into_a_shell():
+    bench = _load()
+    argv = ["benchmarks/federated_benchmark.py", "-o", '{"batch_real": 64}', "--cells", "", "--seeds", "0,1"]
+    assert bench.reproducing_command(argv) == (
+        "python benchmarks/federated_benchmark.py -o '{\"batch_real\": 64}' --seeds 0,1"
+    )
+    assert "--cells" not in bench.reproducing_command([*argv[:3], "--cells=fedavg"])
