@@ -79,6 +79,9 @@ class PeakMemory:
         self._stop.set()
 
 
+# settings that change where or how fast a cell runs, not its results
+RUN_ONLY_SETTINGS = {"data_dir", "device", "client_threads", "server_threads", "out_dir", "run_name",
+                     "checkpoint_dir", "round_timeout", "fail_mode"}
 CELL_KINDS = ("fedcond", "grid", "fedavg", "fedprox", "iterative", "upper-bound")
 
 
@@ -97,7 +100,16 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
 
     done = folder / "cell.json"
     if done.exists():
-        return json.loads(done.read_text())
+        cell = json.loads(done.read_text())
+        stored, now = cell.get("config", {}), cfg.to_json()
+        changed = sorted(k for k in stored if k not in RUN_ONLY_SETTINGS and k in now and stored[k] != now[k])
+        if changed:  # e.g. a wider grid picked another learning rate: never report a cell under settings it lacks
+            raise SystemExit(
+                f"{folder} finished with other settings ("
+                + ", ".join(f"{k}: {stored[k]!r}, now {now[k]!r}" for k in changed)
+                + "); move the folder away to run it with the new ones"
+            )
+        return cell
     # a resumed cell's wall time covers only what this invocation ran; the report says so
     resumed = (folder / "checkpoints").exists()
     memory.reset()

@@ -76,3 +76,18 @@ def test_report_command_runs_every_cell_and_pastes_into_a_shell():
         "python benchmarks/federated_benchmark.py -o '{\"batch_real\": 64}' --seeds 0,1"
     )
     assert "--cells" not in bench.reproducing_command([*argv[:3], "--cells=fedavg"])
+
+
+def test_a_finished_cell_is_not_read_back_under_other_settings(tmp_path):
+    import pytest
+
+    from fedcond.federated.config import FederateConfig
+
+    bench = _load()
+    ran = FederateConfig(dataset="digits", lr=0.05)
+    (tmp_path / "cell.json").write_text(json.dumps({"config": ran.to_json(), "runs": []}))
+    # where it ran does not matter; what it ran does
+    assert bench.run_cell(FederateConfig(dataset="digits", lr=0.05, data_dir="/elsewhere"), ["fedavg"], tmp_path,
+                          None)["runs"] == []
+    with pytest.raises(SystemExit, match="lr: 0.05, now 0.1"):
+        bench.run_cell(FederateConfig(dataset="digits", lr=0.1), ["fedavg"], tmp_path, None)
