@@ -329,9 +329,12 @@ def write_report(report: dict[str, Any], out: Path) -> None:
             for cell_name in sorted({r["cell"] for e in seeds for r in e["summary"].get("fedcond", [])}):
                 rows = [r for e in seeds for r in e["summary"].get("fedcond", []) if r["cell"] == cell_name]
                 refs = "; ".join(
-                    f"{label} {_mean_std([r[key] for r in rows if key in r])}"
-                    for label, key in (("random real", "random_real_accuracy"),
-                                       ("random real mosaics", "random_real_mosaic_accuracy"))
+                    f"{label} {_mean_std([r[key] for r in rows if key in r])}, paired gain "
+                    f"{_mean_std([r[gain] for r in rows if gain in r], '+.1f')} pts"
+                    for label, key, gain in (
+                        ("random real", "random_real_accuracy", "gain_over_random_real_pts"),
+                        ("random real mosaics", "random_real_mosaic_accuracy", "gain_over_random_real_mosaic_pts"),
+                    )
                     if any(key in r for r in rows)
                 )
                 lines.append(f"- {cell_name}: {_mean_std([r['accuracy'] for r in rows])} ({refs}; {_seeds(len(rows))})")
@@ -351,10 +354,11 @@ def _seeds(n: int) -> str:
     return f"{n} seed" + ("" if n == 1 else "s")
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], spec: str = ".4f") -> str:
     if not values:
         return "n/a"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{format(statistics.mean(values), spec)} ± {format(std, spec.lstrip('+'))}"
 
 
 def main() -> None:
