@@ -235,7 +235,10 @@ def _f2(x: float | None) -> str:
 def write_report(path: Path, report: dict[str, Any]) -> None:
     write_json(path.with_suffix(".json"), report)
     lines = [f"# Scale: simulated clients on {report['dataset']}", "",
-             f"Command: `{report['command']}`", "",
+             "Commands (every cell resumes; a finished cell is kept): "
+             + ", ".join(f"`{c}`" for c in dict.fromkeys(
+                 cell.get("command", report["command"]) for cell in report["cells"].values()
+             ) or [report["command"]]), "",
              f"Machine: {report['machine']}; versions: "
              + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v), "",
              "One-shot FedCond: DM, IPC 1, 20 iterations per client; FedAvg: one round, 10 % of the clients sampled. "
@@ -309,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             cells[name] = run_cell(args, cfg, Path(args.scratch) / name)
         c = cells[name]
+        c["command"] = report["command"]  # several invocations fill one report; each cell keeps its own
         print(f"{name}: {c['status']}, wall {c['wall_seconds']:.0f} s, clients {_s(c.get('clients_seconds'))} s, "
               f"peak RSS {_gib(c['peak_memory']['rss_bytes'])} GiB", flush=True)
         write_report(path, report)
