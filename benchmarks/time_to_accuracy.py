@@ -1,0 +1,208 @@
+"""Time to accuracy on the CPU (issue 13, item 3): the accuracy a DM set reaches after 5, 15 and
+30 minutes of distillation, for fedcond's DM beside the authors' loop in the same time.
+
+On a CPU the cost of one DM iteration is already near the ConvNet's forward-pass limit, so what
+a user gains is accuracy per minute. Each *variant* (a set of DM options; ``default`` is the
+paper's settings: batch_real 256, lr_images 1.0, momentum 0.5, real init, DSA) distills with
+the clock running (set-up included, data loading not) and keeps the set at each budget.
+
+The authors' loop (``reference_loops.reference_style_dm_seconds``: the same algorithm, written
+the way their code is) is timed for a few iterations in the same run; in ``T`` minutes it would
+run ``T / s`` iterations, so its accuracy at ``T`` is that of the paper-settings DM set after
+that many iterations (kept by the ``default`` variant, which runs faster than the reference loop
+and so passes those iterations before its own budgets). Every kept set is evaluated with the
+standard protocol (``--runs`` ConvNets trained from scratch), beside random real images.
+
+Results go to ``--out``/time_to_accuracy_<dataset>_ipc<k>.{json,md} after every step, with the
+command, machine and versions; the kept sets lie beside them. Finished variants and evaluations
+are read back when the command runs again (a variant cut short runs again from its start: a
+clock cannot resume).
+
+The CPU run (about 1 h 45 min of an idle 2-core machine for two variants)::
+
+    python benchmarks/time_to_accuracy.py --dataset mnist --data-dir /work/shared/data \\
+        --variants "default;batch_real=64" --budgets 5,15,30
+
+``--minute`` sets how many seconds a budget's minute lasts (tests and dry runs: ``--minute 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcond.data import load_dataset
+from fedcond.distill.base import Callback, make_distiller
+from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
+from fedcond.runinfo import device_description, package_versions
+from fedcond.synthetic import SyntheticSet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also when loaded by a test
+from reference_loops import reference_style_dm_seconds  # noqa: E402
+
+
+class _Done(Exception):
+    """Every budget of a variant has its set."""
+
+
+class KeepAtBudgets(Callback):
+    """Keeps the set at given wall-clock seconds and at given iteration counts, then stops the run."""
+
+    def __init__(self, seconds: dict[str, float], iterations: dict[str, int], folder: Path) -> None:
+        self.seconds, self.iterations, self.folder = dict(seconds), dict(iterations), folder
+        self.kept: dict[str, dict[str, Any]] = {}
+        self.start = time.perf_counter()
+
+    def on_snapshot(self, iteration: int, synthetic_set: SyntheticSet) -> None:
+        elapsed = time.perf_counter() - self.start
+        due = [k for k, s in self.seconds.items() if elapsed >= s]
+        due += [k for k, n in self.iterations.items() if iteration >= n]
+        for key in due:
+            path = self.folder / f"{key}.safetensors"
+            synthetic_set.save(path)
+            self.kept[key] = {"iteration": iteration, "seconds": elapsed, "set": path.name}
+            self.seconds.pop(key, None)
+            self.iterations.pop(key, None)
+        if not self.seconds and not self.iterations:
+            raise _Done
+
+
+def parse_variants(text: str) -> dict[str, dict[str, Any]]:
+    """``"default;batch_real=64,lr_images=2"`` -> {name: DM options}; values parsed as JSON where they can be."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in (v.strip() for v in text.split(";")):
+        if not name:
+            continue
+        options: dict[str, Any] = {}
+        if name != "default":
+            for pair in name.split(","):
+                key, sep, value = pair.partition("=")
+                if not sep:
+                    raise SystemExit(f"variant {name!r}: expected key=value pairs, got {pair!r}")
+                try:
+                    options[key.strip()] = json.loads(value)
+                except json.JSONDecodeError:
+                    options[key.strip()] = value
+        out[name] = options
+    return out
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    budgets = report["budgets_minutes"]
+    lines = [f"# Time to accuracy: DM on {report['dataset']}, IPC {report['ipc']}", "",
+             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v), "",
+             f"A budget's minute lasts {report['minute_seconds']:g} s. Accuracy: mean ± std over "
+             f"{report['runs']} ConvNets trained from scratch on the set ({report['eval_epochs']} epochs).", ""]
+    ref = report.get("reference_loop")
+    if ref:
+        lines += [f"Authors' loop (timed here): {ref['seconds_per_iteration']:.3f} s/iteration; "
+                  f"CPU {ref['cpu_seconds_per_iteration']:.3f} s.", ""]
+    rnd = report.get("random_real")
+    if rnd:
+        lines += [f"Random real images: {rnd['mean']:.4f} ± {rnd['std']:.4f}.", ""]
+    lines += ["| run | " + " | ".join(f"{b:g} min" for b in budgets) + " |",
+              "|---|" + "---:|" * len(budgets)]
+    rows = [("authors' loop (paper settings)", "default", "reference")]
+    rows += [(f"fedcond DM, {name}", name, "fedcond") for name in report["variants"]]
+    for label, variant, kind in rows:
+        kept = report["variants"].get(variant, {}).get("kept", {})
+        cells = []
+        for b in budgets:
+            k = kept.get(f"{kind}_{b:g}min")
+            if not k:
+                cells.append("–")
+            else:
+                acc = k.get("accuracy")
+                cells.append((f"{acc['mean']:.4f} ± {acc['std']:.4f}" if acc else "…") + f" ({k['iteration']} it)")
+        if kind == "reference" and "default" not in report["variants"]:
+            continue
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--variants", default="default;batch_real=64",
+                   help="';'-separated DM option sets, each 'default' or k=v[,k=v]")
+    p.add_argument("--budgets", default="5,15,30", help="minutes of distillation at which to keep the set")
+    p.add_argument("--minute", type=float, default=60.0, help="seconds in a budget's minute (1 for a dry run)")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--eval-epochs", type=int, default=300)
+    p.add_argument("--reference-iterations", type=int, default=3, help="timed iterations of the authors' loop")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--scratch", type=Path, default=Path("runs/time_to_accuracy"), help="where the kept sets lie")
+    args = p.parse_args(argv)
+
+    device = torch.device("cpu")
+    budgets = [float(b) for b in args.budgets.split(",") if b]
+    variants = parse_variants(args.variants)
+    path = args.out / f"time_to_accuracy_{args.dataset}_ipc{args.ipc}.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    report.update(dataset=args.dataset, ipc=args.ipc, budgets_minutes=budgets, minute_seconds=args.minute,
+                  runs=args.runs, eval_epochs=args.eval_epochs, machine=device_description(device),
+                  versions=package_versions(), command=shlex.join(["python", *sys.argv]))
+    report.setdefault("variants", {})
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir, device=device)
+    eval_config = EvalConfig(epochs=args.eval_epochs)
+
+    def save() -> None:
+        write_report(path, report)
+
+    if "reference_loop" not in report:
+        report["reference_loop"] = reference_style_dm_seconds(dataset, args.ipc, args.reference_iterations, device)
+        save()
+    ref_s = report["reference_loop"]["seconds_per_iteration"]
+    if "random_real" not in report:
+        r = evaluate_random(dataset, args.ipc, eval_config, runs=args.runs, seed=args.seed)
+        report["random_real"] = {"mean": r.mean, "std": r.std, "accuracies": r.accuracies}
+        save()
+
+    for name, options in variants.items():
+        entry = report["variants"].setdefault(name, {"options": options})
+        folder = args.scratch / args.dataset / f"ipc{args.ipc}" / name.replace("=", "-").replace(",", "_")
+        if not entry.get("finished"):
+            folder.mkdir(parents=True, exist_ok=True)
+            seconds = {f"fedcond_{b:g}min": b * args.minute for b in budgets}
+            # the authors' loop, in each budget, runs the paper-settings DM this many iterations
+            iterations = {f"reference_{b:g}min": max(1, int(b * args.minute / ref_s)) for b in budgets}
+            keep = KeepAtBudgets(seconds, iterations if name == "default" else {}, folder)
+            distiller, config = make_distiller(
+                "dm", args.ipc, iterations=10**9, options={**options, "eval_every": 1, "log_every": 10**9}
+            )
+            print(f"{name}: distilling for {max(budgets):g} min", flush=True)
+            try:
+                distiller.distill(dataset, config, torch.Generator().manual_seed(args.seed), device=device,
+                                  callbacks=[keep])
+            except _Done:
+                pass
+            entry.update(kept=keep.kept, finished=True)
+            save()
+        for key, kept in sorted(entry["kept"].items()):
+            if "accuracy" in kept:
+                continue
+            sset = SyntheticSet.load(folder / kept["set"])
+            r = evaluate_synthetic(sset, dataset, eval_config, runs=args.runs, seed=args.seed)
+            kept["accuracy"] = {"mean": r.mean, "std": r.std, "accuracies": r.accuracies}
+            print(f"{name} {key}: {r.mean:.4f} ± {r.std:.4f} after {kept['iteration']} iterations", flush=True)
+            save()
+    save()
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
