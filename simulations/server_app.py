@@ -41,8 +41,10 @@ from fedcond.federated.server_training import evaluate_arrays, new_model
 
 
 def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, Any]], None] | None = None,
-               on_event: OnEvent | None = None) -> dict[str, Any]:
+               on_event: OnEvent | None = None, expected_nodes: int | None = None) -> dict[str, Any]:
     """Run ``cfg.strategy`` on ``grid``; return the run's record (see module docstring).
+
+    ``expected_nodes``: the federation's size where known (see ``strategies.build_strategy``).
 
     With ``cfg.checkpoint_dir`` every finished round is checkpointed there, and a run
     that finds a checkpoint continues after its round (:mod:`fedcond.federated.checkpoint`).
@@ -52,7 +54,7 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
 
     data = get_dataset(cfg.dataset, cfg.data_dir)
     ledger = CommLedger()
-    strategy = build_strategy(cfg, data, ledger)
+    strategy = build_strategy(cfg, data, ledger, expected_nodes)
     accuracy: dict[int, float] = {}
     times: dict[int, float] = {}
     folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
@@ -153,8 +155,9 @@ def _client_order(client: dict[str, Any]) -> tuple[int, int]:
 
 def make_server_app(overrides: dict[str, Any] | None = None,
                     on_result: Callable[[dict[str, Any]], None] | None = None,
-                    on_event: OnEvent | None = None) -> ServerApp:
-    """A ServerApp reading its settings from the run config, then ``overrides``."""
+                    on_event: OnEvent | None = None, expected_nodes: int | None = None) -> ServerApp:
+    """A ServerApp reading its settings from the run config, then ``overrides``; ``expected_nodes``:
+    the size of the federation it will run with, where the caller knows it."""
     app = ServerApp()
 
     @app.main()
@@ -162,7 +165,7 @@ def make_server_app(overrides: dict[str, Any] | None = None,
         cfg = FederateConfig.from_run_config(context.run_config, overrides)
         if cfg.server_threads > 0:
             torch.set_num_threads(cfg.server_threads)
-        run_server(grid, cfg, on_result, on_event)
+        run_server(grid, cfg, on_result, on_event, expected_nodes)
 
     return app
 

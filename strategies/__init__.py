@@ -23,9 +23,18 @@ def drop_ids(records: list[Any], weighted_by_key: str) -> Any:
     return MetricRecord({k: v for k, v in out.items() if k != "partition-id"})
 
 
-def build_strategy(cfg: FederateConfig, data: ImageDataset, ledger: CommLedger) -> Any:
-    """The strategy named by ``cfg.strategy`` with the run's sampling fraction."""
-    common = {"fraction_train": cfg.fraction, "min_train_nodes": 1, "min_available_nodes": 1,
+def build_strategy(cfg: FederateConfig, data: ImageDataset, ledger: CommLedger,
+                   expected_nodes: int | None = None) -> Any:
+    """The strategy named by ``cfg.strategy`` with the run's sampling fraction.
+
+    ``expected_nodes``: the federation's size where the caller knows it (a simulation it
+    started). Flower sizes a round's sample from the nodes connected at that moment, so the
+    first round after a start — a resumed run's round k + 1 too — could go to the one or two
+    nodes registered so far; with the size known, sampling waits for all of them.
+    """
+    nodes = expected_nodes or 1
+    common = {"fraction_train": cfg.fraction, "min_train_nodes": max(1, int(nodes * cfg.fraction)),
+              "min_available_nodes": nodes,
               "arrayrecord_key": ARRAYRECORD_KEY, "configrecord_key": CONFIGRECORD_KEY}  # what clients read
     if cfg.strategy.startswith("fedcond"):
         from strategies.fedcond import FedCond  # noqa: PLC0415

@@ -60,7 +60,7 @@ def run_strategy(cfg: FederateConfig, resources: dict[str, Any] | None = None, l
     # run_simulation is deprecated in favour of `flwr run`, which needs a SuperLink; the
     # runner needs an in-process run (see fedcond/federated/flower_log.py), so it stays.
     with without_run_simulation_deprecation(), TreeUsage() as usage:
-        run_simulation(server_app=make_server_app(overrides, results.append, on_event),
+        run_simulation(server_app=make_server_app(overrides, results.append, on_event, cfg.num_clients),
                        client_app=make_client_app(overrides), num_supernodes=cfg.num_clients,
                        backend_config=resources or backend_config())
     if not results:
