@@ -57,7 +57,8 @@ class PeakMemory:
     def __init__(self, every_s: float = 2.0) -> None:
         import psutil  # noqa: PLC0415  (Ray depends on it)
 
-        self._proc, self._every, self.peak_bytes = psutil.Process(), every_s, 0
+        self._proc, self._every = psutil.Process(), every_s
+        self.peak_bytes = self.cell_peak_bytes = 0  # over this process's life / since the last reset
         self._stop = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
@@ -70,10 +71,11 @@ class PeakMemory:
                 except Exception:  # noqa: BLE001  (a worker that just exited)
                     pass
             self.peak_bytes = max(self.peak_bytes, total)
+            self.cell_peak_bytes = max(self.cell_peak_bytes, total)
 
     def reset(self) -> None:
-        """Start a new peak (one cell's)."""
-        self.peak_bytes = 0
+        """Start a new cell's peak (``peak_bytes`` keeps the whole run's)."""
+        self.cell_peak_bytes = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -94,8 +96,9 @@ def cell_kind(name: str) -> str:
     return {"fedcond-iterative": "iterative"}.get(name, name)
 
 
-def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: PeakMemory) -> dict[str, Any]:
-    """One comparison in ``folder`` (read back when finished, resumed when interrupted)."""
+def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: PeakMemory | None) -> dict[str, Any]:
+    """One comparison in ``folder`` (read back when finished, resumed when interrupted); ``memory``
+    measures the cell's peak (None: not measured)."""
     from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
 
     done = folder / "cell.json"
@@ -112,11 +115,12 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
         return cell
     # a resumed cell's wall time covers only what this invocation ran; the report says so
     resumed = (folder / "checkpoints").exists()
-    memory.reset()
+    if memory is not None:
+        memory.reset()
     start = time.perf_counter()
     result = run_experiment(cfg, strategies, folder, reference="none")
     cell = {"config": cfg.to_json(), "wall_seconds": time.perf_counter() - start, "resumed": resumed,
-            "peak_memory_bytes": memory.peak_bytes,
+            "peak_memory_bytes": memory.cell_peak_bytes if memory is not None else 0,
             "runs": [_slim(r) for r in result["runs"]],
             "reference_runs": [_slim(r) for r in result["reference_runs"]],
             "raw_data_upload_bytes": result["raw_data_upload_bytes"]}
@@ -414,15 +418,12 @@ def main() -> None:
     # a report rebuilt by a later invocation (more seeds, --cells '') keeps the peak an earlier one measured
     previous = args.out / f"federated_{args.dataset}.json"
     earlier_peak = json.loads(previous.read_text()).get("peak_memory_bytes", 0) if previous.exists() else 0
-    process_peak = 0
 
     def save() -> None:
-        nonlocal process_peak
-        process_peak = max(process_peak, memory.peak_bytes)  # the monitor restarts per cell
         cells = [c for setting in report["settings"].values() for e in setting.values() for c in e["cells"].values()]
         report["wall_seconds"] = sum(c.get("wall_seconds", 0) for c in cells)
         report["peak_memory_bytes"] = max(
-            [earlier_peak, process_peak, *(c.get("peak_memory_bytes", 0) for c in cells)]
+            [earlier_peak, memory.peak_bytes, *(c.get("peak_memory_bytes", 0) for c in cells)]
         )
         write_report(report, args.out)
 

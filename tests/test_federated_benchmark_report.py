@@ -4,20 +4,13 @@ random-real references."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "federated_benchmark.py"
+from benchmark_scripts import load_script  # tests/, a test-only helper
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("federated_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["federated_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("federated_benchmark")
 
 
 def _run(strategy: str, accuracies: list[float], mb_per_round: float, reference: str | None = None,

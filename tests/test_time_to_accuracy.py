@@ -4,23 +4,17 @@ finished work back instead of distilling again."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py"
+from benchmark_scripts import load_script  # tests/, a test-only helper
 
 
 @pytest.fixture(scope="module")
 def tta():
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["time_to_accuracy"] = module
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script("time_to_accuracy")
     sys.modules.pop("time_to_accuracy", None)
 
 
