@@ -65,6 +65,24 @@ def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None 
     return "\n".join(lines) + "\n"
 
 
+def _finish_log_x_plot(fig: Any, ax: Any, path: Path, xlabel: str, reference: dict[str, Any] | None) -> Path:
+    """Accuracy plots share their finish: the upper bound as a line, log x, labels, saved to ``path``."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    if reference and "full_data_accuracy" in reference:
+        ax.axhline(reference["full_data_accuracy"], color="grey", linestyle="--", label="centralised upper bound")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: dict[str, Any] | None = None,
                            reference_runs: list[dict[str, Any]] | None = None, raw_bytes: int | None = None) -> Path:
     """Accuracy after each round against cumulative upload bytes, log x: strategies as
@@ -98,18 +116,7 @@ def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: di
                     label=f"{run.get('name', run['strategy'])} (reference)")
     if raw_bytes:
         ax.axvline(raw_bytes, color="black", linestyle="-.", linewidth=1, label="upload of the raw data")
-    if reference and "full_data_accuracy" in reference:
-        ax.axhline(reference["full_data_accuracy"], color="grey", linestyle="--", label="centralised upper bound")
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative upload bytes (all clients)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish_log_x_plot(fig, ax, path, "cumulative upload bytes (all clients)", reference)
 
 
 def plot_label_histogram(hist: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> Path:
@@ -202,15 +209,5 @@ def plot_accuracy_vs_epsilon(
         if "client_epsilons" in r and r.get("epsilon") is None and r.get("final_accuracy") is not None:
             ax.axhline(r["final_accuracy"], linestyle=next(styles, ":"), linewidth=1.2,
                        label=f"{r.get('name', r['strategy'])} (no DP)", color=f"C{len(by_dtype) + len(ax.lines) % 6}")
-    if reference and "full_data_accuracy" in reference:
-        ax.axhline(reference["full_data_accuracy"], color="grey", linestyle="--", label="centralised upper bound")
-    ax.set_xscale("log")
-    ax.set_xlabel("privacy budget epsilon (largest client's; lower = more private)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    xlabel = "privacy budget epsilon (largest client's; lower = more private)"
+    return _finish_log_x_plot(fig, ax, path, xlabel, reference)
