@@ -393,6 +393,11 @@ def main() -> None:
     parser.add_argument("--proximal-mu", type=float, default=0.01)
     parser.add_argument("--iterative-rounds", type=int, default=0, help="iterative FedCond cell rounds (0: none)")
     parser.add_argument("--iterative-ipc", type=int, default=10)
+    parser.add_argument(
+        "--feddm-batch-real", type=int, default=None,
+        help="real images per class per FedDM step in the iterative cell (default: FederateConfig's, 256); "
+             "64 matches -o '{\"batch_real\": 64}' of the one-shot cells and costs a quarter",
+    )
     parser.add_argument("--upper-bound", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--central-max-epochs", type=int, default=30)
     parser.add_argument("--plateau-tolerance", type=float, default=0.005)
@@ -501,7 +506,8 @@ def main() -> None:
                 cell(
                     "fedcond-iterative",
                     dataclasses.replace(
-                        base, rounds=args.iterative_rounds, ipc=args.iterative_ipc, random_reference=False
+                        base, rounds=args.iterative_rounds, ipc=args.iterative_ipc, random_reference=False,
+                        **({"feddm_batch_real": args.feddm_batch_real} if args.feddm_batch_real else {}),
                     ),
                     ["fedcond-iterative"],
                 )
