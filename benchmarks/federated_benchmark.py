@@ -394,8 +394,8 @@ def main() -> None:
     parser.add_argument("--iterative-rounds", type=int, default=0, help="iterative FedCond cell rounds (0: none)")
     parser.add_argument("--iterative-ipc", type=int, default=10)
     parser.add_argument(
-        "--feddm-batch-real", type=int, default=None,
-        help="real images per class per FedDM step in the iterative cell (default: FederateConfig's, 256); "
+        "--feddm-batch-real", type=int, default=FederateConfig.feddm_batch_real,
+        help="real images per class per FedDM step in the iterative cell (default: FederateConfig's, %(default)s); "
              "64 matches -o '{\"batch_real\": 64}' of the one-shot cells and costs a quarter",
     )
     parser.add_argument("--upper-bound", action=argparse.BooleanOptionalAction, default=True)
@@ -507,7 +507,7 @@ def main() -> None:
                     "fedcond-iterative",
                     dataclasses.replace(
                         base, rounds=args.iterative_rounds, ipc=args.iterative_ipc, random_reference=False,
-                        **({"feddm_batch_real": args.feddm_batch_real} if args.feddm_batch_real else {}),
+                        feddm_batch_real=args.feddm_batch_real,
                     ),
                     ["fedcond-iterative"],
                 )
