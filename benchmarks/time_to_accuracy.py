@@ -125,7 +125,45 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
                 acc = k.get("accuracy")
                 cells.append((f"{acc['mean']:.4f} ± {acc['std']:.4f}" if acc else "…") + f" ({k['iteration']} it)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if plot_time_to_accuracy(path.with_suffix(".png"), report, rows):
+        lines += ["", f"![accuracy against minutes of distillation]({path.with_suffix('.png').name})"]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def plot_time_to_accuracy(path: Path, report: dict[str, Any], rows: list[tuple[str, str, str]]) -> bool:
+    """Accuracy (mean, std bars) against the budget's minutes, one line per run, random real as a line.
+
+    Returns False (and draws nothing) while no kept set has been evaluated."""
+    curves = []
+    for label, variant, kind in rows:
+        kept = report["variants"].get(variant, {}).get("kept", {})
+        points = [(b, kept[f"{kind}_{b:g}min"]["accuracy"]) for b in report["budgets_minutes"]
+                  if "accuracy" in kept.get(f"{kind}_{b:g}min", {})]
+        if points:
+            curves.append((label, points))
+    if not curves:
+        return False
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, points in curves:
+        ax.errorbar([b for b, _ in points], [a["mean"] for _, a in points], yerr=[a["std"] for _, a in points],
+                    marker="o", capsize=3, label=label)
+    rnd = report.get("random_real")
+    if rnd:
+        ax.axhline(rnd["mean"], color="grey", linestyle=":", label="random real images")
+    ax.set_xlabel(f"distillation budget (minutes of {report['minute_seconds']:g} s)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"DM on {report['dataset']}, IPC {report['ipc']}: accuracy per minute of distillation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

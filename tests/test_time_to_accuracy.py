@@ -46,6 +46,8 @@ def test_budgets_kept_evaluated_and_read_back(tta, tmp_path, monkeypatch):
     assert default["fedcond_2min"]["iteration"] >= default["fedcond_1min"]["iteration"]
     md = (tmp_path / "out" / "time_to_accuracy_digits_ipc1.md").read_text()
     assert "| authors' loop (paper settings) |" in md and "| fedcond DM, batch_real=16 |" in md
+    assert "![accuracy against minutes of distillation](time_to_accuracy_digits_ipc1.png)" in md
+    assert (tmp_path / "out" / "time_to_accuracy_digits_ipc1.png").stat().st_size > 0
 
     # a second run reads everything back: nothing is distilled or evaluated again
     def fail(*args, **kwargs):
