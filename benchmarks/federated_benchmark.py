@@ -329,7 +329,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                 for n, c in entry["cells"].items()), ""]
         seeds = list(finished.values())
         if len(seeds) > 1:
-            lines += [f"Over {len(seeds)} seeds (mean ± std):", ""]
+            lines += [f"Over the {len(seeds)} seeds (mean ± std over the seeds each line names):", ""]
             for cell_name in sorted({r["cell"] for e in seeds for r in e["summary"].get("fedcond", [])}):
                 rows = [r for e in seeds for r in e["summary"].get("fedcond", []) if r["cell"] == cell_name]
                 refs = "; ".join(
@@ -341,7 +341,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                     )
                     if any(key in r for r in rows)
                 )
-                lines.append(f"- {cell_name}: {_mean_std([r['accuracy'] for r in rows])} ({refs}; {_seeds(len(rows))})")
+                notes = "; ".join([*([refs] if refs else []), _seeds(len(rows))])
+                lines.append(f"- {cell_name}: {_mean_std([r['accuracy'] for r in rows])} ({notes})")
             plats = [e["summary"]["fedavg_plateau"]["accuracy"] for e in seeds if "fedavg_plateau" in e["summary"]]
             lines += [f"- fedavg plateau: {_mean_std(plats)} ({_seeds(len(plats))})", ""]
         lines += [f"![{alpha}](federated_{report['dataset']}_{alpha.replace('=', '')}.png)", ""]
@@ -361,11 +362,13 @@ def _seeds(n: int) -> str:
 def _mean_std(values: list[float], spec: str = ".4f") -> str:
     if not values:
         return "n/a"
+    if len(values) == 1:  # one seed has no spread to show
+        return format(values[0], spec)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{format(statistics.mean(values), spec)} ± {format(std, spec.lstrip('+'))}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir", default="")
@@ -410,12 +413,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scratch", type=Path, default=Path("runs/federated_benchmark"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch  # noqa: PLC0415
 
     memory = PeakMemory()
-    report: dict[str, Any] = {"command": reproducing_command(sys.argv), "dataset": args.dataset,
+    command = reproducing_command(sys.argv if argv is None else ["benchmarks/federated_benchmark.py", *argv])
+    report: dict[str, Any] = {"command": command, "dataset": args.dataset,
                               "num_clients": args.num_clients, "machine": device_description(torch.device(args.device)),
                               "versions": package_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "plateau_tolerance": args.plateau_tolerance, "settings": {}}
@@ -483,25 +487,27 @@ def main() -> None:
                         if c is not None:
                             final = c["runs"][0]["final_accuracy"]
                             grid.append({"lr": lr, "local_epochs": ep, "final_accuracy": final})
-                if not grid:
+                if grid:
+                    best = max(grid, key=lambda g: g["final_accuracy"])
+                    tuned[alpha] = (best["lr"], best["local_epochs"])
+                    entry.update({"fedavg_grid": grid, "tune_rounds": args.tune_rounds})
+                elif {"fedavg", "fedprox"} & kinds:
                     raise SystemExit(f"alpha {alpha}: no FedAvg grid cell finished; run with --cells including grid")
-                best = max(grid, key=lambda g: g["final_accuracy"])
-                tuned[alpha] = (best["lr"], best["local_epochs"])
-                entry.update({"fedavg_grid": grid, "tune_rounds": args.tune_rounds})
-            lr, ep = tuned[alpha]
-            for name in ("fedavg", "fedprox"):
-                tuned_cell = entry["cells"].get(f"fedavg_lr{lr}_ep{ep}")
-                if name == "fedavg" and tuned_cell is not None and args.tune_rounds == args.rounds:
-                    # the winning grid cell already is FedAvg at these settings and rounds
-                    entry["cells"][name] = tuned_cell
-                    entry["summary"] = summarise(entry["cells"], args.plateau_tolerance)
-                    save()
-                    continue
-                cell(
-                    name,
-                    dataclasses.replace(base, rounds=args.rounds, lr=lr, local_epochs=ep, random_reference=False),
-                    [name],
-                )
+            if alpha in tuned:  # without a grid (--cells fedcond on a fresh scratch) FedCond's cells go on alone
+                lr, ep = tuned[alpha]
+                for name in ("fedavg", "fedprox"):
+                    tuned_cell = entry["cells"].get(f"fedavg_lr{lr}_ep{ep}")
+                    if name == "fedavg" and tuned_cell is not None and args.tune_rounds == args.rounds:
+                        # the winning grid cell already is FedAvg at these settings and rounds
+                        entry["cells"][name] = tuned_cell
+                        entry["summary"] = summarise(entry["cells"], args.plateau_tolerance)
+                        save()
+                        continue
+                    cell(
+                        name,
+                        dataclasses.replace(base, rounds=args.rounds, lr=lr, local_epochs=ep, random_reference=False),
+                        [name],
+                    )
             if args.iterative_rounds > 0:
                 cell(
                     "fedcond-iterative",

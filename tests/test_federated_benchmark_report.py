@@ -84,3 +84,31 @@ def test_a_finished_cell_is_not_read_back_under_other_settings(tmp_path):
                           None)["runs"] == []
     with pytest.raises(SystemExit, match="lr: 0.05, now 0.1"):
         bench.run_cell(FederateConfig(dataset="digits", lr=0.1), ["fedavg"], tmp_path, None)
+
+
+def test_fedcond_cells_alone_run_every_seed_without_a_fedavg_grid(tmp_path, monkeypatch):
+    """``--cells fedcond`` on a fresh scratch (e.g. the GPU's) needs no FedAvg grid: every seed's FedCond
+    cells run; asking for FedAvg without a finished grid still stops with the reason."""
+    import pytest
+
+    bench = _load()
+    ran = []
+
+    def fake_cell(cfg, strategies, folder, memory):  # noqa: ANN001, ANN202
+        ran.append((cfg.seed, folder.name, cfg.ipc))
+        refs = [] if folder.name.endswith("_f2") else [_run("fedcond", [0.8], 0.1, "random-real", "random-real", 1)]
+        return {"config": cfg.to_json(), "wall_seconds": 1.0, "runs": [_run("fedcond", [0.9], 0.1, ipc=cfg.ipc)],
+                "reference_runs": refs}
+
+    monkeypatch.setattr(bench, "run_cell", fake_cell)
+    common = ["--dataset", "digits", "--alphas", "0.5", "--seeds", "0,1", "--ipcs", "1", "--factors", "1,2",
+              "--scratch", str(tmp_path / "scratch"), "--out", str(tmp_path / "out")]
+    bench.main([*common, "--cells", "fedcond"])
+    assert ran == [(0, "fedcond_ipc1", 1), (0, "fedcond_ipc1_f2", 1), (1, "fedcond_ipc1", 1), (1, "fedcond_ipc1_f2", 1)]
+    report = json.loads((tmp_path / "out" / "federated_digits.json").read_text())
+    assert set(report["settings"]["alpha=0.5"]) == {"seed=0", "seed=1"}
+    md = (tmp_path / "out" / "federated_digits.md").read_text()
+    assert "- fedcond_ipc1: 0.9000 ± 0.0000 (random real 0.8000 ± 0.0000, paired gain +10.0 ± 0.0 pts; 2 seeds)" in md
+    assert "- fedcond_ipc1_f2: 0.9000 ± 0.0000 (2 seeds)" in md  # no references: no empty clause
+    with pytest.raises(SystemExit, match="no FedAvg grid cell finished"):
+        bench.main([*common, "--cells", "fedavg"])
