@@ -364,7 +364,7 @@ def _mean_std(values: list[float], spec: str = ".4f") -> str:
         return "n/a"
     if len(values) == 1:  # one seed has no spread to show
         return format(values[0], spec)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    std = statistics.stdev(values)
     return f"{format(statistics.mean(values), spec)} ± {format(std, spec.lstrip('+'))}"
 
 

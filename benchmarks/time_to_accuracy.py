@@ -74,6 +74,12 @@ class KeepAtBudgets(Callback):
             raise _Done
 
 
+def budget_key(kind: str, minutes: float) -> str:
+    """The name a kept set goes by: ``fedcond_5min`` (the variant's own clock) or ``reference_5min``
+    (the iterations the authors' loop runs in those minutes)."""
+    return f"{kind}_{minutes:g}min"
+
+
 def parse_variants(text: str) -> dict[str, dict[str, Any]]:
     """``"default;batch_real=64,lr_images=2"`` -> {name: DM options}; values parsed as JSON where they can be."""
     out: dict[str, dict[str, Any]] = {}
@@ -118,7 +124,7 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
         kept = report["variants"].get(variant, {}).get("kept", {})
         cells = []
         for b in budgets:
-            k = kept.get(f"{kind}_{b:g}min")
+            k = kept.get(budget_key(kind, b))
             if not k:
                 cells.append("–")
             else:
@@ -137,8 +143,8 @@ def plot_time_to_accuracy(path: Path, report: dict[str, Any], rows: list[tuple[s
     curves = []
     for label, variant, kind in rows:
         kept = report["variants"].get(variant, {}).get("kept", {})
-        points = [(b, kept[f"{kind}_{b:g}min"]["accuracy"]) for b in report["budgets_minutes"]
-                  if "accuracy" in kept.get(f"{kind}_{b:g}min", {})]
+        points = [(b, kept[budget_key(kind, b)]["accuracy"]) for b in report["budgets_minutes"]
+                  if "accuracy" in kept.get(budget_key(kind, b), {})]
         if points:
             curves.append((label, points))
     if not curves:
@@ -214,9 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         folder = args.scratch / args.dataset / f"ipc{args.ipc}" / name.replace("=", "-").replace(",", "_")
         if not entry.get("finished"):
             folder.mkdir(parents=True, exist_ok=True)
-            seconds = {f"fedcond_{b:g}min": b * args.minute for b in budgets}
+            seconds = {budget_key("fedcond", b): b * args.minute for b in budgets}
             # the authors' loop, in each budget, runs the paper-settings DM this many iterations
-            iterations = {f"reference_{b:g}min": max(1, int(b * args.minute / ref_s)) for b in budgets}
+            iterations = {budget_key("reference", b): max(1, int(b * args.minute / ref_s)) for b in budgets}
             keep = KeepAtBudgets(seconds, iterations if name == "default" else {}, folder)
             distiller, config = make_distiller(
                 "dm", args.ipc, iterations=10**9, options={**options, "eval_every": 1, "log_every": 10**9}
