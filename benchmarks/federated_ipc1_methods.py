@@ -14,7 +14,9 @@ images, so the same bytes at any storage dtype.
 Methods: any registered distiller at IPC 1 (``random`` is the random-real reference); a
 suffix ``@f<k>`` stores each image as a k x k mosaic of smaller ones (multi-formation,
 :mod:`fedcond.formation`; ``dm@f2``, and ``random@f2`` its random-real reference); and
-two attempts at making ten clients' images less alike than ten class means:
+a suffix ``+t<n>`` (after any ``@f<k>``: ``dm@f2+t4``) matches in ``n`` networks trained
+briefly on the client's data besides DM's fresh random one (IDM's model sampling, DM's
+``trained_networks`` option); and two attempts at making ten clients' images less alike than ten class means:
 
 - ``stratified-<m>``: client k distils only the k-th of K equal slices of each class, the
   slices cut along one random direction in the feature space of one random ConvNet, both
@@ -52,11 +54,14 @@ from fedcond.train import accuracy, train_model  # noqa: E402
 
 def distill(data: ImageDataset, method: str, ipc: int, iterative: dict, generator: torch.Generator) -> SyntheticSet:
     """``method`` at ``ipc`` on ``data`` (iterative methods with the ``iterative`` options)."""
+    method, _, trained = method.partition("+t")  # "dm+t4": 4 trained networks beside the fresh one
     method, _, factor = method.partition("@f")  # "dm@f2": multi-formation, factor 2
     distiller = get_distiller(method)
     options: dict = {"ipc": ipc}
     if factor:
         options["factor"] = int(factor)
+    if trained:
+        options["trained_networks"] = int(trained)
     if "iterations" in distiller.config_class.__dataclass_fields__:
         options.update(iterative)
     return distiller.distill(data, distiller.config_class(**options), generator)
@@ -175,6 +180,7 @@ def main() -> None:
                 flush=True,
             )
             write(report, stem, args)
+    write(report, stem, args)  # also when every cell was done: the command then lists them all
 
 
 def write(report: dict, stem: Path, args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedcond.distill import get_distiller
-from fedcond.distill.dm import DMConfig, dm_loss
+from fedcond.distill.dm import DMConfig, dm_loss, trained_pool
 from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
 from fedcond.models import get_model
@@ -133,6 +133,22 @@ def test_perturbed_embed_model_and_classes_the_data_lacks(digits):
         DMConfig(rho=-1.0)
 
 
+def test_trained_networks_are_trained_longer_by_rank_and_change_the_set(digits):
+    """IDM's model sampling: pool network k of n trained k * train_steps / n steps, so the
+    last separates the classes far better than a fresh one; matching in them moves the set."""
+    config = DMConfig(ipc=1, trained_networks=2, train_steps=60)
+    pool = trained_pool(config, digits, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert len(pool) == 2 and not any(p.requires_grad for net in pool for p in net.parameters())
+    fresh = get_model("convnet", 1, 10, (8, 8), seed=0)
+    accs = [accuracy(net, digits.train_images, digits.train_labels) for net in (fresh, *pool)]
+    assert accs[2] > 0.6 and accs[2] > accs[0] + 0.3, accs
+    assert trained_pool(DMConfig(ipc=1), digits, torch.Generator(), torch.device("cpu")) == []
+    plain, trained = run(digits, iterations=10), run(digits, iterations=10, trained_networks=2, train_steps=20)
+    assert not torch.allclose(plain.images, trained.images)
+    assert torch.equal(trained.images, run(digits, iterations=10, trained_networks=2, train_steps=20).images)
+    assert trained.config["trained_networks"] == 2
+
+
 def test_bad_options_are_user_errors():
     with pytest.raises(FedcondError, match="init"):
         DMConfig.from_dict({"init": "zeros"})
@@ -140,6 +156,8 @@ def test_bad_options_are_user_errors():
         DMConfig.from_dict({"iters": 3})
     with pytest.raises(FedcondError, match="log_every"):
         DMConfig(log_every=0)
+    with pytest.raises(FedcondError, match="trained_networks"):
+        DMConfig(trained_networks=-1)
 
 
 def test_batch_norm_network_keeps_the_set_on_the_real_pixel_scale(digits):

@@ -29,6 +29,8 @@ def distill(dataset, method, options, callbacks=None, seed=0):
     "method, options",
     [
         ("dm", {"ipc": 2, "iterations": 9, "learn_labels": True, "lr_labels": 1.0}),
+        # The trained networks are rebuilt from the generator before the checkpoint restores it.
+        ("dm", {"ipc": 1, "iterations": 9, "trained_networks": 2, "train_steps": 4, "rho": 0.01, "factor": 2}),
         ("dsa", {"ipc": 2, "iterations": 5, "outer_loop": 2, "inner_loop": 1, "batch_real": 32}),
         ("kip", {"ipc": 2, "iterations": 9, "learn_labels": True, "dsa": True, "batch_real": 32}),
         # Pool networks re-initialised before and after the crash (max_online_steps 3), so

@@ -118,11 +118,21 @@ class DMConfig(IterativeConfig):
     # smaller images, matched (and trained on) one tile at a time; same bytes, factor**2
     # times the images. Real init fills every tile with its own real image.
     factor: int = 1
+    # Trained-network sampling (IDM, Zhao et al., CVPR 2023): besides DM's fresh random
+    # network, match in networks trained briefly on the real data, whose features separate
+    # the classes. Each iteration draws one of 1 + trained_networks uniformly: a fresh
+    # network, or pool network k (k = 1..n) trained k * train_steps / n SGD steps from its
+    # own random start (perturbed by rho each iteration). 0: DM as published.
+    trained_networks: int = 0
+    train_steps: int = 100
+    train_batch: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rho < 0:
             raise FedcondError(f"rho must be >= 0, got {self.rho}")
+        if self.trained_networks < 0 or self.train_steps < 1 or self.train_batch < 1:
+            raise FedcondError("trained_networks must be >= 0, train_steps and train_batch >= 1")
         if not isinstance(self.factor, int) or self.factor < 1:
             raise FedcondError(f"factor must be an integer >= 1, got {self.factor!r}")
 
@@ -183,13 +193,18 @@ class DM(IterativeDistiller):
         syn_rows = batches.syn_rows
         hard_assign = syn_assignment(syn_rows, rows, None, sampler.classes)
         net: nn.Module | None = None
+        pool = trained_pool(config, dataset, generator, device) if embed_model is None else []
         # Batch norm hides the set's overall scale from the loss: keep it at the real data's.
         pixel_stats = _channel_stats(dataset.train_images) if batch_stats else None
 
         def step(_: int) -> torch.Tensor:
             nonlocal net
-            if embed_model is None:
-                net = fresh_network(config.model, dataset, generator, device, reuse=net).requires_grad_(False)
+            pick = int(torch.randint(0, len(pool) + 1, (1,), generator=generator)) if pool else 0
+            if pick > 0:  # a trained network, perturbed so the images do not over-fit it
+                net = perturbed(pool[pick - 1], config.rho, generator) if config.rho > 0 else pool[pick - 1]
+            elif embed_model is None:
+                fresh = net if net is not None and all(net is not p for p in pool) else None
+                net = fresh_network(config.model, dataset, generator, device, reuse=fresh).requires_grad_(False)
             elif config.rho > 0:
                 net = perturbed(embed_model, config.rho, generator, reuse=net)
             real, syn = batches.draw(dataset.train_images, decode(state.images, factor), generator)
@@ -206,6 +221,30 @@ class DM(IterativeDistiller):
             return loss.detach()
 
         return step
+
+
+def trained_pool(config: DMConfig, dataset: ImageDataset, generator: torch.Generator,
+                 device: torch.device) -> list[nn.Module]:
+    """``config.trained_networks`` networks, the k-th trained ``k * train_steps / n`` steps on
+    ``dataset`` (SGD lr 0.01, momentum 0.9, cross-entropy), frozen; [] when none are asked.
+
+    Built from ``generator`` before the loop's first iteration, so a resumed run rebuilds the same pool.
+    """
+    n = config.trained_networks
+    pool = []
+    images, labels = dataset.train_images, dataset.train_labels.to(dataset.train_images.device)
+    for k in range(1, n + 1):
+        net = fresh_network(config.model, dataset, generator, device)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        for _ in range(max(1, round(k * config.train_steps / n))):
+            idx = torch.randint(0, images.shape[0], (config.train_batch,), generator=generator)
+            idx = idx.to(images.device)
+            loss = nn.functional.cross_entropy(net(images[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        pool.append(net.eval().requires_grad_(False))
+    return pool
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ def batchable(config: DMConfig, dataset: ImageDataset) -> bool:
     """Whether :func:`distill_many` runs this config (else distill one client at a time)."""
     c, h, w = dataset.image_shape
     return not (config.learn_labels or config.zca or config.checkpoint_dir or config.rho or config.factor > 1
+                or config.trained_networks
                 or has_batch_norm(get_model(config.model, c, dataset.num_classes, (h, w))))
 
 
@@ -68,7 +69,7 @@ def distill_many(datasets: Sequence[ImageDataset], config: DMConfig, generators:
 
     if not batchable(config, datasets[0]):
         raise ValueError("distill_many runs fresh networks with hard labels, no ZCA, no batch norm, no checkpoints, "
-                         "no rho: distill these clients one at a time with DM().distill")
+                         "no rho, no trained networks: distill these clients one at a time with DM().distill")
     config = DMConfig.coerce(config)
     runs = [start_run("dm", d, config, g, device) for d, g in zip(datasets, generators)]
     device = runs[0].device
