@@ -147,6 +147,9 @@ def test_trained_networks_are_trained_longer_by_rank_and_change_the_set(digits):
     assert not torch.allclose(plain.images, trained.images)
     assert torch.equal(trained.images, run(digits, iterations=10, trained_networks=2, train_steps=20).images)
     assert trained.config["trained_networks"] == 2
+    with pytest.raises(FedcondError, match="trained_networks"):  # FedDM's given model and a pool: one or the other
+        get_distiller("dm").distill(digits, DMConfig(ipc=1, iterations=1, trained_networks=1), torch.Generator(),
+                                    embed_model=fresh)
 
 
 def test_bad_options_are_user_errors():

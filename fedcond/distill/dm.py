@@ -193,7 +193,11 @@ class DM(IterativeDistiller):
         syn_rows = batches.syn_rows
         hard_assign = syn_assignment(syn_rows, rows, None, sampler.classes)
         net: nn.Module | None = None
-        pool = trained_pool(config, dataset, generator, device) if embed_model is None else []
+        if embed_model is not None and config.trained_networks:
+            raise FedcondError("trained_networks matches in networks DM trains itself; with a given embed_model "
+                               "(FedDM) leave it at 0")
+        pool = trained_pool(config, dataset, generator, device)
+        copies: dict[int, nn.Module] = {}  # one perturbed copy per pool network, overwritten in place
         # Batch norm hides the set's overall scale from the loss: keep it at the real data's.
         pixel_stats = _channel_stats(dataset.train_images) if batch_stats else None
 
@@ -201,9 +205,14 @@ class DM(IterativeDistiller):
             nonlocal net
             pick = int(torch.randint(0, len(pool) + 1, (1,), generator=generator)) if pool else 0
             if pick > 0:  # a trained network, perturbed so the images do not over-fit it
-                net = perturbed(pool[pick - 1], config.rho, generator) if config.rho > 0 else pool[pick - 1]
+                if config.rho > 0:
+                    copies[pick] = net = perturbed(pool[pick - 1], config.rho, generator, reuse=copies.get(pick))
+                else:
+                    net = pool[pick - 1]
             elif embed_model is None:
-                fresh = net if net is not None and all(net is not p for p in pool) else None
+                # never re-initialise a pool network (or its copy) in place as the next fresh one
+                mine = [*pool, *copies.values()]
+                fresh = net if net is not None and all(net is not p for p in mine) else None
                 net = fresh_network(config.model, dataset, generator, device, reuse=fresh).requires_grad_(False)
             elif config.rho > 0:
                 net = perturbed(embed_model, config.rho, generator, reuse=net)
