@@ -343,8 +343,13 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                 )
                 notes = "; ".join([*([refs] if refs else []), _seeds(len(rows))])
                 lines.append(f"- {cell_name}: {_mean_std([r['accuracy'] for r in rows])} ({notes})")
-            plats = [e["summary"]["fedavg_plateau"]["accuracy"] for e in seeds if "fedavg_plateau" in e["summary"]]
-            lines += [f"- fedavg plateau: {_mean_std(plats)} ({_seeds(len(plats))})", ""]
+            for name in ("fedavg", "fedprox"):
+                plats = [e["summary"][f"{name}_plateau"] for e in seeds if f"{name}_plateau" in e["summary"]]
+                if plats:
+                    spent = sorted({f"{p['upload_bytes'] / mb:.0f}" for p in plats}, key=float)
+                    lines.append(f"- {name} plateau: {_mean_std([p['accuracy'] for p in plats])} after "
+                                 f"{'–'.join(dict.fromkeys([spent[0], spent[-1]]))} MB ({_seeds(len(plats))})")
+            lines.append("")
         lines += [f"![{alpha}](federated_{report['dataset']}_{alpha.replace('=', '')}.png)", ""]
         plot(report, alpha, out / f"federated_{report['dataset']}_{alpha.replace('=', '')}.png")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -112,3 +112,21 @@ def test_fedcond_cells_alone_run_every_seed_without_a_fedavg_grid(tmp_path, monk
     assert "- fedcond_ipc1_f2: 0.9000 ± 0.0000 (2 seeds)" in md  # no references: no empty clause
     with pytest.raises(SystemExit, match="no FedAvg grid cell finished"):
         bench.main([*common, "--cells", "fedavg"])
+
+
+def test_over_the_seeds_fedavg_and_fedprox_plateaus_with_their_bytes(tmp_path):
+    bench = _load()
+    settings = {}
+    for seed, (fedavg, fedprox) in enumerate([([0.95, 0.97, 0.99], [0.96, 0.98]), ([0.95, 0.98], None)]):
+        cells = {"fedcond_ipc10": {"runs": [_run("fedcond", [0.98], 0.7, ipc=10)]},
+                 "fedavg": {"runs": [_run("fedavg", fedavg, 10.0)]}}
+        if fedprox:
+            cells["fedprox"] = {"runs": [_run("fedprox", fedprox, 10.0)]}
+        settings[f"seed={seed}"] = {"cells": cells, "summary": bench.summarise(cells, 0.005)}
+    report = {"dataset": "toy", "num_clients": 10, "command": "python x.py", "machine": "cpu", "versions": {},
+              "wall_seconds": 1.0, "peak_memory_bytes": 1, "settings": {"alpha=0.5": settings}}
+    bench.write_report(report, tmp_path)
+    md = (tmp_path / "federated_toy.md").read_text()
+    # plateaus reached in round 3 (30 MB) and round 2 (20 MB); FedProx ran on one seed only
+    assert "- fedavg plateau: 0.9850 ± 0.0071 after 20–30 MB (2 seeds)" in md
+    assert "- fedprox plateau: 0.9800 after 20 MB (1 seed)" in md
