@@ -14,6 +14,13 @@ process it started in a background thread:
   how busy the others were; CPU seconds say what the work cost.
 
 A spike shorter than the sampling interval can be missed; the interval is recorded.
+
+Reading PSS makes the kernel walk every page of every process (``smaps_rollup``): on the
+2-core machine, ten 1.2 GB simulation processes cost about 0.2 s a sample, and the nested
+monitors of a scale run (benchmark, experiment, run) sampling every 0.5 s took about half
+of the server process's CPU, a third of a core taken from the clients. So RSS and CPU
+times (cheap) are read every interval, PSS only as often as keeps its reading within
+``PSS_BUDGET`` of one core; ``pss_samples`` says how many were taken.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from __future__ import annotations
 import resource
 import sys
 import threading
+import time
 from typing import Any
+
+PSS_BUDGET = 0.02  # share of one core a monitor may spend reading PSS
 
 
 class TreeUsage:
@@ -34,6 +44,9 @@ class TreeUsage:
         self.processes = 0
         self._cpu: dict[int, float] = {}  # pid -> CPU seconds at its last sample
         self._cpu_start = 0.0
+        self._next_pss = 0.0  # time.monotonic() from which the next PSS reading is due
+        self._pss_readable = True  # False once the system refused a PSS reading
+        self.pss_samples = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -42,6 +55,7 @@ class TreeUsage:
         import psutil  # noqa: PLC0415  (Ray depends on it)
 
         self._root = psutil.Process()
+        self._gone = psutil.NoSuchProcess
         times = self._root.cpu_times()
         self._cpu_start = times.user + times.system  # this process's CPU before the block
         self.sample()
@@ -57,35 +71,44 @@ class TreeUsage:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.every_s):
-            self.sample()
+            self.sample(pss=time.monotonic() >= self._next_pss)
 
-    def sample(self) -> None:
-        """Add one sample of the tree (a process that exits meanwhile is skipped)."""
-        rss, pss, count, pss_known = 0, 0, 0, True
+    def sample(self, pss: bool = True) -> None:
+        """Add one sample of the tree (a process that exits meanwhile is skipped); ``pss``:
+        read the proportional set sizes too (costly, see the module docstring)."""
         try:
             procs = [self._root, *self._root.children(recursive=True)]
         except Exception:  # noqa: BLE001  (psutil.Error subclasses; the tree changed under us)
             return
-        cpu = {}
+        rss, count, cpu, alive = 0, 0, {}, []
         for proc in procs:
             try:
                 rss += proc.memory_info().rss
                 times = proc.cpu_times()
                 cpu[proc.pid] = times.user + times.system
                 count += 1
+                alive.append(proc)
             except Exception:  # noqa: BLE001
                 continue
-            if pss_known:
+        pss_known = pss and self._pss_readable
+        if pss_known:
+            started, total = time.perf_counter(), 0
+            for proc in alive:
                 try:
-                    pss += proc.memory_full_info().pss
+                    total += proc.memory_full_info().pss
+                except self._gone:  # exited since it was listed
+                    continue
                 except Exception:  # noqa: BLE001  (no smaps here, or no permission)
-                    pss_known = False
+                    pss_known = self._pss_readable = False
+                    break
+            self._next_pss = time.monotonic() + (time.perf_counter() - started) / PSS_BUDGET
         with self._lock:
             self._cpu.update(cpu)
             if rss > self.rss_bytes:
                 self.rss_bytes, self.processes = rss, count
             if pss_known:
-                self.pss_bytes = max(self.pss_bytes or 0, pss)
+                self.pss_bytes = max(self.pss_bytes or 0, total)
+                self.pss_samples += 1
 
     def cpu_seconds(self, refresh: bool = False) -> float:
         """CPU seconds (user + system) of the tree since the block began; ``refresh``: read
@@ -111,4 +134,5 @@ class TreeUsage:
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {"rss_bytes": self.rss_bytes, "pss_bytes": self.pss_bytes, "processes_at_peak": self.processes,
                 "main_rss_bytes": int(own if sys.platform == "darwin" else own * 1024),
-                "sample_seconds": self.every_s}
+                "sample_seconds": self.every_s, "pss_samples": self.pss_samples}
+
