@@ -16,11 +16,45 @@ from torch import nn
 from fedcond.errors import FedcondError
 
 
+class InstanceNorm(nn.GroupNorm):
+    """Instance norm with affine parameters: GroupNorm with one group per channel, the
+    literature's ConvNet choice (works for batch size 1 too).
+
+    A float32 or contiguous input takes GroupNorm's own path, bit for bit. A channels-last
+    bfloat16 input (DM's bfloat16 pass on a CPU) is normalised where it lies: PyTorch's CPU group norm on it is
+    ~70x slower (188 ms against 2.7 ms for 64 x 128 x 28 x 28 in bfloat16), converting back
+    and forth cost half of that pass, and its own reductions over H x W (``var_mean``) are
+    slow too; as (N, HW, C) the per-channel means of x and x^2 are two batched matrix-vector
+    products (4 ms). The whole ConvNet embeds 2.1x faster so than contiguous in bfloat16.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.dtype not in (torch.bfloat16, torch.float16) or not _channels_last(x):
+            return super().forward(x)  # E[x^2] - E[x]^2 below suits rounded passes, not exact ones
+        n, c, h, w = x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view: channels-last memory is NHWC
+        average = torch.full((n, 1, h * w), 1.0 / (h * w), dtype=x.dtype, device=x.device)
+        mean = torch.bmm(average, pixels).float()
+        var = (torch.bmm(average, torch.square(pixels)).float() - mean * mean).clamp_min(0)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, 1, c)
+        shift = self.bias.view(1, 1, c) - mean * scale
+        return torch.addcmul(shift.to(x.dtype).view(n, c, 1, 1), x, scale.to(x.dtype).view(n, c, 1, 1))
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is laid out channels-last (and not also contiguous)."""
+    try:
+        return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:  # inside torch.func.vmap (dm_batch), where only contiguity can be asked
+        return False
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instancenorm":
-        # GroupNorm with one group per channel = instance norm with affine parameters,
-        # the literature's ConvNet choice (works for batch size 1 too).
-        return nn.GroupNorm(channels, channels, affine=True)
+        return InstanceNorm(channels)
     if kind == "batchnorm":
         return nn.BatchNorm2d(channels)
     if kind == "none":

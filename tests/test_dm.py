@@ -235,3 +235,65 @@ def test_compact_embedding_matches_the_padded_chunks_even_for_a_lone_image(count
     assert torch.equal(compact[valid.flatten()], padded[valid.flatten()])
     assert torch.equal(compact[~valid.flatten()], torch.zeros_like(compact[~valid.flatten()]))
     assert torch.equal(weights.flatten() > 0, valid.flatten())
+
+
+def test_bfloat16_precision_embeds_real_and_synthetic_images_in_bfloat16(digits, monkeypatch):
+    """``real_precision="bfloat16"``: both embedding passes run under autocast in channels-last
+    networks (the images stay float32); the default changes nothing."""
+    import fedcond.distill.dm as dm_module
+
+    seen, layouts = [], set()
+    loss = dm_module.dm_loss
+
+    def recording(embed_fn, real, *args, **kwargs):
+        # the last conv: a 1-channel first conv's weight is contiguous in both layouts
+        conv = [m for m in embed_fn.__self__.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        layouts.add(conv.weight.is_contiguous(memory_format=torch.channels_last))
+
+        def embed(x):
+            out = embed_fn(x)
+            seen.append(("syn" if torch.is_grad_enabled() else "real", out.dtype))
+            return out
+        return loss(embed, real, *args, **kwargs)
+
+    monkeypatch.setattr(dm_module, "dm_loss", recording)
+    low = run(digits, iterations=3, real_precision="bfloat16")
+    assert set(seen) == {("real", torch.bfloat16), ("syn", torch.bfloat16)}
+    assert layouts == {True}  # on a CPU the networks are channels-last (oneDNN's fast layout)
+    assert low.images.dtype == torch.float32 and low.config["real_precision"] == "bfloat16"
+    seen.clear()
+    layouts.clear()
+    run(digits, iterations=3)
+    assert set(seen) == {("real", torch.float32), ("syn", torch.float32)} and layouts == {False}
+
+
+def test_bfloat16_real_pass_gives_the_float32_loss_up_to_rounding_and_learns(digits):
+    net = get_model("convnet", 1, 10, (8, 8)).eval().requires_grad_(False)
+    labels = digits.train_labels[:400]
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=10)
+    # The (R, B) layout dm_loss takes: one row per class, padded with zero weight.
+    width = int(counts.max())
+    slots = torch.arange(width).view(1, -1)
+    starts = torch.cumsum(counts, 0) - counts
+    table = order[(starts.view(-1, 1) + torch.minimum(slots, counts.view(-1, 1) - 1)).flatten()]
+    w = (slots < counts.view(-1, 1)).float() / counts.view(-1, 1)
+    real = digits.train_images[table]
+    syn = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    exact = dm_loss(net.embed, real, w, syn, torch.eye(10))
+    rounded = dm_loss(net.embed, real, w, syn, torch.eye(10), real_dtype=torch.bfloat16)
+    # a class whose synthetic images are its real ones: zero loss in bfloat16 too
+    assert dm_loss(net.embed, real[:width], w[:1, :width], real[: int(counts[0])], torch.ones(1, int(counts[0])) /
+                   int(counts[0]), real_dtype=torch.bfloat16).item() < 1e-6 * exact.item()
+    assert rounded.item() != exact.item()  # the option does change the arithmetic ...
+    assert rounded.item() == pytest.approx(exact.item(), rel=1e-2)  # ... by rounding only
+    logged = []
+    sset = run(digits, iterations=40, real_precision="bfloat16",
+               callbacks=[lambda i, n, m: logged.append(m["loss"])])
+    assert logged[-1] < 0.7 * logged[0]
+    assert not torch.allclose(sset.images, run(digits, iterations=0).images)
+
+
+def test_real_precision_must_be_float32_or_bfloat16():
+    with pytest.raises(FedcondError, match="real_precision"):
+        DMConfig(real_precision="float16")

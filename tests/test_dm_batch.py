@@ -30,7 +30,7 @@ def test_batched_clients_get_the_sets_of_their_one_at_a_time_runs(digits):
 
 
 @pytest.mark.parametrize("option", [{"learn_labels": True}, {"zca": True}, {"model": "convnet-bn"}, {"rho": 0.1},
-                                    {"trained_networks": 2}])
+                                    {"trained_networks": 2}, {"real_precision": "bfloat16"}])
 def test_settings_the_batched_path_does_not_run_go_one_at_a_time(digits, option):
     assert batchable(DMConfig(ipc=1), digits)
     assert not batchable(DMConfig(ipc=1, **option), digits)

@@ -17,6 +17,18 @@ MNIST images in 7 classes embedded 147 slots per iteration before), with exactly
 numbers the padded batch gave, since padding weighed 0. Not with a batch-norm network in
 train mode, whose batch statistics did see the padding: it keeps the padded batch.
 
+Precision (``real_precision``): the real images' pass is DM's whole cost on a CPU, and it
+only feeds class means. ``"bfloat16"`` runs the embedding passes under autocast (images,
+networks' parameters and the loss stay float32) and, on a CPU, in channels-last networks,
+oneDNN's fast layout (:class:`fedcond.models.InstanceNorm` keeps the norm in it). On this
+project's 2-core Xeon (AMX, one thread) the MNIST ConvNet then embeds ~3,000 images/s
+against ~790 in float32, a 1,000-client federated client costs 0.86 CPU s instead of 1.94,
+and a class mean moves by ~0.1-0.2 % of its norm, far less than the sampling noise between
+two random batches of 256 (5 %). The synthetic pass is rounded too: a class whose synthetic
+images are its real ones must see equal features, or rounding alone pushes them apart (with
+only the real pass in bfloat16, such images drifted as far as DM moves images).
+``"float32"`` (the default) keeps earlier sets bit for bit.
+
 Learned soft labels: a class's synthetic mean weights each image by its label probability
 for that class (``syn_assignment``), i.e. DM applied to the soft-labelled set seen as a
 joint distribution over (image, class); with one-hot labels it is exactly DM.
@@ -66,6 +78,8 @@ from fedcond.formation import check_factor, decode, encode, repeat_per_tile
 from fedcond.models import get_model
 from fedcond.synthetic import SyntheticSet
 
+REAL_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
 
 def dm_loss(
     embed_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -75,6 +89,7 @@ def dm_loss(
     syn_weights: torch.Tensor,
     chunk: int | None = None,
     real_slots: RealSlots | None = None,
+    real_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Sum over classes of ``||mean embed(real_c) - mean embed(syn_c)||^2``.
 
@@ -87,16 +102,19 @@ def dm_loss(
         chunk: embed the real images this many at a time (see ``embed_chunked``).
         real_slots: ``real_images`` is a compact batch, (V, C, H, W), holding only these
             slots of the (R * B) layout; padding slots (weight 0) are never embedded.
+        real_dtype: embed the real and synthetic images under autocast to this dtype
+            (float32: no autocast); their features are averaged in float32 either way.
     """
     rows, width = real_weights.shape
-    with torch.no_grad():
-        if real_slots is None:
-            real_feat = embed_chunked(embed_fn, real_images, chunk)
-        else:
-            real_feat = real_slots.embed(embed_fn, real_images, chunk)
-        real_feat = real_feat.view(rows, width, -1)
-    real_mean = torch.einsum("rb,rbd->rd", real_weights, real_feat)
-    syn_mean = syn_weights @ embed_fn(syn_images).flatten(1)
+    with torch.autocast(real_images.device.type, dtype=real_dtype, enabled=real_dtype != torch.float32):
+        with torch.no_grad():
+            if real_slots is None:
+                real_feat = embed_chunked(embed_fn, real_images, chunk)
+            else:
+                real_feat = real_slots.embed(embed_fn, real_images, chunk)
+        syn_feat = embed_fn(syn_images).flatten(1)
+    real_mean = torch.einsum("rb,rbd->rd", real_weights, real_feat.float().view(rows, width, -1))
+    syn_mean = syn_weights @ syn_feat.float()
     return ((real_mean - syn_mean) ** 2).sum()
 
 
@@ -126,9 +144,15 @@ class DMConfig(IterativeConfig):
     trained_networks: int = 0
     train_steps: int = 100
     train_batch: int = 64
+    # The embedding passes in "float32" or "bfloat16" (autocast, channels-last on a CPU; see
+    # the module docstring): 2-4x faster on CPUs with AMX, the same sets up to rounding.
+    real_precision: str = "float32"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.real_precision not in REAL_PRECISIONS:
+            raise FedcondError(f"real_precision must be one of {', '.join(REAL_PRECISIONS)}, "
+                               f"got {self.real_precision!r}")
         if self.rho < 0:
             raise FedcondError(f"rho must be >= 0, got {self.rho}")
         if self.trained_networks < 0 or self.train_steps < 1 or self.train_batch < 1:
@@ -175,7 +199,11 @@ class DM(IterativeDistiller):
 
         rows = sampler.num_rows
         real_weights = sampler.weights(config.batch_real, device)
-        chunk = embedding_chunk(device)
+        real_dtype = REAL_PRECISIONS[config.real_precision]
+        chunk = embedding_chunk(device, real_dtype)
+        # bfloat16 on a CPU: fresh networks in channels-last layout, oneDNN's fast one (MNIST's
+        # 1-channel first conv 11x faster, average pooling 13x; see models.InstanceNorm).
+        channels_last = real_dtype == torch.bfloat16 and device.type == "cpu"
         c, h, w = dataset.image_shape
         factor = config.factor
         check_factor(factor, (h, w))
@@ -214,6 +242,8 @@ class DM(IterativeDistiller):
                 mine = [*pool, *copies.values()]
                 fresh = net if net is not None and all(net is not p for p in mine) else None
                 net = fresh_network(config.model, dataset, generator, device, reuse=fresh).requires_grad_(False)
+                if channels_last:
+                    net = net.to(memory_format=torch.channels_last)
             elif config.rho > 0:
                 net = perturbed(embed_model, config.rho, generator, reuse=net)
             real, syn = batches.draw(dataset.train_images, decode(state.images, factor), generator)
@@ -221,7 +251,8 @@ class DM(IterativeDistiller):
             if state.label_logits is not None:
                 probs = repeat_per_tile(torch.softmax(state.label_logits, dim=1), factor)
                 assign = syn_assignment(syn_rows, rows, probs, sampler.classes)
-            loss = dm_loss((net or embed_model).embed, real, real_weights, syn, assign, chunk, batches.slots)
+            loss = dm_loss((net or embed_model).embed, real, real_weights, syn, assign, chunk, batches.slots,
+                           real_dtype)
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             state.optimizer.step()

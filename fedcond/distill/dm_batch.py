@@ -11,8 +11,8 @@ the set ``DM().distill(datasets[i], config, generators[i])`` gives, up to the ro
 the stacked (grouped) convolutions. Within a call the clients' batches are padded to the
 largest (zero weight): group clients of similar size.
 
-Only what one-shot FedCond clients run: fresh random networks, hard labels, no ZCA, no
-train-mode batch norm (its batch statistics would mix the padding in), no checkpoints.
+Only what one-shot FedCond clients run: fresh random networks, hard labels, no ZCA, a
+float32 real pass, no train-mode batch norm (its batch statistics would mix the padding in), no checkpoints.
 Other settings go through :meth:`DM.distill` one client at a time (``batchable`` says which).
 Where it pays: a GPU, many clients. On a CPU a client's work is already compute-bound and
 the padding costs more than the stacking saves; there the one-at-a-time path is the default.
@@ -38,8 +38,10 @@ from fedcond.synthetic import SyntheticSet
 def batchable(config: DMConfig, dataset: ImageDataset) -> bool:
     """Whether :func:`distill_many` runs this config (else distill one client at a time)."""
     c, h, w = dataset.image_shape
+    # torch.func.vmap ignores autocast (its batched convolutions stay float32), so a
+    # bfloat16 real pass goes one client at a time.
     return not (config.learn_labels or config.zca or config.checkpoint_dir or config.rho or config.factor > 1
-                or config.trained_networks
+                or config.trained_networks or config.real_precision != "float32"
                 or has_batch_norm(get_model(config.model, c, dataset.num_classes, (h, w))))
 
 
@@ -69,7 +71,8 @@ def distill_many(datasets: Sequence[ImageDataset], config: DMConfig, generators:
 
     if not batchable(config, datasets[0]):
         raise ValueError("distill_many runs fresh networks with hard labels, no ZCA, no batch norm, no checkpoints, "
-                         "no rho, no trained networks: distill these clients one at a time with DM().distill")
+                         "no rho, no trained networks, a float32 real pass: distill these clients one at a time "
+                         "with DM().distill")
     config = DMConfig.coerce(config)
     runs = [start_run("dm", d, config, g, device) for d, g in zip(datasets, generators)]
     device = runs[0].device
