@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     path = Path(args.out) / f"scale_{args.dataset}{args.tag}.json"
     report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     report.update(dataset=args.dataset, server_epochs=args.server_epochs,
-                  command="python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                  command="python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
                   machine=device_description(torch.device(args.device)), versions=package_versions())
     cells: dict[str, Any] = report.setdefault("cells", {})
     sizes = [int(n) for n in args.clients.split(",")]
