@@ -63,8 +63,8 @@ def test_dm_cuda_and_cpu_agree_in_distribution(digits):
     assert acc["cuda"].mean > evaluate_random(on_gpu, 1, config, runs=5).mean  # and still worth distilling
 
 
-@pytest.mark.parametrize("method", ["dm", "dsa"])
-def test_inner_loop_makes_no_host_synchronisation(digits, method, monkeypatch):
+@pytest.mark.parametrize("method,options", [("dm", {}), ("dsa", {}), ("dm", {"real_precision": "bfloat16"})])
+def test_inner_loop_makes_no_host_synchronisation(digits, method, options, monkeypatch):
     """After a warm-up iteration, every iteration runs under ``set_sync_debug_mode("error")``:
     any call that makes the host wait for the GPU (``.item()``, a blocking copy, ``nonzero``)
     raises. Progress is logged only at the end, outside the guarded steps."""
@@ -85,8 +85,17 @@ def test_inner_loop_makes_no_host_synchronisation(digits, method, monkeypatch):
         return real_run_loop(checked, *args, **kwargs)
 
     monkeypatch.setattr(loop, "run_loop", run_loop)
-    _distill(digits, method, CUDA, ipc=2, iterations=4, log_every=100)
+    _distill(digits, method, CUDA, ipc=2, iterations=4, log_every=100, **options)
     assert guarded == [1, 2, 3]
+
+
+def test_dm_in_bfloat16_on_cuda_agrees_with_float32(digits):
+    """``real_precision=bfloat16`` (autocast on the GPU's tensor cores) gives sets as good as float32."""
+    config = EvalConfig(epochs=300)
+    on_gpu = digits.to(CUDA)
+    acc = {p: evaluate_synthetic(_distill(digits, "dm", CUDA, ipc=1, iterations=100, real_precision=p), on_gpu,
+                                 config, runs=5) for p in ("float32", "bfloat16")}
+    assert _agree(acc["bfloat16"], acc["float32"], slack=0.03), {k: (a.mean, a.std) for k, a in acc.items()}
 
 
 @pytest.mark.parametrize("method", ["dm", "dsa", "mtt", "frepo"])

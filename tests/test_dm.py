@@ -294,6 +294,13 @@ def test_bfloat16_real_pass_gives_the_float32_loss_up_to_rounding_and_learns(dig
     assert not torch.allclose(sset.images, run(digits, iterations=0).images)
 
 
+def test_bfloat16_sets_still_beat_random_real_images_at_ipc1(digits):
+    config = EvalConfig(epochs=300)
+    distilled = evaluate_synthetic(run(digits, iterations=40, real_precision="bfloat16"), digits, config, runs=2).mean
+    random = evaluate_random(digits, 1, config, runs=2).mean
+    assert distilled > random + 0.10, (distilled, random)
+
+
 def test_real_precision_must_be_float32_or_bfloat16():
     with pytest.raises(FedcondError, match="real_precision"):
         DMConfig(real_precision="float16")
