@@ -268,17 +268,14 @@ def test_bfloat16_precision_embeds_real_and_synthetic_images_in_bfloat16(digits,
 
 
 def test_bfloat16_real_pass_gives_the_float32_loss_up_to_rounding_and_learns(digits):
+    from fedcond.distill.matching import ClassSampler
+
     net = get_model("convnet", 1, 10, (8, 8)).eval().requires_grad_(False)
-    labels = digits.train_labels[:400]
-    order = torch.argsort(labels, stable=True)
-    counts = torch.bincount(labels, minlength=10)
-    # The (R, B) layout dm_loss takes: one row per class, padded with zero weight.
-    width = int(counts.max())
-    slots = torch.arange(width).view(1, -1)
-    starts = torch.cumsum(counts, 0) - counts
-    table = order[(starts.view(-1, 1) + torch.minimum(slots, counts.view(-1, 1) - 1)).flatten()]
-    w = (slots < counts.view(-1, 1)).float() / counts.view(-1, 1)
-    real = digits.train_images[table]
+    # The (R, B) layout dm_loss takes: every image of each class, padded with zero weight.
+    sampler = ClassSampler.from_labels(digits.train_labels[:400], 10)
+    counts, width = sampler.counts, sampler.table.shape[1]
+    w = sampler.weights(width, torch.device("cpu"))
+    real = digits.train_images[sampler.table.flatten()]
     syn = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     exact = dm_loss(net.embed, real, w, syn, torch.eye(10))
     rounded = dm_loss(net.embed, real, w, syn, torch.eye(10), real_dtype=torch.bfloat16)

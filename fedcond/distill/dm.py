@@ -21,8 +21,9 @@ Precision (``real_precision``): the real images' pass is DM's whole cost on a CP
 only feeds class means. ``"bfloat16"`` runs the embedding passes under autocast (images,
 networks' parameters and the loss stay float32) and, on a CPU, in channels-last networks,
 oneDNN's fast layout (:class:`fedcond.models.InstanceNorm` keeps the norm in it). On this
-project's 2-core Xeon (AMX, one thread) the MNIST ConvNet then embeds ~3,000 images/s
-against ~790 in float32, a 1,000-client federated client costs 0.86 CPU s instead of 1.94,
+project's 2-core Xeon (AMX, one thread) the MNIST ConvNet then embeds 1,900-3,000 images/s
+(runs differ) against ~790 in float32, a 1,000-client federated client costs 0.84-0.86 CPU s
+instead of 1.94,
 and a class mean moves by ~0.1-0.2 % of its norm, far less than the sampling noise between
 two random batches of 256 (5 %). The synthetic pass is rounded too: a class whose synthetic
 images are its real ones must see equal features, or rounding alone pushes them apart (with

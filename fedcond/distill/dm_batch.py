@@ -12,7 +12,8 @@ the stacked (grouped) convolutions. Within a call the clients' batches are padde
 largest (zero weight): group clients of similar size.
 
 Only what one-shot FedCond clients run: fresh random networks, hard labels, no ZCA, a
-float32 real pass, no train-mode batch norm (its batch statistics would mix the padding in), no checkpoints.
+float32 real pass, no train-mode batch norm (its batch statistics would mix the padding
+in), no checkpoints.
 Other settings go through :meth:`DM.distill` one client at a time (``batchable`` says which).
 Where it pays: a GPU, many clients. On a CPU a client's work is already compute-bound and
 the padding costs more than the stacking saves; there the one-at-a-time path is the default.

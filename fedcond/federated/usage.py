@@ -135,4 +135,3 @@ class TreeUsage:
         return {"rss_bytes": self.rss_bytes, "pss_bytes": self.pss_bytes, "processes_at_peak": self.processes,
                 "main_rss_bytes": int(own if sys.platform == "darwin" else own * 1024),
                 "sample_seconds": self.every_s, "pss_samples": self.pss_samples}
-
