@@ -18,7 +18,18 @@ command, machine and versions; the kept sets lie beside them. Finished variants 
 are read back when the command runs again (a variant cut short runs again from its start: a
 clock cannot resume).
 
-The CPU run (about 1 h 45 min of an idle 2-core machine for two variants)::
+Budgets count wall time by default; ``--clock cpu --threads 1`` counts this process's CPU time
+on one thread instead (the minutes of one core, unaffected by other work on the machine; the
+authors' loop is then timed in CPU seconds too). Distillation checkpoints every
+``--checkpoint-every`` iterations with the clock it had reached, so a killed run resumes.
+
+CIFAR-10 (the quality-75 JPEG copy), IPC 10, the DM paper's evaluation (DSA, 1,000 epochs)::
+
+    python benchmarks/time_to_accuracy.py --dataset cifar10 --data-dir /work/shared/data --ipc 10 \\
+        --variants "default;batch_real=64" --budgets 15,60,120 --clock cpu --threads 1 \\
+        --runs 3 --eval-epochs 1000 --eval-dsa
+
+The MNIST CPU run (about 1 h 45 min of an idle 2-core machine for two variants)::
 
     python benchmarks/time_to_accuracy.py --dataset mnist --data-dir /work/shared/data \\
         --variants "default;batch_real=64" --budgets 5,15,30
@@ -30,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import sys
 import time
@@ -53,15 +65,38 @@ class _Done(Exception):
 
 
 class KeepAtBudgets(Callback):
-    """Keeps the set at given wall-clock seconds and at given iteration counts, then stops the run."""
+    """Keeps the set at given clock seconds and at given iteration counts, then stops the run.
 
-    def __init__(self, seconds: dict[str, float], iterations: dict[str, int], folder: Path) -> None:
-        self.seconds, self.iterations, self.folder = dict(seconds), dict(iterations), folder
-        self.kept: dict[str, dict[str, Any]] = {}
-        self.start = time.perf_counter()
+    The clock is wall time (``time.perf_counter``) or the process's CPU time (``time.process_time``;
+    with one thread, the seconds of one core this run got, whatever else the machine runs). Every
+    ``every`` iterations (the distiller's checkpoint interval) the elapsed clock and the kept sets
+    are written to ``folder/progress.json``, so a killed run resumed from its checkpoint keeps
+    counting from the clock it had reached instead of starting its budgets again.
+    """
+
+    def __init__(self, seconds: dict[str, float], iterations: dict[str, int], folder: Path,
+                 clock: str = "wall", every: int = 0) -> None:
+        self.folder, self.every = folder, every
+        self.clock = time.process_time if clock == "cpu" else time.perf_counter
+        progress = folder / "progress.json"
+        saved = json.loads(progress.read_text()) if progress.exists() else {}
+        self.kept: dict[str, dict[str, Any]] = saved.get("kept", {})
+        self.elapsed_at: dict[str, float] = saved.get("elapsed_at", {})
+        self.seconds = {k: v for k, v in seconds.items() if k not in self.kept}
+        self.iterations = {k: v for k, v in iterations.items() if k not in self.kept}
+        self.offset: float | None = None
+        self.start = self.clock()
+
+    def _save(self) -> None:
+        tmp = self.folder / "progress.json.tmp"
+        tmp.write_text(json.dumps({"kept": self.kept, "elapsed_at": self.elapsed_at}))
+        tmp.replace(self.folder / "progress.json")
 
     def on_snapshot(self, iteration: int, synthetic_set: SyntheticSet) -> None:
-        elapsed = time.perf_counter() - self.start
+        if self.offset is None:  # first iteration of this process: the run went on after iteration - 1
+            before = [int(k) for k in self.elapsed_at if int(k) < iteration]
+            self.offset = self.elapsed_at[str(max(before))] if before else 0.0
+        elapsed = self.offset + self.clock() - self.start
         due = [k for k, s in self.seconds.items() if elapsed >= s]
         due += [k for k, n in self.iterations.items() if iteration >= n]
         for key in due:
@@ -70,8 +105,16 @@ class KeepAtBudgets(Callback):
             self.kept[key] = {"iteration": iteration, "seconds": elapsed, "set": path.name}
             self.seconds.pop(key, None)
             self.iterations.pop(key, None)
+        if due or (self.every and iteration % self.every == 0):
+            self.elapsed_at[str(iteration)] = elapsed
+            self._save()
         if not self.seconds and not self.iterations:
             raise _Done
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def budget_key(kind: str, minutes: float) -> str:
@@ -106,8 +149,14 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     lines = [f"# Time to accuracy: DM on {report['dataset']}, IPC {report['ipc']}", "",
              f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v), "",
-             f"A budget's minute lasts {report['minute_seconds']:g} s. Accuracy: mean ± std over "
-             f"{report['runs']} ConvNets trained from scratch on the set ({report['eval_epochs']} epochs).", ""]
+             f"A budget's minute lasts {report['minute_seconds']:g} s of "
+             + ("this process's CPU time" if report.get("clock") == "cpu" else "wall time")
+             + (f" ({report['threads']} thread{'s' if report['threads'] > 1 else ''})" if report.get("threads") else "")
+             + f". Accuracy: mean ± std over {report['runs']} ConvNets trained from scratch on the set "
+             f"({report['eval_epochs']} epochs" + (", DSA augmentation" if report.get("eval_dsa") else "") + ").", ""]
+    if report.get("dataset") == "cifar10":
+        lines += ["Data: the quality-75 JPEG copy of CIFAR-10 (`shared/data/cifar10-jpeg.tar.gz`); accuracies run "
+                  "a little below published CIFAR-10 figures: compare rows with each other.", ""]
     ref = report.get("reference_loop")
     if ref:
         lines += [f"Authors' loop (timed here): {ref['seconds_per_iteration']:.3f} s/iteration; "
@@ -185,23 +234,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--eval-epochs", type=int, default=300)
     p.add_argument("--reference-iterations", type=int, default=3, help="timed iterations of the authors' loop")
+    p.add_argument("--eval-dsa", action="store_true",
+                   help="train the evaluation ConvNets with DSA augmentation (the DM paper's CIFAR protocol)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what a budget's seconds count: wall time, or this process's CPU time (with --threads 1, "
+                        "one core's seconds, unaffected by other work on the machine)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--checkpoint-every", type=int, default=25,
+                   help="iterations between checkpoints: a killed run resumes there with the clock it had reached")
+    p.add_argument("--tag", default="", help="suffix of the results file's name (runs split over processes)")
+    p.add_argument("--no-random-real", action="store_true",
+                   help="leave out the random-real row (another process's report has it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--scratch", type=Path, default=Path("runs/time_to_accuracy"), help="where the kept sets lie")
     args = p.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     budgets = [float(b) for b in args.budgets.split(",") if b]
     variants = parse_variants(args.variants)
-    path = args.out / f"time_to_accuracy_{args.dataset}_ipc{args.ipc}.json"
+    path = args.out / f"time_to_accuracy_{args.dataset}_ipc{args.ipc}{args.tag}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     report.update(dataset=args.dataset, ipc=args.ipc, budgets_minutes=budgets, minute_seconds=args.minute,
-                  runs=args.runs, eval_epochs=args.eval_epochs, machine=device_description(device),
-                  versions=package_versions(), command=shlex.join(["python", *sys.argv]))
+                  clock=args.clock, threads=torch.get_num_threads(), runs=args.runs, eval_epochs=args.eval_epochs,
+                  eval_dsa=args.eval_dsa, machine=device_description(device), versions=package_versions(),
+                  command=shlex.join(["python", *sys.argv]))
     report.setdefault("variants", {})
     dataset = load_dataset(args.dataset, data_dir=args.data_dir, device=device)
-    eval_config = EvalConfig(epochs=args.eval_epochs)
+    eval_config = EvalConfig(epochs=args.eval_epochs, dsa=args.eval_dsa)
 
     def save() -> None:
         write_report(path, report)
@@ -209,40 +272,56 @@ def main(argv: list[str] | None = None) -> None:
     if "reference_loop" not in report:
         report["reference_loop"] = reference_style_dm_seconds(dataset, args.ipc, args.reference_iterations, device)
         save()
-    ref_s = report["reference_loop"]["seconds_per_iteration"]
-    if "random_real" not in report:
+    ref_s = report["reference_loop"]["cpu_seconds_per_iteration" if args.clock == "cpu" else "seconds_per_iteration"]
+
+    def folder_of(name: str) -> Path:
+        return args.scratch / args.dataset / f"ipc{args.ipc}" / name.replace("=", "-").replace(",", "_")
+
+    # Distil every variant first, then evaluate: the budgets' sets exist before the long evaluations start.
+    for name, options in variants.items():
+        entry = report["variants"].setdefault(name, {"options": options})
+        if entry.get("finished"):
+            continue
+        folder = folder_of(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        seconds = {budget_key("fedcond", b): b * args.minute for b in budgets}
+        # the authors' loop, in each budget, runs the paper-settings DM this many iterations
+        iterations = {budget_key("reference", b): max(1, int(b * args.minute / ref_s)) for b in budgets}
+        keep = KeepAtBudgets(seconds, iterations if name == "default" else {}, folder, args.clock,
+                             args.checkpoint_every)
+        distiller, config = make_distiller(
+            "dm", args.ipc, iterations=10**9,
+            options={**options, "eval_every": 1, "log_every": 10**9,
+                     "checkpoint_dir": str(folder / "checkpoints"), "checkpoint_every": args.checkpoint_every},
+        )
+        print(f"{name}: distilling for {max(budgets):g} min ({args.clock} clock)", flush=True)
+        t0 = time.perf_counter()
+        try:
+            distiller.distill(dataset, config, torch.Generator().manual_seed(args.seed), device=device,
+                              callbacks=[keep])
+        except _Done:
+            pass
+        entry.update(kept=keep.kept, finished=True, peak_rss_mib=peak_rss_mib(),
+                     wall_seconds_last_process=time.perf_counter() - t0)
+        save()
+
+    if "random_real" not in report and not args.no_random_real:
         r = evaluate_random(dataset, args.ipc, eval_config, runs=args.runs, seed=args.seed)
         report["random_real"] = {"mean": r.mean, "std": r.std, "accuracies": r.accuracies}
         save()
-
-    for name, options in variants.items():
-        entry = report["variants"].setdefault(name, {"options": options})
-        folder = args.scratch / args.dataset / f"ipc{args.ipc}" / name.replace("=", "-").replace(",", "_")
-        if not entry.get("finished"):
-            folder.mkdir(parents=True, exist_ok=True)
-            seconds = {budget_key("fedcond", b): b * args.minute for b in budgets}
-            # the authors' loop, in each budget, runs the paper-settings DM this many iterations
-            iterations = {budget_key("reference", b): max(1, int(b * args.minute / ref_s)) for b in budgets}
-            keep = KeepAtBudgets(seconds, iterations if name == "default" else {}, folder)
-            distiller, config = make_distiller(
-                "dm", args.ipc, iterations=10**9, options={**options, "eval_every": 1, "log_every": 10**9}
-            )
-            print(f"{name}: distilling for {max(budgets):g} min", flush=True)
-            try:
-                distiller.distill(dataset, config, torch.Generator().manual_seed(args.seed), device=device,
-                                  callbacks=[keep])
-            except _Done:
-                pass
-            entry.update(kept=keep.kept, finished=True)
-            save()
+    for name in variants:
+        entry = report["variants"][name]
         for key, kept in sorted(entry["kept"].items()):
             if "accuracy" in kept:
                 continue
-            sset = SyntheticSet.load(folder / kept["set"])
+            sset = SyntheticSet.load(folder_of(name) / kept["set"])
+            t0 = time.perf_counter()
             r = evaluate_synthetic(sset, dataset, eval_config, runs=args.runs, seed=args.seed)
-            kept["accuracy"] = {"mean": r.mean, "std": r.std, "accuracies": r.accuracies}
+            kept["accuracy"] = {"mean": r.mean, "std": r.std, "accuracies": r.accuracies,
+                                "wall_seconds": time.perf_counter() - t0}
             print(f"{name} {key}: {r.mean:.4f} ± {r.std:.4f} after {kept['iteration']} iterations", flush=True)
             save()
+    report["peak_rss_mib"] = peak_rss_mib()
     save()
     print(f"wrote {path} and {path.with_suffix('.md')}")
 

@@ -60,3 +60,47 @@ def test_budgets_kept_evaluated_and_read_back(tta, tmp_path, monkeypatch):
     tta.main(argv)
     again = json.loads((tmp_path / "out" / "time_to_accuracy_digits_ipc1.json").read_text())
     assert again["variants"] == report["variants"]
+
+
+def test_cpu_clock_resumes_from_the_clock_a_killed_run_reached(tta, tmp_path):
+    import torch
+
+    from fedcond.data import load_dataset
+    from fedcond.distill.base import make_distiller
+
+    data = load_dataset("digits")
+    distiller, config = make_distiller("dm", 1, iterations=3, options={"log_every": 1})
+    sset = distiller.distill(data, config, torch.Generator().manual_seed(0))
+    # a first process reached 100 s of CPU at its checkpoint of iteration 25 and kept nothing yet
+    (tmp_path / "progress.json").write_text(json.dumps({"kept": {}, "elapsed_at": {"25": 100.0, "30": 120.0}}))
+    keep = tta.KeepAtBudgets({"fedcond_1min": 60.0, "fedcond_3min": 180.0}, {}, tmp_path, clock="cpu", every=25)
+    keep.on_snapshot(26, sset)  # resumed after the checkpoint at 25: counts on from 100 s, not from 120 s or 0
+    assert set(keep.kept) == {"fedcond_1min"}
+    assert 100.0 <= keep.kept["fedcond_1min"]["seconds"] < 120.0
+    assert (tmp_path / "fedcond_1min.safetensors").exists()
+    saved = json.loads((tmp_path / "progress.json").read_text())
+    assert saved["kept"] == keep.kept and "26" in saved["elapsed_at"]
+    # a third process finds the kept set and does not keep it again
+    again = tta.KeepAtBudgets({"fedcond_1min": 60.0, "fedcond_3min": 180.0}, {}, tmp_path, clock="cpu", every=25)
+    assert again.seconds == {"fedcond_3min": 180.0} and again.kept == keep.kept
+
+
+def test_cpu_clock_run_records_its_clock_threads_and_protocol(tta, tmp_path):
+    argv = ["--dataset", "digits", "--ipc", "1", "--variants", "batch_real=16", "--budgets", "1",
+            "--minute", "0.3", "--runs", "1", "--eval-epochs", "2", "--eval-dsa", "--reference-iterations", "1",
+            "--clock", "cpu", "--threads", "1", "--tag", "_cpu", "--checkpoint-every", "5",
+            "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "sets")]
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        tta.main(argv)
+    finally:
+        torch.set_num_threads(threads)  # --threads sets the process's torch threads; later tests keep theirs
+    report = json.loads((tmp_path / "out" / "time_to_accuracy_digits_ipc1_cpu.json").read_text())
+    assert report["clock"] == "cpu" and report["threads"] == 1 and report["eval_dsa"] is True
+    kept = report["variants"]["batch_real=16"]["kept"]["fedcond_1min"]
+    assert kept["seconds"] >= 0.3 and 0 <= kept["accuracy"]["mean"] <= 1
+    assert (tmp_path / "sets" / "digits" / "ipc1" / "batch_real-16" / "checkpoints").is_dir()
+    md = (tmp_path / "out" / "time_to_accuracy_digits_ipc1_cpu.md").read_text()
+    assert "of this process's CPU time (1 thread)" in md and "DSA augmentation" in md
