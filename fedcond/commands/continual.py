@@ -32,7 +32,8 @@ def command(
         None,
         "--strategies",
         "-s",
-        help="comma list of naive, replay, gdumb, icarl, distilled-replay, distilled-finetune, distilled-mix, joint",
+        help="comma list of naive, replay, gdumb, icarl, der, distilled-replay, distilled-finetune, distilled-mix, "
+        "joint",
     ),
     mem_size: Optional[str] = typer.Option(
         None, "--mem-size", "-M", help="memory in images; a comma list runs each size and plots accuracy vs memory"

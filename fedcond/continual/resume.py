@@ -9,7 +9,7 @@ Two kinds of files in the output folder:
   buffer, the plugin's generators, torch's and Python's global RNG, the accuracy rows so
   far). A later start restores it and trains the next experience, so nothing finished is
   recomputed and the results equal an uninterrupted run's. Avalanche's own buffers
-  (``replay``, ``gdumb``, ``icarl``) hold datasets rather than tensors; those runs resume
+  (``replay``, ``gdumb``, ``icarl``, ``der``) hold datasets rather than tensors; those runs resume
   at run granularity. Loading never unpickles code (``torch.load(weights_only=True)``).
 """
 

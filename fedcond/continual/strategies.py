@@ -1,7 +1,9 @@
 """The compared strategies, each one of Avalanche's own templates or plugins.
 
 ``naive`` (fine-tuning), ``replay`` (Avalanche ``ReplayPlugin`` with a class-balanced
-buffer, the same balancing as ours), ``gdumb``, ``icarl``, ``joint`` (upper bound) and
+buffer, the same balancing as ours), ``gdumb``, ``icarl``, ``der`` (Avalanche's ``DER``: dark
+experience replay, which replays stored logits as well as labels; ``der_alpha`` weighs the
+logit term, ``der_beta`` the label term, DER++), ``joint`` (upper bound) and
 fedcond's distilled buffers, Naive + :class:`DistilledReplayPlugin` in one of its modes:
 ``distilled-replay`` (the plugin's default, ``retrain``: train a fresh model on the
 distilled buffer after each experience), ``distilled-finetune`` (the same training from
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from avalanche.training.plugins import LRSchedulerPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer
-from avalanche.training.supervised import GDumb, ICaRL, JointTraining, Naive
+from avalanche.training.supervised import DER, GDumb, ICaRL, JointTraining, Naive
 from torch import nn
 
 from fedcond.continual.buffer_training import BufferTraining, batch_augmentation_plugin
@@ -32,8 +34,8 @@ from fedcond.continual.plugin import DistilledReplayPlugin
 from fedcond.errors import FedcondError
 
 DISTILLED_MODES = {"distilled-replay": "retrain", "distilled-finetune": "finetune", "distilled-mix": "replay"}
-STRATEGIES = ("naive", "replay", "gdumb", "icarl", *DISTILLED_MODES, "joint")
-MEMORY_STRATEGIES = ("replay", "gdumb", "icarl", *DISTILLED_MODES)
+STRATEGIES = ("naive", "replay", "gdumb", "icarl", "der", *DISTILLED_MODES, "joint")
+MEMORY_STRATEGIES = ("replay", "gdumb", "icarl", "der", *DISTILLED_MODES)
 
 
 @dataclass
@@ -51,6 +53,10 @@ class StrategySettings:
     buffer_epochs: int = 300
     buffer_lr: float = 0.01
     buffer_augment: str = "crop_scale_rotate"
+    # der only: weights of the replayed logits' MSE (alpha) and labels' cross-entropy (beta);
+    # Avalanche's defaults, DER++ as in Buzzega et al. 2020
+    der_alpha: float = 0.1
+    der_beta: float = 0.5
     # distilled replay only
     method: str = "dm"
     ipc: int | None = None
@@ -103,6 +109,9 @@ def build_strategy(settings: StrategySettings, model: nn.Module, evaluator: Any,
     if s.name == "icarl":
         return ICaRL(feature_extractor=_Embed(model), classifier=model.classifier, optimizer=opt,
                      memory_size=s.mem_size, buffer_transform=None, fixed_memory=True, **common)
+    if s.name == "der":
+        return DER(model=model, optimizer=opt, criterion=ce, mem_size=s.mem_size, batch_size_mem=s.batch_size_mem,
+                   alpha=s.der_alpha, beta=s.der_beta, **common)
     if s.name == "replay":
         policy = ClassBalancedBuffer(max_size=s.mem_size, adaptive_size=True)
         plugin: ReplayPlugin = ReplayPlugin(mem_size=s.mem_size, batch_size_mem=s.batch_size_mem, storage_policy=policy)
