@@ -13,7 +13,15 @@ from typing import Any, Optional
 
 import typer
 
-from fedcond.commands.common import console, parse_options, progress_bar, user_errors
+from fedcond.commands.common import (
+    console,
+    existing_file,
+    existing_folder,
+    parse_options,
+    progress_bar,
+    user_errors,
+    writable_folder,
+)
 from fedcond.errors import FedcondError
 
 _BENCH_KEYS = {"benchmark", "data_dir", "task_incremental", "train_fraction", "device", "seed"}
@@ -98,6 +106,9 @@ def command(
     ),
 ) -> None:
     """Continual learning with a distilled replay buffer, compared with Avalanche's baselines."""
+    writable_folder(out)
+    existing_folder(data_dir)
+    existing_file(config, "--config")
     values = _load_toml(config) if config else {}
     flags = {
         "benchmark": benchmark,
@@ -150,6 +161,12 @@ def _run(values: dict[str, Any], out: Path) -> None:
         cfg = ContinualConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     except TypeError as err:
         raise FedcondError(f"unknown continual setting: {err}") from None
+    if any(s.startswith("distilled") for s in cfg.strategies):
+        from fedcond.continual.buffer import DistillSpec  # noqa: PLC0415
+
+        # An unknown method or method option fails now, before the data loads and the baselines.
+        DistillSpec(method=cfg.method, ipc=cfg.ipc, iterations=cfg.iterations, model=cfg.model,
+                    options=cfg.distill_options, rebalance=cfg.rebalance)
     dev = resolve_device(bench_args.get("device", "auto"))
     if threads is not None or dev.type == "cpu":
         import torch  # noqa: PLC0415
@@ -158,12 +175,6 @@ def _run(values: dict[str, Any], out: Path) -> None:
     bench = make_benchmark(bench_args.get("benchmark", "split-digits"), data_dir=bench_args.get("data_dir"),
                            task_incremental=bool(bench_args.get("task_incremental", False)),
                            train_fraction=float(bench_args.get("train_fraction", 1.0)), seed=seed)
-    if "distilled-replay" in cfg.strategies:
-        from fedcond.continual.buffer import DistillSpec  # noqa: PLC0415
-
-        # An unknown method or method option fails now, not after the baselines.
-        DistillSpec(method=cfg.method, ipc=cfg.ipc, iterations=cfg.iterations, model=cfg.model,
-                    options=cfg.distill_options, rebalance=cfg.rebalance)
     total = len(plan(cfg))
     console.print(
         f"[bold]continual[/] {bench.name}: {bench.n_experiences} experiences, {total} runs "

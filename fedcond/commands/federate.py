@@ -9,7 +9,15 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from fedcond.commands.common import console, parse_options, progress_bar, user_errors
+from fedcond.commands.common import (
+    console,
+    existing_file,
+    existing_folder,
+    parse_options,
+    progress_bar,
+    user_errors,
+    writable_folder,
+)
 from fedcond.errors import FedcondError
 
 
@@ -188,6 +196,12 @@ def command(
     """Run FedCond and baselines on the same client partitions; report accuracy against bytes sent."""
     from fedcond.federated.config import FederateConfig  # noqa: PLC0415
 
+    # Paths first: nothing may fail on them after the runs.
+    writable_folder(out)
+    existing_folder(data_dir)
+    existing_file(config, "--config")
+    if client_cpus <= 0 or client_gpus < 0:
+        raise FedcondError(f"--client-cpus must be > 0 and --client-gpus >= 0, got {client_cpus} and {client_gpus}")
     values = {
         "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "num_clients": num_clients,
         "partition": partition, "alpha": alpha, "classes_per_client": classes_per_client, "rounds": rounds,
@@ -207,6 +221,15 @@ def command(
     names = cfg.strategy_names
     if reference not in ("none", "full", "distill"):
         raise FedcondError(f"--reference must be none, full or distill, got {reference!r}")
+    if rounds is not None and all(cfg.for_strategy(s).effective_rounds == 1 for s in names) and rounds != 1:
+        raise FedcondError(f"--rounds {rounds} has no effect: one-shot FedCond runs exactly one round; add a strategy "
+                           "that runs rounds (fedavg, fedprox, fedadam, fedcond-iterative) or --mode iterative, "
+                           "or drop --rounds")
+    if client_gpus > 0:
+        import torch  # noqa: PLC0415
+
+        if not torch.cuda.is_available():
+            raise FedcondError(f"--client-gpus {client_gpus} asks for a GPU, but torch sees no CUDA device; drop it")
 
     from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
     from fedcond.federated.runner import backend_config  # noqa: PLC0415
