@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -91,17 +92,23 @@ class Supervisor:
 
     def run(self, cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout: float = 600.0) -> subprocess.CompletedProcess:
-        """Run ``cmd`` to its end (its own process group; killed with it after ``timeout``)."""
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True, text=True)
-        self.started.append(proc)
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            out += f"\n[killed after {timeout:.0f} s]"
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
+        """Run ``cmd`` to its end (its own process group; killed with it after ``timeout``).
+
+        Output goes through a file, not a pipe: a process ``cmd`` leaves running (``flwr``'s
+        local SuperLink) may hold its output open, and reading a pipe would wait for it."""
+        with tempfile.TemporaryFile("w+") as out:
+            proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, cwd=cwd, start_new_session=True, text=True)
+            self.started.append(proc)
+            try:
+                proc.wait(timeout=timeout)
+                note = ""
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+                note = f"\n[killed after {timeout:.0f} s]"
+            out.seek(0)
+            return subprocess.CompletedProcess(proc.args, proc.returncode, out.read() + note, None)
 
     def descendants(self) -> list[psutil.Process]:
         """Every process below this one that it did not have before (zombies included)."""
@@ -111,14 +118,8 @@ class Supervisor:
             return []
 
     def leftovers(self) -> list[str]:
-        """What remains of the started processes: ``pid status command`` lines."""
-        out = []
-        for p in self.descendants():
-            try:
-                out.append(f"{p.pid} {p.status()} {' '.join(p.cmdline()) or p.name()}")
-            except psutil.NoSuchProcess:
-                continue
-        return out
+        """What remains of the started processes, zombies included: ``pid command`` lines."""
+        return [f"{p.pid} {command_line(p)}" for p in self.descendants() if _exists(p)]
 
     def stop(self) -> None:
         """SIGTERM the started commands and wait, then every descendant; SIGKILL what is
@@ -142,14 +143,33 @@ class Supervisor:
             for proc in self.started:
                 proc.poll()
             for p in self.descendants():
-                try:
-                    if p.ppid() == self._me.pid:  # a child of ours (started, or an orphan handed to us)
-                        os.waitpid(p.pid, os.WNOHANG)
-                except (psutil.NoSuchProcess, ChildProcessError):
+                try:  # reaps it if it is a dead child of ours (started, or an orphan handed to us)
+                    os.waitpid(p.pid, os.WNOHANG)
+                except ChildProcessError:  # not our child (yet): its parent reaps it, or hands it to us
                     pass
             if not self.descendants() or time.monotonic() >= deadline:
                 return
             time.sleep(0.2)
+
+
+def command_line(process: psutil.Process) -> str:
+    """A process's command line; ``[name] <defunct>`` for a zombie, "" once it is gone."""
+    try:
+        return " ".join(process.cmdline()) or process.name()
+    except psutil.ZombieProcess:
+        return f"[{process.name()}] <defunct>"
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def _exists(process: psutil.Process) -> bool:
+    try:
+        process.status()
+        return True
+    except psutil.ZombieProcess:
+        return True
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _signal_group(pid: int, sig: int) -> None:

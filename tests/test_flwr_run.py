@@ -48,7 +48,7 @@ def test_flwr_run_from_a_fresh_flower_home_and_after_a_superlink_restart(process
         assert "note: rounds = 3 has no effect: one-shot FedCond runs exactly one round" in right.stdout
 
         # Restart the local SuperLink (Flower's docs: stop its process); the same command works again.
-        links = [p for p in sup.descendants() if "flower-superlink" in " ".join(p.cmdline())]
+        links = [p for p in sup.descendants() if "flower-superlink" in processes.command_line(p)]
         assert len(links) == 1, sup.leftovers()
         links[0].terminate()
         links[0].wait(timeout=30)
