@@ -62,13 +62,17 @@ class RunProgress:
                 self._round, self._round_start = event.server_round, self._done
             self._done = self._round_start + event.replied
             total = self._round_start + event.sampled * (self._rounds - event.server_round + 1)
+            # After the round's last reply the server works alone (FedCond trains on the pool): say so.
+            now = {"now": "server aggregates, trains, evaluates"} if event.replied == event.sampled else {}
             self._update(self._done, total=total, round=f"{event.server_round}/{self._rounds}",
-                         clients=f"{event.replied}/{event.sampled}")
+                         clients=f"{event.replied}/{event.sampled}", **now)
         elif isinstance(event, RoundFinished):
             acc = f"{event.accuracy:.4f}" if event.accuracy is not None else "-"
             console.print(f"  {event.name} round {event.server_round}/{event.num_rounds}: acc {acc}, "
                           f"up {event.upload_bytes / 2**20:.3f} MiB, {event.clients_ok} ok, "
                           f"{event.clients_lost} lost, {event.seconds:.0f} s", overflow="ellipsis", no_wrap=True)
+            if self._update is not None and event.server_round < event.num_rounds:
+                self._update(self._done, round=f"{event.server_round + 1}/{event.num_rounds}", now="clients at work")
         elif isinstance(event, RunFinished):
             self.close()
             r = event.record
