@@ -182,14 +182,21 @@ def _run(values: dict[str, Any], out: Path) -> None:
         f"{dev}"
     )
     start = time.perf_counter()
-    with progress_bar("continual", total=total) as update:
+    steps = bench.n_experiences  # the bar moves per experience: a distilled run can take many minutes
+    with progress_bar("continual", total=total * steps) as update:
+        finished = [0]
+
+        def on_experience(tag: str, i: int) -> None:
+            update(finished[0] * steps + i + 1, total * steps, run=tag, experience=f"{i + 1}/{steps}")
+
         def on_run(done: int, n: int, entry: dict[str, Any]) -> None:
-            update(done, n)
+            finished[0] = done
+            update(done * steps, n * steps)
             console.print(f"  {entry['strategy']:<17} mem {entry['mem_size']:>4} seed {entry['seed']}: "
                           f"final avg acc {entry['final_average_accuracy']:.3f}  forgetting {entry['forgetting']:.3f}"
                           f"  ({entry['wall_time_s']:.0f} s)")
 
-        runs = run_comparison(bench, cfg, out, dev, on_run)
+        runs = run_comparison(bench, cfg, out, dev, on_run, on_experience)
     record = run_record(dev, benchmark=bench.name, task_incremental=bench.task_incremental,
                         train_images=int(bench.data.train_images.shape[0]), config=_jsonable(cfg),
                         wall_time_s=time.perf_counter() - start)
