@@ -257,7 +257,7 @@ def plot(report: dict[str, Any], alpha: str, path: Path) -> None:
     if ub:
         ax.axhline(ub["full_data_accuracy"], color="black", linestyle=":", label="all data, one place")
     ax.set_xscale("log")
-    ax.set_xlabel("cumulative upload (MB, log scale)")
+    ax.set_xlabel("cumulative upload (MiB = 2^20 bytes, log scale)")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{report['dataset']}, {report['num_clients']} clients, Dirichlet {alpha.split('=')[1]} ({seed_key})")
     ax.grid(alpha=0.3)
@@ -300,7 +300,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                 if f"{name}_plateau" in s:
                     p = s[f"{name}_plateau"]
                     lines.append(f"- {name} plateau {p['accuracy']:.4f}, reached in round {p['round']} "
-                                 f"after {p['upload_bytes'] / mb:.1f} MB uploaded")
+                                 f"after {p['upload_bytes'] / mb:.1f} MiB uploaded")
             if entry.get("upper_bound"):
                 lines.append(f"- all data in one place (upper bound): {entry['upper_bound']['full_data_accuracy']:.4f}")
             raw = next(
@@ -308,10 +308,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                 None,
             )
             if raw:
-                lines.append(f"- uploading the raw training data: {raw / mb:.2f} MB")
+                lines.append(f"- uploading the raw training data: {raw / mb:.2f} MiB")
             lines += [
                 "",
-                "| FedCond cell | IPC | rounds | accuracy | upload MB | random real (same bytes) | gain pts "
+                "| FedCond cell | IPC | rounds | accuracy | upload MiB | random real (same bytes) | gain pts "
                 "| random real mosaics (same bytes) | gain pts | below FedAvg plateau pts | share of FedAvg bytes |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
@@ -348,7 +348,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                 if plats:
                     spent = sorted({f"{p['upload_bytes'] / mb:.0f}" for p in plats}, key=float)
                     lines.append(f"- {name} plateau: {_mean_std([p['accuracy'] for p in plats])} after "
-                                 f"{'–'.join(dict.fromkeys([spent[0], spent[-1]]))} MB ({_seeds(len(plats))})")
+                                 f"{'–'.join(dict.fromkeys([spent[0], spent[-1]]))} MiB ({_seeds(len(plats))})")
             lines.append("")
         lines += [f"![{alpha}](federated_{report['dataset']}_{alpha.replace('=', '')}.png)", ""]
         plot(report, alpha, out / f"federated_{report['dataset']}_{alpha.replace('=', '')}.png")

@@ -20,7 +20,6 @@ the current round, as it would have from its node state.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from pathlib import Path
@@ -132,8 +131,10 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         cfg = FederateConfig.from_run_config(context.run_config, overrides)
         torch.set_num_threads(max(1, cfg.client_threads))
         pid = int(context.node_config["partition-id"])
-        if "num-partitions" in context.node_config:  # the federation decides how many clients there are
-            cfg = dataclasses.replace(cfg, num_clients=int(context.node_config["num-partitions"]))
+        partitions = int(context.node_config.get("num-partitions", cfg.num_clients))
+        if partitions != cfg.num_clients:  # the data would be cut otherwise than the server and other nodes cut it
+            raise ValueError(f"this SuperNode's node config says num-partitions = {partitions} but the run config "
+                             f"says num-clients = {cfg.num_clients}: make them equal")
         config: ConfigRecord = msg.content[CONFIGRECORD_KEY]
         server_round = int(config["server-round"])
         if cfg.fail_mode == "raise" and injected_failure(cfg, server_round, pid):

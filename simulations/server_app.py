@@ -15,8 +15,9 @@ reports the round to ``on_event``; a server that finds a checkpoint continues af
 from __future__ import annotations
 
 import json
+import sys
 import time
-from logging import INFO
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from fedcond.errors import FedcondError
 from fedcond.federated.checkpoint import (
     RoundState,
     load_latest,
@@ -38,6 +40,9 @@ from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.events import ClientReplied, OnEvent, RoundFinished
 from fedcond.federated.records import model_to_record
 from fedcond.federated.server_training import evaluate_arrays, new_model
+
+# The processes Flower starts for one run (simulation, or a deployment's ServerApp); each exits after it.
+FLOWER_RUN_PROCESSES = ("flwr-simulation", "flwr-serverapp")
 
 
 def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, Any]], None] | None = None,
@@ -162,12 +167,33 @@ def make_server_app(overrides: dict[str, Any] | None = None,
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = FederateConfig.from_run_config(context.run_config, overrides)
+        try:
+            cfg = FederateConfig.from_run_config(context.run_config, overrides)
+            if expected_nodes is None:  # launched by Flower (flwr run, a SuperLink): check before any work
+                launched_by_flower(grid, cfg)
+        except FedcondError as err:  # the user's to fix: one line first, then Flower ends the run as failed
+            log(ERROR, "error: %s", err)
+            if Path(sys.argv[0]).name in FLOWER_RUN_PROCESSES:
+                # This process runs this one run and exits: Flower's failure report need not
+                # repeat the error under a page of its own frames (it prints the message alone).
+                sys.tracebacklimit = 0
+            raise
         if cfg.server_threads > 0:
             torch.set_num_threads(cfg.server_threads)
         run_server(grid, cfg, on_result, on_event, expected_nodes)
 
     return app
+
+
+def launched_by_flower(grid: Grid, cfg: FederateConfig) -> None:
+    """Explain the run-config keys this run ignores, and check that the federation has
+    ``num-clients`` SuperNodes (:mod:`simulations.federation`)."""
+    from simulations.federation import check_federation, ignored_settings  # noqa: PLC0415
+
+    for note in ignored_settings(cfg):
+        log(WARNING, "note: %s", note)
+    size = check_federation(grid, cfg, log=lambda text: log(INFO, "%s", text))
+    log(INFO, "%s: %d SuperNodes, one per partition (num-clients = %d)", cfg.name, size, cfg.num_clients)
 
 
 app = make_server_app()

@@ -127,6 +127,6 @@ def test_over_the_seeds_fedavg_and_fedprox_plateaus_with_their_bytes(tmp_path):
               "wall_seconds": 1.0, "peak_memory_bytes": 1, "settings": {"alpha=0.5": settings}}
     bench.write_report(report, tmp_path)
     md = (tmp_path / "federated_toy.md").read_text()
-    # plateaus reached in round 3 (30 MB) and round 2 (20 MB); FedProx ran on one seed only
-    assert "- fedavg plateau: 0.9850 ± 0.0071 after 20–30 MB (2 seeds)" in md
-    assert "- fedprox plateau: 0.9800 after 20 MB (1 seed)" in md
+    # plateaus reached in round 3 (30 MiB) and round 2 (20 MiB); FedProx ran on one seed only
+    assert "- fedavg plateau: 0.9850 ± 0.0071 after 20–30 MiB (2 seeds)" in md
+    assert "- fedprox plateau: 0.9800 after 20 MiB (1 seed)" in md

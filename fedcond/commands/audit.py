@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from fedcond.commands.common import console, set_threads, user_errors
+from fedcond.commands.common import console, existing_folder, set_threads, user_errors, writable_file
 from fedcond.errors import FedcondError
 from fedcond.synthetic import DEFAULT_MAX_BYTES
 
@@ -58,6 +58,11 @@ def command(
     set_threads(threads)
     if epochs < 1:
         raise FedcondError(f"--epochs must be >= 1, got {epochs}")
+    pairs_path = pairs or ((json_out.parent if json_out else path.parent) / "audit_pairs.png")
+    if json_out is not None:
+        writable_file(json_out, "--json")
+    writable_file(pairs_path, "--pairs" if pairs else "the pairs picture (--pairs)")
+    existing_folder(data_dir)
     config = AuditConfig(runs=runs, eval=EvalConfig(epochs=epochs, dsa=dsa, dsa_strategy=dsa_strategy),
                          max_members=max_members, max_nonmembers=max_nonmembers, near_copy_quantile=quantile,
                          random_baseline=random_baseline, seed=seed)
@@ -72,7 +77,6 @@ def command(
     report = audit_set(sset, data, config, on_step=lambda text: console.print(f"  {text}"))
     result = report.to_json()
 
-    pairs_path = pairs or ((json_out.parent if json_out else path.parent) / "audit_pairs.png")
     save_pairs(pixels(sset.images, sset.mean, sset.std), pixels(data.train_images, data.mean, data.std),
                report.synthetic.memorisation, sset.image_shape, pairs_path)
     result["pairs_png"] = str(pairs_path)

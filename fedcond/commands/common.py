@@ -1,10 +1,13 @@
-"""Pieces the CLI commands share: user-error handling, progress bars, option parsing."""
+"""Pieces the CLI commands share: user-error handling, checks of paths before any work,
+progress bars, option parsing."""
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import typer
@@ -29,6 +32,58 @@ def user_errors(func: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (made into) a folder this process writes in; None when it can.
+    Looks only: the nearest ancestor that exists decides, and nothing is created."""
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def writable_folder(path: Path, flag: str = "--out") -> Path:
+    """Check, before any work, that ``path`` is or can become a folder this process may write
+    in; a ``FedcondError`` naming ``flag`` otherwise. Creates nothing, so a command that stops
+    for another reason leaves no empty folder behind."""
+    problem = _folder_problem(path)
+    if problem:
+        raise FedcondError(f"{flag} {path} cannot be used: {problem}; choose another folder")
+    return path
+
+
+def writable_file(path: Path, flag: str) -> Path:
+    """Check, before any work, that a file can be written at ``path``."""
+    if path.is_dir():
+        raise FedcondError(f"{flag} {path} is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise FedcondError(f"{flag} {path} is not writable; choose another file")
+    problem = _folder_problem(path.parent)
+    if problem:
+        raise FedcondError(f"{flag} {path} cannot be written: {problem}; choose another path")
+    return path
+
+
+def existing_folder(path: Path | None, flag: str = "--data-dir") -> Path | None:
+    """``path`` (None passes) must be an existing folder: checked before any work."""
+    if path is not None and not path.is_dir():
+        raise FedcondError(f"{flag} {path}: no such folder" if not path.exists() else
+                           f"{flag} {path} is a file; give the folder that holds the data set's files")
+    return path
+
+
+def existing_file(path: Path | None, flag: str) -> Path | None:
+    """``path`` (None passes) must be an existing file: checked before any work."""
+    if path is not None and not path.is_file():
+        raise FedcondError(f"{flag} {path}: no such file" if not path.exists() else f"{flag} {path} is not a file")
+    return path
 
 
 @contextmanager

@@ -13,7 +13,15 @@ from typing import Any, Optional
 
 import typer
 
-from fedcond.commands.common import console, parse_options, progress_bar, user_errors
+from fedcond.commands.common import (
+    console,
+    existing_file,
+    existing_folder,
+    parse_options,
+    progress_bar,
+    user_errors,
+    writable_folder,
+)
 from fedcond.errors import FedcondError
 
 _BENCH_KEYS = {"benchmark", "data_dir", "task_incremental", "train_fraction", "device", "seed"}
@@ -99,6 +107,9 @@ def command(
     ),
 ) -> None:
     """Continual learning with a distilled replay buffer, compared with Avalanche's baselines."""
+    writable_folder(out)
+    existing_folder(data_dir)
+    existing_file(config, "--config")
     values = _load_toml(config) if config else {}
     flags = {
         "benchmark": benchmark,
@@ -151,6 +162,12 @@ def _run(values: dict[str, Any], out: Path) -> None:
         cfg = ContinualConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     except TypeError as err:
         raise FedcondError(f"unknown continual setting: {err}") from None
+    if any(s.startswith("distilled") for s in cfg.strategies):
+        from fedcond.continual.buffer import DistillSpec  # noqa: PLC0415
+
+        # An unknown method or method option fails now, before the data loads and the baselines.
+        DistillSpec(method=cfg.method, ipc=cfg.ipc, iterations=cfg.iterations, model=cfg.model,
+                    options=cfg.distill_options, rebalance=cfg.rebalance)
     dev = resolve_device(bench_args.get("device", "auto"))
     if threads is not None or dev.type == "cpu":
         import torch  # noqa: PLC0415
@@ -159,12 +176,6 @@ def _run(values: dict[str, Any], out: Path) -> None:
     bench = make_benchmark(bench_args.get("benchmark", "split-digits"), data_dir=bench_args.get("data_dir"),
                            task_incremental=bool(bench_args.get("task_incremental", False)),
                            train_fraction=float(bench_args.get("train_fraction", 1.0)), seed=seed)
-    if "distilled-replay" in cfg.strategies:
-        from fedcond.continual.buffer import DistillSpec  # noqa: PLC0415
-
-        # An unknown method or method option fails now, not after the baselines.
-        DistillSpec(method=cfg.method, ipc=cfg.ipc, iterations=cfg.iterations, model=cfg.model,
-                    options=cfg.distill_options, rebalance=cfg.rebalance)
     total = len(plan(cfg))
     console.print(
         f"[bold]continual[/] {bench.name}: {bench.n_experiences} experiences, {total} runs "
@@ -172,14 +183,21 @@ def _run(values: dict[str, Any], out: Path) -> None:
         f"{dev}"
     )
     start = time.perf_counter()
-    with progress_bar("continual", total=total) as update:
+    steps = bench.n_experiences  # the bar moves per experience: a distilled run can take many minutes
+    with progress_bar("continual", total=total * steps) as update:
+        finished = [0]
+
+        def on_experience(tag: str, i: int) -> None:
+            update(finished[0] * steps + i + 1, total * steps, run=tag, experience=f"{i + 1}/{steps}")
+
         def on_run(done: int, n: int, entry: dict[str, Any]) -> None:
-            update(done, n)
+            finished[0] = done
+            update(done * steps, n * steps)
             console.print(f"  {entry['strategy']:<17} mem {entry['mem_size']:>4} seed {entry['seed']}: "
                           f"final avg acc {entry['final_average_accuracy']:.3f}  forgetting {entry['forgetting']:.3f}"
                           f"  ({entry['wall_time_s']:.0f} s)")
 
-        runs = run_comparison(bench, cfg, out, dev, on_run)
+        runs = run_comparison(bench, cfg, out, dev, on_run, on_experience)
     record = run_record(dev, benchmark=bench.name, task_incremental=bench.task_incremental,
                         train_images=int(bench.data.train_images.shape[0]), config=_jsonable(cfg),
                         wall_time_s=time.perf_counter() - start)

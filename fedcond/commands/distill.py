@@ -9,7 +9,15 @@ from typing import Optional
 import torch
 import typer
 
-from fedcond.commands.common import console, parse_options, progress_bar, set_threads, user_errors
+from fedcond.commands.common import (
+    console,
+    existing_folder,
+    parse_options,
+    progress_bar,
+    set_threads,
+    user_errors,
+    writable_folder,
+)
 from fedcond.errors import FedcondError
 from fedcond.synthetic import STORAGE_DTYPES
 
@@ -54,6 +62,8 @@ def command(
 
     if dtype not in STORAGE_DTYPES:
         raise FedcondError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    writable_folder(out)  # before any work: a distillation must never be lost to its output path
+    existing_folder(data_dir)
     set_threads(threads)
     dev = resolve_device(device)
     options = parse_options(option)

@@ -13,7 +13,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedcond.commands.common import console, progress_bar, set_threads, user_errors
+from fedcond.commands.common import (
+    console,
+    existing_folder,
+    progress_bar,
+    set_threads,
+    user_errors,
+    writable_file,
+)
 from fedcond.errors import FedcondError
 from fedcond.synthetic import DEFAULT_MAX_BYTES
 
@@ -80,6 +87,13 @@ def command(
         raise FedcondError("nothing to evaluate: give a synthetic set PATH, --full, or --random-ipc K")
     if runs < 1:
         raise FedcondError(f"--runs must be >= 1, got {runs}")
+    if epochs is not None and epochs < 1:
+        raise FedcondError(f"--epochs must be >= 1, got {epochs}")
+    if random_ipc is not None and random_ipc < 1:
+        raise FedcondError(f"--random-ipc must be >= 1, got {random_ipc}")
+    if json_out is not None:
+        writable_file(json_out, "--json")
+    existing_folder(data_dir)
     if models is not None:
         if model is not None:
             raise FedcondError("give either --model M or --models A,B,..., not both")

@@ -8,7 +8,15 @@ from typing import Optional
 
 import typer
 
-from fedcond.commands.common import console, parse_options, progress_bar, set_threads, user_errors
+from fedcond.commands.common import (
+    console,
+    existing_folder,
+    parse_options,
+    progress_bar,
+    set_threads,
+    user_errors,
+    writable_folder,
+)
 
 
 @user_errors
@@ -37,6 +45,8 @@ def command(
     from fedcond.zca import zca_dataset  # noqa: PLC0415
 
     set_threads(threads)
+    writable_folder(out)
+    existing_folder(data_dir)
     values = {"model": model, "num_experts": num_experts, "epochs": epochs, "lr": lr, "dsa": dsa, "zca": zca,
               "seed": seed, **parse_options(option)}
     if dsa_strategy is not None:

@@ -9,14 +9,24 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from fedcond.commands.common import console, parse_options, progress_bar, user_errors
+from fedcond.commands.common import (
+    console,
+    existing_file,
+    existing_folder,
+    parse_options,
+    progress_bar,
+    user_errors,
+    writable_folder,
+)
 from fedcond.errors import FedcondError
 
 
 class RunProgress:
     """The console while runs go on: one progress bar per run over its rounds x sampled
     clients, with the clients finished in the current round and the time left; one line per
-    finished round, one line per finished run (Flower's log is in a file).
+    finished round, one line per finished run (Flower's log is in a file); then a bar over
+    the centralised upper bound's epochs (and the central distillation's iterations) and
+    its line. Sizes in MiB (2^20 bytes), as in the tables.
 
     Called with :mod:`fedcond.federated.events` events; they arrive from the runner's and the
     ServerApp's threads, and rich's progress display takes updates from either.
@@ -27,9 +37,17 @@ class RunProgress:
         self._update: Callable[..., None] | None = None
         self._done = 0
         self._rounds, self._round, self._round_start = 1, 0, 0
+        self._phase = ""
 
     def __call__(self, event: Any) -> None:
-        from fedcond.federated.events import ClientReplied, RoundFinished, RunFinished, RunStarted  # noqa: PLC0415
+        from fedcond.federated.events import (  # noqa: PLC0415
+            ClientReplied,
+            ReferenceFinished,
+            ReferenceProgress,
+            RoundFinished,
+            RunFinished,
+            RunStarted,
+        )
 
         if isinstance(event, RunStarted):
             self.close()
@@ -44,20 +62,46 @@ class RunProgress:
                 self._round, self._round_start = event.server_round, self._done
             self._done = self._round_start + event.replied
             total = self._round_start + event.sampled * (self._rounds - event.server_round + 1)
+            # After the round's last reply the server works alone (FedCond trains on the pool): say so.
+            now = {"now": "server aggregates, trains, evaluates"} if event.replied == event.sampled else {}
             self._update(self._done, total=total, round=f"{event.server_round}/{self._rounds}",
-                         clients=f"{event.replied}/{event.sampled}")
+                         clients=f"{event.replied}/{event.sampled}", **now)
         elif isinstance(event, RoundFinished):
             acc = f"{event.accuracy:.4f}" if event.accuracy is not None else "-"
             console.print(f"  {event.name} round {event.server_round}/{event.num_rounds}: acc {acc}, "
-                          f"up {event.upload_bytes / 2**20:.3f} MB, {event.clients_ok} ok, "
+                          f"up {event.upload_bytes / 2**20:.3f} MiB, {event.clients_ok} ok, "
                           f"{event.clients_lost} lost, {event.seconds:.0f} s", overflow="ellipsis", no_wrap=True)
+            if self._update is not None and event.server_round < event.num_rounds:
+                self._update(self._done, round=f"{event.server_round + 1}/{event.num_rounds}", now="clients at work")
         elif isinstance(event, RunFinished):
             self.close()
             r = event.record
             source = " (finished before: from its checkpoint)" if event.from_checkpoint else ""
             console.print(f"[bold]{event.name}[/]: accuracy {r['final_accuracy']:.4f}, upload "
-                          f"{r['upload_bytes'] / 2**20:.3f} MB, lost {r['clients_lost_total']} client-rounds, "
+                          f"{r['upload_bytes'] / 2**20:.3f} MiB, lost {r['clients_lost_total']} client-rounds, "
                           f"{r.get('wall_seconds', 0):.0f} s{source}")
+        elif isinstance(event, ReferenceProgress):
+            if event.phase != self._phase:  # a new phase: its own bar
+                self.close()
+                self._phase = event.phase
+                label = {"upper bound": "upper bound (to a plateau)",
+                         "distill": "central distillation"}.get(event.phase, event.phase)
+                self._update = self._stack.enter_context(progress_bar(label, event.total))
+            if self._update is not None:
+                self._update(event.step, event.total, **event.metrics)
+        elif isinstance(event, ReferenceFinished):
+            self.close()
+            self._phase = ""
+            ref = event.reference
+            source = " (from its checkpoint: inputs unchanged)" if event.from_checkpoint else ""
+            if "full_data_accuracy" in ref:
+                console.print(f"[bold]upper bound[/]: accuracy {ref['full_data_accuracy']:.4f} after "
+                              f"{ref['full_data_epochs']} epochs (best {ref['full_data_best_epoch']}), "
+                              f"{ref['full_data_seconds']:.0f} s{source}")
+            if "centralised_distill_accuracy" in ref:
+                console.print(f"[bold]central {ref['centralised_distill_method']}[/] at ipc "
+                              f"{ref['centralised_distill_ipc']}: accuracy {ref['centralised_distill_accuracy']:.4f}, "
+                              f"{ref['centralised_distill_seconds']:.0f} s{source}")
 
     def close(self) -> None:
         self._stack.close()
@@ -156,6 +200,12 @@ def command(
     """Run FedCond and baselines on the same client partitions; report accuracy against bytes sent."""
     from fedcond.federated.config import FederateConfig  # noqa: PLC0415
 
+    # Paths first: nothing may fail on them after the runs.
+    writable_folder(out)
+    existing_folder(data_dir)
+    existing_file(config, "--config")
+    if client_cpus <= 0 or client_gpus < 0:
+        raise FedcondError(f"--client-cpus must be > 0 and --client-gpus >= 0, got {client_cpus} and {client_gpus}")
     values = {
         "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "num_clients": num_clients,
         "partition": partition, "alpha": alpha, "classes_per_client": classes_per_client, "rounds": rounds,
@@ -175,6 +225,15 @@ def command(
     names = cfg.strategy_names
     if reference not in ("none", "full", "distill"):
         raise FedcondError(f"--reference must be none, full or distill, got {reference!r}")
+    if rounds is not None and all(cfg.for_strategy(s).effective_rounds == 1 for s in names) and rounds != 1:
+        raise FedcondError(f"--rounds {rounds} has no effect: one-shot FedCond runs exactly one round; add a strategy "
+                           "that runs rounds (fedavg, fedprox, fedadam, fedcond-iterative) or --mode iterative, "
+                           "or drop --rounds")
+    if client_gpus > 0:
+        import torch  # noqa: PLC0415
+
+        if not torch.cuda.is_available():
+            raise FedcondError(f"--client-gpus {client_gpus} asks for a GPU, but torch sees no CUDA device; drop it")
 
     from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
     from fedcond.federated.runner import backend_config  # noqa: PLC0415

@@ -9,7 +9,14 @@ from typing import Optional
 
 import typer
 
-from fedcond.commands.common import console, progress_bar, user_errors
+from fedcond.commands.common import (
+    console,
+    existing_file,
+    existing_folder,
+    progress_bar,
+    user_errors,
+    writable_file,
+)
 from fedcond.errors import FedcondError
 from fedcond.synthetic import DEFAULT_MAX_BYTES
 
@@ -84,6 +91,12 @@ def command(
     set_path, record_path = _outputs(out)
     if set_path.resolve() == path.resolve():
         raise FedcondError(f"--out {set_path} is the input set; write the relabelled set elsewhere")
+    writable_file(set_path, "--out")
+    writable_file(record_path, "--out")
+    if save_teacher_to is not None:
+        writable_file(save_teacher_to, "--save-teacher")
+    existing_file(teacher, "--teacher")
+    existing_folder(data_dir)
     sset = SyntheticSet.load(path, max_bytes=max_bytes)  # fail fast on bad files
     dev = resolve_device(device)
     data = load_dataset(dataset, data_dir=data_dir, device=dev)

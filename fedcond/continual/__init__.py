@@ -12,8 +12,15 @@
 Importing this package imports Avalanche; the core of fedcond never does.
 """
 
-from fedcond.continual.benchmarks import make_benchmark
-from fedcond.continual.buffer import DistilledBuffer, DistillSpec
-from fedcond.continual.plugin import DistilledReplayPlugin
+import warnings
+
+# Avalanche imports qpsolvers (for GEM, which fedcond never uses); without a QP solver
+# installed, qpsolvers warns at import time. Nothing here solves a QP, so the warning only
+# alarms users: silence exactly that one message, before Avalanche is first imported.
+warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning, module="qpsolvers")
+
+from fedcond.continual.benchmarks import make_benchmark  # noqa: E402  (after the filter)
+from fedcond.continual.buffer import DistilledBuffer, DistillSpec  # noqa: E402
+from fedcond.continual.plugin import DistilledReplayPlugin  # noqa: E402
 
 __all__ = ["DistillSpec", "DistilledBuffer", "DistilledReplayPlugin", "make_benchmark"]

@@ -57,5 +57,26 @@ class RunFinished:
     from_checkpoint: bool = False
 
 
-Event = Union[RunStarted, ClientReplied, RoundFinished, RunFinished]
+@dataclass(frozen=True)
+class ReferenceProgress:
+    """The centralised reference at work (from the runner's thread): ``phase`` is
+    ``"upper bound"`` (an epoch of training to a plateau, ``step`` of at most ``total``)
+    or ``"distill"`` (the method run centrally: an iteration of ``total``)."""
+
+    phase: str
+    step: int
+    total: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ReferenceFinished:
+    """The centralised reference is known; ``from_checkpoint`` when it was read back, not
+    recomputed (its inputs had not changed)."""
+
+    reference: dict[str, Any]
+    from_checkpoint: bool = False
+
+
+Event = Union[RunStarted, ClientReplied, RoundFinished, RunFinished, ReferenceProgress, ReferenceFinished]
 OnEvent = Callable[[Event], None]

@@ -3,8 +3,9 @@
 Writes into ``out``: ``results.json``, ``accuracy_vs_bytes.png`` (and with DP clients
 ``accuracy_vs_epsilon.png``), ``results.md``,
 ``label_histogram.json``, ``label_histogram.png``, ``flower.log`` (Flower's log) and
-``checkpoints/`` (one folder per run, see :mod:`fedcond.federated.runner`: the same call again
-resumes). Used by ``fedcond federate`` and the benchmark script.
+``checkpoints/`` (one folder per run, see :mod:`fedcond.federated.runner`, and
+``reference.json``, the centralised reference under its inputs: the same call again resumes
+and reads the reference back). Used by ``fedcond federate`` and the benchmark script.
 
 results.json: ``runs`` (the strategies asked for), ``reference`` (the centralised upper
 bound), ``reference_runs`` (random real images and FedCond in the other storage dtypes,
@@ -26,7 +27,7 @@ from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.events import OnEvent
 from fedcond.federated.partition import cached_partitions, label_histogram
-from fedcond.federated.references import centralised_reference, plan_runs, raw_data_upload
+from fedcond.federated.references import cached_reference, plan_runs, raw_data_upload
 from fedcond.federated.report import (
     annotate_privacy,
     markdown_table,
@@ -49,11 +50,15 @@ def save_partitions(cfg: FederateConfig, out: Path) -> tuple[list[list[int]], li
     hist = label_histogram(data.train_labels, parts, data.num_classes)
     write_json(out / "label_histogram.json", {"classes": list(data.classes), "partition": cfg.partition,
                                               "alpha": cfg.alpha, "seed": cfg.seed, "histogram": hist})
-    title = f"{cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}" + (
-        f" alpha={cfg.alpha}" if cfg.partition == "dirichlet" else ""
-    )
-    plot_label_histogram(hist, data.classes, out / "label_histogram.png", title)
+    plot_label_histogram(hist, data.classes, out / "label_histogram.png", experiment_title(cfg))
     return hist, parts
+
+
+def experiment_title(cfg: FederateConfig) -> str:
+    """What a reader needs to place a figure: data set, clients, partition, seed."""
+    partition = {"dirichlet": f"Dirichlet alpha={cfg.alpha:g}",
+                 "pathological": f"{cfg.classes_per_client} classes per client"}.get(cfg.partition, cfg.partition)
+    return f"{cfg.dataset}: {cfg.num_clients} clients, {partition}, seed {cfg.seed}"
 
 
 def run_experiment(
@@ -94,19 +99,20 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
         if reference == "distill":
             pooled = max((sum(p["num_images"] for p in r.get("pool_provenance", [])) for r in runs), default=0)
             total_ipc = max(1, round(pooled / len(hist[0]))) if pooled else cfg.ipc * cfg.num_clients
-        ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg, total_ipc)
+        # kept under its inputs beside the runs' checkpoints: a rerun reads it back
+        ref = cached_reference(out / "checkpoints", get_dataset(cfg.dataset, cfg.data_dir), cfg, total_ipc, on_event)
     meta = {"config": cfg.to_json(), "strategies": strategies, "reference": ref, "reference_runs": reference_runs,
             "raw_data_upload_bytes": raw["upload_bytes"], "raw_data": raw,
             "record": run_record(torch.device(cfg.device), wall_time_s=time.perf_counter() - start),
             # the peaks of this process and every process it started (Ray's workers), all runs
             "peak_memory": usage.to_json(), "cpu_seconds": usage.cpu_seconds(refresh=True)}
     write_results(out, runs, meta)
-    plot_accuracy_vs_bytes(runs, out / "accuracy_vs_bytes.png", ref, reference_runs, raw["upload_bytes"])
+    plot_accuracy_vs_bytes(runs, out / "accuracy_vs_bytes.png", ref, reference_runs, raw["upload_bytes"],
+                           title=experiment_title(cfg))
     table = markdown_table(runs, ref, reference_runs, raw["upload_bytes"])
     privacy = privacy_table(runs + reference_runs)
     if privacy:
         table += "\n" + privacy
     epsilon_plot = plot_accuracy_vs_epsilon(runs + reference_runs, out / "accuracy_vs_epsilon.png", ref)
-    (out / "results.md").write_text(f"# {cfg.dataset}, {cfg.num_clients} clients, {cfg.partition}"
-                                    f"{f' alpha={cfg.alpha}' if cfg.partition == 'dirichlet' else ''}\n\n{table}")
+    (out / "results.md").write_text(f"# {experiment_title(cfg)}\n\n{table}")
     return {"runs": runs, **meta, "table": table, "epsilon_plot": str(epsilon_plot) if epsilon_plot else None}

@@ -28,7 +28,9 @@ batch 256 left it below FedAvg on digits (0.969 against 0.976), which says nothi
 either. :func:`train_to_plateau` holds out part of the train split, divides the learning
 rate by 10 whenever the held-out loss stops improving, stops after the last decay stops
 helping, and keeps the weights of the best held-out loss. The test split is never used
-to choose anything.
+to choose anything. It reports every epoch (``on_event``: the console shows a bar), and
+:func:`cached_reference` keeps it in the checkpoint folder under its inputs, so the same
+comparison run again reads it back instead of training it again.
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from fedcond.data import ImageDataset
 from fedcond.federated.config import FederateConfig
+from fedcond.federated.events import OnEvent, ReferenceFinished, ReferenceProgress
 from fedcond.federated.server_training import new_model, train_on_pool
+from fedcond.runinfo import write_json
 from fedcond.train import accuracy, classification_loss
 
 RANDOM_REAL = "random-real"
@@ -147,6 +152,7 @@ def train_to_plateau(
     max_decays: int = 2,
     lr: float = 0.01,
     batch_size: int = 64,
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> Plateau:
     """Train ``model`` in place until the held-out loss plateaus; keep its best weights.
 
@@ -154,7 +160,8 @@ def train_to_plateau(
     of the examples; after ``patience`` epochs without a lower held-out loss the learning
     rate drops tenfold, and after ``max_decays`` drops the next plateau ends training. The
     held-out loss, not accuracy, decides: on small sets held-out accuracy reaches 100 %
-    early and then cannot tell better weights from worse.
+    early and then cannot tell better weights from worse. ``on_epoch(epoch, max_epochs,
+    metrics)`` follows every epoch (held-out loss, learning-rate drops so far).
     """
     n = labels.shape[0]
     order = torch.randperm(n, generator=generator)
@@ -173,6 +180,8 @@ def train_to_plateau(
             loss.backward()
             opt.step()
         val_loss = _mean_loss(model, images[val], labels[val])
+        if on_epoch is not None:
+            on_epoch(epoch, max_epochs, {"val_loss": val_loss, "lr_drops": decays})
         if val_loss < best[0]:
             best, waited = (val_loss, epoch, {k: v.clone() for k, v in model.state_dict().items()}), 0
             continue
@@ -188,15 +197,18 @@ def train_to_plateau(
                    val_accuracy=accuracy(model, images[val], labels[val]), lr_decays=decays)
 
 
-def centralised_reference(data: ImageDataset, cfg: FederateConfig, total_ipc: int | None = None) -> dict[str, Any]:
+def centralised_reference(data: ImageDataset, cfg: FederateConfig, total_ipc: int | None = None,
+                          on_event: OnEvent | None = None) -> dict[str, Any]:
     """Accuracy with all data in one place: the upper bound trained to a plateau
     (:func:`train_to_plateau`, at most ``cfg.central_max_epochs`` epochs), and optionally
     the same distillation method run centrally at ``total_ipc`` images per class (the
-    pooled size)."""
+    pooled size). Progress goes to ``on_event`` as :class:`ReferenceProgress`."""
+    emit = on_event or (lambda event: None)
     start = time.perf_counter()
     model = new_model(data, cfg)
     run = train_to_plateau(model, data.train_images, data.train_labels, torch.Generator().manual_seed(cfg.seed),
-                           max_epochs=cfg.central_max_epochs, patience=cfg.central_patience)
+                           max_epochs=cfg.central_max_epochs, patience=cfg.central_patience,
+                           on_epoch=lambda e, n, m: emit(ReferenceProgress("upper bound", e, n, m)))
     out: dict[str, Any] = {"full_data_accuracy": accuracy(model, data.test_images, data.test_labels),
                            "full_data_epochs": run.epochs, "full_data_seconds": time.perf_counter() - start,
                            "full_data_best_epoch": run.best_epoch, "full_data_val_loss": run.val_loss,
@@ -205,10 +217,12 @@ def centralised_reference(data: ImageDataset, cfg: FederateConfig, total_ipc: in
                                                  f"lr/10 after {cfg.central_patience} epochs without a lower "
                                                  "held-out loss (twice), best held-out weights"}
     if total_ipc:
-        from fedcond.federated.client_training import distill_partition  # noqa: PLC0415
-
         start = time.perf_counter()
-        sset = distill_partition(data, replace(cfg, ipc=total_ipc), seed=cfg.seed)
+        # distill_partition's work, with a progress callback: the same distiller and config
+        distiller, config = replace(cfg, ipc=total_ipc).distill_config()
+        sset = distiller.distill(data, config, torch.Generator().manual_seed(cfg.seed), torch.device(cfg.device),
+                                 [lambda i, n, m: emit(ReferenceProgress("distill", i, n, m))])
+        sset.storage_dtype = cfg.storage_dtype
         model = train_on_pool(new_model(data, cfg), [sset], cfg, server_round=0)
         out.update({
             "centralised_distill_method": cfg.method,
@@ -217,3 +231,38 @@ def centralised_reference(data: ImageDataset, cfg: FederateConfig, total_ipc: in
             "centralised_distill_seconds": time.perf_counter() - start,
         })
     return out
+
+
+def reference_inputs(cfg: FederateConfig, total_ipc: int | None = None) -> dict[str, Any]:
+    """Every setting the centralised reference depends on, and nothing else: changing the
+    strategies, rounds or clients' work keeps the upper bound; the distillation reference
+    also depends on the method's settings and the server's training."""
+    keys = ["dataset", "data_dir", "model", "seed", "central_max_epochs", "central_patience"]
+    if total_ipc:
+        keys += ["method", "method_options", "iterations", "dp_epsilon", "dp_delta", "storage_dtype",
+                 "server_epochs", "server_lr_train", "server_augment"]
+    return {"format": 1, **{k: getattr(cfg, k) for k in keys}, "total_ipc": total_ipc or None}
+
+
+def cached_reference(folder: Path | None, data: ImageDataset, cfg: FederateConfig, total_ipc: int | None = None,
+                     on_event: OnEvent | None = None) -> dict[str, Any]:
+    """:func:`centralised_reference`, kept in ``folder/reference.json`` with its inputs
+    (:func:`reference_inputs`): computed once, read back while the inputs are unchanged.
+    Emits :class:`ReferenceFinished` either way."""
+    emit = on_event or (lambda event: None)
+    inputs = reference_inputs(cfg, total_ipc)
+    path = folder / "reference.json" if folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            saved = {}  # not ours or damaged: compute again
+        if saved.get("inputs") == inputs:
+            emit(ReferenceFinished(saved["reference"], from_checkpoint=True))
+            return saved["reference"]
+    ref = centralised_reference(data, cfg, total_ipc, on_event)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"inputs": inputs, "reference": ref})  # atomic: a kill leaves no half file
+    emit(ReferenceFinished(ref))
+    return ref

@@ -6,6 +6,9 @@ accuracy-vs-epsilon) plots, tables, histograms.
 fraction, bytes cumulative up to that round — plus the run's settings, the centralised
 reference, the reference runs (same schema as ``runs``), the raw-data upload bytes and
 provenance fields beside it.
+
+Units: results.json counts bytes; tables, console lines and plots show MiB (2^20 bytes),
+one unit everywhere, named as such (192,389 bytes are 0.183 MiB).
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ def write_results(out: Path, runs: list[dict[str, Any]], meta: dict[str, Any]) -
     return write_json(out / "results.json", {"runs": runs, **meta})
 
 
-def _mb(n: int | float) -> float:
-    return n / 2**20
+MIB = 2**20  # bytes in a MiB: the unit of every table, console line and plot axis
+
+
+def _mib(n: int | float) -> float:
+    return n / MIB
 
 
 def _row(run: dict[str, Any], raw_bytes: int | None) -> str:
     acc = run.get("final_accuracy")
     share = f"{run['upload_bytes'] / raw_bytes:.2%}" if raw_bytes else "-"
     return (
-        f"| {run.get('name', run['strategy'])} | {len(run['rounds'])} | {acc:.4f} | {_mb(run['upload_bytes']):.3f} | "
-        f"{_mb(run['download_bytes']):.3f} | {_mb(run['upload_bytes'] + run['download_bytes']):.3f} | {share} | "
+        f"| {run.get('name', run['strategy'])} | {len(run['rounds'])} | {acc:.4f} | {_mib(run['upload_bytes']):.3f} | "
+        f"{_mib(run['download_bytes']):.3f} | {_mib(run['upload_bytes'] + run['download_bytes']):.3f} | {share} | "
         f"{run.get('clients_lost_total', 0)} |"
     )
 
@@ -38,10 +44,10 @@ def _row(run: dict[str, Any], raw_bytes: int | None) -> str:
 def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None = None,
                    reference_runs: list[dict[str, Any]] | None = None, raw_bytes: int | None = None) -> str:
     """One row per strategy (then per reference run): rounds, final accuracy, cumulative
-    upload/download MB, upload as a share of uploading the raw data, losses; then the
+    upload/download MiB, upload as a share of uploading the raw data, losses; then the
     raw-data bytes and the centralised references in words."""
-    head = ["| {} | rounds | final accuracy | upload MB | download MB | total MB | upload / raw data | clients lost |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    head = ["| {} | rounds | final accuracy | upload MiB | download MiB | total MiB | upload / raw data "
+            "| clients lost |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines = [head[0].format("strategy"), head[1], *(_row(r, raw_bytes) for r in runs)]
     if reference_runs:
         lines += ["", "References (FedCond's controls, same partitions):", "",
@@ -49,7 +55,7 @@ def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None 
     lines.append("")
     if raw_bytes:
         lines.append(f"Raw data: every client uploading its whole partition once (uint8 pixels) is "
-                     f"{_mb(raw_bytes):.3f} MB.")
+                     f"{_mib(raw_bytes):.3f} MiB ({raw_bytes:,} bytes; MiB = 2^20 bytes).")
     if reference:
         if "full_data_accuracy" in reference:
             lines.append(
@@ -83,40 +89,101 @@ def _finish_log_x_plot(fig: Any, ax: Any, path: Path, xlabel: str, reference: di
     return path
 
 
+def _points(run: dict[str, Any]) -> list[tuple[float, float]]:
+    """(cumulative upload in MiB, accuracy) after each round that uploaded something."""
+    return [(r["upload_bytes"] / MIB, r["accuracy"]) for r in run["rounds"]
+            if r["accuracy"] is not None and r["upload_bytes"] > 0]
+
+
 def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: dict[str, Any] | None = None,
-                           reference_runs: list[dict[str, Any]] | None = None, raw_bytes: int | None = None) -> Path:
-    """Accuracy after each round against cumulative upload bytes, log x: strategies as
-    lines, reference runs as open markers, the raw-data bytes as a vertical line and the
-    centralised upper bound as a horizontal one."""
+                           reference_runs: list[dict[str, Any]] | None = None, raw_bytes: int | None = None,
+                           title: str = "") -> Path:
+    """Two panels under ``title`` (data set, clients, partition, seed).
+
+    Left: accuracy after each round against cumulative upload in MiB, log x: strategies as
+    lines, reference runs as open markers, the raw-data upload as a vertical line and the
+    centralised upper bound as a horizontal one. Right: every run's final accuracy, zoomed,
+    one row each with its value and upload written beside its name — one-shot runs are
+    single points that sit within a fraction of a point of each other and of the upper
+    bound, which the left panel cannot separate.
+    """
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    fig, (ax, final) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    rows: list[tuple[str, float, int, str]] = []  # (label, final accuracy, upload bytes, colour)
     for run in runs:
-        pts = [
-            (r["upload_bytes"], r["accuracy"])
-            for r in run["rounds"]
-            if r["accuracy"] is not None and r["upload_bytes"] > 0
-        ]
+        pts = _points(run)
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", label=run.get("name", run["strategy"]))
+            (line,) = ax.plot(xs, ys, marker="o", label=run.get("name", run["strategy"]))
+            rows.append((run.get("name", run["strategy"]), ys[-1], run["upload_bytes"], line.get_color()))
     markers = iter("sD^v<>ph")
     for run in reference_runs or []:
-        pts = [
-            (r["upload_bytes"], r["accuracy"])
-            for r in run["rounds"]
-            if r["accuracy"] is not None and r["upload_bytes"] > 0
-        ]
+        pts = _points(run)
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker=next(markers, "o"), markersize=7, linestyle=":", markerfacecolor="none",
-                    label=f"{run.get('name', run['strategy'])} (reference)")
+            name = run.get("name", run["strategy"])
+            (line,) = ax.plot(xs, ys, marker=next(markers, "o"), markersize=7, linestyle=":",
+                              markerfacecolor="none", label=f"{name} (reference)")
+            rows.append((f"{name} (ref.)", ys[-1], run["upload_bytes"], line.get_color()))
+    upper = reference.get("full_data_accuracy") if reference else None
     if raw_bytes:
-        ax.axvline(raw_bytes, color="black", linestyle="-.", linewidth=1, label="upload of the raw data")
-    return _finish_log_x_plot(fig, ax, path, "cumulative upload bytes (all clients)", reference)
+        ax.axvline(raw_bytes / MIB, color="black", linestyle="-.", linewidth=1,
+                   label=f"upload of the raw data ({raw_bytes / MIB:.3f} MiB)")
+    if upper is not None:
+        ax.axhline(upper, color="grey", linestyle="--", label=f"centralised upper bound ({upper:.4f})")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, not 10^-1
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_two_and_five))
+    ax.set_xlabel("cumulative upload of all clients, MiB (2^20 bytes; log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("accuracy against bytes uploaded", fontsize=10)
+    _final_accuracy_panel(final, rows, upper)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _two_and_five(value: float, _: Any = None) -> str:
+    """Minor log-axis labels at 2 and 5 times a power of ten, plainly written (0.2, 50)."""
+    import math  # noqa: PLC0415
+
+    if value <= 0:
+        return ""
+    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if mantissa in (2, 5) else ""
+
+
+def _final_accuracy_panel(ax: Any, rows: list[tuple[str, float, int, str]], upper: float | None) -> None:
+    """Final accuracy per run as dots on a zoomed axis, best at the top, values in the labels."""
+    if not rows:
+        ax.set_axis_off()
+        return
+    rows = sorted(rows, key=lambda r: r[1])
+    for y, (_, acc, _, colour) in enumerate(rows):
+        ax.plot([acc], [y], marker="o", markersize=8, color=colour)
+    values = [r[1] for r in rows] + ([upper] if upper is not None else [])
+    pad = max(0.002, 0.1 * (max(values) - min(values)))
+    ax.set_xlim(min(values) - pad, max(values) + pad)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_yticks(range(len(rows)), [f"{name}: {acc:.4f} at {nbytes / MIB:.3f} MiB"
+                                     for name, acc, nbytes, _ in rows], fontsize=8)
+    if upper is not None:
+        ax.axvline(upper, color="grey", linestyle="--")
+        ax.text(upper, len(rows) - 0.45, " upper bound", color="grey", fontsize=8, va="top", ha="right",
+                rotation=90)
+    ax.set_xlabel("final test accuracy (zoomed)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title("final accuracy: value at upload", fontsize=10)
 
 
 def plot_label_histogram(hist: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> Path:
@@ -173,12 +240,12 @@ def privacy_table(runs: list[dict[str, Any]]) -> str:
     rows = [r for r in runs if "client_epsilons" in r]
     rows.sort(key=lambda r: (r["epsilon"] is None, r["epsilon"] or 0.0))
     lines = ["Accuracy against the privacy budget (epsilon: the largest client's; inf: no DP):", "",
-             "| run | epsilon | delta | final accuracy | upload MB |", "|---|---:|---:|---:|---:|"]
+             "| run | epsilon | delta | final accuracy | upload MiB |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         eps = f"{r['epsilon']:.3g}" if r["epsilon"] is not None else "inf"
         delta = f"{r['delta']:.0e}" if r.get("delta") is not None else "-"
         lines.append(f"| {r.get('name', r['strategy'])} | {eps} | {delta} | {r['final_accuracy']:.4f} | "
-                     f"{_mb(r['upload_bytes']):.3f} |")
+                     f"{_mib(r['upload_bytes']):.3f} |")
     return "\n".join(lines) + "\n"
 
 
