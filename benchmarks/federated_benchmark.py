@@ -99,7 +99,7 @@ def cell_kind(name: str) -> str:
 def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: PeakMemory | None) -> dict[str, Any]:
     """One comparison in ``folder`` (read back when finished, resumed when interrupted); ``memory``
     measures the cell's peak (None: not measured)."""
-    from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
+    from fedcond.simulations.experiment import run_experiment  # noqa: PLC0415
 
     done = folder / "cell.json"
     if done.exists():

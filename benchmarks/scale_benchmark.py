@@ -90,10 +90,10 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
     import torch  # noqa: PLC0415
 
     from fedcond.distill.dm_batch import distill_many  # noqa: PLC0415
-    from fedcond.federated.client_training import distill_partition  # noqa: PLC0415
+    from fedcond.federated.client_training import client_seed, distill_partition  # noqa: PLC0415
     from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
     from fedcond.federated.partition import cached_partitions  # noqa: PLC0415
-    from fedcond.federated.usage import TreeUsage  # noqa: PLC0415
+    from fedcond.simulations.usage import TreeUsage  # noqa: PLC0415
 
     torch.set_num_threads(max(1, cfg.client_threads))  # as the ClientApp does
     load_before = os.getloadavg()
@@ -103,7 +103,7 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
         parts = cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
                                   cfg.classes_per_client, cfg.seed)
         setup = time.perf_counter() - start
-        seed = [cfg.seed * 100_003 + pid * 1009 + 1 for pid in range(cfg.num_clients)]  # round 1
+        seed = [client_seed(cfg, pid, server_round=1) for pid in range(cfg.num_clients)]
         deadline = start + args.cell_timeout if args.cell_timeout > 0 else None
         done, timed_out = 0, False
         work_start = time.perf_counter()
@@ -158,9 +158,9 @@ def start_ray(resources: dict[str, Any], attempts: int = 5) -> None:
 def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dict[str, Any]:
     """One cell; returns its summary (partial if stopped by the timeout)."""
     from fedcond.federated.events import ClientReplied, RoundFinished  # noqa: PLC0415
-    from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
-    from fedcond.federated.runner import backend_config  # noqa: PLC0415
-    from fedcond.federated.usage import TreeUsage  # noqa: PLC0415
+    from fedcond.simulations.experiment import run_experiment  # noqa: PLC0415
+    from fedcond.simulations.runner import backend_config  # noqa: PLC0415
+    from fedcond.simulations.usage import TreeUsage  # noqa: PLC0415
 
     if folder.exists():
         shutil.rmtree(folder)  # a cell is measured from scratch, never resumed mid-run

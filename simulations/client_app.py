@@ -40,6 +40,7 @@ from fedcond.federated.records import (
     load_record,
     message_nbytes,
     model_to_record,
+    new_model,
     set_from_records,
     set_to_records,
 )
@@ -65,8 +66,7 @@ def _local_data(cfg: FederateConfig, partition_id: int):  # noqa: ANN202
 
 
 def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:
-    from fedcond.federated.client_training import distill_partition  # noqa: PLC0415
-    from fedcond.federated.server_training import new_model  # noqa: PLC0415
+    from fedcond.federated.client_training import client_seed, distill_partition  # noqa: PLC0415
 
     data = _local_data(cfg, pid)
     global_model, previous = None, None
@@ -77,7 +77,7 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
         elif cfg.checkpoint_dir:  # a restarted federation: node state is gone, the client's file is not
             previous = _kept_set(cfg, pid, server_round)
     start = time.perf_counter()
-    sset = distill_partition(data, cfg, seed=cfg.seed * 100_003 + pid * 1009 + server_round, global_model=global_model,
+    sset = distill_partition(data, cfg, seed=client_seed(cfg, pid, server_round), global_model=global_model,
                              previous=previous)
     seconds = time.perf_counter() - start
     arrays, meta = set_to_records(sset)
@@ -108,13 +108,12 @@ def _kept_set(cfg: FederateConfig, pid: int, server_round: int) -> SyntheticSet 
 
 
 def _fedavg_reply(msg: Message, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:
-    from fedcond.federated.client_training import local_train  # noqa: PLC0415
-    from fedcond.federated.server_training import new_model  # noqa: PLC0415
+    from fedcond.federated.client_training import client_seed, local_train  # noqa: PLC0415
 
     data = _local_data(cfg, pid)
     model = load_record(new_model(data, cfg), msg.content[ARRAYRECORD_KEY])
     mu = float(msg.content[CONFIGRECORD_KEY].get("proximal-mu", 0.0))  # FedProx puts it in the config
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + pid * 1009 + server_round)
+    gen = torch.Generator().manual_seed(client_seed(cfg, pid, server_round))
     start = time.perf_counter()
     loss = local_train(model, data.train_images, data.train_labels, cfg.local_epochs, cfg.lr, cfg.batch_size, gen, mu)
     metrics = MetricRecord({"num-examples": int(data.train_images.shape[0]), "train-loss": loss,

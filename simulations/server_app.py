@@ -9,7 +9,7 @@ cumulative, what was lost — goes to the callback and, when ``out-dir`` is set,
 After every round (in the central evaluation, Flower's last step of a round) the server
 checkpoints when ``checkpoint-dir`` is set (:mod:`fedcond.federated.checkpoint`) and then
 reports the round to ``on_event``; a server that finds a checkpoint continues after it
-(:class:`strategies.resumed.FromRound`).
+(:class:`fedcond.strategies.resumed.FromRound`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from fedcond.federated.comms import CommLedger, metered_grid
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.events import ClientReplied, OnEvent, RoundFinished
-from fedcond.federated.records import model_to_record
-from fedcond.federated.server_training import evaluate_arrays, new_model
+from fedcond.federated.records import model_to_record, new_model
+from fedcond.federated.server_training import evaluate_arrays
 
 # The processes Flower starts for one run (simulation, or a deployment's ServerApp); each exits after it.
 FLOWER_RUN_PROCESSES = ("flwr-simulation", "flwr-serverapp")
@@ -49,13 +49,13 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
                on_event: OnEvent | None = None, expected_nodes: int | None = None) -> dict[str, Any]:
     """Run ``cfg.strategy`` on ``grid``; return the run's record (see module docstring).
 
-    ``expected_nodes``: the federation's size where known (see ``strategies.build_strategy``).
+    ``expected_nodes``: the federation's size where known (see ``fedcond.strategies.build_strategy``).
 
     With ``cfg.checkpoint_dir`` every finished round is checkpointed there, and a run
     that finds a checkpoint continues after its round (:mod:`fedcond.federated.checkpoint`).
     """
-    from strategies import build_strategy  # noqa: PLC0415
-    from strategies.resumed import FromRound, load_strategy_state, strategy_state  # noqa: PLC0415
+    from fedcond.strategies import build_strategy  # noqa: PLC0415
+    from fedcond.strategies.resumed import FromRound, load_strategy_state, strategy_state  # noqa: PLC0415
 
     data = get_dataset(cfg.dataset, cfg.data_dir)
     ledger = CommLedger()
@@ -187,8 +187,8 @@ def make_server_app(overrides: dict[str, Any] | None = None,
 
 def launched_by_flower(grid: Grid, cfg: FederateConfig) -> None:
     """Explain the run-config keys this run ignores, and check that the federation has
-    ``num-clients`` SuperNodes (:mod:`simulations.federation`)."""
-    from simulations.federation import check_federation, ignored_settings  # noqa: PLC0415
+    ``num-clients`` SuperNodes (:mod:`fedcond.simulations.federation`)."""
+    from fedcond.simulations.federation import check_federation, ignored_settings  # noqa: PLC0415
 
     for note in ignored_settings(cfg):
         log(WARNING, "note: %s", note)

@@ -37,7 +37,7 @@ def build_strategy(cfg: FederateConfig, data: ImageDataset, ledger: CommLedger,
               "min_available_nodes": nodes,
               "arrayrecord_key": ARRAYRECORD_KEY, "configrecord_key": CONFIGRECORD_KEY}  # what clients read
     if cfg.strategy.startswith("fedcond"):
-        from strategies.fedcond import FedCond  # noqa: PLC0415
+        from fedcond.strategies.fedcond import FedCond  # noqa: PLC0415
 
         return FedCond(data, cfg, ledger, **common)
     from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx  # noqa: PLC0415

@@ -44,9 +44,10 @@ from fedcond.federated.records import (
     load_record,
     message_nbytes,
     model_to_record,
+    new_model,
     set_from_records,
 )
-from fedcond.federated.server_training import new_model, train_on_pool
+from fedcond.federated.server_training import train_on_pool
 from fedcond.synthetic import InvalidSyntheticSet, SyntheticSet
 
 

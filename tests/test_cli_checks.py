@@ -24,7 +24,7 @@ WORK = {  # what each command would start with once its checks pass
     "relabel": "fedcond.data.load_dataset",
     "audit": "fedcond.data.load_dataset",
     "info": "fedcond.data.load_dataset",  # info does no work; nothing may load data either
-    "federate": "fedcond.federated.experiment.run_experiment",
+    "federate": "fedcond.simulations.experiment.run_experiment",
     "continual": "fedcond.continual.benchmarks.make_benchmark",
 }
 

@@ -10,7 +10,7 @@ from logging import INFO
 import pytest
 from flwr.supercore.logger import ConsoleHandler, log, warn_deprecated_feature
 
-from fedcond.federated.flower_log import flower_log_to_file, without_run_simulation_deprecation
+from fedcond.simulations.flower_log import flower_log_to_file, without_run_simulation_deprecation
 
 DEPRECATION = ("The `run_simulation` function is deprecated and will be removed in a future version of Flower. "
                "Please use `flwr run` in the CLI instead to run your simulation.")

@@ -18,7 +18,7 @@ from fedcond.federated.config import FederateConfig
 from fedcond.federated.records import set_to_records
 from fedcond.federated.references import DP_EPSILON, RANDOM_REAL, plan_runs
 from fedcond.federated.report import annotate_privacy, plot_accuracy_vs_epsilon, privacy_table
-from strategies.fedcond import FedCond
+from fedcond.strategies.fedcond import FedCond
 
 QUICK = '{"bank_size": 2, "noise_seed": 0}'
 
@@ -99,8 +99,8 @@ def test_report_shows_accuracy_against_epsilon(tmp_path):
 
 
 def test_a_private_federation_end_to_end(tmp_path):
-    from fedcond.federated.experiment import run_experiment
-    from fedcond.federated.runner import backend_config
+    from fedcond.simulations.experiment import run_experiment
+    from fedcond.simulations.runner import backend_config
 
     cfg = FederateConfig(dataset="digits", num_clients=2, partition="iid", ipc=2, iterations=3, server_epochs=5,
                          dp_epsilon=10.0, dp_epsilons="1", storage_dtypes="float32", method_options=QUICK)

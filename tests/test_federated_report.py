@@ -10,8 +10,8 @@ from fedcond.data import load_dataset
 from fedcond.federated import references
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.events import ReferenceFinished, ReferenceProgress
-from fedcond.federated.experiment import experiment_title
 from fedcond.federated.report import markdown_table, plot_accuracy_vs_bytes
+from fedcond.simulations.experiment import experiment_title
 
 
 def _run(name: str, accs: list[float], upload_per_round: int) -> dict:

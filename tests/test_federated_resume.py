@@ -30,8 +30,8 @@ class Killed(Exception):
 
 
 def _run(out, on_event=None):
-    from fedcond.federated.experiment import run_experiment
-    from fedcond.federated.runner import backend_config
+    from fedcond.simulations.experiment import run_experiment
+    from fedcond.simulations.runner import backend_config
 
     return run_experiment(CFG, STRATEGIES, out, backend_config(1.0, 0.0, 2), reference="none", on_event=on_event)
 

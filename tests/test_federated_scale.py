@@ -34,8 +34,8 @@ def test_progress_shows_clients_finished_this_round_and_sizes_the_bar_to_the_sam
 
 def test_a_hundred_digits_clients_run_with_progress_and_peak_memory(tmp_path):
     """One-shot FedCond with 100 clients on digits (about 13 images each) in one test."""
-    from fedcond.federated.experiment import run_experiment
-    from fedcond.federated.runner import backend_config
+    from fedcond.simulations.experiment import run_experiment
+    from fedcond.simulations.runner import backend_config
 
     cfg = FederateConfig(dataset="digits", num_clients=100, partition="dirichlet", alpha=0.5, ipc=1, iterations=2,
                          server_epochs=1, storage_dtypes="float32", random_reference=False, seed=0)

@@ -17,8 +17,8 @@ from fedcond.federated.config import FederateConfig
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    from fedcond.federated.experiment import run_experiment
-    from fedcond.federated.runner import backend_config
+    from fedcond.simulations.experiment import run_experiment
+    from fedcond.simulations.runner import backend_config
 
     out = tmp_path_factory.mktemp("fl")
     cfg = FederateConfig(dataset="digits", num_clients=4, partition="dirichlet", alpha=0.5, rounds=2, method="dm",

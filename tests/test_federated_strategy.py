@@ -9,9 +9,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Met
 
 from fedcond.federated.comms import CommLedger
 from fedcond.federated.config import FederateConfig
-from fedcond.federated.records import model_to_record, set_to_records
-from fedcond.federated.server_training import new_model
-from strategies.fedcond import FedCond
+from fedcond.federated.records import model_to_record, new_model, set_to_records
+from fedcond.strategies.fedcond import FedCond
 
 
 class _Nodes:
@@ -129,7 +128,7 @@ def test_a_round_started_while_nodes_connect_waits_for_the_whole_federation(task
     to the one node registered so far (a flaky resume test in CI). With the federation's size known, it waits."""
     from flwr.serverapp.strategy import strategy_utils
 
-    from strategies import build_strategy
+    from fedcond.strategies import build_strategy
 
     monkeypatch.setattr(strategy_utils, "sleep", lambda s: None)
     model = model_to_record(new_model(digits, FederateConfig()))

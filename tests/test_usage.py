@@ -4,8 +4,8 @@ import time
 
 import psutil
 
-from fedcond.federated import usage as usage_module
-from fedcond.federated.usage import TreeUsage
+from fedcond.simulations import usage as usage_module
+from fedcond.simulations.usage import TreeUsage
 
 
 def test_pss_is_read_within_its_budget_while_rss_and_cpu_are_sampled_every_interval(monkeypatch):

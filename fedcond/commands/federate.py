@@ -235,8 +235,8 @@ def command(
         if not torch.cuda.is_available():
             raise FedcondError(f"--client-gpus {client_gpus} asks for a GPU, but torch sees no CUDA device; drop it")
 
-    from fedcond.federated.experiment import run_experiment  # noqa: PLC0415
-    from fedcond.federated.runner import backend_config  # noqa: PLC0415
+    from fedcond.simulations.experiment import run_experiment  # noqa: PLC0415
+    from fedcond.simulations.runner import backend_config  # noqa: PLC0415
 
     console.print(
         f"[bold]federate[/] {cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}, strategies {', '.join(names)}"

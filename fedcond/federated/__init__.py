@@ -1,29 +1,44 @@
-"""Federated learning with distilled data: FedCond and its baselines on Flower.
+"""Federated learning with distilled data: what FedCond and its baselines compute, free of Flower.
 
-Module map, in the order data flows through a run (``strategies/`` and ``simulations/``
-are top-level packages beside ``fedcond/``; the rest is in this one):
+This package is the Flower-free half (as Flower's ``task.py``): settings, partitions, the
+clients' and the server's torch work, the records that travel, the ledger of bytes. The
+Flower adapter imports it and is never imported by it: ``fedcond.strategies`` (folder
+``strategies/``: the server strategies) and ``fedcond.simulations`` (folder
+``simulations/``: the ClientApp, the ServerApp and the runner that drives them).
 
-    config.py                  FederateConfig: every setting of a run (CLI, TOML, Flower run config)
-    data_cache.py              the task's data set, loaded once per process for all its clients
-    partition.py               flwr-datasets partitioners over fedcond data: client indices, histogram
-    client_training.py         a client's torch work: distill its partition (FedDM when iterative), local SGD
-    simulations/client_app.py  the Flower ClientApp: read the message, call client_training, reply
-    records.py                 SyntheticSets and models as Flower records, the record keys, message bytes
-    comms.py                   the metered Grid: bytes down and up per client per round, lost clients
-    strategies/__init__.py     build_strategy: FedCond, or Flower's FedAvg / FedProx / FedAdam, by name
-    strategies/fedcond.py      FedCond: send the settings (model if iterative), validate and pool the sets
-    strategies/resumed.py      FromRound and strategy state: continuing a run after its last round
-    server_training.py         the global model: its architecture, training on the pool, test accuracy
-    checkpoint.py              per-round checkpoints of a run (model, ledger, pool, RNG) and its record
-    simulations/server_app.py  the Flower ServerApp: one strategy, metered, evaluated, checkpointed
-    references.py              the controls: raw-data bytes, random real images, dtypes, upper bound
-    events.py                  typed progress events of a comparison (for the CLI's progress display)
-    flower_log.py              Flower's log into a file while the runs go on
-    usage.py                   peak memory and CPU time of this process and those it started (Ray's workers)
-    runner.py                  each planned run through Flower's simulation engine; resumes runs
-    experiment.py              one comparison end to end (``fedcond federate``): runs, references, files
-    report.py                  results.json, the accuracy-vs-bytes plot, the markdown table
+One FedCond round, file by file, in the order a reader follows it:
 
-Flower is imported only by this package (inside functions), ``strategies/`` and
-``simulations/``; client_training and server_training are plain torch.
+    1. simulations/server_app.py          the ServerApp: builds the strategy and starts Flower's round
+                                          loop; after the round, the global model's test accuracy
+    2. strategies/__init__.py             build_strategy: FedCond, or Flower's FedAvg / FedProx / FedAdam
+    3. strategies/fedcond.py              configure_train: the round's settings (the model too if
+                                          iterative) to the sampled clients; aggregate_train: validate
+                                          the replies, pool the sets, train the global model on the pool
+    4. simulations/client_app.py          the ClientApp: its partition, distill_partition, the reply
+    5. fedcond/federated/client_training.py  distill_partition: the client's set (FedDM when iterative);
+                                          client_seed; local_train (FedAvg / FedProx clients)
+    6. fedcond/federated/records.py       a set as Flower records and back (validated); the global
+                                          model's architecture (new_model) and its records
+    7. fedcond/federated/server_training.py  train_on_pool, evaluate_arrays
+    8. fedcond/federated/config.py        FederateConfig: every setting the files above read
+
+Around the round (none needed to follow it):
+
+    partition.py, data_cache.py   which images a client holds: flwr-datasets partitioners, the
+                                  data set loaded once per process
+    comms.py                      the metered Grid: bytes down and up per client per round, lost clients
+    checkpoint.py                 per-round checkpoints of a run (with strategies/resumed.py: FromRound,
+                                  continuing after the last finished round)
+    references.py                 the runs a comparison plans, and its controls: raw-data bytes, random
+                                  real images, storage dtypes, the centralised upper bound
+    events.py                     typed progress events (for the CLI's progress display)
+    report.py                     results.json, the accuracy-vs-bytes plot, the markdown table
+    simulations/federation.py     what the ServerApp checks when ``flwr run`` launches it
+    simulations/runner.py         each planned run through Flower's simulation engine; resumes runs
+    simulations/experiment.py     one comparison end to end (``fedcond federate``): runs, references, files
+    simulations/flower_log.py     Flower's log into a file while the runs go on
+    simulations/usage.py          peak memory and CPU time of the process tree (Ray's workers)
+
+Flower is imported by this package only inside functions (records, comms, partition, references);
+client_training and server_training are plain torch.
 """

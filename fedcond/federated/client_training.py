@@ -22,6 +22,12 @@ from fedcond.synthetic import SyntheticSet
 from fedcond.train import classification_loss
 
 
+def client_seed(cfg: FederateConfig, partition_id: int, server_round: int) -> int:
+    """The seed of a client's work in a round (distilling or local training): fixed by the
+    run's seed, the client's partition and the round, so reruns and resumed runs draw alike."""
+    return cfg.seed * 100_003 + partition_id * 1009 + server_round
+
+
 def distill_partition(
     data: ImageDataset,
     cfg: FederateConfig,

@@ -1,5 +1,8 @@
 """SyntheticSets and models as Flower records, and the exact size of what is sent.
 
+The global model travels between both sides: :func:`new_model` is its architecture, which
+the server builds to start and train it and every client builds to load what it receives.
+
 A SyntheticSet travels as an ``ArrayRecord`` with two arrays, ``images`` (in the set's
 storage dtype: float32, float16 or uint8) and ``labels``, plus a ``ConfigRecord`` holding
 its metadata as one JSON string (the same header ``SyntheticSet.to_bytes`` writes). The
@@ -22,6 +25,9 @@ from typing import Any
 
 import torch
 
+from fedcond.data import ImageDataset
+from fedcond.federated.config import FederateConfig
+from fedcond.models import get_model
 from fedcond.synthetic import SyntheticSet
 
 # What a strategy sends: the model and the round's settings, under the record keys every
@@ -76,6 +82,12 @@ def set_from_records(arrays: Any, meta: Any) -> SyntheticSet:
     except (TypeError, ValueError) as err:  # e.g. an array that is not numpy-serialised
         raise InvalidSyntheticSet(f"cannot read arrays: {err}") from None
     return SyntheticSet.from_tensors(images, labels, metadata)
+
+
+def new_model(data: ImageDataset, cfg: FederateConfig, seed: int | None = None) -> torch.nn.Module:
+    """The run's global model architecture, initialised from ``seed`` (default: the run seed)."""
+    c, h, w = data.image_shape
+    return get_model(cfg.model, c, data.num_classes, (h, w), seed=cfg.seed if seed is None else seed)
 
 
 def model_to_record(model: torch.nn.Module) -> Any:

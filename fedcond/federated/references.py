@@ -47,7 +47,8 @@ from torch import nn
 from fedcond.data import ImageDataset
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.events import OnEvent, ReferenceFinished, ReferenceProgress
-from fedcond.federated.server_training import new_model, train_on_pool
+from fedcond.federated.records import new_model
+from fedcond.federated.server_training import train_on_pool
 from fedcond.runinfo import write_json
 from fedcond.train import accuracy, classification_loss
 

@@ -4,9 +4,8 @@ All strategies share :func:`evaluate_arrays` (central evaluation on the real tes
 after every round), so accuracies are comparable. FedCond's server trains the global model
 on the pooled synthetic sets with the evaluation protocol (:func:`train_on_pool`, i.e.
 ``train_model``: SGD, momentum 0.9, weight decay 5e-4, lr / 10 at half the epochs, each
-mini-batch augmented as ``server_augment`` says).
-:func:`new_model` is the global model's architecture; clients build the same one to load
-the model the server sends them.
+mini-batch augmented as ``server_augment`` says). The global model's architecture is
+:func:`fedcond.federated.records.new_model`, which clients build too.
 """
 
 from __future__ import annotations
@@ -18,21 +17,13 @@ from torch import nn
 
 from fedcond.data import ImageDataset
 from fedcond.federated.config import FederateConfig
-from fedcond.models import get_model
+from fedcond.federated.records import load_record, new_model
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import accuracy, train_model
 
 
-def new_model(data: ImageDataset, cfg: FederateConfig, seed: int | None = None) -> nn.Module:
-    """The run's architecture, initialised from ``seed`` (default: the run seed)."""
-    c, h, w = data.image_shape
-    return get_model(cfg.model, c, data.num_classes, (h, w), seed=cfg.seed if seed is None else seed)
-
-
 def evaluate_arrays(data: ImageDataset, cfg: FederateConfig, arrays: Any) -> float:
     """Test accuracy (fraction) of the model held in ``arrays`` (a flwr ArrayRecord)."""
-    from fedcond.federated.records import load_record  # noqa: PLC0415
-
     model = load_record(new_model(data, cfg), arrays)
     return accuracy(model, data.test_images, data.test_labels)
 

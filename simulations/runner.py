@@ -5,7 +5,7 @@ Flower's Simulation Engine (``flwr.simulation.run_simulation``, Ray backend) wit
 process's ServerApp and ClientApp, built with the run's own config as run-config
 overrides. Clients rebuild their partition from (data set, scheme, alpha, seed), so every
 run sees identical partitions. Flower's log goes to a file (``flower.log`` in the output
-folder, see :mod:`fedcond.federated.flower_log`), not the console; progress goes to ``on_event``
+folder, see :mod:`fedcond.simulations.flower_log`), not the console; progress goes to ``on_event``
 (:mod:`fedcond.federated.events`).
 
 With a checkpoint root, each run checkpoints every round into ``<root>/<run name>/`` and
@@ -26,7 +26,7 @@ from fedcond.federated.checkpoint import load_latest, load_record, save_record
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.events import OnEvent, RunFinished, RunStarted
 from fedcond.federated.references import PlannedRun
-from fedcond.federated.usage import TreeUsage
+from fedcond.simulations.usage import TreeUsage
 
 
 def backend_config(num_cpus: float = 1.0, num_gpus: float = 0.0, total_cpus: int | None = None) -> dict[str, Any]:
@@ -50,15 +50,15 @@ def run_strategy(cfg: FederateConfig, resources: dict[str, Any] | None = None, l
     """
     from flwr.simulation import run_simulation  # noqa: PLC0415
 
-    from fedcond.federated.flower_log import without_run_simulation_deprecation  # noqa: PLC0415
-    from simulations.client_app import make_client_app  # noqa: PLC0415
-    from simulations.server_app import make_server_app  # noqa: PLC0415
+    from fedcond.simulations.client_app import make_client_app  # noqa: PLC0415
+    from fedcond.simulations.flower_log import without_run_simulation_deprecation  # noqa: PLC0415
+    from fedcond.simulations.server_app import make_server_app  # noqa: PLC0415
 
     results: list[dict[str, Any]] = []
     overrides = cfg.to_run_config()
     start = time.perf_counter()
     # run_simulation is deprecated in favour of `flwr run`, which needs a SuperLink; the
-    # runner needs an in-process run (see fedcond/federated/flower_log.py), so it stays.
+    # runner needs an in-process run (see simulations/flower_log.py), so it stays.
     with without_run_simulation_deprecation(), TreeUsage() as usage:
         run_simulation(server_app=make_server_app(overrides, results.append, on_event, cfg.num_clients),
                        client_app=make_client_app(overrides), num_supernodes=cfg.num_clients,
@@ -84,7 +84,7 @@ def run_all(
     With ``log_file``, Flower's log and the warnings raised during the runs go there; with
     ``checkpoints``, runs resume (see the module docstring).
     """
-    from fedcond.federated.flower_log import flower_log_to_file  # noqa: PLC0415
+    from fedcond.simulations.flower_log import flower_log_to_file  # noqa: PLC0415
 
     emit = on_event or (lambda event: None)
     records = []

@@ -3,7 +3,7 @@
 Writes into ``out``: ``results.json``, ``accuracy_vs_bytes.png`` (and with DP clients
 ``accuracy_vs_epsilon.png``), ``results.md``,
 ``label_histogram.json``, ``label_histogram.png``, ``flower.log`` (Flower's log) and
-``checkpoints/`` (one folder per run, see :mod:`fedcond.federated.runner`, and
+``checkpoints/`` (one folder per run, see :mod:`fedcond.simulations.runner`, and
 ``reference.json``, the centralised reference under its inputs: the same call again resumes
 and reads the reference back). Used by ``fedcond federate`` and the benchmark script.
 
@@ -11,7 +11,7 @@ results.json: ``runs`` (the strategies asked for), ``reference`` (the centralise
 bound), ``reference_runs`` (random real images and FedCond in the other storage dtypes,
 :mod:`fedcond.federated.references`) and ``raw_data_upload_bytes`` (every client sending
 its whole partition), beside the settings, the machine record and ``peak_memory`` (of
-this process and all the processes it started, :mod:`fedcond.federated.usage`) and
+this process and all the processes it started, :mod:`fedcond.simulations.usage`) and
 ``cpu_seconds`` (their CPU time).
 """
 
@@ -37,8 +37,8 @@ from fedcond.federated.report import (
     privacy_table,
     write_results,
 )
-from fedcond.federated.usage import TreeUsage
 from fedcond.runinfo import run_record, write_json
+from fedcond.simulations.usage import TreeUsage
 
 
 def save_partitions(cfg: FederateConfig, out: Path) -> tuple[list[list[int]], list[torch.Tensor]]:
@@ -82,7 +82,7 @@ def run_experiment(
 
 def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[str, Any] | None, reference: str,
          on_event: OnEvent | None, usage: TreeUsage) -> dict[str, Any]:
-    from fedcond.federated.runner import run_all  # noqa: PLC0415
+    from fedcond.simulations.runner import run_all  # noqa: PLC0415
 
     start = time.perf_counter()
 

@@ -1,0 +1,112 @@
+"""What installing fedcond puts where, and what it needs.
+
+The Flower adapter lives in the top-level folders ``strategies/`` and ``simulations/`` but is
+``fedcond.strategies`` and ``fedcond.simulations`` however the code is loaded: from a wheel
+(pyproject.toml's package-dir), from the source tree (fedcond/__init__.py's finder, which
+also serves editable installs and the app folder of ``flwr run .``, see
+tests/test_flwr_run.py). Nothing generically named lands in site-packages. Every
+third-party package the code imports is declared in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SHOW = ("import fedcond.simulations.client_app as c, fedcond.simulations.server_app as s, "
+        "fedcond.strategies.fedcond as f, fedcond.simulations.runner, importlib.util as u, sys; "
+        "print(c.__file__, s.__file__, f.__file__); "
+        "print(u.find_spec('fedcond.tests'), 'simulations' in sys.modules, 'strategies' in sys.modules)")
+
+
+def _run_python(code: str, path: Path, cwd: Path) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env={"PYTHONPATH": str(path), "PATH": ""},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.split("\n")
+
+
+def test_the_package_list_names_every_package_folder():
+    tool = PYPROJECT["tool"]["setuptools"]
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fedcond").rglob("__init__.py")}
+    mapped = {"fedcond.strategies": "strategies", "fedcond.simulations": "simulations"}
+    assert set(tool["packages"]) == folders | set(mapped)
+    assert tool["package-dir"] == mapped
+    components = PYPROJECT["tool"]["flwr"]["app"]["components"]
+    assert components == {"serverapp": "fedcond.simulations.server_app:app",
+                          "clientapp": "fedcond.simulations.client_app:app"}
+
+
+def test_a_wheel_installs_the_adapter_inside_fedcond(tmp_path):
+    source = tmp_path / "src"  # a copy: building in place would leave build/ and *.egg-info in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("fedcond", "strategies", "simulations"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "site"
+    built = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                            "--no-compile", "--target", str(target), str(source)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "fedcond"]
+    files, found = _run_python(SHOW, target, tmp_path)[:2]
+    assert files.split() == [str(target / "fedcond" / m) for m in
+                             ("simulations/client_app.py", "simulations/server_app.py", "strategies/fedcond.py")]
+    assert found == "None False False"
+
+
+def test_the_source_tree_serves_the_adapter_from_its_top_level_folders(tmp_path):
+    files, found = _run_python(SHOW, ROOT, tmp_path)[:2]
+    assert files.split() == [str(ROOT / m) for m in
+                             ("simulations/client_app.py", "simulations/server_app.py", "strategies/fedcond.py")]
+    assert found == "None False False"  # no other top-level folder becomes part of fedcond
+
+
+def _imports(folder: Path) -> set[str]:
+    """Top-level names of the absolute imports in ``folder``'s Python files."""
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names)
+
+
+def _declared(requirements: list[str]) -> set[str]:
+    """Distribution names of requirement strings, normalised (``flwr[simulation]>=1`` -> ``flwr``)."""
+    out = set()
+    for req in requirements:
+        name = req.split(";")[0]
+        for sep in "[<>=!~ ":
+            name = name.split(sep)[0]
+        out.add(name.lower().replace("_", "-"))
+    return out
+
+
+def _undeclared(folders: list[str], declared: set[str]) -> dict[str, list[str]]:
+    by_module = packages_distributions()
+    local = {p.stem for f in ("tests", "benchmarks", "scripts") for p in (ROOT / f).glob("*.py")}
+    missing = {}
+    for name in sorted(set().union(*(_imports(ROOT / f) for f in folders)) - local - {"fedcond"}):
+        dists = {d.lower().replace("_", "-") for d in by_module.get(name, [])}
+        if not dists & declared:
+            missing[name] = sorted(dists)
+    return missing
+
+
+def test_every_imported_package_is_declared():
+    project = PYPROJECT["project"]
+    runtime = _declared(project["dependencies"])
+    assert _undeclared(["fedcond", "strategies", "simulations"], runtime) == {}
+    everything = runtime | _declared(project["optional-dependencies"]["dev"])
+    assert _undeclared(["tests", "benchmarks", "scripts"], everything) == {}
