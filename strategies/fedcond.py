@@ -88,8 +88,8 @@ class FedCond(FedAvg):
         self.global_arrays: ArrayRecord | None = None  # the model sent this round (iterative)
 
     def summary(self) -> None:
-        log(INFO, "\t├──> FedCond: mode %s, method %s, ipc %d, iterations %d, payload cap %d bytes",
-            "iterative" if self.iterative else "one-shot", self.cfg.method, self.cfg.ipc, self.cfg.iterations,
+        log(INFO, "\t├──> FedCond: mode %s, method %s, ipc %d, iterations %s, payload cap %d bytes",
+            "iterative" if self.iterative else "one-shot", self.cfg.method, self.cfg.ipc, self.cfg.client_iterations,
             self.cfg.max_payload_bytes)
         super().summary()
 

@@ -9,13 +9,15 @@ does (``fedcond federate --config FILE``).
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from fedcond.errors import FedcondError
-from fedcond.federated.config import FederateConfig, run_config_key
+from fedcond.federated.config import RUN_CONFIG_NONE, FederateConfig, run_config_key
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((ROOT / "configs").glob("federated_*.toml"))
@@ -26,8 +28,11 @@ def app_config() -> dict:
 
 
 def run_settings() -> list[dataclasses.Field]:
-    """The dataclass fields that are run settings (every field with a run-config scalar type)."""
-    return [f for f in dataclasses.fields(FederateConfig) if f.type in ("str", "int", "float", "bool")]
+    """The dataclass fields that are run settings: a run-config scalar type, or one that may be
+    None with the scalar that stands for None in a run config (RUN_CONFIG_NONE)."""
+    scalars = ("str", "int", "float", "bool")
+    return [f for f in dataclasses.fields(FederateConfig)
+            if f.type in scalars or (f.type.removesuffix(" | None") in scalars and f.name in RUN_CONFIG_NONE)]
 
 
 def test_every_field_is_a_run_setting():
@@ -39,11 +44,47 @@ def test_every_field_is_a_run_setting():
 def test_pyproject_run_config_equals_the_dataclass_defaults():
     table = app_config()
     defaults = FederateConfig()
-    expected = {run_config_key(f.name): getattr(defaults, f.name) for f in run_settings()}
+    expected = defaults.to_run_config()
+    assert sorted(table) == sorted(run_config_key(f.name) for f in run_settings())
     assert sorted(table) == sorted(expected), "keys differ between pyproject.toml and FederateConfig"
     for key, value in expected.items():
         assert table[key] == value and type(table[key]) is type(value), (key, table[key], value)
     assert FederateConfig.from_run_config(table) == defaults
+
+
+def test_each_method_runs_its_own_iterations_unless_set():
+    # None (run config: 0) is the method's own default: DM's 100 (today's federated runs),
+    # DC's, FRePo's and DP-DM's own; a number set applies to every method.
+    from fedcond.distill import get_distiller
+
+    def own(method: str) -> int:
+        return get_distiller(method).config_class.iterations
+
+    assert FederateConfig().iterations is None and own("dm") == 100
+    for method in ("dm", "dc", "frepo", "dp-dm"):
+        assert FederateConfig(method=method).distill_config()[1].iterations == own(method)
+        assert FederateConfig(method=method).client_iterations == own(method)
+        assert FederateConfig(method=method, iterations=7).distill_config()[1].iterations == 7
+    assert FederateConfig(dp_epsilon=2.0).client_iterations == own("dp-dm")
+    assert FederateConfig(method="frepo", mode="iterative").feddm_config().iterations == own("dm")  # FedDM is DM
+    assert FederateConfig(method="herding").client_iterations is None  # a coreset does not iterate
+    assert FederateConfig().to_json()["iterations"] == 100  # results and checkpoints record what ran
+    cfg = FederateConfig(iterations=30)
+    assert cfg.to_run_config()["iterations"] == 30 and FederateConfig.from_run_config(cfg.to_run_config()) == cfg
+    assert FederateConfig().to_run_config()["iterations"] == 0
+    assert FederateConfig.from_run_config({"iterations": 0}).iterations is None
+    with pytest.raises(FedcondError, match="--iterations must be >= 1, got 0"):
+        FederateConfig(iterations=0)
+
+
+def test_building_a_config_imports_only_its_method():
+    code = ("import sys; from fedcond.federated.config import FederateConfig; FederateConfig(); "
+            "print(*sorted(m for m in sys.modules if m.startswith('fedcond.distill.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = set(out.stdout.split())
+    assert "fedcond.distill.dm" in loaded
+    others = {"coreset", "dc", "dd", "dp_dm", "frepo", "kip", "mtt"}
+    assert not loaded & {f"fedcond.distill.{m}" for m in others}, loaded
 
 
 def test_requires_python_matches_flower():

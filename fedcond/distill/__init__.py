@@ -1,15 +1,10 @@
-"""Distillation methods behind one interface; importing this registers the built-ins."""
+"""Distillation methods behind one interface.
 
-from fedcond.distill import (
-    coreset,  # noqa: F401  (registers random, herding, kcenter)
-    dc,  # noqa: F401  (registers dc, dsa)
-    dd,  # noqa: F401  (registers dd)
-    dm,  # noqa: F401  (registers dm)
-    dp_dm,  # noqa: F401  (registers dp-dm)
-    frepo,  # noqa: F401  (registers frepo)
-    kip,  # noqa: F401  (registers kip)
-    mtt,  # noqa: F401  (registers mtt)
-)
+A method's module is imported the first time the method is asked for (:func:`get_distiller`,
+:func:`make_distiller`; the table of built-in methods is ``base.BUILTIN_METHODS``), so
+naming one method — a federated config checks its method — does not import them all.
+"""
+
 from fedcond.distill.base import Callback, DistillConfig, Distiller, get_distiller, make_distiller, method_names
 
 __all__ = ["Callback", "DistillConfig", "Distiller", "get_distiller", "make_distiller", "method_names"]

@@ -8,6 +8,7 @@ ever call that, so any method works in all three places, with the same option ch
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar, Collection, Mapping, Protocol, Sequence, TypeVar
 
@@ -116,6 +117,10 @@ class Distiller(Protocol):
 
 
 _REGISTRY: dict[str, Callable[[], Distiller]] = {}
+# The built-in methods and the module (in fedcond.distill) that registers each: imported when
+# the method is first asked for, so using one method does not import every other.
+BUILTIN_METHODS = {"random": "coreset", "herding": "coreset", "kcenter": "coreset", "dc": "dc", "dsa": "dc",
+                   "dd": "dd", "dm": "dm", "dp-dm": "dp_dm", "frepo": "frepo", "kip": "kip", "mtt": "mtt"}
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -131,19 +136,18 @@ def register(name: str) -> Callable[[type], type]:
 
 def get_distiller(name: str) -> Distiller:
     """A Distiller instance by method name (see :func:`method_names`)."""
-    import fedcond.distill  # noqa: F401,PLC0415  (registers the built-in methods)
-
+    key = name.lower()
+    if key not in _REGISTRY and key in BUILTIN_METHODS:
+        importlib.import_module(f"fedcond.distill.{BUILTIN_METHODS[key]}")  # registers it
     try:
-        return _REGISTRY[name.lower()]()
+        return _REGISTRY[key]()
     except KeyError:
         raise FedcondError(f"unknown method {name!r}: use one of {', '.join(method_names())}") from None
 
 
 def method_names() -> tuple[str, ...]:
-    """The registered method names."""
-    import fedcond.distill  # noqa: F401,PLC0415
-
-    return tuple(_REGISTRY)
+    """The method names: the built-in ones, then any registered from elsewhere."""
+    return tuple(dict.fromkeys([*BUILTIN_METHODS, *_REGISTRY]))
 
 
 def make_distiller(

@@ -25,6 +25,9 @@ MODES = ("oneshot", "iterative")
 # Method options that FederateConfig sets itself (``-o ipc=3`` would fight ``ipc``).
 OWN_METHOD_SETTINGS = ("ipc", "model", "iterations", "checkpoint_dir", "epsilon", "delta")
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+# Fields whose None ("the method's own default") travels in Flower's run config, which holds
+# scalars only, as this value (never a valid setting of the field itself).
+RUN_CONFIG_NONE = {"iterations": 0}
 
 
 @dataclass
@@ -53,7 +56,9 @@ class FederateConfig:
     method: str = "dm"
     method_options: str = ""  # JSON object of the method's config fields (-o key=value)
     ipc: int = 10
-    iterations: int = 100  # per client and round; CPU-sized (DM's paper setting is 20k)
+    # per client and round; None (run config: 0): the method's own default, sized for a CPU
+    # (DM and FedDM 100, DC 50, FRePo 400, DP-DM 1000, ...; DM's paper setting is 20k)
+    iterations: int | None = None
     storage_dtype: str = "float32"
     # `fedcond federate` reruns FedCond once per other dtype here (float32, float16, uint8)
     storage_dtypes: str = "float32,float16,uint8"
@@ -112,6 +117,9 @@ class FederateConfig:
             raise FedcondError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.rounds < 1 or self.ipc < 1 or self.local_epochs < 1 or self.server_epochs < 1:
             raise FedcondError("--rounds, --ipc, --local-epochs and server epochs must be >= 1")
+        if self.iterations is not None and self.iterations < 1:
+            raise FedcondError(f"--iterations must be >= 1, got {self.iterations} (leave it out for the method's "
+                               "own default)")
         if not 0 < self.fraction <= 1:
             raise FedcondError(f"--fraction must be in (0, 1], got {self.fraction}")
         if not 0 <= self.fail_fraction < 1:
@@ -206,7 +214,8 @@ class FederateConfig:
 
     def distill_config(self):  # noqa: ANN201  (a Distiller and its config; distill/ imported lazily)
         """The FedCond clients' distiller (:attr:`client_method`) and config: ipc, model,
-        iterations, method options, and with DP the budget (``dp_epsilon``, ``dp_delta``).
+        iterations (None: the method's own), method options, and with DP the budget
+        (``dp_epsilon``, ``dp_delta``).
 
         Unknown options are a ``FedcondError`` naming them and listing the known ones.
         """
@@ -221,12 +230,23 @@ class FederateConfig:
 
     def feddm_config(self):  # noqa: ANN201  (a DMConfig; distill/ imported lazily)
         """DM's settings for iterative FedCond's refinement against the global model (FedDM):
-        ipc, model, iterations and the ``feddm_*`` fields; no augmentation, no checkpoints."""
+        ipc, model, iterations (None: DM's own) and the ``feddm_*`` fields; no augmentation,
+        no checkpoints."""
         from fedcond.distill.dm import DMConfig  # noqa: PLC0415
 
-        return DMConfig(ipc=self.ipc, model=self.model, iterations=self.iterations, lr_images=self.feddm_lr_images,
+        iterations = {} if self.iterations is None else {"iterations": self.iterations}
+        return DMConfig(ipc=self.ipc, model=self.model, **iterations, lr_images=self.feddm_lr_images,
                         momentum_images=self.feddm_momentum_images, batch_real=self.feddm_batch_real,
                         rho=self.feddm_rho, dsa=False, checkpoint_dir=None)
+
+    @property
+    def client_iterations(self) -> int | None:
+        """The iterations a FedCond client runs: ``iterations``, else its method's own default
+        (DM's for FedDM in iterative mode); None for a method that does not iterate (coresets)."""
+        if self.iterations is not None:
+            return self.iterations
+        config = self.feddm_config() if self.effective_mode == "iterative" else self.distill_config()[1]
+        return getattr(config, "iterations", None)
 
     @property
     def effective_mode(self) -> str:
@@ -251,8 +271,10 @@ class FederateConfig:
 
     # ------------------------------------------------------------------ Flower run config
     def to_run_config(self) -> dict[str, str | int | float | bool]:
-        """Flat kebab-case dict for Flower's run config: one key per field."""
-        return {run_config_key(f.name): getattr(self, f.name) for f in fields(self)}
+        """Flat kebab-case dict for Flower's run config: one key per field (None as
+        :data:`RUN_CONFIG_NONE` says)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {run_config_key(k): RUN_CONFIG_NONE[k] if v is None else v for k, v in values.items()}
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any], overrides: dict[str, Any] | None = None,
@@ -269,13 +291,13 @@ class FederateConfig:
         values: dict[str, Any] = {}
         for key, value in merged.items():
             f = by_key[key]
-            want = _TYPES[f.type]
+            want = _TYPES[f.type.removesuffix(" | None")]
             # TOML writes whole floats as ints (alpha = 1) and Flower keeps them so: coerce.
             if want is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise FedcondError(f"{source}: {key} must be of type {f.type}, got {value!r}")
-            values[f.name] = value
+                raise FedcondError(f"{source}: {key} must be of type {want.__name__}, got {value!r}")
+            values[f.name] = None if f.name in RUN_CONFIG_NONE and value == RUN_CONFIG_NONE[f.name] else value
         return cls(**values)
 
     @classmethod
@@ -299,7 +321,9 @@ class FederateConfig:
         return cls.from_run_config(data, flags, source=str(path))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as run (results files, checkpoints): ``iterations`` resolved to what
+        the clients run (:attr:`client_iterations`)."""
+        return {**asdict(self), "iterations": self.client_iterations}
 
 
 def run_config_key(name: str) -> str:

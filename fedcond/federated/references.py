@@ -242,7 +242,8 @@ def reference_inputs(cfg: FederateConfig, total_ipc: int | None = None) -> dict[
     if total_ipc:
         keys += ["method", "method_options", "iterations", "dp_epsilon", "dp_delta", "storage_dtype",
                  "server_epochs", "server_lr_train", "server_augment"]
-    return {"format": 1, **{k: getattr(cfg, k) for k in keys}, "total_ipc": total_ipc or None}
+    settings = cfg.to_json()  # as run: iterations resolved to the method's own when not set
+    return {"format": 1, **{k: settings[k] for k in keys}, "total_ipc": total_ipc or None}
 
 
 def cached_reference(folder: Path | None, data: ImageDataset, cfg: FederateConfig, total_ipc: int | None = None,
