@@ -41,6 +41,8 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+from config_options import add_config_options, command_help  # noqa: E402  (benchmarks/, beside this file)
+from fedcond.commands.continual import command as continual_command  # noqa: E402
 from fedcond.continual.benchmarks import benchmark_defaults, default_model, make_benchmark  # noqa: E402
 from fedcond.continual.report import summarize, write_report  # noqa: E402
 from fedcond.continual.runner import ContinualConfig, run_comparison  # noqa: E402
@@ -149,8 +151,7 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
                 overrides[s] = {k: replay[k] for k in ("lr", "epochs")}
         mem_strats = tuple(s for s in strategies if s not in ("naive", "joint") or mem == args.mem_list[0])
         cfg = ContinualConfig(strategies=mem_strats, mem_sizes=(mem,), seeds=tuple(range(args.seeds)), model=args.model,
-                              batch_size=args.batch_size, method=args.method, iterations=args.iterations,
-                              rebalance=args.rebalance, overrides=overrides)
+                              overrides=overrides, **args.shared)
 
         def progress(done: int, total: int, e: dict, mem: int = mem) -> None:
             print(f"[mem {mem} {done}/{total}] {e['strategy']} seed {e['seed']}: "
@@ -261,7 +262,6 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--train-fraction", type=float, default=1.0)
     p.add_argument("--model", default=None)
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--tune-strategies", default="replay,gdumb,icarl")
     p.add_argument("--grid-lr", default=None, help="comma list replacing GRID's learning rates (smaller CPU runs)")
     p.add_argument("--grid-epochs", default=None, help="comma list replacing GRID's epochs per experience")
@@ -278,13 +278,12 @@ def main() -> None:
         "--strategies", default="naive,joint,replay,gdumb,icarl,distilled-replay,distilled-finetune,distilled-mix"
     )
     p.add_argument("--mem-sizes", default="10,20,50,100,200")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--method", default="dm")
-    p.add_argument("--iterations", type=int, default=100)
-    p.add_argument(
-        "--rebalance",
-        default=None,
-        help="distilled replay: subselect, redistill or nested (default: ContinualConfig's)",
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 of the comparison")
+    # the runs' settings: ContinualConfig's fields (flag, type, default) with `fedcond continual`'s help
+    shared = add_config_options(
+        p, ContinualConfig, ["batch_size", "method", "iterations", "rebalance"],
+        helps={**command_help(continual_command),
+               "iterations": "distillation iterations of the memory (unset: the memory's own default)"},
     )
     p.add_argument("--out-stem", default=None, help="results file stem (default continual_<benchmark>)")
     p.add_argument("--threads", type=int, default=1)
@@ -297,8 +296,7 @@ def main() -> None:
     stem = args.stem = args.out_stem or f"continual_{bench.name}" + (
         f"_frac{args.train_fraction:g}" if args.train_fraction < 1 else ""
     )
-    if args.rebalance is None:
-        args.rebalance = ContinualConfig.rebalance
+    args.shared = {k: getattr(args, k) for k in shared}
     if args.step == "compare" and args.tuned is None and (RESULTS / f"{stem}_tune.json").exists():
         args.tuned = str(RESULTS / f"{stem}_tune.json")
     args.mem_list = [int(m) for m in args.mem_sizes.split(",")]

@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also when loaded by a test
 
+from config_options import add_config_options, command_help  # noqa: E402
 from fedcond.federated.config import FederateConfig  # noqa: E402
 from fedcond.runinfo import device_description, package_versions  # noqa: E402
 
@@ -374,40 +376,42 @@ def _mean_std(values: list[float], spec: str = ".4f") -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from fedcond.commands.federate import command as federate  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--data-dir", default="")
+    # The run's settings: FederateConfig's fields (flag, type, default) with `fedcond federate`'s help;
+    # `rounds` and `feddm_batch_real` apply to the cells named in their help, the rest to every cell.
+    shared = add_config_options(
+        parser, FederateConfig,
+        ["dataset", "data_dir", "num_clients", "method", "method_options", "iterations", "server_epochs",
+         "storage_dtype", "proximal_mu", "central_max_epochs", "device"],
+        # the benchmark's own: the server trains its pool longer, clients upload uint8, the upper bound is capped
+        defaults={"server_epochs": 300, "storage_dtype": "uint8", "central_max_epochs": 30},
+        helps={**command_help(federate),
+               "method_options": 'JSON object of the method\'s options, e.g. {"batch_real": 64}'},
+        flags={"method_options": ["-o"]},
+    )
+    add_config_options(
+        parser, FederateConfig, ["rounds", "feddm_batch_real"], defaults={"rounds": 20},
+        helps={"rounds": "FedAvg/FedProx rounds after tuning",
+               "feddm_batch_real": "real images per class per FedDM step in the iterative cell; 64 matches "
+                                   "-o '{\"batch_real\": 64}' of the one-shot cells and costs a quarter"},
+    )
     parser.add_argument("--alphas", default="0.5,0.1")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument(
         "--ipcs", default="1,10", help="one-shot FedCond cells, each with random real at the same bytes"
-    )
-    parser.add_argument("--method", default="dm")
-    parser.add_argument(
-        "-o", "--method-options", default="", help='JSON object of the method\'s options, e.g. {"batch_real": 64}'
     )
     parser.add_argument(
         "--factors", default="1",
         help="multi-formation factors of the FedCond cells (2: each image a 2x2 mosaic, cell fedcond_ipc<k>_f2)",
     )
-    parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--server-epochs", type=int, default=300)
-    parser.add_argument("--storage-dtype", default="uint8")
-    parser.add_argument("--rounds", type=int, default=20, help="FedAvg/FedProx rounds after tuning")
     parser.add_argument("--tune-rounds", type=int, default=5)
     parser.add_argument("--grid-lr", default="0.01,0.05")
     parser.add_argument("--grid-epochs", default="1,2")
-    parser.add_argument("--proximal-mu", type=float, default=0.01)
     parser.add_argument("--iterative-rounds", type=int, default=0, help="iterative FedCond cell rounds (0: none)")
-    parser.add_argument("--iterative-ipc", type=int, default=10)
-    parser.add_argument(
-        "--feddm-batch-real", type=int, default=FederateConfig.feddm_batch_real,
-        help="real images per class per FedDM step in the iterative cell (default: FederateConfig's, %(default)s); "
-             "64 matches -o '{\"batch_real\": 64}' of the one-shot cells and costs a quarter",
-    )
+    parser.add_argument("--iterative-ipc", type=int, default=FederateConfig.ipc)
     parser.add_argument("--upper-bound", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--central-max-epochs", type=int, default=30)
     parser.add_argument("--plateau-tolerance", type=float, default=0.005)
     parser.add_argument(
         "--cells", default="fedcond,grid,fedavg,fedprox,iterative,upper-bound",
@@ -415,7 +419,6 @@ def main(argv: list[str] | None = None) -> None:
         "report (e.g. more seeds for the FedCond cells alone: --cells fedcond; one cell: --cells fedcond_ipc1_f2; "
         "--cells '' only rebuilds the report from finished cells)",
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--scratch", type=Path, default=Path("runs/federated_benchmark"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
@@ -449,12 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     tuned: dict[float, tuple[float, int]] = {}
     for alpha in [float(a) for a in args.alphas.split(",")]:
         for seed in seeds:
-            base = FederateConfig(dataset=args.dataset, data_dir=args.data_dir, num_clients=args.num_clients,
-                                  partition="dirichlet", alpha=alpha, seed=seed, method=args.method,
-                                  method_options=args.method_options, iterations=args.iterations,
-                                  server_epochs=args.server_epochs, storage_dtype=args.storage_dtype,
-                                  storage_dtypes=args.storage_dtype, proximal_mu=args.proximal_mu,
-                                  central_max_epochs=args.central_max_epochs, device=args.device)
+            base = FederateConfig(**{k: getattr(args, k) for k in shared}, partition="dirichlet", alpha=alpha,
+                                  seed=seed, storage_dtypes=args.storage_dtype)
             scratch = args.scratch / f"alpha{alpha}" / f"seed{seed}"
             entry: dict[str, Any] = {"cells": {}}
             report["settings"].setdefault(f"alpha={alpha}", {})[f"seed={seed}"] = entry

@@ -130,3 +130,26 @@ def test_over_the_seeds_fedavg_and_fedprox_plateaus_with_their_bytes(tmp_path):
     # plateaus reached in round 3 (30 MiB) and round 2 (20 MiB); FedProx ran on one seed only
     assert "- fedavg plateau: 0.9850 ± 0.0071 after 20–30 MiB (2 seeds)" in md
     assert "- fedprox plateau: 0.9800 after 20 MiB (1 seed)" in md
+
+
+def test_the_settings_come_from_federate_config(tmp_path, monkeypatch):
+    """The benchmark declares no setting of its own: FederateConfig's fields with its three
+    benchmark-sized defaults; the cells run what they ran when the flags were written out
+    (DM's own 100 iterations, the explicit default then)."""
+    from fedcond.federated.config import FederateConfig
+
+    bench = _load()
+    ran = {}
+
+    def fake_cell(cfg, strategies, folder, memory):  # noqa: ANN001, ANN202
+        ran[folder.name] = cfg
+        return {"config": cfg.to_json(), "runs": [], "reference_runs": []}
+
+    monkeypatch.setattr(bench, "run_cell", fake_cell)
+    bench.main(["--alphas", "0.5", "--ipcs", "1", "--cells", "fedcond", "--no-upper-bound",
+                "--scratch", str(tmp_path / "s"), "--out", str(tmp_path / "o")])
+    before = FederateConfig(dataset="digits", data_dir="", num_clients=10, partition="dirichlet", alpha=0.5, seed=0,
+                            method="dm", method_options="", iterations=100, server_epochs=300, storage_dtype="uint8",
+                            storage_dtypes="uint8", proximal_mu=0.01, central_max_epochs=30, device="cpu",
+                            ipc=1, random_reference=True)
+    assert ran["fedcond_ipc1"].to_json() == before.to_json()

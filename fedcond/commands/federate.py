@@ -4,6 +4,7 @@ with its references (raw-data bytes, random real images, storage dtypes, upper b
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -19,6 +20,13 @@ from fedcond.commands.common import (
     writable_folder,
 )
 from fedcond.errors import FedcondError
+from fedcond.federated.config import FederateConfig  # torch-free: --help shows its defaults
+
+
+def _default(name: str) -> str:
+    """What ``--help`` shows as a setting's default: FederateConfig's (declared there once)."""
+    value = getattr(FederateConfig, name)
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 class RunProgress:
@@ -110,7 +118,8 @@ class RunProgress:
 
 @user_errors
 def command(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="digits, mnist, cifar10, ... (default digits)"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="digits, mnist, cifar10, ...",
+                                          show_default=_default("dataset")),
     out: Path = typer.Option(
         ...,
         "--out",
@@ -118,63 +127,79 @@ def command(
              "checkpoints/)",
     ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),
-    num_clients: Optional[int] = typer.Option(None, "--num-clients", help="simulated clients (default 10)"),
-    partition: Optional[str] = typer.Option(
-        None, "--partition", help="iid, dirichlet or pathological (default dirichlet)"
-    ),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration (default 0.5)"),
+    num_clients: Optional[int] = typer.Option(None, "--num-clients", help="simulated clients",
+                                              show_default=_default("num_clients")),
+    partition: Optional[str] = typer.Option(None, "--partition", help="iid, dirichlet or pathological",
+                                            show_default=_default("partition")),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration",
+                                          show_default=_default("alpha")),
     classes_per_client: Optional[int] = typer.Option(
-        None, "--classes-per-client", help="pathological: classes per client (default 2)"
+        None, "--classes-per-client", help="pathological: classes per client",
+        show_default=_default("classes_per_client"),
     ),
     strategies: Optional[str] = typer.Option(
-        None,
-        "--strategies",
-        help="comma list: fedcond, fedcond-iterative, fedavg, fedprox, fedadam (default fedcond,fedavg,fedprox)",
+        None, "--strategies", help="comma list: fedcond, fedcond-iterative, fedavg, fedprox, fedadam",
+        show_default=_default("strategies"),
     ),
     rounds: Optional[int] = typer.Option(
-        None, "--rounds", help="rounds for iterative strategies (one-shot FedCond runs 1)"
+        None, "--rounds", help="rounds for iterative strategies (one-shot FedCond runs 1)",
+        show_default=_default("rounds"),
     ),
-    ipc: Optional[int] = typer.Option(None, "--ipc", help="synthetic images per class per client (default 10)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed of partitions, models and sampling of failures"),
-    method: Optional[str] = typer.Option(
-        None, "--method", "-m", help="FedCond clients' distillation method (default dm)"
+    ipc: Optional[int] = typer.Option(None, "--ipc", help="synthetic images per class per client",
+                                      show_default=_default("ipc")),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of partitions, models and sampling of failures",
+                                       show_default=_default("seed")),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="FedCond clients' distillation method",
+                                         show_default=_default("method")),
+    mode: Optional[str] = typer.Option(None, "--mode", help="FedCond mode: oneshot or iterative",
+                                       show_default=_default("mode")),
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations", "-n", help="distillation iterations per client (unset: the method's own default)"
     ),
-    mode: Optional[str] = typer.Option(None, "--mode", help="FedCond mode: oneshot or iterative"),
-    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="distillation iterations per client"),
-    fraction: Optional[float] = typer.Option(None, "--fraction", help="fraction of clients sampled per round"),
-    local_epochs: Optional[int] = typer.Option(None, "--local-epochs", help="FedAvg/FedProx local epochs"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="FedAvg/FedProx client learning rate"),
-    proximal_mu: Optional[float] = typer.Option(None, "--proximal-mu", help="FedProx mu"),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="fraction of clients sampled per round",
+                                             show_default=_default("fraction")),
+    local_epochs: Optional[int] = typer.Option(None, "--local-epochs", help="FedAvg/FedProx local epochs",
+                                               show_default=_default("local_epochs")),
+    lr: Optional[float] = typer.Option(None, "--lr", help="FedAvg/FedProx client learning rate",
+                                       show_default=_default("lr")),
+    proximal_mu: Optional[float] = typer.Option(None, "--proximal-mu", help="FedProx mu",
+                                                show_default=_default("proximal_mu")),
     server_epochs: Optional[int] = typer.Option(
-        None, "--server-epochs", help="FedCond server epochs on the pooled sets"
+        None, "--server-epochs", help="FedCond server epochs on the pooled sets", show_default=_default("server_epochs")
     ),
     server_augment: Optional[str] = typer.Option(
-        None, "--server-augment", help="DSA families of that training, e.g. crop_scale_rotate; none or auto (default)"
+        None, "--server-augment", help="DSA families of that training, e.g. crop_scale_rotate; none or auto",
+        show_default=_default("server_augment"),
     ),
     fail_fraction: Optional[float] = typer.Option(
-        None, "--fail-fraction", help="fraction of clients failing each round (seeded)"
+        None, "--fail-fraction", help="fraction of clients failing each round (seeded)",
+        show_default=_default("fail_fraction"),
     ),
-    fail_mode: Optional[str] = typer.Option(None, "--fail-mode", help="raise (client error) or corrupt (NaN payload)"),
+    fail_mode: Optional[str] = typer.Option(None, "--fail-mode", help="raise (client error) or corrupt (NaN payload)",
+                                            show_default=_default("fail_mode")),
     client_cpus: float = typer.Option(1.0, "--client-cpus", help="simulation: CPUs per client"),
     client_gpus: float = typer.Option(0.0, "--client-gpus", help="simulation: GPU fraction per client (e.g. 0.25)"),
     storage_dtype: Optional[str] = typer.Option(
-        None, "--storage-dtype", help="FedCond's upload dtype: float32, float16 or uint8 (default float32)"
+        None, "--storage-dtype", help="FedCond's upload dtype: float32, float16 or uint8",
+        show_default=_default("storage_dtype"),
     ),
     storage_dtypes: Optional[str] = typer.Option(
         None,
         "--storage-dtypes",
-        help="comma list of upload dtypes compared: FedCond reruns once per dtype other than --storage-dtype (default "
-             "float32,float16,uint8)",
+        help="comma list of upload dtypes compared: FedCond reruns once per dtype other than --storage-dtype",
+        show_default=_default("storage_dtypes"),
     ),
     random_reference: Optional[bool] = typer.Option(
         None,
         "--random-reference/--no-random-reference",
-        help="also run FedCond with random real images at the same bytes (default on)",
+        help="also run FedCond with random real images at the same bytes",
+        show_default=_default("random_reference"),
     ),
     dp_epsilon: Optional[float] = typer.Option(
-        None, "--dp-epsilon", help="FedCond clients distill with dp-dm at this epsilon (one-shot; default 0: no DP)"
+        None, "--dp-epsilon", help="FedCond clients distill with dp-dm at this epsilon (one-shot; 0: no DP)",
+        show_default=_default("dp_epsilon"),
     ),
-    dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="their delta (default 1e-5)"),
+    dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="their delta", show_default=_default("dp_delta")),
     dp_epsilons: Optional[str] = typer.Option(
         None,
         "--dp-epsilons",
@@ -198,28 +223,18 @@ def command(
     ),
 ) -> None:
     """Run FedCond and baselines on the same client partitions; report accuracy against bytes sent."""
-    from fedcond.federated.config import FederateConfig  # noqa: PLC0415
-
+    flags = dict(locals())
+    # The flags named after FederateConfig's fields, as given (None: the config file's value or the field's default).
+    given = {f.name: flags[f.name] for f in fields(FederateConfig) if flags.get(f.name) is not None}
     # Paths first: nothing may fail on them after the runs.
     writable_folder(out)
     existing_folder(data_dir)
     existing_file(config, "--config")
     if client_cpus <= 0 or client_gpus < 0:
         raise FedcondError(f"--client-cpus must be > 0 and --client-gpus >= 0, got {client_cpus} and {client_gpus}")
-    values = {
-        "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "num_clients": num_clients,
-        "partition": partition, "alpha": alpha, "classes_per_client": classes_per_client, "rounds": rounds,
-        "ipc": ipc, "seed": seed, "method": method, "mode": mode, "iterations": iterations, "fraction": fraction,
-        "local_epochs": local_epochs, "lr": lr, "proximal_mu": proximal_mu, "server_epochs": server_epochs,
-        "server_augment": server_augment,
-        "fail_fraction": fail_fraction, "fail_mode": fail_mode, "strategies": strategies,
-        "storage_dtype": storage_dtype, "storage_dtypes": storage_dtypes, "random_reference": random_reference,
-        "dp_epsilon": dp_epsilon, "dp_delta": dp_delta, "dp_epsilons": dp_epsilons,
-    }
-    if config is not None:
-        cfg = FederateConfig.from_toml(config, **values)
-    else:
-        cfg = FederateConfig(**{k: v for k, v in values.items() if v is not None})
+    if data_dir is not None:
+        given["data_dir"] = str(data_dir)
+    cfg = FederateConfig.from_toml(config, **given) if config is not None else FederateConfig(**given)
     if option:  # validated against the method's config class: unknown keys are one-line errors
         cfg = cfg.with_method_options(parse_options(option))
     names = cfg.strategy_names
