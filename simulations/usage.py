@@ -15,10 +15,10 @@ process it started in a background thread:
 
 A spike shorter than the sampling interval can be missed; the interval is recorded.
 
-Reading PSS makes the kernel walk every page of every process (``smaps_rollup``): on the
-2-core machine, ten 1.2 GB simulation processes cost about 0.2 s a sample, and the nested
-monitors of a scale run (benchmark, experiment, run) sampling every 0.5 s took about half
-of the server process's CPU, a third of a core taken from the clients. So RSS and CPU
+Reading PSS makes the kernel walk every page of every process (``smaps_rollup``): with ten
+simulation processes of a gigabyte each, a sample costs a good part of a second, and the
+nested monitors of a scale run (benchmark, experiment, run) sampling every 0.5 s took much
+of the server process's CPU, taken from the clients on a 2-core machine. So RSS and CPU
 times (cheap) are read every interval, PSS only as often as keeps its reading within
 ``PSS_BUDGET`` of one core; ``pss_samples`` says how many were taken.
 """

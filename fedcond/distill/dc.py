@@ -11,12 +11,11 @@ synthetic batches, and per-image augmentation while training the network.
 
 Per-class gradients: either all classes at once with ``torch.func`` (``vmap`` over
 classes of ``grad`` via ``functional_call``) or a Python loop of ``autograd.grad`` per
-class. The loop is the default because it measured faster on the CPU: the real-batch
-gradients for MNIST-sized ConvNet batches (10 classes x 256) took 9.3 s (loop) vs 23 s
-(vmap, which turns each convolution into a grouped one) of single-thread CPU time.
-``vectorised=True`` selects vmap (untimed
-on GPU so far). Networks with BatchNorm always use the loop (in-place running statistics
-cannot be vmapped); the literature's ConvNet uses instance norm.
+class. The loop is the default because it measured faster on one CPU thread for
+MNIST-sized ConvNet batches (10 classes x 256): vmap turns each convolution into a grouped
+one. ``vectorised=True`` selects vmap (untimed on GPU so far). Networks with BatchNorm
+always use the loop (in-place running statistics cannot be vmapped); the literature's
+ConvNet uses instance norm.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ contiguously, so the index table is shuffled with the seed first (otherwise a la
 data set would give label-skewed "IID" shards). Same seed, same partitions — in every
 process, which is how each ClientApp rebuilds its own partition from the run config.
 
-Computing them is not free (5 s for 1,000 Dirichlet clients of MNIST), and every
+Computing them is not free (seconds for a thousand Dirichlet clients of MNIST), and every
 simulation process needs them before its first client: :func:`stored_partitions` keeps
 them in the cache folder (``$FEDCOND_CACHE/partitions``, keyed by the labels, the settings
 and the flwr-datasets version), so the runner computes them once and each process reads
