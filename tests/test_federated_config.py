@@ -75,6 +75,9 @@ def test_each_method_runs_its_own_iterations_unless_set():
     assert FederateConfig.from_run_config({"iterations": 0}).iterations is None
     with pytest.raises(FedcondError, match="--iterations must be >= 1, got 0"):
         FederateConfig(iterations=0)
+    with pytest.raises(FedcondError, match="--iterations must be >= 1, got 0"):  # a flag beside a file too
+        FederateConfig.from_toml(ROOT / "configs" / "federated_digits.toml", iterations=0)
+    assert FederateConfig.from_toml(ROOT / "configs" / "federated_digits.toml", iterations=7).iterations == 7
 
 
 def test_building_a_config_imports_only_its_method():

@@ -28,7 +28,8 @@ def test_progress_shows_clients_finished_this_round_and_sizes_the_bar_to_the_sam
     progress.close()
     assert calls[0] == ("start", "fedavg", 200)
     assert calls[2] == (1, 20, {"round": "1/2", "clients": "1/10"})  # the bar now counts sampled clients
-    assert calls[-1] == (20, 20, {"round": "2/2", "clients": "10/10"})
+    # after a round's last reply the server works alone, and the bar says so
+    assert calls[-1] == (20, 20, {"round": "2/2", "clients": "10/10", "now": "server aggregates, trains, evaluates"})
     assert [c[0] for c in calls[2:]] == list(range(1, 21))
 
 

@@ -110,3 +110,46 @@ def test_every_imported_package_is_declared():
     assert _undeclared(["fedcond", "strategies", "simulations"], runtime) == {}
     everything = runtime | _declared(project["optional-dependencies"]["dev"])
     assert _undeclared(["tests", "benchmarks", "scripts"], everything) == {}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_library_never_imports_the_flower_adapter():
+    # Imports point one way: the apps and strategies import fedcond; of fedcond only the CLI imports them.
+    adapter = ("fedcond.simulations", "fedcond.strategies", "simulations", "strategies")
+    upward = {str(p.relative_to(ROOT)): sorted(m for m in _imported_modules(p) if m.startswith(adapter))
+              for p in (ROOT / "fedcond").rglob("*.py")
+              if p.relative_to(ROOT).parts[1] not in ("commands", "cli.py")}
+    assert {k: v for k, v in upward.items() if v} == {}
+    sideways = {str(p.relative_to(ROOT)) for p in (ROOT / "strategies").rglob("*.py")
+                if any(m.startswith(("fedcond.simulations", "simulations")) for m in _imported_modules(p))}
+    assert sideways == set()
+
+
+def test_the_module_map_names_files_that_exist():
+    import fedcond.federated
+
+    doc = fedcond.federated.__doc__
+    round_part, around_part = doc.split("Around the round")
+    steps = [line.split()[:2] for line in round_part.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(n.rstrip(".")) for n, _ in steps] == list(range(1, len(steps) + 1))
+    assert len(steps) <= 8  # one FedCond round in at most 8 files
+    named = [name for _, name in steps]
+    for line in around_part.splitlines():  # each line starts with the files it describes
+        for word in line.split():
+            if not word.rstrip(",").endswith(".py"):
+                break
+            named.append(word.rstrip(","))
+    assert len(named) > 15
+    for name in named:
+        assert (ROOT / name if "/" in name else ROOT / "fedcond" / "federated" / name).is_file(), name
+    listed = {n for n in named if "/" not in n} | {n.rsplit("/", 1)[1] for n in named if n.startswith("fedcond/")}
+    assert {p.name for p in (ROOT / "fedcond" / "federated").glob("*.py")} - {"__init__.py"} <= listed

@@ -317,8 +317,10 @@ class FederateConfig:
         if tables:
             raise FedcondError(f"{path}: table(s) [{'], ['.join(tables)}] found; settings are top-level "
                                "kebab-case keys (the format `flwr run . --run-config FILE` reads)")
-        flags = {run_config_key(k): v for k, v in overrides.items() if v is not None}
-        return cls.from_run_config(data, flags, source=str(path))
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        as_given = {k: flags.pop(k) for k in RUN_CONFIG_NONE if k in flags}  # a flag's 0 is 0, not "unset"
+        cfg = cls.from_run_config(data, {run_config_key(k): v for k, v in flags.items()}, source=str(path))
+        return replace(cfg, **as_given) if as_given else cfg
 
     def to_json(self) -> dict[str, Any]:
         """The settings as run (results files, checkpoints): ``iterations`` resolved to what
