@@ -211,6 +211,16 @@ def renormalized(dataset: ImageDataset, normalize: Normalize) -> ImageDataset:
     return replace(out, normalization=kind).to(dataset.device)
 
 
+def under_normalization(dataset: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...]) -> ImageDataset:
+    """``dataset`` under a synthetic set's constants, so that the set's images and the data's
+    mean the same pixels (a DP set on digits uses public constants, the data's default
+    does not). Unchanged when they already agree, or when the channel counts differ (the
+    caller's compatibility check reports that)."""
+    if len(mean) != dataset.channels or len(std) != dataset.channels:
+        return dataset
+    return renormalized(dataset, (tuple(mean), tuple(std)))
+
+
 def _parse_constants(normalize: Normalize, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) from ``"M1,M2:S1,S2"`` or a pair of sequences; one value per channel."""
     if isinstance(normalize, str):

@@ -33,15 +33,19 @@ def test_all_guesses_right_give_the_randomised_response_bound():
     assert p_value(10_000, 100, 80, 1.0, 1e-5) > p_value(1000, 100, 80, 1.0, 1e-5)
 
 
-def test_a_canary_the_set_keeps_scores_highest(digits):
-    idx = torch.tensor([0, 1, 2, 3, 4, 5])
-    images, labels = digits.train_images[idx], digits.train_labels[idx]
-    keep = labels != labels[5]  # the set has no image of canary 5's class
-    sset = SyntheticSet(images=images[keep][:1].clone(), labels=labels[keep][:1].clone(), classes=digits.classes,
-                        mean=digits.mean, std=digits.std, method="random", ipc=1, dataset="digits", seed=0,
-                        config={})
-    scores = canary_scores(sset, images, labels, digits.mean, digits.std)
-    assert float(scores[0]) == 0.0 and bool((scores[1:5] < 0).all()) and scores[5] == -math.inf
+def test_a_canary_the_set_started_from_scores_highest(digits):
+    labels = digits.train_labels
+    threes, fours = torch.nonzero(labels == 3).flatten()[:4], torch.nonzero(labels == 4).flatten()[:2]
+    idx = torch.cat([threes, fours])
+    images = digits.train_images[idx]
+    # The set: canary 0 moved a little (a distilled image that started from it), nothing of class 4.
+    moved = images[:1] + 0.05 * torch.randn(1, *images.shape[1:], generator=torch.Generator().manual_seed(0))
+    sset = SyntheticSet(images=moved, labels=torch.tensor([3]), classes=digits.classes, mean=digits.mean,
+                        std=digits.std, method="dm", ipc=1, dataset="digits", seed=0, config={})
+    scores = canary_scores(sset, images, labels[idx], digits.mean, digits.std)
+    assert -0.1 < float(scores[0]) < 0  # claimed by the synthetic image: first
+    assert bool((scores[1:4] < -1).all())  # the other threes: after every claimed canary
+    assert bool((scores[4:] == -math.inf).all())  # no synthetic four to compare with
 
 
 def _audit(data, method, iterations, ipc=5, **options):

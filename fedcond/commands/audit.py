@@ -67,7 +67,7 @@ def command(
     ),
 ) -> None:
     """Audit a synthetic set for privacy: near-copies of training images and membership inference."""
-    from fedcond.data import load_dataset, renormalized  # noqa: PLC0415
+    from fedcond.data import load_dataset, under_normalization  # noqa: PLC0415
     from fedcond.evaluate import EvalConfig  # noqa: PLC0415
     from fedcond.privacy.audit import AuditConfig, audit_set  # noqa: PLC0415
     from fedcond.privacy.memorisation import pixels, save_pairs  # noqa: PLC0415
@@ -89,9 +89,7 @@ def command(
                          max_members=max_members, max_nonmembers=max_nonmembers, near_copy_quantile=quantile,
                          random_baseline=random_baseline, seed=seed)
     sset = SyntheticSet.load(path, max_bytes=max_bytes)
-    data = load_dataset(dataset, data_dir=data_dir)
-    if len(sset.mean) == data.channels:  # the set's pixels and the data's, under one normalisation
-        data = renormalized(data, (sset.mean, sset.std))
+    data = under_normalization(load_dataset(dataset, data_dir=data_dir), sset.mean, sset.std)
     if sset.dataset != data.name:
         console.print(
             f"[yellow]note:[/] the set says it was made from {sset.dataset!r}; auditing against {data.name!r}"

@@ -7,9 +7,10 @@ The one-run audit of Steinke, Nasr & Jagielski (NeurIPS 2023; :mod:`fedcond.priv
    the whole training set it sees. A DP guarantee holds for every data set, so the auditor
    may pick the one that exposes the most; here a method that starts from real images
    (DM's default) must start from canaries.
-2. Every canary is scored against the released set: minus the RMS pixel distance to the
-   nearest synthetic image of its class (a set that started from a canary, or keeps one,
-   has an image close to it).
+2. Every canary is scored against the released set by pixel distance to the synthetic
+   images of its class: canaries that are some synthetic image's nearest canary come first
+   (a set that started from a canary, or keeps one, has an image closest to it), each
+   group ordered by the distance to its nearest synthetic image.
 3. For each k of a grid fixed in advance, the auditor guesses "in" for the k best-scoring
    canaries and abstains on the others; the correct guesses give a bound on ε at
    ``confidence`` (Bonferroni over the grid, so the best k may be reported).
@@ -36,7 +37,8 @@ from fedcond.privacy.memorisation import nearest, pixels
 from fedcond.privacy.one_run import epsilon_lower_bound
 from fedcond.synthetic import SyntheticSet
 
-SCORE = "minus the RMS pixel distance from a canary to the nearest synthetic image of its class"
+SCORE = ("pixel distance to the synthetic images of the canary's class: canaries that are some synthetic image's "
+         "nearest canary first, each group by its distance to the nearest synthetic image")
 CANARIES = ("random training images, each included with probability 1/2; the method distills the included "
             "ones only (they are its whole training set)")
 
@@ -119,17 +121,24 @@ class CanaryAudit:
 
 def canary_scores(sset: SyntheticSet, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...],
                   std: tuple[float, ...]) -> torch.Tensor:
-    """(m,) score of each canary (higher: more likely in): minus the RMS pixel distance to
-    the nearest synthetic image of its class; -inf where the set has none of that class."""
+    """(m,) score of each canary (higher: more likely in), from pixels (RMS distance d in
+    [0, 1]): -d to the nearest synthetic image of its class for a canary that is some such
+    image's nearest canary (as the image a set started from is), ``-1 - d`` for the others,
+    so claimed canaries rank first; -inf where the set has no image of its class."""
     if sset.factor > 1 or sset.config.get("zca"):
         raise FedcondError("the canary audit compares pixels: distill without zca and multi-formation (factor 1)")
     syn_px, syn_y = pixels(sset.images, sset.mean, sset.std), sset.hard_labels.cpu()
     can_px = pixels(images, mean, std)
     scores = torch.full((labels.numel(),), -float("inf"))
     for c in labels.unique().tolist():
-        mine, theirs = labels == c, syn_y == c
-        if bool(theirs.any()):
-            scores[mine] = -nearest(can_px[mine], syn_px[theirs])[0]
+        mine = torch.nonzero(labels == c).flatten()
+        theirs = syn_y == c
+        if not bool(theirs.any()):
+            continue
+        distance = nearest(can_px[mine], syn_px[theirs])[0]
+        claimed = torch.zeros(mine.numel(), dtype=torch.bool)
+        claimed[nearest(syn_px[theirs], can_px[mine])[1]] = True  # each synthetic image's nearest canary
+        scores[mine] = torch.where(claimed, -distance, -1.0 - distance)
     return scores
 
 
