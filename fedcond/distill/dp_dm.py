@@ -35,7 +35,7 @@ noisy release itself, which is DP output. ``release`` writes it before anything 
 from it is shown (the first progress line comes after); ``iterate`` checkpoints at every
 progress line, so no step whose result was shown is ever redone with other noise. A resume
 checks a keyed fingerprint of the training data (:mod:`fedcond.privacy.fingerprint`), not
-only the data set's name.
+only the data set's name. The release and that state live in :mod:`fedcond.distill.dp_release`.
 
 What the guarantee covers, and what it assumes: add/remove-one adjacency (replace-one is
 stated beside it in the record); the images start from noise (a real-image start would
@@ -60,10 +60,19 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fedcond.augment import DSA, DSAParams
+from fedcond.augment import DSA
 from fedcond.data import TRAIN, ImageDataset
-from fedcond.distill.base import Callbacks, DistillConfig, describe_difference, generator_seed, register
+from fedcond.distill.base import Callbacks, DistillConfig, generator_seed, register
 from fedcond.distill.checkpoint import CHECKPOINT_NAME, run_fingerprint, save_checkpoint
+from fedcond.distill.dp_release import (
+    BankMember,
+    DPState,
+    embedding_dims,
+    make_bank,
+    release_means,
+    saved_state,
+    set_targets,
+)
 from fedcond.distill.loop import IterativeConfig, RunState, finish_set, run_loop
 from fedcond.distill.matching import embed_chunked, embedding_chunk, fresh_network
 from fedcond.errors import FedcondError
@@ -158,80 +167,6 @@ class DPDMConfig(IterativeConfig):
             raise FedcondError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
 
 
-@dataclass
-class _Member:
-    """One network of the release bank: the network, its per-class augmentation draw (or
-    None) and the released noisy per-class means in unit scale, (K, D)."""
-
-    net: nn.Module
-    dsa: DSAParams | None
-    target: torch.Tensor
-
-
-class _Release:
-    """The run's DP output besides the images (a MethodState, checkpointed with the run).
-
-    ``release``: the bank's noisy per-class means (K, sum of the networks' dimensions) and
-    the noisy class sizes, once made. ``iterate``: the running sum of each step's noisy
-    class sizes. Everything here is DP output or public: no seed, no generator state.
-    """
-
-    def __init__(self, num_classes: int, planned_steps: int) -> None:
-        self.means = torch.zeros(0)
-        self.sizes = torch.zeros(0)
-        self.size_sum = torch.zeros(num_classes)
-        self.steps = 0
-        self.planned_steps = planned_steps
-
-    @property
-    def released(self) -> bool:
-        return self.means.numel() > 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"means": self.means.cpu(), "sizes": self.sizes.cpu(), "size_sum": self.size_sum.clone(),
-                "steps": self.steps, "planned_steps": self.planned_steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.means, self.sizes = state["means"].clone(), state["sizes"].clone()
-        self.size_sum, self.steps = state["size_sum"].clone(), int(state["steps"])
-        self.planned_steps = int(state["planned_steps"])
-
-
-def _saved_release(config: "DPDMConfig", fingerprint: str, num_classes: int, planned_steps: int) -> _Release | None:
-    """The release of an earlier run of this same run in ``config.checkpoint_dir``, read
-    before the loop (which restores it only later), or None when there is no checkpoint.
-
-    Raises a FedcondError when the checkpoint belongs to another run or other data (a
-    fresh release must not overwrite it), or iterate's was calibrated for another length.
-    """
-    if not config.checkpoint_dir:
-        return None
-    path = Path(config.checkpoint_dir) / CHECKPOINT_NAME
-    if not path.exists():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        saved_fingerprint, state = str(payload["fingerprint"]), payload.get("method_state")
-    except Exception as err:  # noqa: BLE001  (unpickling errors come in many types; all mean "unreadable")
-        raise FedcondError(f"cannot read checkpoint {path}: {err}; delete it to start over") from None
-    if saved_fingerprint != fingerprint:
-        there, now = json.loads(saved_fingerprint), json.loads(fingerprint)
-        if there.get("method") == now["method"] and there.get("dataset") != now["dataset"]:
-            raise FedcondError(f"checkpoint {path} was made on other training data (or with another machine's "
-                               "fingerprint key, see fedcond.privacy.fingerprint); resume on the same data, or "
-                               "delete it to start over")
-        if config.mechanism == "iterate" and there.get("iterations_planned") != now["iterations_planned"]:
-            raise FedcondError(f"dp-dm iterate: the checkpoint in {config.checkpoint_dir} was calibrated for "
-                               f"{there.get('iterations_planned')} iterations, not {planned_steps}; resume with the "
-                               "same number (the noise of every step depends on it) or delete the checkpoint")
-        raise FedcondError(f"checkpoint {path} belongs to a different run ({describe_difference(there, now)}); "
-                           "use another checkpoint dir or delete it")
-    release = _Release(num_classes, planned_steps)
-    if state is not None:
-        release.load_state_dict(state)
-    return release
-
-
 @register("dp-dm")
 class DPDM:
     """Differentially private distribution matching; see the module docstring."""
@@ -293,16 +228,16 @@ class DPDM:
         fingerprint = run_fingerprint(self.name, config, seed, data_id, int(syn_class.numel()))
         fingerprint = json.dumps({**json.loads(fingerprint), "iterations_planned": steps if config.mechanism ==
                                   "iterate" else None}, sort_keys=True)
-        release = _saved_release(config, fingerprint, k, steps) or _Release(k, steps)
+        release = saved_state(config, fingerprint, k, steps) or DPState(k, steps)
         if config.mechanism == "release":
-            bank = _bank(dataset, config, generator, dsa)
+            bank = make_bank(dataset, config, generator, dsa)
             if not release.released:
-                release.means, release.sizes = _release(dataset, config, q, spend.noise_multiplier, sens, bank, dsa,
-                                                        chunk)
+                release.means, release.sizes = release_means(dataset, config, q, spend.noise_multiplier, sens, bank,
+                                                             dsa, chunk)
                 if config.checkpoint_dir:  # written before anything derived from it is shown
                     save_checkpoint(Path(config.checkpoint_dir) / CHECKPOINT_NAME, state, generator, 0, fingerprint,
                                     release)
-            _set_targets(bank, release.means.to(device), config.clip_norm, _dims(bank, dataset))
+            set_targets(bank, release.means.to(device), config.clip_norm, embedding_dims(bank, dataset))
             sizes = release.sizes
             size_noise /= q
             step = _release_step(bank, state, syn_class, assign, config, generator, dsa)
@@ -353,56 +288,7 @@ def _embed_unit(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return clip_rows(net.embed(images).flatten(1), 1.0)
 
 
-def _bank(dataset: ImageDataset, config: DPDMConfig, generator: torch.Generator, dsa: DSA | None) -> list[_Member]:
-    """The release's random networks and their augmentation draws, from the run's (public)
-    generator: the same on a resume, before the loop restores the generator's later state."""
-    k = dataset.num_classes
-    nets = [fresh_network(config.model, dataset, generator, dataset.device).eval().requires_grad_(False)
-            for _ in range(config.bank_size)]
-    draws = [dsa.sample_params(k, generator) if dsa is not None else None for _ in range(config.bank_size)]
-    return [_Member(net, draw, torch.zeros(0)) for net, draw in zip(nets, draws)]
-
-
-@torch.no_grad()
-def _release(dataset: ImageDataset, config: DPDMConfig, q: float, sigma: float, sens: float, bank: list[_Member],
-             dsa: DSA | None, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one private step of ``release``: the bank's noisy per-class means, (K, sum of
-    the networks' dimensions) in ``clip_norm`` scale, and class sizes (estimated for the
-    whole data). The sample and the noise come from a fresh :class:`SecretNoise`."""
-    k, m = dataset.num_classes, len(bank)
-    noise = SecretNoise()
-    member_clip = config.clip_norm / math.sqrt(m)  # m clipped parts: the whole stays within clip_norm
-    # Poisson subsample (q < 1: cheaper on large data, partly repaid by amplification),
-    # drawn in secret: amplification needs the sample hidden.
-    picked = noise.poisson_sample(dataset.train_labels.numel(), q).to(dataset.device)
-    images, labels = dataset.train_images[picked], dataset.train_labels[picked]
-    sums = torch.zeros(k, sum(_dims(bank, dataset)) + 1, device=dataset.device)
-    step = chunk or max(1, labels.numel())
-    for start in range(0, labels.numel(), step):
-        x, y = images[start : start + step], labels[start : start + step]
-        parts = []
-        for member in bank:
-            xa = dsa.apply(x, member.dsa.take(y)) if member.dsa is not None else x
-            parts.append(clip_rows(embed_chunked(member.net.embed, xa, None), member_clip))
-        sums += class_sums(torch.cat(parts, dim=1), y, k, config.clip_norm, config.count_weight)
-    means, sizes = noisy_means(add_noise(sums, sigma, sens, noise), config.clip_norm, config.count_weight)
-    return means.cpu(), (sizes / q).cpu()
-
-
-def _dims(bank: list[_Member], dataset: ImageDataset) -> list[int]:
-    """Each bank network's embedding dimension (from a public probe, not the data)."""
-    probe = torch.zeros((1, *dataset.image_shape), device=dataset.device)
-    return [member.net.embed(probe).flatten(1).shape[1] for member in bank]
-
-
-def _set_targets(bank: list[_Member], means: torch.Tensor, clip_norm: float, dims: list[int]) -> None:
-    """Give each network its part of the released means, back in the unit scale."""
-    member_clip = clip_norm / math.sqrt(len(bank))
-    for member, target in zip(bank, torch.split(means / member_clip, dims, dim=1)):
-        member.target = target
-
-
-def _release_step(bank: list[_Member], state: RunState, syn_class: torch.Tensor, assign: torch.Tensor,
+def _release_step(bank: list[BankMember], state: RunState, syn_class: torch.Tensor, assign: torch.Tensor,
                   config: DPDMConfig, generator: torch.Generator, dsa: DSA | None):  # noqa: ANN202
     """One matching iteration against ``members_per_step`` random networks of the bank."""
     per_step = min(config.members_per_step, len(bank))
@@ -424,7 +310,7 @@ def _release_step(bank: list[_Member], state: RunState, syn_class: torch.Tensor,
 
 def _iterate_step(dataset: ImageDataset, state: RunState, syn_class: torch.Tensor, assign: torch.Tensor,
                   config: DPDMConfig, q: float, sigma: float, sens: float, generator: torch.Generator,
-                  dsa: DSA | None, chunk: int | None, release: _Release):  # noqa: ANN202
+                  dsa: DSA | None, chunk: int | None, release: DPState):  # noqa: ANN202
     """One DM iteration on a Poisson subsample with fresh noise (a private step each time).
     The noise and the sample come from one :class:`SecretNoise` for the whole run (a
     resumed run makes a new one: the steps it has not done yet need no particular noise)."""
