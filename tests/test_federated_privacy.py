@@ -50,9 +50,11 @@ def test_impossible_dp_settings_are_user_errors(options, problem):
         FederateConfig(**{"dp_epsilon": 1.0, **options})
 
 
-def test_cli_dp_flag_error_is_one_line(tmp_path):
-    result = CliRunner().invoke(app, ["federate", "--out", str(tmp_path), "--dp-epsilon", "1", "--mode", "iterative"])
-    assert result.exit_code == 2 and result.stderr.strip().startswith("error: ") and "one-shot" in result.stderr
+@pytest.mark.parametrize("flags, problem", [(["--mode", "iterative"], "one-shot"),
+                                            (["--normalize", "train"], "private images")])
+def test_cli_dp_flag_error_is_one_line(tmp_path, flags, problem):
+    result = CliRunner().invoke(app, ["federate", "--out", str(tmp_path), "--dp-epsilon", "1", *flags])
+    assert result.exit_code == 2 and result.stderr.strip().startswith("error: ") and problem in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -136,6 +136,9 @@ def command(
         "--dp-epsilons",
         help="comma list of epsilons: FedCond reruns once per other epsilon, for accuracy against epsilon",
     ),
+    normalize: Optional[str] = typer.Option(
+        None, "--normalize", help="public, train or MEAN:STD per channel (default: the data set's; with DP: public)"
+    ),
     reference: str = typer.Option(
         "full", "--reference", help="centralised reference: none, full (upper bound trained to a plateau) or distill"
     ),
@@ -164,7 +167,7 @@ def command(
         "server_augment": server_augment,
         "fail_fraction": fail_fraction, "fail_mode": fail_mode, "strategies": strategies,
         "storage_dtype": storage_dtype, "storage_dtypes": storage_dtypes, "random_reference": random_reference,
-        "dp_epsilon": dp_epsilon, "dp_delta": dp_delta, "dp_epsilons": dp_epsilons,
+        "dp_epsilon": dp_epsilon, "dp_delta": dp_delta, "dp_epsilons": dp_epsilons, "normalize": normalize,
     }
     if config is not None:
         cfg = FederateConfig.from_toml(config, **values)
