@@ -84,6 +84,9 @@ def main() -> None:
         saved = json.loads(path.read_text())
         if saved.get("settings") == settings:
             done = saved.get("cells", {})
+            record["started_at"] = saved.get("started_at", record["started_at"])  # the first command's start
+            if args.report_only:
+                record["command"] = saved.get("command", record["command"])
             earlier = saved.get("commands", [])
             record["commands"] = earlier + ([] if args.report_only or record["command"] in earlier
                                             else [record["command"]])
@@ -137,13 +140,15 @@ def markdown(record: dict[str, Any], dataset: str, settings: dict[str, Any], cel
     lines = [
         f"# Canary audit on {dataset}: empirical lower bounds on epsilon, IPC {settings['ipc']}", "",
         *(f"Command: `{c}`  " for c in record.get("commands", [record["command"]])),
-        f"Machine: {record['device_name']}; started {record['started_at']}  ",
+        f"Machine: {record['device_name']}; started {record['started_at']}; the cells took "
+        f"{sum(c['seconds'] for c in cells.values()):.0f} s in all  ",
         f"Versions: fedcond {v.get('fedcond')}, torch {v.get('torch')}, opacus {v.get('opacus')}, "
         f"python {v.get('python')}  ",
         f"Protocol: {settings['canaries']} random training images are the canaries; each is kept with probability "
-        "1/2 and the method distills the kept ones only. Each canary is scored by minus its RMS pixel distance to "
-        "the nearest synthetic image of its class; the auditor guesses 'in' for the k best of a grid fixed in "
-        "advance (1, 2, 5, 10, 20, 50 % of the canaries) and abstains on the rest. Bound: Steinke, Nasr & "
+        "1/2 and the method distills the kept ones only. Each canary is scored by RMS pixel distance to the "
+        "synthetic images of its class, canaries that are some synthetic image's nearest canary first; the auditor "
+        "guesses 'in' for the k best of a grid fixed in advance (1, 2, 5, 10, 20, 50 % of the canaries) and "
+        "abstains on the rest. Bound: Steinke, Nasr & "
         f"Jagielski 2023 at {settings['confidence']:.0%} confidence (Bonferroni over the grid), delta "
         f"{settings['delta']:g}. DM: {settings['dm_iterations']} iterations; DP-DM: release, "
         f"{settings['dp_iterations']} matching iterations. Normalisation: public constants, mean {norm['mean']}, "
