@@ -21,11 +21,12 @@ Two ways to spend the budget (``mechanism``):
   ``iterations`` subsampled Gaussian mechanisms. Subsampling amplifies privacy, but the
   noise must cover every iteration.
 
-``release`` measures better, hence the default: on digits IPC10 (200 iterations, 2
-evaluation runs) it reached 0.819 at ε = 1 and 0.928 at ε = 10, where ``iterate`` reached
-0.426 / 0.903 (sample rate 1) and 0.509 / 0.879 (sample rate 0.1). On MNIST IPC10
-``release`` reaches 0.908 at ε = 1 and 0.926 at ε = 10 (benchmarks/results/privacy_mnist.md). Accounting is Opacus's
-(:mod:`fedcond.privacy.accounting`), under add/remove-one-example adjacency.
+``release`` measures better, hence the default: on digits IPC10 under public constants
+(benchmarks/results/privacy_digits.md: 500 matching iterations, 2 evaluation runs) it
+reaches 0.730 at ε = 1 and 0.920 at ε = 10, where ``iterate`` (200 iterations, sample rate
+0.1) reaches 0.506 / 0.870; on MNIST IPC10 see benchmarks/results/privacy_mnist.md.
+Accounting is Opacus's (:mod:`fedcond.privacy.accounting`), under add/remove-one-example
+adjacency.
 
 The Gaussian noise (and the Poisson samples) come from :class:`~fedcond.privacy.noise.SecretNoise`:
 operating-system entropy, never seeded by the user and never written anywhere, since the
