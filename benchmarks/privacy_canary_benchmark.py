@@ -135,6 +135,9 @@ def _summary(c: dict[str, Any]) -> str:
 
 
 def markdown(record: dict[str, Any], dataset: str, settings: dict[str, Any], cells: dict[str, Any]) -> str:
+    order = list(KINDS)
+    cells = dict(sorted(cells.items(), key=lambda kv: (order.index(kv[0].split("/seed")[0]),
+                                                       int(kv[0].split("/seed")[1]))))
     v = record["versions"]
     norm = settings["normalization"]
     lines = [
