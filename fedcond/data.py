@@ -12,6 +12,14 @@ Sources:
   mirror) without downloading.
 - a path to an ImageFolder tree or a ``.tar.gz`` of one (``train/<class>/*``,
   ``test/<class>/*``); decoded once and cached as tensors.
+
+Normalisation (``normalize``): by default the torchvision data sets use the literature's
+fixed constants, while digits and ImageFolder data use the mean and std of their own
+training images. Those statistics are private: they depend on every training image, so a
+DP method must not use them (DP-DM refuses them). ``normalize="public"`` gives fixed
+constants (digits: 0.5/0.5, chosen without looking at the data), ``"MEAN:STD"`` the
+caller's own, ``"train"`` the training split's statistics; ``ImageDataset.normalization``
+records which kind a data set has.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from fedcond.errors import FedcondError
 
 TORCHVISION_DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "svhn")
 DATASET_NAMES = ("digits",) + TORCHVISION_DATASETS
+# Where a data set's normalisation constants came from (ImageDataset.normalization):
+PUBLIC, GIVEN, TRAIN = "public", "given", "train"  # fixed constants / the caller's / the training images'
+Normalize = str | tuple[tuple[float, ...], tuple[float, ...]] | None
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,9 @@ class ImageDataset:
         train_labels, test_labels: int64 (N,) class ids in ``[0, num_classes)``.
         classes: class names, index = class id.
         mean, std: per-channel normalisation applied to the raw [0, 1] pixels.
+        normalization: where ``mean``/``std`` came from: ``"public"`` (fixed constants of a
+            known data set), ``"given"`` (chosen by the caller) or ``"train"`` (computed from
+            the training images: private, see the module docstring).
     """
 
     name: str
@@ -53,6 +67,7 @@ class ImageDataset:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    normalization: str = GIVEN
 
     @property
     def num_classes(self) -> int:
@@ -117,6 +132,7 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     download: bool | None = None,
+    normalize: Normalize = None,
 ) -> ImageDataset:
     """Load a data set by name (or ImageFolder path) as an :class:`ImageDataset`.
 
@@ -125,11 +141,21 @@ def load_dataset(
         data_dir: a local mirror to read from. When given, nothing is downloaded.
         device: where the tensors live.
         download: force downloading on/off; default: download only when ``data_dir`` is None.
+        normalize: None or ``""`` (the data set's default), ``"public"`` (fixed constants),
+            ``"train"`` (the training images' statistics), ``"MEAN:STD"`` (per-channel
+            comma lists, e.g. ``"0.5,0.5,0.5:0.25,0.25,0.25"``) or a (mean, std) pair.
 
     Raises:
         FedcondError: unknown name, or the data is missing/corrupt (the message says where
-            fedcond looked and how to fix it).
+            fedcond looked and how to fix it), or ``normalize`` is malformed or has no
+            public constants for this data set.
     """
+    dataset = _load(name, data_dir, download)
+    return renormalized(dataset, normalize).to(device)
+
+
+def _load(name: str, data_dir: str | os.PathLike | None, download: bool | None) -> ImageDataset:
+    """The data set with its default normalisation."""
     key = name.lower().replace("_", "-")
     if key == "digits":
         dataset = _load_digits()
@@ -145,7 +171,74 @@ def load_dataset(
             f"unknown dataset {name!r}: use one of {', '.join(DATASET_NAMES)} "
             "or a path to an ImageFolder tree / .tar.gz (train/<class>/*, test/<class>/*)"
         )
-    return dataset.to(device)
+    return dataset
+
+
+# Fixed constants for data sets whose default statistics come from their training images:
+# chosen without looking at the data (pixels in [0, 1] to [-1, 1]).
+_PUBLIC_STATS = {"digits": ((0.5,), (0.5,))}
+
+
+def renormalized(dataset: ImageDataset, normalize: Normalize) -> ImageDataset:
+    """``dataset`` under the normalisation ``normalize`` asks for (see :func:`load_dataset`);
+    itself, unchanged, for the default or when the constants are already the asked ones."""
+    if normalize is None or normalize == "":
+        return dataset
+    if normalize == TRAIN:
+        if dataset.normalization == TRAIN:
+            return dataset
+        raw = dataset.denormalize(dataset.train_images)
+        mean = tuple(float(v) for v in raw.mean(dim=(0, 2, 3)))
+        std = tuple(float(v) for v in raw.std(dim=(0, 2, 3)).clamp_min(1e-6))
+        kind = TRAIN
+    elif normalize == PUBLIC:
+        if dataset.normalization == PUBLIC:
+            return dataset
+        if dataset.name not in _PUBLIC_STATS:
+            raise FedcondError(
+                f"no public normalisation constants are known for {dataset.name!r}: give them with "
+                "--normalize MEAN:STD (per channel, e.g. 0.5,0.5,0.5:0.25,0.25,0.25)"
+            )
+        (mean, std), kind = _PUBLIC_STATS[dataset.name], PUBLIC
+    else:
+        mean, std = _parse_constants(normalize, dataset.channels)
+        kind = GIVEN
+    if tuple(mean) == tuple(dataset.mean) and tuple(std) == tuple(dataset.std):
+        return dataset  # the same constants: keep the record of where they came from
+    raw_tr, raw_te = dataset.denormalize(dataset.train_images), dataset.denormalize(dataset.test_images)
+    out = _normalised(dataset.name, raw_tr.cpu().numpy(), dataset.train_labels.cpu().numpy(), raw_te.cpu().numpy(),
+                      dataset.test_labels.cpu().numpy(), dataset.classes, tuple(mean), tuple(std))
+    return replace(out, normalization=kind).to(dataset.device)
+
+
+def under_normalization(dataset: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...]) -> ImageDataset:
+    """``dataset`` under a synthetic set's constants, so that the set's images and the data's
+    mean the same pixels (a DP set on digits uses public constants, the data's default
+    does not). Unchanged when they already agree, or when the channel counts differ (the
+    caller's compatibility check reports that)."""
+    if len(mean) != dataset.channels or len(std) != dataset.channels:
+        return dataset
+    return renormalized(dataset, (tuple(mean), tuple(std)))
+
+
+def _parse_constants(normalize: Normalize, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) from ``"M1,M2:S1,S2"`` or a pair of sequences; one value per channel."""
+    if isinstance(normalize, str):
+        mean_text, sep, std_text = normalize.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            mean = tuple(float(v) for v in mean_text.split(","))
+            std = tuple(float(v) for v in std_text.split(","))
+        except ValueError:
+            raise FedcondError(f"--normalize must be public, train or MEAN:STD (comma lists per channel, e.g. "
+                               f"0.5:0.5), got {normalize!r}") from None
+    else:
+        mean, std = (tuple(float(v) for v in part) for part in normalize)  # type: ignore[union-attr]
+    if len(mean) != channels or len(std) != channels or any(not s > 0 for s in std):
+        raise FedcondError(f"--normalize needs {channels} mean and {channels} std value(s) (std > 0), "
+                           f"got {len(mean)} and {len(std)}")
+    return mean, std
 
 
 def _normalised(
@@ -161,9 +254,11 @@ def _normalised(
     """Build an ImageDataset from [0, 1] float arrays (N, C, H, W); mean/std from train if None."""
     tr = torch.as_tensor(train, dtype=torch.float32)
     te = torch.as_tensor(test, dtype=torch.float32)
+    kind = GIVEN
     if mean is None or std is None:
         mean = tuple(float(v) for v in tr.mean(dim=(0, 2, 3)))
         std = tuple(float(v) for v in tr.std(dim=(0, 2, 3)).clamp_min(1e-6))
+        kind = TRAIN
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
     return ImageDataset(
@@ -175,6 +270,7 @@ def _normalised(
         classes=classes,
         mean=mean,
         std=std,
+        normalization=kind,
     )
 
 
@@ -217,7 +313,7 @@ def _load_torchvision(name: str, root: Path, download: bool) -> ImageDataset:
         if folder is not None:
             ds = _load_image_folder(folder)
             mean, std = _STATS[name]
-            return _renormalised(ds, name, mean, std)
+            return replace(_renormalised(ds, name, mean, std), normalization=PUBLIC)
         if name in ("mnist", "fashion-mnist"):
             root = _unpacked_idx_root(name, root)
     try:
@@ -242,7 +338,7 @@ def _load_torchvision(name: str, root: Path, download: bool) -> ImageDataset:
     except Exception as err:  # noqa: BLE001  (torchvision raises RuntimeError/URLError/OSError variously)
         raise _missing(name, root, download, err) from None
     mean, std = _STATS[name]
-    return _normalised(name, x_tr, y_tr, x_te, y_te, classes, mean, std)
+    return replace(_normalised(name, x_tr, y_tr, x_te, y_te, classes, mean, std), normalization=PUBLIC)
 
 
 def _unpacked_idx_root(name: str, root: Path) -> Path:

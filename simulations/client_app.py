@@ -11,6 +11,10 @@ f, drawn from a generator seeded by (seed, round, partition) so a run is reprodu
 ``fail-mode = "raise"`` raises (Flower turns it into an error reply), ``"corrupt"`` sends
 a syntactically valid but NaN-filled set (the server must reject it).
 
+A client whose set carries a DP guarantee (``--dp-epsilon``) says nothing exact about its
+data in the reply: no exact ``num-examples`` (the noisy total of its release instead) and
+no ``distill-seconds`` (its time grows with its data's size).
+
 Iterative FedCond clients keep their last set in Flower's node state for the next
 round. That state lives only as long as the federation: when the run checkpoints
 (``checkpoint-dir``), each client also keeps its set in ``<checkpoint-dir>/clients/``
@@ -29,6 +33,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcond.data import ImageDataset
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import get_dataset
 from fedcond.federated.partition import cached_partitions
@@ -62,7 +67,7 @@ def _local_data(cfg: FederateConfig, partition_id: int):  # noqa: ANN202
                               cfg.classes_per_client, cfg.seed)
     if not 0 <= partition_id < len(parts):
         raise ValueError(f"partition-id {partition_id} outside [0, {len(parts)}): check num-clients in the run config")
-    return get_dataset(cfg.dataset, cfg.data_dir).subset(parts[partition_id], name=cfg.dataset)
+    return get_dataset(cfg.dataset, cfg.data_dir, cfg.normalize).subset(parts[partition_id], name=cfg.dataset)
 
 
 def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:
@@ -91,12 +96,22 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
         bad = sset.images.clone()
         bad[0].fill_(float("nan"))
         arrays = ArrayRecord({"images": bad.contiguous(), "labels": sset.labels.contiguous()})
-    metrics = MetricRecord({"num-examples": int(data.train_images.shape[0]), "distill-seconds": seconds,
-                            "partition-id": pid, "num-images": sset.num_images})
+    metrics = MetricRecord({"partition-id": pid, "num-images": sset.num_images, **_size_and_time(data, sset, seconds)})
     content = RecordDict({SET_ARRAYS_KEY: arrays, SET_META_KEY: meta})
     metrics["payload-bytes"] = message_nbytes(content)  # what this reply's records weigh
     content["metrics"] = metrics
     return content
+
+
+def _size_and_time(data: ImageDataset, sset: SyntheticSet, seconds: float) -> dict[str, float]:
+    """What a reply says of the client's data size and its work: exact for a set without
+    DP; for a DP set only the noisy total of its release (DP output, what the server may
+    weight by), and no time, since both the exact count and the time grow with the
+    private data's size outside the guarantee."""
+    privacy = sset.config.get("privacy")
+    if privacy is None:
+        return {"num-examples": int(data.train_images.shape[0]), "distill-seconds": seconds}
+    return {"num-examples": max(0.0, float(sum(privacy["noisy_class_sizes"])))}
 
 
 def _kept_set(cfg: FederateConfig, pid: int, server_round: int) -> SyntheticSet | None:

@@ -43,7 +43,7 @@ from fedcond.simulations.usage import TreeUsage
 
 def save_partitions(cfg: FederateConfig, out: Path) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Compute the run's partitions (exactly as the clients will) and save their histogram."""
-    data = get_dataset(cfg.dataset, cfg.data_dir)
+    data = get_dataset(cfg.dataset, cfg.data_dir, cfg.normalize)
     # Stored on disk too: every simulation process then reads them instead of recomputing.
     parts = list(cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
                                    cfg.classes_per_client, cfg.seed))
@@ -92,7 +92,7 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
     records = [annotate_privacy(r) for r in records]  # each client's DP epsilon, and the run's
     runs = [r for r, p in zip(records, planned) if p.kind is None]
     reference_runs = [r for r, p in zip(records, planned) if p.kind is not None]
-    raw = raw_data_upload(get_dataset(cfg.dataset, cfg.data_dir), parts)
+    raw = raw_data_upload(get_dataset(cfg.dataset, cfg.data_dir, cfg.normalize), parts)
     ref: dict[str, Any] = {}
     if reference != "none":
         total_ipc = None
@@ -100,7 +100,8 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
             pooled = max((sum(p["num_images"] for p in r.get("pool_provenance", [])) for r in runs), default=0)
             total_ipc = max(1, round(pooled / len(hist[0]))) if pooled else cfg.ipc * cfg.num_clients
         # kept under its inputs beside the runs' checkpoints: a rerun reads it back
-        ref = cached_reference(out / "checkpoints", get_dataset(cfg.dataset, cfg.data_dir), cfg, total_ipc, on_event)
+        data = get_dataset(cfg.dataset, cfg.data_dir, cfg.normalize)
+        ref = cached_reference(out / "checkpoints", data, cfg, total_ipc, on_event)
     meta = {"config": cfg.to_json(), "strategies": strategies, "reference": ref, "reference_runs": reference_runs,
             "raw_data_upload_bytes": raw["upload_bytes"], "raw_data": raw,
             "record": run_record(torch.device(cfg.device), wall_time_s=time.perf_counter() - start),

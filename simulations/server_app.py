@@ -57,7 +57,7 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
     from fedcond.strategies import build_strategy  # noqa: PLC0415
     from fedcond.strategies.resumed import FromRound, load_strategy_state, strategy_state  # noqa: PLC0415
 
-    data = get_dataset(cfg.dataset, cfg.data_dir)
+    data = get_dataset(cfg.dataset, cfg.data_dir, cfg.normalize)
     ledger = CommLedger()
     strategy = build_strategy(cfg, data, ledger, expected_nodes)
     accuracy: dict[int, float] = {}

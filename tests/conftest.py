@@ -18,6 +18,14 @@ def digits() -> ImageDataset:
     return load_dataset("digits")
 
 
+@pytest.fixture(scope="session")
+def digits_public(digits) -> ImageDataset:
+    """The same digits under fixed public normalisation constants (what DP methods need)."""
+    from fedcond.data import renormalized  # noqa: PLC0415
+
+    return renormalized(digits, "public")
+
+
 @pytest.fixture()
 def tiny_set(digits):
     """A small valid SyntheticSet: 2 images per class from digits."""

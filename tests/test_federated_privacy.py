@@ -1,5 +1,7 @@
-"""FedCond with differentially private clients: --dp-epsilon selects dp-dm, the server
-records every client's epsilon, and the report shows accuracy against epsilon."""
+"""FedCond with differentially private clients: --dp-epsilon selects dp-dm on publicly
+normalised data, a client's reply says nothing exact about its data size or time, noise
+seeds are refused, the server records every client's epsilon, and the report shows
+accuracy against epsilon."""
 
 from __future__ import annotations
 
@@ -20,14 +22,15 @@ from fedcond.federated.references import DP_EPSILON, RANDOM_REAL, plan_runs
 from fedcond.federated.report import annotate_privacy, plot_accuracy_vs_epsilon, privacy_table
 from fedcond.strategies.fedcond import FedCond
 
-QUICK = '{"bank_size": 2, "noise_seed": 0}'
+QUICK = '{"bank_size": 2}'
 
 
-def test_dp_epsilon_makes_clients_distill_with_dp_dm(digits):
+def test_dp_epsilon_makes_clients_distill_with_dp_dm(digits_public):
     cfg = FederateConfig(dp_epsilon=2.0, dp_delta=1e-6, ipc=2, iterations=3, method_options=QUICK)
     distiller, config = cfg.distill_config()
     assert distiller.name == "dp-dm" and config.epsilon == 2.0 and config.delta == 1e-6 and config.ipc == 2
-    sset = distill_partition(digits.subset(torch.arange(400)), cfg, seed=1)
+    assert cfg.normalize == "public" and FederateConfig().normalize == ""  # DP: public constants, every run alike
+    sset = distill_partition(digits_public.subset(torch.arange(400)), cfg, seed=1)
     assert sset.method == "dp-dm" and 1.9 < sset.config["privacy"]["epsilon"] <= 2.0
     assert FederateConfig().client_method == "dm"  # no DP unless asked
 
@@ -39,15 +42,19 @@ def test_dp_epsilon_makes_clients_distill_with_dp_dm(digits):
     ({"dp_delta": 0.0}, "--dp-delta"),
     ({"dp_epsilons": "1,x"}, "comma list"),
     ({"method_options": '{"epsilon": 3}'}, "unknown option"),
+    ({"method_options": '{"noise_seed": 0}'}, "noise_seed is refused"),
+    ({"normalize": "train"}, "private images"),
 ])
 def test_impossible_dp_settings_are_user_errors(options, problem):
     with pytest.raises(FedcondError, match=problem):
         FederateConfig(**{"dp_epsilon": 1.0, **options})
 
 
-def test_cli_dp_flag_error_is_one_line(tmp_path):
-    result = CliRunner().invoke(app, ["federate", "--out", str(tmp_path), "--dp-epsilon", "1", "--mode", "iterative"])
-    assert result.exit_code == 2 and result.stderr.strip().startswith("error: ") and "one-shot" in result.stderr
+@pytest.mark.parametrize("flags, problem", [(["--mode", "iterative"], "one-shot"),
+                                            (["--normalize", "train"], "private images")])
+def test_cli_dp_flag_error_is_one_line(tmp_path, flags, problem):
+    result = CliRunner().invoke(app, ["federate", "--out", str(tmp_path), "--dp-epsilon", "1", *flags])
+    assert result.exit_code == 2 and result.stderr.strip().startswith("error: ") and problem in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -69,9 +76,9 @@ def _reply(node: int, sset, pid: int) -> Message:
     return Message(content, reply_to=ins)
 
 
-def test_server_records_every_clients_epsilon(task_identity, digits, tiny_set):
+def test_server_records_every_clients_epsilon(task_identity, digits, digits_public, tiny_set):
     cfg = FederateConfig(ipc=2, server_epochs=1, dp_epsilon=3.0, iterations=2, method_options=QUICK)
-    private = distill_partition(digits.subset(torch.arange(300)), cfg, seed=0)
+    private = distill_partition(digits_public.subset(torch.arange(300)), cfg, seed=0)
     strategy = FedCond(digits, cfg, CommLedger())
     strategy.aggregate_train(1, [_reply(5, private, 0), _reply(6, tiny_set, 1)])
     by_pid = {p["partition_id"]: p for p in strategy.provenance()}
@@ -112,3 +119,32 @@ def test_a_private_federation_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["runs"][0]["epsilon"] == main["epsilon"]
     assert (tmp_path / "accuracy_vs_epsilon.png").exists() and "privacy budget" in (tmp_path / "results.md").read_text()
+
+
+def _client_reply(cfg: FederateConfig, pid: int = 0) -> dict:
+    """The metrics of one FedCond client's reply, as its ClientApp builds it."""
+    from flwr.app import Context
+
+    from simulations.client_app import _fedcond_reply
+
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": pid}, state=RecordDict(),
+                      run_config=cfg.to_run_config())
+    msg = Message(RecordDict({"config": ConfigRecord({"server-round": 1, "mode": "oneshot"})}), dst_node_id=1,
+                  message_type=MessageType.TRAIN)
+    content = _fedcond_reply(msg, context, cfg, pid, 1)
+    return dict(content["metrics"])
+
+
+def test_a_dp_clients_reply_has_no_exact_count_or_time(task_identity):
+    from fedcond.federated.partition import cached_partitions
+
+    base = {"num_clients": 2, "partition": "iid", "ipc": 1, "iterations": 2}
+    exact = len(cached_partitions("digits", "", 2, "iid", 0.5, 2, 0)[0])
+    plain = _client_reply(FederateConfig(**base))
+    assert plain["num-examples"] == exact and "distill-seconds" in plain  # no DP: the exact numbers
+    replies = [_client_reply(FederateConfig(dp_epsilon=10.0, method_options=QUICK, **base)) for _ in range(2)]
+    for reply in replies:
+        assert "distill-seconds" not in reply and not any("seconds" in key for key in reply)
+        assert isinstance(reply["num-examples"], float) and reply["num-examples"] != exact
+        assert abs(reply["num-examples"] - exact) < 200  # the noisy total of the release, near the truth
+    assert replies[0]["num-examples"] != replies[1]["num-examples"]  # fresh noise every time

@@ -3,14 +3,16 @@ adds noise of the stated size, and the accountant's numbers are the library's (a
 release, the exact analytic Gaussian mechanism's)."""
 
 import math
+import pickle
 
 import pytest
 import torch
 from scipy.stats import norm
 
 from fedcond.errors import FedcondError
-from fedcond.privacy.accounting import calibrate, epsilon_for
-from fedcond.privacy.mechanism import add_noise, class_sums, clip_rows, noisy_means, sensitivity
+from fedcond.privacy.accounting import calibrate, epsilon_for, replace_one_spend
+from fedcond.privacy.mechanism import add_noise, class_sums, clip_rows, noisy_means, replace_sensitivity, sensitivity
+from fedcond.privacy.noise import SecretNoise
 
 
 def test_clip_rows_bounds_long_rows_and_keeps_short_ones():
@@ -44,12 +46,40 @@ def test_clipping_bounds_every_examples_contribution_to_the_release():
     assert torch.allclose(sizes, torch.bincount(labels, minlength=3).float())
 
 
-def test_noise_has_the_stated_std_and_comes_from_the_generator():
+def test_noise_has_the_stated_std_and_is_fresh_every_time():
     sums = torch.zeros(200, 500)
-    a = add_noise(sums, 2.0, 1.5, torch.Generator().manual_seed(1))
-    b = add_noise(sums, 2.0, 1.5, torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
-    assert float(a.std()) == pytest.approx(3.0, rel=0.02)
+    a = add_noise(sums, 2.0, 1.5, SecretNoise())
+    b = add_noise(sums, 2.0, 1.5, SecretNoise())
+    assert not torch.equal(a, b) and a.dtype == sums.dtype
+    assert float(a.std()) == pytest.approx(3.0, rel=0.02) and abs(float(a.mean())) < 0.02
+    # One generator's draws continue (no repeat); none can be seeded, pickled or read back.
+    noise = SecretNoise()
+    assert not torch.equal(noise.gaussian((100,), 1.0), noise.gaussian((100,), 1.0))
+    with pytest.raises(TypeError):
+        pickle.dumps(noise)
+    assert not hasattr(noise, "state_dict") and not hasattr(noise, "__dict__")
+
+
+def test_poisson_sample_has_the_stated_rate():
+    picked = SecretNoise().poisson_sample(100_000, 0.1)
+    assert 9_500 < picked.numel() < 10_500 and picked.unique().numel() == picked.numel()
+    assert torch.equal(SecretNoise().poisson_sample(7, 1.0), torch.arange(7))
+
+
+def test_replace_one_costs_a_larger_sensitivity_and_group_privacy():
+    clip, weight = 1.0, 0.5
+    # Within one class the replaced embeddings can point opposite ways: 2 * clip.
+    assert replace_sensitivity(clip, weight) == 2.0
+    assert replace_sensitivity(clip, 2.0) == pytest.approx(math.sqrt(2 * 5))  # a heavy count weight: two rows
+    spend = calibrate(1.0, 1e-5, 1.0, 1)
+    out = replace_one_spend(spend, sensitivity(clip, weight), replace_sensitivity(clip, weight))
+    assert out["group_privacy_epsilon"] == pytest.approx(2 * spend.epsilon)
+    assert out["group_privacy_delta"] == pytest.approx((1 + math.exp(spend.epsilon)) * 1e-5)
+    # The plain Gaussian mechanism at sensitivity 2 instead of 1.118: epsilon at the same delta.
+    assert out["epsilon"] == pytest.approx(epsilon_for(spend.noise_multiplier / (2 / 1.118034), 1.0, 1, 1e-5), rel=1e-3)
+    assert spend.epsilon < out["epsilon"] < out["group_privacy_epsilon"]
+    sampled = calibrate(1.0, 1e-5, 0.1, 10)
+    assert replace_one_spend(sampled, 1.118, 2.0)["epsilon"] is None  # subsampled: group privacy only
 
 
 def test_epsilon_matches_opacus_for_a_known_setting():

@@ -87,9 +87,15 @@ def test_cli_verdicts_json_keys_and_pairs_picture(sets, name, verdict, tmp_path)
                 "random_real_near_copy_share", "test_accuracy_mean", "record"):
         assert key in data
     assert data["random_real_near_copy_share"] == 1.0
+    # The AUCs to compare between two sets are those on the same members, the random training images.
+    assert data["membership_auc_all_members"] == data["synthetic"]["membership_auc_all_members"]
+    assert data["random_real_membership_auc_all_members"] == data["random_real"]["membership_auc_all_members"]
+    assert "on the same random training images" in data["verdict"]
     if name == "dp":
         assert data["near_copy_share"] == 0.0 and data["epsilon"] <= 1.0
-        assert data["membership_auc"] < data["random_real_membership_auc"]
+        assert data["synthetic"]["membership_auc_seed_members"] is None  # noise start: no seed group
+        real = data["random_real"]
+        assert real["membership_auc_seed_members"] > real["membership_auc_all_members"]  # its own images leak
     else:
         assert data["near_copy_share"] >= 0.2  # DM from real images after 10 iterations: still copies
     png = (tmp_path / "audit_pairs.png").read_bytes()

@@ -82,12 +82,9 @@ def test_readme_is_short_and_its_links_resolve():
     docs/ names a file that exists (and an anchor that exists in it)."""
     root = README.parent
     assert len(README.read_text().splitlines()) <= 200
-    pending = {root / "docs" / "privacy.md"}  # written by the privacy work (issue 25), merged beside this
     for page in [README, *sorted((root / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#\s]+?\.(?:md|png))(?:#([^)\s]+))?\)", page.read_text()):
             path = (page.parent / target[0]).resolve()
-            if path in pending and not path.exists():
-                continue
             assert path.is_file(), f"{page.name} links to {target[0]}, which does not exist"
             if target[1]:
                 anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", path.read_text(), re.M)}

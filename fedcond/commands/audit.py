@@ -1,5 +1,7 @@
 """``fedcond audit``: what a synthetic set reveals about its training data (near-copies,
-membership inference against random real images of the same size), with a verdict."""
+membership inference against random real images of the same size), with a verdict; or,
+with ``--canary-method``, a method's empirical lower bound on ε from a canary audit
+(:mod:`fedcond.privacy.canary`)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from fedcond.synthetic import DEFAULT_MAX_BYTES
 
 @user_errors
 def command(
-    path: Path = typer.Argument(..., help="a synthetic.safetensors file (any set, a client's upload included)"),
+    path: Optional[Path] = typer.Argument(
+        None, help="a synthetic.safetensors file (any set, a client's upload included); omit with --canary-method"
+    ),
     dataset: str = typer.Option(..., "--dataset", "-d", help="the data set the set was made from"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write every number as JSON here"),
@@ -41,14 +45,29 @@ def command(
     random_baseline: bool = typer.Option(
         True, "--random-baseline/--no-random-baseline", help="also audit random real images of the same size"
     ),
-    seed: int = typer.Option(0, "--seed", help="seed of the samples and models"),
+    seed: int = typer.Option(0, "--seed", help="seed of the samples and models (canary audit: of the canaries and "
+                             "the method)"),
+    canary_method: Optional[str] = typer.Option(
+        None, "--canary-method", help="instead of a set: distill with this method on canaries (each kept with "
+        "probability 1/2) and report its empirical epsilon lower bound"
+    ),
+    canaries: int = typer.Option(1000, "--canaries", help="canary audit: number of canaries"),
+    confidence: float = typer.Option(0.95, "--confidence", help="canary audit: confidence of the bound"),
+    ipc: int = typer.Option(10, "--ipc", help="canary audit: images per class"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="canary audit: method iterations"),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="canary audit: method option key=value"),
+    epsilon: Optional[float] = typer.Option(None, "--epsilon", help="canary audit of dp-dm: its epsilon"),
+    delta: float = typer.Option(1e-5, "--delta", help="canary audit: the delta of the bound (and of dp-dm)"),
+    normalize: Optional[str] = typer.Option(
+        None, "--normalize", help="canary audit: public, train or MEAN:STD (default: the data set's; dp-dm: public)"
+    ),
     max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", help="refuse synthetic set files larger than this"),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)"
     ),
 ) -> None:
     """Audit a synthetic set for privacy: near-copies of training images and membership inference."""
-    from fedcond.data import load_dataset  # noqa: PLC0415
+    from fedcond.data import load_dataset, under_normalization  # noqa: PLC0415
     from fedcond.evaluate import EvalConfig  # noqa: PLC0415
     from fedcond.privacy.audit import AuditConfig, audit_set  # noqa: PLC0415
     from fedcond.privacy.memorisation import pixels, save_pairs  # noqa: PLC0415
@@ -56,6 +75,14 @@ def command(
     from fedcond.synthetic import SyntheticSet  # noqa: PLC0415
 
     set_threads(threads)
+    if canary_method is not None:
+        if path is not None:
+            raise FedcondError("give either a set PATH or --canary-method, not both")
+        _canary_audit(canary_method, dataset, data_dir, json_out, canaries, confidence, ipc, iterations, option,
+                      epsilon, delta, normalize, seed)
+        return
+    if path is None:
+        raise FedcondError("nothing to audit: give a synthetic set PATH, or --canary-method METHOD")
     if epochs < 1:
         raise FedcondError(f"--epochs must be >= 1, got {epochs}")
     pairs_path = pairs or ((json_out.parent if json_out else path.parent) / "audit_pairs.png")
@@ -67,7 +94,7 @@ def command(
                          max_members=max_members, max_nonmembers=max_nonmembers, near_copy_quantile=quantile,
                          random_baseline=random_baseline, seed=seed)
     sset = SyntheticSet.load(path, max_bytes=max_bytes)
-    data = load_dataset(dataset, data_dir=data_dir)
+    data = under_normalization(load_dataset(dataset, data_dir=data_dir), sset.mean, sset.std)
     if sset.dataset != data.name:
         console.print(
             f"[yellow]note:[/] the set says it was made from {sset.dataset!r}; auditing against {data.name!r}"
@@ -115,3 +142,56 @@ def _print_table(result: dict) -> None:
         table.caption = f"DP guarantee: epsilon {result['epsilon']:.3g}, delta {result['set']['privacy']['delta']:.3g}"
     console.print(table)
     console.print(f"  seed images: {syn['seed_members']}")
+
+
+def _canary_audit(method: str, dataset: str, data_dir: Path | None, json_out: Path | None, canaries: int,
+                  confidence: float, ipc: int, iterations: int | None, option: list[str] | None,
+                  epsilon: float | None, delta: float, normalize: str | None, seed: int) -> None:
+    """``fedcond audit --canary-method``: one canary audit, its table, bound and JSON."""
+    if json_out is not None:
+        writable_file(json_out, "--json")
+    existing_folder(data_dir)
+    from fedcond.commands.common import parse_options  # noqa: PLC0415
+    from fedcond.data import load_dataset  # noqa: PLC0415
+    from fedcond.distill import make_distiller  # noqa: PLC0415
+    from fedcond.privacy.canary import CanaryConfig, canary_audit  # noqa: PLC0415
+    from fedcond.runinfo import run_record, write_json  # noqa: PLC0415
+
+    config = CanaryConfig(canaries=canaries, confidence=confidence, delta=delta, seed=seed)
+    budget = {"delta": delta, **({"epsilon": epsilon} if epsilon is not None else {})}  # where the method has them
+    distiller, method_config = make_distiller(method, ipc, iterations=iterations, options=parse_options(option),
+                                              settings=budget)
+    private = "epsilon" in method_config.to_dict()
+    if not private and epsilon is not None:
+        raise FedcondError(f"--epsilon is for a DP method; {method} has none")
+    data = load_dataset(dataset, data_dir=data_dir, normalize=normalize or ("public" if private else None))
+    if private and data.normalization == "train":
+        raise FedcondError(f"{method} refuses normalisation computed from the private training images "
+                           "(--normalize train): use --normalize public or MEAN:STD")
+    if canaries > data.train_labels.numel():
+        raise FedcondError(f"--canaries {canaries} is more than the {data.train_labels.numel()} training images")
+    console.print(f"[bold]canary audit[/] of {method} on {data.name}: {canaries} canaries, each kept with "
+                  "probability 1/2")
+    audit, _ = canary_audit(data, distiller, method_config, config, seed, "cpu",
+                            on_step=lambda text: console.print(f"  {text}"))
+    result = audit.to_json()
+    _print_guesses(result)
+    stated = f" (stated epsilon {result['stated_epsilon']:.3g})" if result["stated_epsilon"] is not None else ""
+    typer.echo(f"empirical epsilon lower bound {result['empirical_epsilon_lower_bound']:.3f} at "
+               f"{confidence:.0%} confidence, delta {delta:g}{stated}; the most this audit can show is "
+               f"{result['largest_provable_bound']:.2f}")
+    if json_out is not None:
+        write_json(json_out, {**result, "dataset": data.name, "record": run_record(data.device)})
+        typer.echo(f"wrote {json_out} in {audit.seconds:.0f} s")
+
+
+def _print_guesses(result: dict) -> None:
+    """The grid of guesses: how many were right and the bound each proves."""
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"canary audit ({result['canaries']} canaries, {result['canaries_included']} kept)")
+    for name in ("guessed in", "correct", "epsilon lower bound"):
+        table.add_column(name, justify="right")
+    for g in result["guesses"]:
+        table.add_row(str(g["guesses"]), str(g["correct"]), f"{g['epsilon_lower_bound']:.3f}")
+    console.print(table)

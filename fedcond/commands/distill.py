@@ -36,6 +36,9 @@ def command(
     ),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="dp-dm: the privacy budget epsilon"),
     delta: Optional[float] = typer.Option(None, "--delta", help="dp-dm: the privacy budget delta (default 1e-5)"),
+    normalize: Optional[str] = typer.Option(
+        None, "--normalize", help="public, train or MEAN:STD per channel (default: the data set's; dp-dm: public)"
+    ),
     ipc: int = typer.Option(10, "--ipc", help="images per class"),
     iterations: Optional[int] = typer.Option(
         None, "--iterations", "-n", help="iterations, for methods that iterate (default: the method's)"
@@ -76,7 +79,13 @@ def command(
     if iterations is not None and not iterative:
         raise FedcondError(f"method {method!r} does not iterate; drop --iterations")
 
-    data = load_dataset(dataset, data_dir=data_dir, device=dev)
+    private = "epsilon" in config.to_dict()  # a DP method: nothing private outside its mechanism
+    if private and normalize is None:
+        normalize = "public"  # the default of digits and ImageFolder data is computed from the private images
+    data = load_dataset(dataset, data_dir=data_dir, device=dev, normalize=normalize)
+    if private and data.normalization == "train":
+        raise FedcondError(f"{method} refuses normalisation computed from the private training images "
+                           "(--normalize train): use --normalize public or MEAN:STD")
     console.print(f"[bold]{method}[/] on {data.name}: {data.train_images.shape[0]} train images, "
                   f"{data.num_classes} classes, shape {data.image_shape}, device {dev}")
     stamps: list[tuple[float, int]] = []
@@ -101,12 +110,17 @@ def command(
     record = run_record(dev, method=method, dataset=data.name, ipc=ipc, seed=seed, config=config.to_dict(),
                         wall_time_s=wall, peak_memory_bytes=peak_memory_bytes(dev), nbytes=nbytes,
                         num_images=sset.num_images, class_counts=sset.class_counts(), storage_dtype=dtype)
-    if "privacy" in sset.config:  # a DP method: the guarantee it spent (also in the set's metadata)
-        record["epsilon"] = sset.config["privacy"]["epsilon"]
-        record["privacy"] = sset.config["privacy"]
     if iterative:
         record["iterations"] = config.iterations  # type: ignore[attr-defined]
         record["seconds_per_iteration"] = _seconds_per_iteration(stamps, wall, config.iterations)  # type: ignore[attr-defined]
+    if "privacy" in sset.config:  # a DP method: the guarantee it spent (also in the set's metadata)
+        record["epsilon"] = sset.config["privacy"]["epsilon"]
+        record["adjacency"] = sset.config["privacy"]["adjacency"]
+        record["privacy"] = sset.config["privacy"]
+        # Time and memory grow with the number of training images: outside the guarantee, so not recorded.
+        for key in ("wall_time_s", "peak_memory_bytes", "seconds_per_iteration"):
+            record.pop(key, None)
+        record["timings"] = "not recorded for a DP run: they depend on the private data's size"
     write_json(out / "run.json", record)
     typer.echo(f"wrote {out / 'synthetic.safetensors'} ({sset.num_images} images, {nbytes} bytes), "
                f"{out / 'run.json'}, {out / 'grid.png'} in {wall:.1f} s")

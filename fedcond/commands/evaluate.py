@@ -69,7 +69,7 @@ def command(
     ),
 ) -> None:
     """Train fresh models on a synthetic set (or real data) and report test accuracy."""
-    from fedcond.data import load_dataset  # noqa: PLC0415
+    from fedcond.data import load_dataset, under_normalization  # noqa: PLC0415
     from fedcond.evaluate import (  # noqa: PLC0415
         EvalConfig,
         architecture_names,
@@ -105,6 +105,8 @@ def command(
                         dsa_strategy=dsa_strategy, kd_temperature=kd_temperature)
     dev = resolve_device(device)
     data = load_dataset(dataset, data_dir=data_dir, device=dev)
+    if sset is not None:  # the set's normalisation (a DP set uses public constants)
+        data = under_normalization(data, sset.mean, sset.std)
     if sset is not None and sset.dataset != data.name:
         console.print(f"[yellow]note:[/] the set was made from {sset.dataset!r}, evaluating on {data.name!r}")
     if kd_temperature is not None and (sset is None or not sset.soft_labels):

@@ -205,6 +205,9 @@ def command(
         "--dp-epsilons",
         help="comma list of epsilons: FedCond reruns once per other epsilon, for accuracy against epsilon",
     ),
+    normalize: Optional[str] = typer.Option(
+        None, "--normalize", help="public, train or MEAN:STD per channel (default: the data set's; with DP: public)"
+    ),
     reference: str = typer.Option(
         "full", "--reference", help="centralised reference: none, full (upper bound trained to a plateau) or distill"
     ),

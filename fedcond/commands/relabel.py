@@ -52,7 +52,7 @@ def command(
     max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", help="refuse synthetic set files larger than this"),
 ) -> None:
     """Relabel a synthetic set with a teacher's temperature-softened probabilities (KD soft labels)."""
-    from fedcond.data import load_dataset  # noqa: PLC0415
+    from fedcond.data import load_dataset, under_normalization  # noqa: PLC0415
     from fedcond.evaluate import check_compatible  # noqa: PLC0415
     from fedcond.models import MODEL_NAMES  # noqa: PLC0415
     from fedcond.relabel import (  # noqa: PLC0415
@@ -99,7 +99,7 @@ def command(
     existing_folder(data_dir)
     sset = SyntheticSet.load(path, max_bytes=max_bytes)  # fail fast on bad files
     dev = resolve_device(device)
-    data = load_dataset(dataset, data_dir=data_dir, device=dev)
+    data = under_normalization(load_dataset(dataset, data_dir=data_dir, device=dev), sset.mean, sset.std)
     check_compatible(sset, data)
     zca = zca_regularization(sset.config)  # a ZCA-space set needs a teacher trained in ZCA space
 

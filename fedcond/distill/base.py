@@ -170,6 +170,10 @@ def make_distiller(
             naming it and listing the known options.
     """
     distiller = get_distiller(method)
+    # A method may refuse an option with its reason (dp-dm: a noise seed would void the guarantee).
+    for key, reason in getattr(distiller.config_class, "refused_options", {}).items():
+        if key in (options or {}):
+            raise FedcondError(f"option {key} is refused: {reason}")
     names = {f.name for f in fields(distiller.config_class)}
     known = sorted(names - {"ipc", "model", "iterations", *(settings or {}), *reserved})
     unknown = sorted(set(options or {}) - set(known))

@@ -21,20 +21,29 @@ Two ways to spend the budget (``mechanism``):
   ``iterations`` subsampled Gaussian mechanisms. Subsampling amplifies privacy, but the
   noise must cover every iteration.
 
-``release`` measures better, hence the default: on digits IPC10 (200 iterations, 2
-evaluation runs) it reached 0.819 at ε = 1 and 0.928 at ε = 10, where ``iterate`` reached
-0.426 / 0.903 (sample rate 1) and 0.509 / 0.879 (sample rate 0.1). On MNIST IPC10
-``release`` reaches 0.908 at ε = 1 and 0.926 at ε = 10 (benchmarks/results/privacy_mnist.md). Accounting is Opacus's
-(:mod:`fedcond.privacy.accounting`), under add/remove-one-example adjacency.
+``release`` measures better, hence the default: on digits IPC10 under public constants
+(benchmarks/results/privacy_digits.md: 500 matching iterations, 2 evaluation runs) it
+reaches 0.730 at ε = 1 and 0.920 at ε = 10, where ``iterate`` (200 iterations, sample rate
+0.1) reaches 0.506 / 0.870; on MNIST IPC10 see benchmarks/results/privacy_mnist.md.
+Accounting is Opacus's (:mod:`fedcond.privacy.accounting`), under add/remove-one-example
+adjacency.
 
-The Gaussian noise comes from a generator of its own, seeded from the operating system's
-secret randomness (``noise_seed=-1``): the run's seed is written into the set, and noise
-anyone can recompute would protect nothing. The secret seed is kept only in the run's
-checkpoint, so a resumed run reuses the same release instead of making a second one.
+The Gaussian noise (and the Poisson samples) come from :class:`~fedcond.privacy.noise.SecretNoise`:
+operating-system entropy, never seeded by the user and never written anywhere, since the
+run's seed is in the set and noise anyone can recompute protects nothing. A resumed run
+therefore cannot redraw the same noise, and does not need to: the checkpoint holds the
+noisy release itself, which is DP output. ``release`` writes it before anything derived
+from it is shown (the first progress line comes after); ``iterate`` checkpoints at every
+progress line, so no step whose result was shown is ever redone with other noise. A resume
+checks a keyed fingerprint of the training data (:mod:`fedcond.privacy.fingerprint`), not
+only the data set's name. The release and that state live in :mod:`fedcond.distill.dp_release`.
 
-What the guarantee covers, and what it assumes: the images start from noise (a real-image
-start would hand over the images it starts from), labels are the public class list, and
-the data set's normalisation constants are treated as public (as DP-SGD papers do).
+What the guarantee covers, and what it assumes: add/remove-one adjacency (replace-one is
+stated beside it in the record); the images start from noise (a real-image start would
+hand over the images it starts from), labels are the public class list, and the data
+set's normalisation constants are public: fixed constants, never statistics of the
+private images (a data set whose mean and std come from its training images is refused).
+In ``iterate`` the sampling rate is given, not computed from the private data size.
 Networks run in eval mode so that no example's embedding depends on another's (train-mode
 batch norm would mix a batch). Classes whose noisy size falls below ``min_class_size``
 (default three standard deviations of the size noise) get no images: their noisy mean is
@@ -43,24 +52,42 @@ mostly noise, and dropping them is post-processing too.
 
 from __future__ import annotations
 
+import json
 import math
-import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from fedcond.augment import DSA, DSAParams
-from fedcond.data import ImageDataset
+from fedcond.augment import DSA
+from fedcond.data import TRAIN, ImageDataset
 from fedcond.distill.base import Callbacks, DistillConfig, generator_seed, register
-from fedcond.distill.checkpoint import CHECKPOINT_NAME, run_fingerprint
+from fedcond.distill.checkpoint import CHECKPOINT_NAME, run_fingerprint, save_checkpoint
+from fedcond.distill.dp_release import (
+    BankMember,
+    DPState,
+    embedding_dims,
+    make_bank,
+    release_means,
+    saved_state,
+    set_targets,
+)
 from fedcond.distill.loop import IterativeConfig, RunState, finish_set, run_loop
 from fedcond.distill.matching import embed_chunked, embedding_chunk, fresh_network
 from fedcond.errors import FedcondError
-from fedcond.privacy.accounting import ACCOUNTANTS, PrivacySpend, calibrate
-from fedcond.privacy.mechanism import add_noise, class_sums, clip_rows, noisy_means, sensitivity
+from fedcond.privacy.accounting import ACCOUNTANTS, PrivacySpend, calibrate, replace_one_spend
+from fedcond.privacy.fingerprint import data_fingerprint
+from fedcond.privacy.mechanism import (
+    add_noise,
+    class_sums,
+    clip_rows,
+    noisy_means,
+    replace_sensitivity,
+    sensitivity,
+)
+from fedcond.privacy.noise import SecretNoise
 from fedcond.synthetic import SyntheticSet
 
 MECHANISMS = ("release", "iterate")
@@ -78,9 +105,9 @@ class DPDMConfig(IterativeConfig):
         bank_size: release: random networks in the bank.
         members_per_step: release: bank networks matched per iteration.
         sample_rate: each example's inclusion probability in the (Poisson) sample: iterate:
-            per iteration, 0 = about ``batch_real`` examples per class (``batch_real *
-            classes / train size``); release: of the one release, 0 = 1 (all data; lower is
-            cheaper on large data sets, and amplification repays part of the lost signal).
+            per iteration, required (> 0; it must not be computed from the private data
+            size); release: of the one release, 0 = 1 (all data; lower is cheaper on large
+            data sets, and amplification repays part of the lost signal).
         clip_norm: bound on each example's (whole) embedding norm. Embeddings of the
             instance-norm ConvNet have nearly equal norms, so clipping normalises them and
             this value only sets the scale.
@@ -89,7 +116,8 @@ class DPDMConfig(IterativeConfig):
         min_class_size: classes whose noisy size is below this get no images; < 0 = three
             standard deviations of the size noise.
         accountant: Opacus's ``prv`` (tight) or ``rdp``.
-        noise_seed: see the field's comment; -1 = secret.
+
+    There is no noise seed: the noise comes from operating-system entropy, always.
     """
 
     iterations: int = 1000  # release: matching only, cheap; iterate: pass fewer (each reads a subsample)
@@ -106,11 +134,11 @@ class DPDMConfig(IterativeConfig):
     count_weight: float = 0.5
     min_class_size: float = -1.0
     accountant: str = "prv"
-    # The Gaussian noise's own seed: -1 (default) draws it from the operating system's secret
-    # randomness, kept only in the run's checkpoint. A fixed seed makes the noise
-    # reproducible, for tests: anyone who knows it can recompute the noise, so the
-    # guarantee does not hold against them.
-    noise_seed: int = -1
+    # Options refused with their reason (fedcond.distill.base.make_distiller reports it).
+    refused_options: ClassVar[dict[str, str]] = {
+        "noise_seed": "dp-dm draws its noise from the operating system's entropy and takes no seed: noise anyone "
+                      "can recompute protects nothing, and the stated epsilon would not hold",
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -131,82 +159,13 @@ class DPDMConfig(IterativeConfig):
             raise FedcondError("bank_size and members_per_step must be >= 1")
         if not 0 <= self.sample_rate <= 1:
             raise FedcondError(f"sample_rate must be in [0, 1] (0: automatic), got {self.sample_rate}")
+        if self.mechanism == "iterate" and self.sample_rate == 0:
+            raise FedcondError("dp-dm iterate needs its sampling rate given, e.g. -o sample_rate=0.01: computing it "
+                               "from the training set's size would use that private size outside the guarantee")
         if self.clip_norm <= 0 or self.count_weight <= 0:
             raise FedcondError("clip_norm and count_weight must be > 0")
-        if self.noise_seed < -1:
-            raise FedcondError(f"noise_seed must be -1 (secret) or >= 0, got {self.noise_seed}")
         if self.accountant not in ACCOUNTANTS:
             raise FedcondError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
-
-
-@dataclass
-class _Member:
-    """One network of the release bank: the network, its per-class augmentation draw (or
-    None) and the released noisy per-class means in unit scale, (K, D)."""
-
-    net: nn.Module
-    dsa: DSAParams | None
-    target: torch.Tensor
-
-
-class _NoiseSource:
-    """The run's noise generator (a MethodState, checkpointed with the run) and, in iterate
-    mode, the running sum of the noisy class sizes.
-
-    The noise must not come from the run's ``generator``: its seed is recorded in the set,
-    and noise anyone can recompute protects nothing. A secret seed lives only here and in
-    the checkpoint, so a resumed run releases the same noise instead of a second release.
-    """
-
-    def __init__(self, seed: int, num_classes: int) -> None:
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
-        self.size_sum = torch.zeros(num_classes)
-        self.steps = 0
-        self.planned_steps = 1
-
-    @classmethod
-    def create(cls, config: "DPDMConfig", num_classes: int, planned_steps: int) -> "_NoiseSource":
-        """From the config's fixed seed, the resumable checkpoint's, or secret randomness.
-
-        ``planned_steps``: the private steps the noise was calibrated for. Iterate mode's
-        noise depends on the number of iterations, so a checkpoint planned for another
-        number cannot be continued (its first steps had other noise).
-        """
-        saved = _checkpointed_state(config)
-        if saved is not None and config.mechanism == "iterate" and int(saved["planned_steps"]) != planned_steps:
-            raise FedcondError(f"dp-dm iterate: the checkpoint in {config.checkpoint_dir} was calibrated for "
-                               f"{int(saved['planned_steps'])} iterations, not {planned_steps}; resume with the "
-                               "same number (the noise of every step depends on it) or delete the checkpoint")
-        seed = config.noise_seed if config.noise_seed >= 0 else (int(saved["seed"]) if saved is not None else None)
-        source = cls(secrets.randbits(62) if seed is None else seed, num_classes)
-        source.planned_steps = planned_steps
-        return source
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "generator": self.generator.get_state(), "size_sum": self.size_sum.clone(),
-                "steps": self.steps, "planned_steps": self.planned_steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self.generator.set_state(state["generator"])
-        self.size_sum, self.steps = state["size_sum"].clone(), int(state["steps"])
-        self.planned_steps = int(state["planned_steps"])
-
-
-def _checkpointed_state(config: "DPDMConfig") -> dict[str, Any] | None:
-    """The noise state of an earlier run in ``config.checkpoint_dir``, read before the
-    release (run_loop restores it only after), or None when there is none."""
-    if not config.checkpoint_dir:
-        return None
-    path = Path(config.checkpoint_dir) / CHECKPOINT_NAME
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["method_state"]
-        return {"seed": int(state["seed"]), "planned_steps": int(state["planned_steps"])}
-    except Exception:  # noqa: BLE001  (unreadable or another method's: run_loop reports it when it loads the file)
-        return None
 
 
 @register("dp-dm")
@@ -234,6 +193,11 @@ class DPDM:
         they would show classes the final set drops).
         """
         config = DPDMConfig.coerce(config)
+        if dataset.normalization == TRAIN:
+            raise FedcondError(
+                f"dp-dm refuses {dataset.name}'s normalisation: its mean and std were computed from the private "
+                "training images; load the data with public constants (--normalize public, or MEAN:STD)"
+            )
         device = torch.device(device)
         seed = generator_seed(generator)
         dataset = dataset.to(device)
@@ -241,11 +205,13 @@ class DPDM:
         n = int(dataset.train_labels.numel())
         if n == 0:
             raise FedcondError("the data set has no training images to distill")
+        loop_config = config
         if config.mechanism == "release":
             q, steps = config.sample_rate or 1.0, 1
         else:
-            q = config.sample_rate or min(1.0, config.batch_real * k / n)
-            steps = max(1, config.iterations)
+            q, steps = config.sample_rate, max(1, config.iterations)
+            # A checkpoint at every progress line: a step whose loss was shown is never redone with other noise.
+            loop_config = replace(config, checkpoint_every=math.gcd(config.checkpoint_every, config.log_every))
         spend = calibrate(config.epsilon, config.delta, q, steps, config.accountant)
         sens = sensitivity(config.clip_norm, config.count_weight)
         size_noise = spend.noise_multiplier * sens / (config.count_weight * config.clip_norm)  # one release's
@@ -259,20 +225,30 @@ class DPDM:
         dsa = DSA(config.dsa_strategy) if config.dsa else None
         chunk = embedding_chunk(device)
 
-        noise = _NoiseSource.create(config, k, steps)
+        data_id = f"{dataset.name} (training data {data_fingerprint(dataset)})" if config.checkpoint_dir else ""
+        fingerprint = run_fingerprint(self.name, config, seed, data_id, int(syn_class.numel()))
+        fingerprint = json.dumps({**json.loads(fingerprint), "iterations_planned": steps if config.mechanism ==
+                                  "iterate" else None}, sort_keys=True)
+        release = saved_state(config, fingerprint, k, steps) or DPState(k, steps)
         if config.mechanism == "release":
-            bank, sizes = _release(dataset, config, q, spend.noise_multiplier, sens, generator, noise.generator, dsa,
-                                   chunk)
+            bank = make_bank(dataset, config, generator, dsa)
+            if not release.released:
+                release.means, release.sizes = release_means(dataset, config, q, spend.noise_multiplier, sens, bank,
+                                                             dsa, chunk)
+                if config.checkpoint_dir:  # written before anything derived from it is shown
+                    save_checkpoint(Path(config.checkpoint_dir) / CHECKPOINT_NAME, state, generator, 0, fingerprint,
+                                    release)
+            set_targets(bank, release.means.to(device), config.clip_norm, embedding_dims(bank, dataset))
+            sizes = release.sizes
             size_noise /= q
             step = _release_step(bank, state, syn_class, assign, config, generator, dsa)
         else:
             step = _iterate_step(dataset, state, syn_class, assign, config, q, spend.noise_multiplier, sens,
-                                 generator, dsa, chunk, noise)
-        fingerprint = run_fingerprint(self.name, config, seed, dataset.name, int(syn_class.numel()))
-        run_loop(step, state, config, generator, fingerprint, callbacks, None, method_state=noise)
+                                 generator, dsa, chunk, release)
+        run_loop(step, state, loop_config, generator, fingerprint, callbacks, None, method_state=release)
         if config.mechanism == "iterate":
-            sizes = noise.size_sum / max(1, noise.steps) / q  # each step's size estimate covers a q-sample
-            size_noise /= q * math.sqrt(max(1, noise.steps))
+            sizes = release.size_sum / max(1, release.steps) / q  # each step's size estimate covers a q-sample
+            size_noise /= q * math.sqrt(max(1, release.steps))
         min_size = config.min_class_size if config.min_class_size >= 0 else 3.0 * size_noise
         keep = sizes.cpu() >= min_size
         if not bool(keep.any()):
@@ -282,12 +258,12 @@ class DPDM:
         mask = keep[sset.labels]
         sset.images, sset.labels = sset.images[mask].contiguous(), sset.labels[mask].contiguous()
         sset.config["present_classes"] = torch.nonzero(keep).flatten().tolist()
-        sset.config["privacy"] = privacy_record(spend, config, sens, size_noise, keep, sizes)
+        sset.config["privacy"] = privacy_record(spend, config, sens, size_noise, keep, sizes, dataset.normalization)
         return sset.validate()
 
 
 def privacy_record(spend: PrivacySpend, config: DPDMConfig, sens: float, size_noise: float, keep: torch.Tensor,
-                   sizes: torch.Tensor) -> dict[str, Any]:
+                   sizes: torch.Tensor, normalization: str) -> dict[str, Any]:
     """The guarantee and how it was obtained, as stored in the set's metadata and run.json."""
     return {
         **spend.to_json(),
@@ -298,10 +274,10 @@ def privacy_record(spend: PrivacySpend, config: DPDMConfig, sens: float, size_no
         "noise_std": spend.noise_multiplier * sens,
         "bank_size": config.bank_size if config.mechanism == "release" else None,
         "adjacency": "add or remove one training example",
+        "replace_one": replace_one_spend(spend, sens, replace_sensitivity(config.clip_norm, config.count_weight)),
         "library": "opacus",
-        "noise_seed": "secret"
-        if config.noise_seed < 0
-        else "fixed (reproducible: no guarantee against anyone who knows it)",
+        "noise_source": "operating-system entropy (numpy Philox keyed with 384 bits from secrets); never written",
+        "normalization": normalization,
         "class_size_noise_std": size_noise,
         "dropped_classes": torch.nonzero(~keep).flatten().tolist(),
         "noisy_class_sizes": [round(float(s), 1) for s in sizes.cpu()],
@@ -313,47 +289,7 @@ def _embed_unit(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return clip_rows(net.embed(images).flatten(1), 1.0)
 
 
-@torch.no_grad()
-def _release(dataset: ImageDataset, config: DPDMConfig, q: float, sigma: float, sens: float,
-             generator: torch.Generator, noise: torch.Generator, dsa: DSA | None, chunk: int | None
-             ) -> tuple[list[_Member], torch.Tensor]:
-    """The one private step of ``release``: the bank's noisy per-class means, and class sizes
-    (estimated for the whole data). Networks and augmentations come from ``generator``, the
-    sample and the noise from ``noise``."""
-    k, m = dataset.num_classes, config.bank_size
-    nets = [fresh_network(config.model, dataset, generator, dataset.device).eval().requires_grad_(False)
-            for _ in range(m)]
-    draws = [dsa.sample_params(k, generator) if dsa is not None else None for _ in range(m)]
-    member_clip = config.clip_norm / math.sqrt(m)  # m clipped parts: the whole stays within clip_norm
-    # Poisson subsample (q < 1: cheaper on large data, partly repaid by amplification),
-    # drawn from the secret generator: amplification needs the sample hidden.
-    picked = _poisson(dataset.train_labels.numel(), q, noise, dataset.device)
-    images, labels = dataset.train_images[picked], dataset.train_labels[picked]
-    probe = dataset.train_images[:1]
-    dims = [net.embed(probe).flatten(1).shape[1] for net in nets]
-    sums = torch.zeros(k, sum(dims) + 1, device=dataset.device)
-    step = chunk or max(1, labels.numel())
-    for start in range(0, labels.numel(), step):
-        x, y = images[start : start + step], labels[start : start + step]
-        parts = []
-        for net, draw in zip(nets, draws):
-            xa = dsa.apply(x, draw.take(y)) if draw is not None else x
-            parts.append(clip_rows(embed_chunked(net.embed, xa, None), member_clip))
-        sums += class_sums(torch.cat(parts, dim=1), y, k, config.clip_norm, config.count_weight)
-    noisy = add_noise(sums, sigma, sens, noise)
-    means, sizes = noisy_means(noisy, config.clip_norm, config.count_weight)
-    targets = torch.split(means / member_clip, dims, dim=1)  # back to the unit scale, per network
-    return [_Member(net, draw, t) for net, draw, t in zip(nets, draws, targets)], sizes / q
-
-
-def _poisson(n: int, q: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Indices of a Poisson sample of ``range(n)``: each independently with probability ``q``."""
-    if q >= 1.0:
-        return torch.arange(n, device=device)
-    return torch.nonzero(torch.rand(n, generator=generator) < q).flatten().to(device)
-
-
-def _release_step(bank: list[_Member], state: RunState, syn_class: torch.Tensor, assign: torch.Tensor,
+def _release_step(bank: list[BankMember], state: RunState, syn_class: torch.Tensor, assign: torch.Tensor,
                   config: DPDMConfig, generator: torch.Generator, dsa: DSA | None):  # noqa: ANN202
     """One matching iteration against ``members_per_step`` random networks of the bank."""
     per_step = min(config.members_per_step, len(bank))
@@ -375,17 +311,20 @@ def _release_step(bank: list[_Member], state: RunState, syn_class: torch.Tensor,
 
 def _iterate_step(dataset: ImageDataset, state: RunState, syn_class: torch.Tensor, assign: torch.Tensor,
                   config: DPDMConfig, q: float, sigma: float, sens: float, generator: torch.Generator,
-                  dsa: DSA | None, chunk: int | None, noise: _NoiseSource):  # noqa: ANN202
-    """One DM iteration on a Poisson subsample with fresh noise (a private step each time)."""
+                  dsa: DSA | None, chunk: int | None, release: DPState):  # noqa: ANN202
+    """One DM iteration on a Poisson subsample with fresh noise (a private step each time).
+    The noise and the sample come from one :class:`SecretNoise` for the whole run (a
+    resumed run makes a new one: the steps it has not done yet need no particular noise)."""
     k = dataset.num_classes
     n = dataset.train_labels.numel()
+    noise = SecretNoise()
     net: nn.Module | None = None
 
     def step(_: int) -> torch.Tensor:
         nonlocal net
         net = fresh_network(config.model, dataset, generator, dataset.device, reuse=net).eval().requires_grad_(False)
         # Poisson sampling, as the accountant assumes: each example independently with prob q.
-        picked = _poisson(n, q, noise.generator, dataset.device)  # the secret generator: see _release
+        picked = noise.poisson_sample(n, q).to(dataset.device)  # in secret: see _release
         real, y = dataset.train_images[picked], dataset.train_labels[picked]
         syn = state.images
         if dsa is not None:
@@ -397,10 +336,10 @@ def _iterate_step(dataset: ImageDataset, state: RunState, syn_class: torch.Tenso
             # An empty sample still releases noise, of the same shape.
             feats = embed_chunked(net.embed, real, chunk) if y.numel() else syn_feat.new_zeros(0, syn_feat.shape[1])
             sums = class_sums(feats, y, k, config.clip_norm, config.count_weight)
-            noisy = add_noise(sums, sigma, sens, noise.generator)
+            noisy = add_noise(sums, sigma, sens, noise)
             means, sizes = noisy_means(noisy, config.clip_norm, config.count_weight)
-        noise.size_sum += sizes.cpu()
-        noise.steps += 1
+        release.size_sum += sizes.cpu()
+        release.steps += 1
         target = means / config.clip_norm
         loss = ((target - assign @ syn_feat) ** 2).sum()
         state.optimizer.zero_grad(set_to_none=True)

@@ -70,6 +70,10 @@ class FederateConfig:
     dp_delta: float = 1e-5
     # `fedcond federate` reruns FedCond once per other epsilon here (accuracy against epsilon)
     dp_epsilons: str = ""
+    # The data's normalisation (fedcond.data.load_dataset's normalize): "" = the data set's
+    # default, which with DP becomes "public" (digits' default is computed from the private
+    # images); "MEAN:STD" for ImageFolder data under DP.
+    normalize: str = ""
     # FedCond iterative mode: refining a client's set against the global model (FedDM)
     feddm_lr_images: float = 1.0
     feddm_momentum_images: float = 0.5
@@ -158,6 +162,11 @@ class FederateConfig:
             if self.effective_mode == "iterative" or "fedcond-iterative" in self.strategy_names:
                 raise FedcondError("--dp-epsilon works with one-shot FedCond: every iterative round would spend "
                                    "the budget again")
+            if not self.normalize:  # every run of the experiment alike, the non-private references too
+                self.normalize = "public"
+            if self.normalize == "train":
+                raise FedcondError("--dp-epsilon refuses normalize = \"train\": statistics of the private images; "
+                                   "use public or MEAN:STD")
         self.distill_config()  # unknown method or method option: fail here, not in a client
 
     # ------------------------------------------------------------------ derived

@@ -238,7 +238,7 @@ def reference_inputs(cfg: FederateConfig, total_ipc: int | None = None) -> dict[
     """Every setting the centralised reference depends on, and nothing else: changing the
     strategies, rounds or clients' work keeps the upper bound; the distillation reference
     also depends on the method's settings and the server's training."""
-    keys = ["dataset", "data_dir", "model", "seed", "central_max_epochs", "central_patience"]
+    keys = ["dataset", "data_dir", "normalize", "model", "seed", "central_max_epochs", "central_patience"]
     if total_ipc:
         keys += ["method", "method_options", "iterations", "dp_epsilon", "dp_delta", "storage_dtype",
                  "server_epochs", "server_lr_train", "server_augment"]

@@ -8,7 +8,10 @@
    the set with the evaluation protocol (their test accuracy is the set's accuracy) are
    attacked with the loss test. Members are random training images (everything the set was
    made from), and separately the images that seeded the set when it started from real
-   images; non-members are random held-out images;
+   images; non-members are random held-out images. Two sets' AUCs compare only on the same
+   member group: the random training images (``membership_auc_all_members`` and
+   ``random_real_membership_auc_all_members``); ``membership_auc`` is the worse of a set's
+   own groups, the attacker's best choice for that set;
 3. the same attack on models trained on *random real images of the same size* (as many per
    class as the set has): the leakage of simply sharing data, for comparison;
 
@@ -133,6 +136,8 @@ class AuditReport:
             "test_accuracy_mean": s.to_json()["test_accuracy_mean"],
             "random_real_near_copy_share": r.memorisation.near_copy_share if r else None,
             "random_real_membership_auc": r.membership_auc if r else None,
+            "membership_auc_all_members": s.all_members.auc,
+            "random_real_membership_auc_all_members": r.all_members.auc if r else None,
             "random_real_membership_tpr_at_1pct_fpr": r.membership_tpr if r else None,
             "random_real_test_accuracy_mean": r.to_json()["test_accuracy_mean"] if r else None,
             "epsilon": self.set_info.get("privacy", {}).get("epsilon"),
@@ -273,12 +278,17 @@ def judge(synthetic: SetAudit, baseline: SetAudit | None, info: dict[str, Any], 
     copies = int(mem.near_copies.sum())
     auc, tpr = synthetic.membership_auc, synthetic.membership_tpr
     leaks = mem.significant() or auc >= config.leak_auc
+    # AUCs are compared only on one member group: the random training images both sets share.
+    seeds = (f", {synthetic.seed_members.auc:.2f} on the images it started from"
+             if synthetic.seed_members is not None else "")
     facts = (f"{copies} of {mem.near_copies.numel()} synthetic images ({mem.near_copy_share:.0%}) are near-copies "
              f"of training images (a set copying nothing: about {config.near_copy_quantile:.0%}); membership "
-             f"attack AUC {auc:.2f}, TPR {tpr:.1%} at 1% FPR")
+             f"attack AUC {synthetic.all_members.auc:.2f} on random training images{seeds}, TPR {tpr:.1%} at 1% "
+             "FPR (worst group)")
     if baseline is not None:
+        own = f", {baseline.seed_members.auc:.2f} on its own images" if baseline.seed_members is not None else ""
         facts += (f" (random real images of the same size: {baseline.memorisation.near_copy_share:.0%} near-copies, "
-                  f"AUC {baseline.membership_auc:.2f}, TPR {baseline.membership_tpr:.1%})")
+                  f"AUC {baseline.all_members.auc:.2f} on the same random training images{own})")
     dp = info.get("privacy")
     guarantee = f" It carries a DP guarantee: epsilon {dp['epsilon']:.3g}, delta {dp['delta']:.3g}." if dp else ""
     if leaks:

@@ -11,7 +11,10 @@ most that much in L2: that is the sensitivity, and Gaussian noise of std
 by the same mechanism, so dividing by it (to get a mean) is post-processing and costs no
 privacy.
 
-Pure functions over tensors; the caller supplies the randomness (a ``torch.Generator``).
+Pure functions over tensors; the noise comes from a :class:`~fedcond.privacy.noise.SecretNoise`
+(operating-system entropy, never written anywhere). Replace-one adjacency (one example
+swapped for another) is :func:`replace_sensitivity`: the same mechanism with a larger
+sensitivity, see :func:`fedcond.privacy.accounting.replace_one_spend`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from fedcond.privacy.noise import SecretNoise
 
 
 def clip_rows(x: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -33,6 +38,13 @@ def clip_rows(x: torch.Tensor, max_norm: float) -> torch.Tensor:
 def sensitivity(clip_norm: float, count_weight: float) -> float:
     """L2 sensitivity of :func:`class_sums` under adding or removing one example."""
     return clip_norm * math.sqrt(1.0 + count_weight**2)
+
+
+def replace_sensitivity(clip_norm: float, count_weight: float) -> float:
+    """L2 sensitivity of :func:`class_sums` under replacing one example by another: within
+    one class the count coordinates cancel and the clipped embeddings differ by up to
+    ``2 * clip_norm``; across two classes two rows change, by ``sensitivity`` each."""
+    return clip_norm * max(2.0, math.sqrt(2.0 * (1.0 + count_weight**2)))
 
 
 def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int, clip_norm: float,
@@ -52,10 +64,12 @@ def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int, c
     return out.index_add_(0, labels.to(u.device), u)
 
 
-def add_noise(sums: torch.Tensor, noise_multiplier: float, sens: float, generator: torch.Generator) -> torch.Tensor:
-    """``sums`` + N(0, (noise_multiplier * sens)^2) on every entry, drawn from ``generator`` (CPU)."""
-    noise = torch.randn(sums.shape, generator=generator, dtype=sums.dtype) * (noise_multiplier * sens)
-    return sums + noise.to(sums.device)
+def add_noise(sums: torch.Tensor, noise_multiplier: float, sens: float, noise: SecretNoise) -> torch.Tensor:
+    """``sums`` + N(0, (noise_multiplier * sens)^2) on every entry, drawn from ``noise``: added
+    in float64 and rounded to float32 (see :mod:`fedcond.privacy.noise` on floating point),
+    returned on ``sums``' device."""
+    noisy = sums.detach().double().cpu() + noise.gaussian(tuple(sums.shape), noise_multiplier * sens)
+    return noisy.float().to(sums.device)
 
 
 def noisy_means(noisy: torch.Tensor, clip_norm: float, count_weight: float, min_count: float = 1.0
