@@ -125,7 +125,7 @@ def _client_reply(cfg: FederateConfig, pid: int = 0) -> dict:
     """The metrics of one FedCond client's reply, as its ClientApp builds it."""
     from flwr.app import Context
 
-    from simulations.client_app import _fedcond_reply
+    from fedcond.simulations.client_app import _fedcond_reply
 
     context = Context(run_id=1, node_id=1, node_config={"partition-id": pid}, state=RecordDict(),
                       run_config=cfg.to_run_config())
