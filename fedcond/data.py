@@ -359,11 +359,13 @@ def _unpacked_idx_root(name: str, root: Path) -> Path:
         target = out / p.stem
         if not target.exists():
             try:
-                with gzip.open(p, "rb") as src, open(str(target) + ".tmp", "wb") as dst:
+                # a per-process temporary name: two processes may unpack the same copy at once
+                tmp = f"{target}.{os.getpid()}.tmp"
+                with gzip.open(p, "rb") as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)
             except (OSError, EOFError) as err:
                 raise FedcondError(f"corrupt archive {p}: {err}; replace it with a good copy") from None
-            os.replace(str(target) + ".tmp", target)
+            os.replace(tmp, target)
     return cache_root
 
 
@@ -417,8 +419,10 @@ def _load_image_folder(path: Path) -> ImageDataset:
     x_tr, y_tr, classes = _read_split(tree / "train", None)
     x_te, y_te, _ = _read_split(tree / "test", classes)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(str(cache) + ".tmp.npz", x_tr=x_tr, y_tr=y_tr, x_te=x_te, y_te=y_te, classes=np.array(classes))
-    os.replace(str(cache) + ".tmp.npz", cache)
+    # a per-process temporary name: two runs started together both build the cache (last one wins)
+    tmp = f"{cache}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, x_tr=x_tr, y_tr=y_tr, x_te=x_te, y_te=y_te, classes=np.array(classes))
+    os.replace(tmp, cache)
     return _normalised(name, x_tr, y_tr, x_te, y_te, classes)
 
 
