@@ -11,6 +11,7 @@ import typer
 
 from fedcond.commands.common import console, parse_options, progress_bar, set_threads, user_errors
 from fedcond.errors import FedcondError
+from fedcond.precision import check_precision, resolve_precision
 from fedcond.synthetic import STORAGE_DTYPES
 
 
@@ -45,6 +46,9 @@ def command(
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)"
     ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto, float32 or bfloat16 (autocast); auto: bfloat16 where the device runs it fast"
+    ),
 ) -> None:
     """Distill a data set into a few synthetic images per class."""
     from fedcond.data import load_dataset  # noqa: PLC0415
@@ -55,13 +59,19 @@ def command(
     if dtype not in STORAGE_DTYPES:
         raise FedcondError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
     set_threads(threads)
+    check_precision(precision, "--precision")
     dev = resolve_device(device)
     options = parse_options(option)
     options.update({name: value for name, value in (("epsilon", epsilon), ("delta", delta)) if value is not None})
     # Re-running the command resumes from the checkpoints and reuses MTT's experts, unless -o says otherwise.
     folders = {"checkpoint_dir": str(out / "checkpoints"), "experts_dir": str(out / "experts")}
+    settings = {k: v for k, v in folders.items() if k not in options}
     distiller, config = make_distiller(method, ipc, model, iterations, options,
-                                       settings={k: v for k, v in folders.items() if k not in options})
+                                       settings={**settings, "precision": precision})
+    # What the run records is what ran, never "auto": the method resolves it for the device.
+    ran = resolve_precision(getattr(config, "precision", "float32"), dev)
+    if not hasattr(config, "precision") and precision != "auto":
+        raise FedcondError(f"method {method!r} has no precision setting (it runs in float32); drop --precision")
     iterative = "iterations" in config.to_dict()
     if iterations is not None and not iterative:
         raise FedcondError(f"method {method!r} does not iterate; drop --iterations")
@@ -90,7 +100,8 @@ def command(
 
     record = run_record(dev, method=method, dataset=data.name, ipc=ipc, seed=seed, config=config.to_dict(),
                         wall_time_s=wall, peak_memory_bytes=peak_memory_bytes(dev), nbytes=nbytes,
-                        num_images=sset.num_images, class_counts=sset.class_counts(), storage_dtype=dtype)
+                        num_images=sset.num_images, class_counts=sset.class_counts(), storage_dtype=dtype,
+                        precision=sset.config.get("precision", ran))
     if "privacy" in sset.config:  # a DP method: the guarantee it spent (also in the set's metadata)
         record["epsilon"] = sset.config["privacy"]["epsilon"]
         record["privacy"] = sset.config["privacy"]

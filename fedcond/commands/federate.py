@@ -136,6 +136,10 @@ def command(
         "--dp-epsilons",
         help="comma list of epsilons: FedCond reruns once per other epsilon, for accuracy against epsilon",
     ),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="arithmetic of every training and distillation loop: auto (default: bfloat16 where "
+                                  "the device runs it fast), float32 or bfloat16"
+    ),
     reference: str = typer.Option(
         "full", "--reference", help="centralised reference: none, full (upper bound trained to a plateau) or distill"
     ),
@@ -164,7 +168,7 @@ def command(
         "server_augment": server_augment,
         "fail_fraction": fail_fraction, "fail_mode": fail_mode, "strategies": strategies,
         "storage_dtype": storage_dtype, "storage_dtypes": storage_dtypes, "random_reference": random_reference,
-        "dp_epsilon": dp_epsilon, "dp_delta": dp_delta, "dp_epsilons": dp_epsilons,
+        "dp_epsilon": dp_epsilon, "dp_delta": dp_delta, "dp_epsilons": dp_epsilons, "precision": precision,
     }
     if config is not None:
         cfg = FederateConfig.from_toml(config, **values)
