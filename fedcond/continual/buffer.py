@@ -36,6 +36,13 @@ from fedcond.synthetic import SyntheticSet
 
 Key = tuple[int, int]  # (task label, class id): class ids may repeat across tasks
 REBALANCE = ("subselect", "redistill", "nested")
+# DM's settings in the buffer unless given (spec fields or options): sized so that distilling
+# an experience costs about what one epoch over it does (DM's own defaults are a distillation's,
+# 100 iterations of 256 real images per class at lr 1). Measured on a user's Avalanche script,
+# accuracy against seconds (benchmarks/results/continual_plugin_cost.md): with few iterations
+# a larger step moves the images as far as many small ones (20 iterations at lr 3 reach what
+# 50-100 at lr 1 reach), and 32 real images per class match 64 or 256 at this many steps.
+BUFFER_DM_DEFAULTS: dict[str, Any] = {"iterations": 20, "batch_real": 32, "lr_images": 3.0}
 
 
 @dataclass
@@ -46,9 +53,10 @@ class DistillSpec:
         method: a registered fedcond method (``dm``, ``dc``, ``dsa``, ``herding``, ...).
         ipc: images distilled per new class; None = the class's current quota. The buffer
             stores ``min(ipc, quota)`` per class, so a smaller ipc leaves budget unused.
-        iterations: for iterative methods (None = the method's default).
-        batch_real: real images per class per iteration, for iterative methods (None = the
-            method's default).
+        iterations: for iterative methods (None: DM's buffer default, :data:`BUFFER_DM_DEFAULTS`,
+            for ``dm``; the method's own default for the others).
+        batch_real: real images per class per iteration, for iterative methods (None: as
+            ``iterations``).
         precision: ``auto``, ``float32`` or ``bfloat16`` (:mod:`fedcond.precision`), for
             methods with a ``precision`` option (DM); ``auto`` resolves on the run's device.
         model: network the method uses for features / matching.
@@ -89,14 +97,20 @@ class DistillSpec:
         self.make(self.ipc or 1)
 
     def settings(self) -> dict[str, Any]:
-        """The config fields this spec sets itself (where the method has them); a value the
-        user put in ``options`` wins (``distill_options={"batch_real": 128}`` works as before)."""
-        own = {"precision": self.precision, "batch_real": self.batch_real}
-        return {k: v for k, v in own.items() if v is not None and k not in self.options}
+        """The config fields this spec sets itself (where the method has them): precision,
+        and for DM the buffer's defaults; a value the user gave (a field here, or in
+        ``options``: ``distill_options={"batch_real": 128}`` works as before) wins."""
+        own: dict[str, Any] = dict(BUFFER_DM_DEFAULTS) if self.method == "dm" else {}
+        own.update({k: v for k, v in (("iterations", self.iterations), ("batch_real", self.batch_real))
+                    if v is not None})
+        own["precision"] = self.precision
+        return {k: v for k, v in own.items() if k not in self.options}
 
     def make(self, ipc: int):  # noqa: ANN201  (a Distiller and its config)
         """The method's distiller and config for ``ipc`` images per class."""
-        return make_distiller(self.method, ipc, self.model, self.iterations, self.options, settings=self.settings())
+        settings = self.settings()
+        iterations = settings.pop("iterations", None)
+        return make_distiller(self.method, ipc, self.model, iterations, self.options, settings=settings)
 
 
 @dataclass

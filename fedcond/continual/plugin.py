@@ -59,8 +59,11 @@ class DistilledReplayPlugin(ReplayPlugin):
             built from the arguments below).
         method: fedcond distillation method (``dm``, ``dc``, ``dsa``, ``herding``, ...).
         ipc: images distilled per new class (None = its share of ``mem_size``).
-        iterations: distillation iterations for iterative methods (None = the method's default).
-        batch_real: real images per class per distillation iteration (None = the method's default).
+        iterations: distillation iterations for iterative methods (None: for DM the buffer's
+            default, :data:`~fedcond.continual.buffer.BUFFER_DM_DEFAULTS`, 20 iterations of 32
+            real images per class at lr 3, about one epoch's cost per experience; for other
+            methods their own default).
+        batch_real: real images per class per distillation iteration (None: as ``iterations``).
         precision: ``auto`` (default), ``float32`` or ``bfloat16`` (:mod:`fedcond.precision`): the
             arithmetic of the distillation (DM's embedding passes) and of the buffer training;
             ``auto`` is bfloat16 on devices with fast bfloat16 (AMX CPUs, CUDA GPUs), else float32.
@@ -195,7 +198,7 @@ class DistilledReplayPlugin(ReplayPlugin):
     def settings(self) -> dict[str, Any]:
         """What this plugin runs, as recorded with results: mode, buffer training recipe,
         precision as resolved on the strategy's device, and the distillation's method, ipc,
-        iterations, batch_real and network (as the method's config resolves them)."""
+        iterations, batch_real, lr_images and network (as the method's config resolves them)."""
         out: dict[str, Any] = {"mem_size": self.mem_size, "mode": self.mode,
                                "precision": resolve_precision(self.precision, self._device),
                                "buffer_training": dataclasses.asdict(self.buffer_training)}
@@ -204,7 +207,7 @@ class DistilledReplayPlugin(ReplayPlugin):
             config = spec.make(1)[1].to_dict()
             out.update({"method": spec.method, "ipc": spec.ipc, "model": spec.model, "rebalance": spec.rebalance,
                         "iterations": config.get("iterations"), "batch_real": config.get("batch_real"),
-                        "options": dict(spec.options)})
+                        "lr_images": config.get("lr_images"), "options": dict(spec.options)})
         return out
 
 
