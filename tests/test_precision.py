@@ -144,3 +144,39 @@ def test_fedavg_local_training_in_bfloat16(digits):
     assert loss == loss and loss > 0
     assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_cli_takes_precision_and_records_what_ran(tmp_path, tiny_set, cpu_with):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedcond.cli import app
+
+    runner = CliRunner()
+    cpu_with(set())
+    out = tmp_path / "dm"
+    ok = runner.invoke(app, ["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "-n", "2",
+                             "--threads", "1", "--precision", "bfloat16", "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((out / "run.json").read_text())["precision"] == "bfloat16"
+    auto = runner.invoke(app, ["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "-n", "2",
+                               "--threads", "1", "--out", str(tmp_path / "auto")])
+    assert auto.exit_code == 0 and json.loads((tmp_path / "auto" / "run.json").read_text())["precision"] == "float32"
+    tiny_set.save(tmp_path / "s.safetensors")
+    ev = runner.invoke(app, ["evaluate", str(tmp_path / "s.safetensors"), "--dataset", "digits", "--runs", "1",
+                             "--epochs", "2", "--precision", "bfloat16", "--json", str(tmp_path / "e.json")])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads((tmp_path / "e.json").read_text())["precision"] == "bfloat16"
+    for args, message in (
+        (["distill", "--dataset", "digits", "--precision", "fp16", "--out", str(tmp_path / "x")],
+         "--precision must be one of auto, float32, bfloat16"),
+        (["distill", "--dataset", "digits", "--method", "herding", "--precision", "bfloat16", "--out",
+          str(tmp_path / "x")], "has no precision setting"),
+        (["evaluate", str(tmp_path / "s.safetensors"), "--dataset", "digits", "--precision", "half"],
+         "precision must be one of"),
+        (["federate", "--dataset", "digits", "--precision", "half", "--out", str(tmp_path / "f")],
+         "--precision must be one of"),
+    ):
+        bad = runner.invoke(app, args)
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output

@@ -60,8 +60,8 @@ class DistilledReplayPlugin(ReplayPlugin):
         method: fedcond distillation method (``dm``, ``dc``, ``dsa``, ``herding``, ...).
         ipc: images distilled per new class (None = its share of ``mem_size``).
         iterations: distillation iterations for iterative methods (None: for DM the buffer's
-            default, :data:`~fedcond.continual.buffer.BUFFER_DM_DEFAULTS`, 20 iterations of 32
-            real images per class at lr 3, about one epoch's cost per experience; for other
+            default, :data:`~fedcond.continual.buffer.BUFFER_DM_DEFAULTS`, 40 iterations of 16
+            real images per class at lr 3, about an epoch's cost per experience; for other
             methods their own default).
         batch_real: real images per class per distillation iteration (None: as ``iterations``).
         precision: ``auto`` (default), ``float32`` or ``bfloat16`` (:mod:`fedcond.precision`): the
