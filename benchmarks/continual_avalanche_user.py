@@ -197,7 +197,9 @@ def sweep(args: argparse.Namespace, root: Path) -> None:
             result = run(name, args.mem_size, seed, root, args.epochs, args.lr, parse_variant(variant))
             saved["runs"].append({**result, "variant": variant})
             print(saved["runs"][-1], flush=True)
-            path.write_text(json.dumps({**saved, **_record(args)}, indent=1) + "\n")
+            record = _record(args)
+            commands = list(dict.fromkeys([*saved.get("commands", []), record["command"]]))
+            path.write_text(json.dumps({**saved, **record, "commands": commands}, indent=1) + "\n")
     saved = json.loads(path.read_text())
     report_sweep(saved)
 
@@ -226,7 +228,8 @@ def report_sweep(saved: dict) -> None:
     lines = [
         "# The plugin's cost: accuracy against seconds on a user's Avalanche script",
         "",
-        f"Command: `{saved.get('command', '')}`",
+        "Commands (each resumes the same file; finished cells are kept): "
+        + ", ".join(f"`{c}`" for c in saved.get("commands", [saved.get("command", "")])),
         "",
         f"Device: {saved.get('device_name', '')}; CPU flags: {saved.get('cpu_flags', '')}; versions "
         f"{saved.get('versions', '')}",
@@ -252,28 +255,53 @@ def report_sweep(saved: dict) -> None:
     plot_sweep(groups, replay_cpu, RESULTS / "continual_plugin_cost.png")
 
 
+def _short(name: str) -> str:
+    """A compact plot label: ``it40 b16 lr3 bf16``."""
+    for long, short in (("iterations=", "it"), ("batch_real=", "b"), ("lr_images=", "lr"),
+                        ("precision=bfloat16", "bf16"), ("buffer_epochs=", "epochs "), ("rebalance=", ""),
+                        ("model=", ""), ("method=", ""),
+                        ("default (", "default: "), (")", ""), (",", " ")):
+        name = name.replace(long, short)
+    return name
+
+
 def plot_sweep(groups: dict[str, list[dict]], replay_cpu: float, path: Path) -> None:
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colours = {"1": "0.6", "3": "C0", "5": "C2", "10": "C1"}
+    points = []
     for name, rs in groups.items():
         x = statistics.fmean(r["cpu_time_s"] for r in rs)
         y = statistics.fmean(r["final_average_accuracy"] for r in rs)
+        points.append((x, y))
+        lr = next((part.split("=")[1] for part in name.replace("(", ",").replace(")", ",").split(",")
+                   if part.startswith("lr_images=")), None)
+        colour = "C3" if name == "replay" else colours.get(lr or "", "0.3")
         marker = "s" if name == "replay" else ("*" if name.startswith("default") else "o")
-        ax.scatter([x], [y], marker=marker, s=120 if marker == "*" else 40, color="C3" if name == "replay" else "C0")
-        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.scatter([x], [y], marker=marker, s=160 if marker == "*" else 30, color=colour, zorder=3)
+        ax.annotate(_short(name), (x, y), fontsize=6.5, xytext=(4, 2), textcoords="offset points")
+    front, best = [], -1.0
+    for x, y in sorted(points):
+        if y > best:
+            front.append((x, y))
+            best = y
+    ax.plot(*zip(*front), color="0.8", linewidth=1, zorder=1)
     if replay_cpu == replay_cpu:
         ax.axvline(3 * replay_cpu, color="C3", linestyle="--", linewidth=1, label="3 x ReplayPlugin's seconds")
-        ax.legend(loc="lower right")
+    for lr, colour in colours.items():
+        ax.scatter([], [], color=colour, s=30, label=f"DM lr_images {lr}")
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("CPU seconds of the whole script (log)")
+    ax.set_xlabel("CPU seconds of the whole script, mean over seeds (log)")
     ax.set_ylabel("final average accuracy")
-    ax.set_title("DistilledReplayPlugin: accuracy against cost (SplitMNIST, SimpleMLP, memory 20)")
+    ax.set_title("DistilledReplayPlugin on SplitMNIST + SimpleMLP + Naive, memory 20 (it: DM iterations, "
+                 "b: real images per class)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
