@@ -208,6 +208,45 @@ def layout_speed(reps: int = 5) -> dict[str, Any]:
     return out
 
 
+def layout_dm(reps: int = 3) -> dict[str, Any]:
+    """Seconds per DM iteration (IPC 10, 10 classes, the default 256 real images per class,
+    DSA, float32, one thread) with DM's fresh networks contiguous or channels-last, on random
+    images of MNIST's and CIFAR-10's shapes (the cost does not depend on the pixels): runs of
+    2 and 6 iterations, the difference over 4 (start-up excluded); layouts alternate, best of
+    ``reps``. This is what ``fedcond.distill.dm.channels_last_networks`` was chosen by."""
+    import torch  # noqa: PLC0415
+
+    import fedcond.distill.dm as dm_module  # noqa: PLC0415
+    from fedcond.data import ImageDataset  # noqa: PLC0415
+    from fedcond.distill import make_distiller  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    chosen = dm_module.channels_last_networks
+    out: dict[str, Any] = {}
+    for name, (c, size) in {"mnist": (1, 28), "cifar10": (3, 32)}.items():
+        x = torch.randn(5000, c, size, size, generator=torch.Generator().manual_seed(0))
+        y = torch.arange(5000) % 10
+        data = ImageDataset(name=name, train_images=x, train_labels=y, test_images=x[:10], test_labels=y[:10],
+                            classes=tuple(str(i) for i in range(10)), mean=(0.0,) * c, std=(1.0,) * c)
+        best: dict[str, float] = {}
+        for _ in range(reps):
+            for layout in ("contiguous", "channels-last"):
+                dm_module.channels_last_networks = lambda *a, cl=layout == "channels-last": cl
+                try:
+                    seconds = []
+                    for iterations in (2, 6):
+                        dm, cfg = make_distiller("dm", 10, "convnet", iterations, {"precision": "float32"})
+                        start = time.perf_counter()
+                        dm.distill(data, cfg, torch.Generator().manual_seed(0))
+                        seconds.append(time.perf_counter() - start)
+                finally:
+                    dm_module.channels_last_networks = chosen
+                best[layout] = min(best.get(layout, 1e9), (seconds[1] - seconds[0]) / 4)
+        out[name] = {f"{k} s/iteration": round(v, 3) for k, v in best.items()}
+        out[name]["chosen"] = "channels-last" if chosen(torch.device("cpu"), torch.float32, c) else "contiguous"
+    return out
+
+
 def plugin_cell(args: argparse.Namespace) -> None:
     """One run of the user's script (seed 0), written to ``--json``."""
     import torch  # noqa: PLC0415
@@ -233,8 +272,9 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         f"**{report['auto_resolves_to']}** here. Versions: {report['versions']}",
         "",
         "Wall seconds of the whole command (subprocess, one torch thread; the federated runs use 2 Ray "
-        "workers); CPU s: the children's CPU time. The machine is shared: the load average before/after each "
-        "cell is in the JSON.",
+        "workers); CPU s: the command's CPU time (federated runs: all their processes, Ray's workers included, "
+        "as results.json counts them; the plugin: the script's own process during the run). The machine is "
+        "shared: the load average before/after each cell is in the JSON.",
         "",
         "| what | precision asked -> ran | wall s | CPU s | accuracy | notes |",
         "|---|---|---:|---:|---:|---|",
@@ -252,8 +292,9 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         if c.get("same_as"):
             note = f"auto resolved to {c['precision']}: the {c['same_as']} cell"
         acc = c.get("accuracy")
+        cpu = c.get("cpu_seconds") or c.get("child_cpu_seconds", 0)  # federate: its own count, Ray's workers in
         lines.append(f"| {c['kind']} | {c['precision_asked']} -> {c.get('precision')} | {c['wall_seconds']:.0f} | "
-                     f"{c.get('child_cpu_seconds', 0):.0f} | {acc:.4f} | {note} |" if acc is not None else
+                     f"{cpu:.0f} | {acc:.4f} | {note} |" if acc is not None else
                      f"| {c['kind']} | {c['precision_asked']} | {c['wall_seconds']:.0f} | | | {note} |")
     if "layout" in report:
         lines += ["", "ConvNet images per second, one thread (best of 5 alternating repetitions; embed: DM's "
@@ -262,6 +303,12 @@ def write_report(report: dict[str, Any], path: Path) -> None:
                   "|---|" + "---:|" * len(next(iter(report["layout"]["images_per_second"].values())))]
         for data, speeds in report["layout"]["images_per_second"].items():
             lines.append(f"| {data} | " + " | ".join(str(v) for v in speeds.values()) + " |")
+    if "layout_dm" in report:
+        lines += ["", "DM seconds per iteration in float32 (IPC 10, 256 real images per class, one thread, best of 3 "
+                  "alternating; load average after: "
+                  f"{report['layout_dm']['load_average'][0]:.1f}): "
+                  + "; ".join(f"{data} " + ", ".join(f"{k} {v}" for k, v in row.items())
+                              for data, row in report["layout_dm"]["seconds_per_iteration"].items())]
     for note in report.get("notes", []):
         lines += ["", note]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -297,6 +344,10 @@ def main() -> None:
     if (not wanted or "layout" in wanted) and "layout" not in report:
         print("layout: images per second by layout and precision", flush=True)
         report["layout"] = {"images_per_second": layout_speed(), "load_average": os.getloadavg()}
+        write_report(report, path)
+    if (not wanted or "layout_dm" in wanted) and "layout_dm" not in report:
+        print("layout_dm: DM seconds per iteration, contiguous against channels-last float32", flush=True)
+        report["layout_dm"] = {"seconds_per_iteration": layout_dm(), "load_average": os.getloadavg()}
         write_report(report, path)
     for kind, precision in order:
         name = f"{kind}_{precision}"

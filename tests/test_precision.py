@@ -180,3 +180,40 @@ def test_cli_takes_precision_and_records_what_ran(tmp_path, tiny_set, cpu_with):
     ):
         bad = runner.invoke(app, args)
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output
+
+
+def test_float32_dm_on_colour_images_runs_channels_last_with_the_same_sets(monkeypatch):
+    """Colour images: DM's float32 networks are channels-last on a CPU (measured faster), a
+    layout choice only: the set equals the contiguous networks' set up to float rounding."""
+    import fedcond.distill.dm as dm_module
+    from fedcond.data import ImageDataset
+    from fedcond.distill import make_distiller
+
+    cpu = torch.device("cpu")
+    assert dm_module.channels_last_networks(cpu, torch.float32, 3)
+    assert not dm_module.channels_last_networks(cpu, torch.float32, 1)  # MNIST: measured slower
+    assert dm_module.channels_last_networks(cpu, torch.bfloat16, 1)
+    x = torch.randn(60, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(60) % 3
+    data = ImageDataset(name="colour", train_images=x, train_labels=y, test_images=x[:3], test_labels=y[:3],
+                        classes=("a", "b", "c"), mean=(0.0,) * 3, std=(1.0,) * 3)
+
+    def distill():
+        dm, config = make_distiller("dm", 2, "convnet", 5, {"precision": "float32"})
+        return dm.distill(data, config, torch.Generator().manual_seed(0)).images
+
+    layouts = []
+    real_to = torch.nn.Module.to
+
+    def spy(module, *args, **kwargs):
+        layouts.append(kwargs.get("memory_format"))
+        return real_to(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    channels_last = distill()
+    assert torch.channels_last in layouts
+    monkeypatch.setattr(dm_module, "channels_last_networks", lambda *a: False)
+    layouts.clear()
+    contiguous = distill()
+    assert torch.channels_last not in layouts
+    torch.testing.assert_close(channels_last, contiguous, rtol=1e-4, atol=1e-4)

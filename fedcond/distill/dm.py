@@ -219,10 +219,8 @@ class DM(IterativeDistiller):
         real_weights = sampler.weights(config.batch_real, device)
         real_dtype = DTYPES[resolve_precision(config.precision, device)]
         chunk = embedding_chunk(device, real_dtype)
-        # bfloat16 on a CPU: fresh networks in channels-last layout, oneDNN's fast one (MNIST's
-        # 1-channel first conv 11x faster, average pooling 13x; see models.InstanceNorm).
-        channels_last = real_dtype == torch.bfloat16 and device.type == "cpu"
         c, h, w = dataset.image_shape
+        channels_last = channels_last_networks(device, real_dtype, c)
         factor = config.factor
         check_factor(factor, (h, w))
         if factor > 1:
@@ -279,6 +277,18 @@ class DM(IterativeDistiller):
             return loss.detach()
 
         return step
+
+
+def channels_last_networks(device: torch.device, dtype: torch.dtype, channels: int) -> bool:
+    """Whether DM's fresh networks run in channels-last layout: on a CPU, in bfloat16 (oneDNN's
+    fast layout: MNIST's 1-channel first conv 11x faster, average pooling 13x; see
+    models.InstanceNorm) and, in float32, for colour images (the same sets up to rounding).
+
+    Measured in float32 on the 2-core Xeon without AMX (``benchmarks/results/fast_by_default.md``,
+    layout tables): colour (CIFAR-10) DM iterations run faster channels-last; one-channel
+    (MNIST) ones do not, GroupNorm's float32 kernel on channels-last input eating the gain.
+    """
+    return device.type == "cpu" and (dtype == torch.bfloat16 or (dtype == torch.float32 and channels > 1))
 
 
 def trained_pool(config: DMConfig, dataset: ImageDataset, generator: torch.Generator,
