@@ -14,7 +14,8 @@ the command's own JSON):
 - ``seeds_<loop>_<p>`` (float32 and bfloat16 only): accuracy over seeds on digits, to tell
   a precision's effect from run-to-run noise: the evaluation protocol (one DM set, 5 runs),
   DM (3 seeds, each set evaluated in float32), and FedCond + FedAvg on the main job's
-  partitions (3 seeds; DM, the server's training and the clients' local training);
+  partitions (3 seeds; DM, the server's training and the clients' local training); and
+  ``fedavg_round_seed1_<p>``: the MNIST FedAvg round again from seed 1;
 - ``plugin_<p>``: the user's Avalanche script (SplitMNIST, SimpleMLP, Naive, memory 20) with
   ``DistilledReplayPlugin(mem_size=20, precision=p)``, and once ``replay``: Avalanche's
   ``ReplayPlugin(mem_size=20)`` in the same run.
@@ -51,7 +52,7 @@ from fedcond.runinfo import device_description, package_versions, write_json  # 
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("float32", "bfloat16", "default")
 KINDS = ("dm_mnist_ipc10", "evaluate", "fedavg_round", "main_job", "plugin")
-SEED_KINDS = ("seeds_evaluate", "seeds_dm", "seeds_federate")  # float32 against bfloat16, several seeds, digits
+SEED_KINDS = ("seeds_evaluate", "seeds_dm", "seeds_federate", "fedavg_round_seed1")  # float32 against bfloat16
 SEEDS = (0, 1, 2)
 
 
@@ -74,11 +75,12 @@ def commands(kind: str, precision: str, args: argparse.Namespace, scratch: Path)
         return [fedcond + ["evaluate", str(scratch / "dm_mnist_ipc10_float32" / "synthetic.safetensors"), "--dataset",
                            "mnist", *data, "--runs", "2", "--threads", "1", "--json", str(out / "eval.json"),
                            *flag(precision)]]
-    if kind == "fedavg_round":
-        return [fedcond + ["federate", "--dataset", "mnist", *data, "--num-clients", "10", "--partition", "dirichlet",
-                           "--alpha", "0.5", "--strategies", "fedavg", "--rounds", "1", "--lr", "0.05",
-                           "--local-epochs", "1", "--reference", "none", "--no-random-reference", "--storage-dtypes",
-                           "float32", "--fresh", "--out", str(out), *flag(precision)]]
+    if kind.startswith("fedavg_round"):  # fedavg_round_seed<k>: the same round from another seed
+        seed = kind.removeprefix("fedavg_round").removeprefix("_seed") or "0"
+        return [fedcond + ["federate", "--seed", seed, "--dataset", "mnist", *data, "--num-clients", "10",
+                           "--partition", "dirichlet", "--alpha", "0.5", "--strategies", "fedavg", "--rounds", "1",
+                           "--lr", "0.05", "--local-epochs", "1", "--reference", "none", "--no-random-reference",
+                           "--storage-dtypes", "float32", "--fresh", "--out", str(out), *flag(precision)]]
     if kind == "main_job":
         return [fedcond + ["federate", "--dataset", "digits", "--num-clients", "10", "--partition", "dirichlet",
                            "--alpha", "0.5", "--strategies", "fedcond,fedavg,fedprox", "--rounds", "5", "--fresh",
@@ -121,10 +123,10 @@ def read_outcome(kind: str, precision: str, scratch: Path) -> dict[str, Any]:
     if kind == "evaluate":
         ev = json.loads((out / "eval.json").read_text())
         return {"accuracy": ev["accuracy_mean"], "accuracies": ev["accuracies"], "precision": ev.get("precision")}
-    if kind in ("fedavg_round", "main_job"):
+    if kind.startswith("fedavg_round") or kind == "main_job":
         res = json.loads((out / "results.json").read_text())
         runs = {r["name"]: r["final_accuracy"] for r in res["runs"] + res.get("reference_runs", [])}
-        main = runs.get("fedavg") if kind == "fedavg_round" else runs.get("fedcond")
+        main = runs.get("fedcond") if kind == "main_job" else runs.get("fedavg")
         seconds = {r["name"]: r.get("wall_seconds") for r in res["runs"] + res.get("reference_runs", [])}
         return {"accuracy": main, "accuracies": runs, "run_seconds": seconds, "precision": res.get("precision"),
                 "upper_bound": res.get("reference", {}).get("full_data_accuracy"), "cpu_seconds":
@@ -266,7 +268,8 @@ def write_report(report: dict[str, Any], path: Path) -> None:
     lines = [
         "# Fast by default: float32 beside the default, one run each",
         "",
-        f"Command: `{report['command']}`",
+        "Commands (each adds cells to the same file; finished cells are kept; `--cells none` only rewrites "
+        "this report): " + ", ".join(f"`{c}`" for c in report.get("commands", [])),
         "",
         f"Machine: {report['machine']}; CPU flags: {report['cpu_flags']}; `auto` resolves to "
         f"**{report['auto_resolves_to']}** here. Versions: {report['versions']}",
@@ -317,7 +320,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True)
-    p.add_argument("--cells", default="", help="comma list of cell names (default: all)")
+    p.add_argument("--cells", default="", help="comma list of cell names (default: all; none: rewrite the report)")
     p.add_argument("--scratch", default=str(ROOT / "runs" / "fast_by_default"))
     p.add_argument("--out", default=str(RESULTS / "fast_by_default.json"))
     p.add_argument("--plugin-cell", default=None, help=argparse.SUPPRESS)
@@ -333,8 +336,10 @@ def main() -> None:
     report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"cells": {}}
     flags = cpu_flags()
     auto = resolve_precision("auto", "cpu")
-    report.update(command="python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-                  machine=device_description(torch.device("cpu")), versions=package_versions(),
+    command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    if args.cells != "none":
+        report["commands"] = list(dict.fromkeys([*report.get("commands", []), command]))
+    report.update(machine=device_description(torch.device("cpu")), versions=package_versions(),
                   cpu_flags=", ".join(f"{f} {'yes' if f in flags else 'no'}"
                                       for f in ("avx512_bf16", "amx_bf16", "amx_tile")),
                   auto_resolves_to=auto)
