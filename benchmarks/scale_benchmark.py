@@ -36,10 +36,14 @@ The CPU run (2 cores)::
 
     nice -n 10 python benchmarks/scale_benchmark.py --data-dir /work/shared/data
 
-and the FedCond cells with DM's embedding in bfloat16 (2x faster on CPUs with AMX)::
+The cells run in ``--precision`` (default ``auto``: bfloat16 where the hardware has fast
+bfloat16, AMX CPUs and CUDA GPUs; float32 on a CPU without AMX), recorded per cell; before
+the FedCond cell the ConvNet's images per second are measured (one thread) to state the
+round's floor, DM's real-image embedding alone. The FedCond cells in bfloat16 whatever
+the hardware (``-o real_precision=bfloat16``, the earlier spelling, does the same)::
 
     python benchmarks/scale_benchmark.py --data-dir /work/shared/data --strategies fedcond \
-        --method-options '{"real_precision": "bfloat16"}' --tag _bf16
+        --precision bfloat16 --tag _bf16
 
 On a GPU, the same plus 10,000 clients, eight clients sharing the GPU at a time, and the
 batched path beside the one-client-at-a-time one::
@@ -74,13 +78,64 @@ class CellTimeout(Exception):
 def cell_config(args: argparse.Namespace, strategy: str, n: int) -> FederateConfig:
     common = dict(dataset=args.dataset, data_dir=args.data_dir or "", num_clients=n, partition="dirichlet",
                   alpha=0.5, seed=0, strategy=strategy, strategies=strategy, storage_dtypes="float32",
-                  random_reference=False, device=args.device, server_epochs=args.server_epochs)
+                  random_reference=False, device=args.device, server_epochs=args.server_epochs,
+                  precision=args.precision)
     if args.cell_timeout > 0:  # the server stops waiting for replies then (and so never hangs)
         common["round_timeout"] = args.cell_timeout
     if strategy.startswith("fedcond"):
         return FederateConfig(**{**common, "strategy": "fedcond", "strategies": "fedcond"}, method="dm", ipc=1,
                               iterations=20, method_options=args.method_options)
     return FederateConfig(**common, rounds=1, fraction=0.1)
+
+
+def embedding_floor(cfg: FederateConfig, reps: int = 5) -> dict[str, Any]:
+    """The floor of a one-shot FedCond round on this CPU: the real images DM embeds (per client,
+    iteration and class, ``min(batch_real, class size)``: at MNIST's ~60 images a client, every
+    image every iteration) at the ConvNet's measured images per second, one per core.
+
+    The speed is measured here, one thread, on the clients' own pass (DM's embedding: fresh
+    networks as DM builds them for the run's precision, chunks as DM's); best of ``reps``.
+    """
+    import torch  # noqa: PLC0415
+
+    from fedcond.distill.dm import DMConfig  # noqa: PLC0415
+    from fedcond.distill.matching import embedding_chunk  # noqa: PLC0415
+    from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
+    from fedcond.federated.partition import cached_partitions  # noqa: PLC0415
+    from fedcond.models import get_model  # noqa: PLC0415
+    from fedcond.precision import DTYPES  # noqa: PLC0415
+
+    data = get_dataset(cfg.dataset, cfg.data_dir)
+    parts = cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
+                              cfg.classes_per_client, cfg.seed)
+    _, config = cfg.distill_config()
+    batch_real = int(getattr(config, "batch_real", DMConfig.batch_real))
+    labels = data.train_labels.cpu()
+    per_iteration = sum(int(torch.bincount(labels[p], minlength=data.num_classes).clamp(max=batch_real).sum())
+                        for p in parts)
+    precision = cfg.resolved_precision()
+    dtype = DTYPES[precision]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    c, h, w = data.image_shape
+    x = data.train_images[:512].cpu()
+    chunk = embedding_chunk(torch.device("cpu"), dtype) or 512
+    best = float("inf")
+    for _ in range(reps):
+        net = get_model(cfg.model, c, data.num_classes, (h, w)).requires_grad_(False)
+        if dtype == torch.bfloat16:
+            net = net.to(memory_format=torch.channels_last)  # as DM builds its networks in bfloat16
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            for i in range(0, x.shape[0], chunk):
+                net.embed(x[i : i + chunk])
+        best = min(best, time.perf_counter() - start)
+    torch.set_num_threads(threads)
+    speed = x.shape[0] / best
+    cores = os.cpu_count() or 1
+    images = per_iteration * cfg.iterations
+    return {"precision": precision, "images_embedded": images, "images_per_second_one_thread": speed,
+            "cores": cores, "floor_seconds": images / (speed * cores)}
 
 
 def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool) -> dict[str, Any]:
@@ -272,6 +327,14 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
                      f"{_s(c.get('cpu_seconds'))} | {_s(c.get('server_seconds_after_clients'))} | "
                      f"{_gib(mem['rss_bytes'])} | {_gib(mem['pss_bytes'])} | "
                      f"{c['load_average_before'][0]:.1f} / {c['load_average_after'][0]:.1f} | {status} |")
+    for name, c in report["cells"].items():
+        floor = c.get("embedding_floor")
+        if floor:
+            lines += ["", f"{name} ({c.get('precision')}): the floor, DM's real-image embedding alone, is "
+                      f"{floor['images_embedded']:,} images at {floor['images_per_second_one_thread']:.0f} images/s "
+                      f"per core (measured before the cell, one thread) on {floor['cores']} cores = "
+                      f"{floor['floor_seconds']:.0f} s; the clients took {_s(c.get('clients_seconds'))} s, the whole "
+                      f"run {_s(c['wall_seconds'])} s."]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -293,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scratch", default="runs/scale", help="the cells' run folders")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--tag", default="", help="suffix of the results files, e.g. _gpu")
+    parser.add_argument("--precision", default="auto", help="auto (default), float32 or bfloat16 (fedcond.precision)")
     parser.add_argument("--method-options", default="",
                         help='FedCond cells: DM options as JSON (fedcond federate -o), e.g. \'{"real_precision": '
                              '"bfloat16"}\'; give the cells their own --tag')
@@ -319,7 +383,11 @@ def main(argv: list[str] | None = None) -> None:
         if strategy in ("fedcond-batched", "fedcond-alone"):
             cells[name] = run_in_process(args, cfg, batched=strategy == "fedcond-batched")
         else:
+            floor = embedding_floor(cfg) if strategy == "fedcond" and args.device == "cpu" else None
             cells[name] = run_cell(args, cfg, Path(args.scratch) / name)
+            if floor is not None:
+                cells[name]["embedding_floor"] = floor
+        cells[name]["precision"] = cfg.resolved_precision()
         c = cells[name]
         c["command"] = report["command"]  # several invocations fill one report; each cell keeps its own
         print(f"{name}: {c['status']}, wall {c['wall_seconds']:.0f} s, clients {_s(c.get('clients_seconds'))} s, "

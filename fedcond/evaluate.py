@@ -3,6 +3,8 @@
 The field's standard: a freshly initialised network (ConvNet by default) trained from
 scratch on the synthetic set with SGD (momentum 0.9, lr 0.01, weight decay 5e-4, lr / 10 at
 half the epochs, batch 256), then tested on the real test split; repeated over R seeds.
+Training runs in ``EvalConfig.precision`` (:mod:`fedcond.precision`: bfloat16 autocast on
+hardware with fast bfloat16, float32 elsewhere, by default); testing always in float32.
 The same protocol on all real data gives the upper bound, on random real subsets of the
 same size the lower bound. Soft labels made by a teacher at temperature T (``fedcond
 relabel``) are learnt with the distillation loss at that T; :func:`evaluate_architectures`
@@ -20,6 +22,7 @@ import torch
 from fedcond.data import ImageDataset
 from fedcond.errors import FedcondError
 from fedcond.models import MODEL_NAMES, get_model
+from fedcond.precision import check_precision, resolve_precision
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import Augment, accuracy, train_model
 from fedcond.zca import zca_dataset, zca_regularization
@@ -41,8 +44,12 @@ class EvalConfig:
     # Knowledge-distillation temperature for soft labels; None: the set's own
     # ``config["kd_temperature"]`` (written by fedcond.relabel), 1.0 when it has none.
     kd_temperature: float | None = None
+    # Training arithmetic (fedcond.precision): auto = bfloat16 autocast on devices with fast
+    # bfloat16, else float32; the results record the resolved value.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.model.lower() not in MODEL_NAMES:
             raise FedcondError(f"unknown model {self.model!r}: use one of {', '.join(MODEL_NAMES)}")
         if self.epochs < 1:
@@ -87,6 +94,7 @@ class EvalResult:
             "model": self.config.model,
             "epochs": self.config.epochs,
             "eval_config": asdict(self.config),
+            "precision": self.config.precision,
             **self.extra,
         }
 
@@ -130,8 +138,14 @@ def train_fresh_model(
         weight_decay=config.weight_decay, batch_size=config.batch_size, generator=gen,
         # Hard labels ignore the temperature; soft ones were given theirs by evaluate_synthetic.
         augment=_augmenter(config), on_epoch=on_epoch, temperature=config.kd_temperature or 1.0,
+        precision=resolve_precision(config.precision, dataset.device),
     )
     return model
+
+
+def resolved(config: EvalConfig, dataset: ImageDataset) -> EvalConfig:
+    """``config`` with its precision resolved for ``dataset``'s device (what results record)."""
+    return replace(config, precision=resolve_precision(config.precision, dataset.device))
 
 
 def check_compatible(sset: SyntheticSet, dataset: ImageDataset) -> None:
@@ -170,7 +184,7 @@ def evaluate_synthetic(
     Soft labels are learnt at :func:`kd_temperature`; the result's config records the
     temperature used.
     """
-    config = config or EvalConfig()
+    config = resolved(config or EvalConfig(), dataset)
     check_compatible(sset, dataset)
     if sset.soft_labels:
         config = replace(config, kd_temperature=kd_temperature(sset, config))
@@ -220,7 +234,7 @@ def evaluate_architectures(
         models: registry names (see :data:`fedcond.models.MODEL_NAMES`), each at most once.
         on_run: called with (model name, run index, accuracy) after each training.
     """
-    config = config or EvalConfig()
+    config = resolved(config or EvalConfig(), dataset)
     configs = [replace(config, model=m) for m in architecture_names(models)]
     results = []
     for cfg in configs:
@@ -238,7 +252,7 @@ def evaluate_full(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> EvalResult:
     """Upper bound: the same protocol on the whole real training split."""
-    config = config or EvalConfig(epochs=20)
+    config = resolved(config or EvalConfig(epochs=20), dataset)
     accs = []
     for r in range(runs):
         accs.append(_train_and_test(dataset, dataset.train_images, dataset.train_labels, config, seed + r, on_epoch))
@@ -265,7 +279,7 @@ def evaluate_random(
     on_run: Callable[[int, float], None] | None = None,
 ) -> EvalResult:
     """Lower bound: a different random real subset of ``ipc`` images per class for each run."""
-    config = config or EvalConfig()
+    config = resolved(config or EvalConfig(), dataset)
     accs = []
     for r in range(runs):
         idx = random_subset_indices(dataset, ipc, torch.Generator().manual_seed(seed + r))

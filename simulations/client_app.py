@@ -49,6 +49,7 @@ from fedcond.federated.records import (
     set_from_records,
     set_to_records,
 )
+from fedcond.federated.set_reuse import keep_set, load_kept_set
 from fedcond.synthetic import SyntheticSet
 
 PREVIOUS_SET = "fedcond-previous-set"
@@ -82,8 +83,14 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
         elif cfg.checkpoint_dir:  # a restarted federation: node state is gone, the client's file is not
             previous = _kept_set(cfg, pid, server_round)
     start = time.perf_counter()
-    sset = distill_partition(data, cfg, seed=client_seed(cfg, pid, server_round), global_model=global_model,
-                             previous=previous)
+    # One-shot sets are kept per client: a storage-dtype reference re-encodes them (set_reuse).
+    sset = load_kept_set(cfg, pid) if global_model is None else None
+    reused = sset is not None
+    if sset is None:
+        sset = distill_partition(data, cfg, seed=client_seed(cfg, pid, server_round), global_model=global_model,
+                                 previous=previous)
+        if global_model is None:
+            keep_set(cfg, pid, sset)
     seconds = time.perf_counter() - start
     arrays, meta = set_to_records(sset)
     if global_model is not None:  # keep it for the next round's refinement (node-local state)
@@ -96,7 +103,8 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
         bad = sset.images.clone()
         bad[0].fill_(float("nan"))
         arrays = ArrayRecord({"images": bad.contiguous(), "labels": sset.labels.contiguous()})
-    metrics = MetricRecord({"partition-id": pid, "num-images": sset.num_images, **_size_and_time(data, sset, seconds)})
+    metrics = MetricRecord({"partition-id": pid, "num-images": sset.num_images, "reused-set": int(reused),
+                            **_size_and_time(data, sset, seconds)})
     content = RecordDict({SET_ARRAYS_KEY: arrays, SET_META_KEY: meta})
     metrics["payload-bytes"] = message_nbytes(content)  # what this reply's records weigh
     content["metrics"] = metrics
@@ -130,7 +138,8 @@ def _fedavg_reply(msg: Message, cfg: FederateConfig, pid: int, server_round: int
     mu = float(msg.content[CONFIGRECORD_KEY].get("proximal-mu", 0.0))  # FedProx puts it in the config
     gen = torch.Generator().manual_seed(client_seed(cfg, pid, server_round))
     start = time.perf_counter()
-    loss = local_train(model, data.train_images, data.train_labels, cfg.local_epochs, cfg.lr, cfg.batch_size, gen, mu)
+    loss = local_train(model, data.train_images, data.train_labels, cfg.local_epochs, cfg.lr, cfg.batch_size, gen, mu,
+                       precision=cfg.resolved_precision())
     metrics = MetricRecord({"num-examples": int(data.train_images.shape[0]), "train-loss": loss,
                             "train-seconds": time.perf_counter() - start, "partition-id": pid})
     return RecordDict({ARRAYRECORD_KEY: model_to_record(model), "metrics": metrics})

@@ -105,6 +105,7 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
     meta = {"config": cfg.to_json(), "strategies": strategies, "reference": ref, "reference_runs": reference_runs,
             "raw_data_upload_bytes": raw["upload_bytes"], "raw_data": raw,
             "record": run_record(torch.device(cfg.device), wall_time_s=time.perf_counter() - start),
+            "precision": cfg.resolved_precision(),  # what "auto" ran as here (fedcond.precision)
             # the peaks of this process and every process it started (Ray's workers), all runs
             "peak_memory": usage.to_json(), "cpu_seconds": usage.cpu_seconds(refresh=True)}
     write_results(out, runs, meta)

@@ -144,7 +144,8 @@ def build_record(cfg: FederateConfig, ledger: CommLedger, accuracy: dict[int, fl
     out = {"strategy": cfg.strategy, "mode": cfg.effective_mode if cfg.strategy.startswith("fedcond") else None,
            "initial_accuracy": accuracy.get(0), "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
            "upload_bytes": up, "download_bytes": down, "rounds": rounds,
-           "clients_lost_total": sum(r["clients_lost"] for r in rounds), "name": cfg.name}
+           "clients_lost_total": sum(r["clients_lost"] for r in rounds), "name": cfg.name,
+           "precision": cfg.resolved_precision()}  # what ran here (clients resolve "auto" on their device)
     if hasattr(strategy, "provenance"):
         out.update({"method": cfg.method, "ipc": cfg.ipc, "storage_dtype": cfg.storage_dtype})
         out["pool_provenance"] = strategy.provenance()

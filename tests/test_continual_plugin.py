@@ -153,3 +153,46 @@ def test_bad_mode_is_a_user_error():
 
     with pytest.raises(FedcondError, match="mode must be one of"):
         DistilledReplayPlugin(mem_size=4, mode="gdumb")
+
+
+def test_plugin_in_bfloat16_distills_and_trains_in_bfloat16_and_records_it(tiny, monkeypatch):
+    """``precision="bfloat16"``: DM's set records bfloat16, the buffer training runs under
+    autocast (seen inside the model), ``settings()`` says so; the first experience is kept."""
+    from avalanche.models import SimpleMLP
+
+    from fedcond.continual import buffer_training
+
+    seen = []
+    real_train = buffer_training.train_model
+
+    def spy(model, *args, **kwargs):
+        seen.append(kwargs["precision"])
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(buffer_training, "train_model", spy)
+    torch.manual_seed(0)
+    model = SimpleMLP(num_classes=10, input_size=64, hidden_size=128)
+    outputs = []
+    model.features.register_forward_hook(lambda m, i, o: outputs.append(o.dtype))
+    plugin = DistilledReplayPlugin(mem_size=8, iterations=10, precision="bfloat16", distill_options={"dsa": False},
+                                   buffer_training=buffer_training.BufferTraining(epochs=30))
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                     train_mb_size=16, train_epochs=1, plugins=[plugin], evaluator=None)
+    for exp in tiny.train_stream:
+        strategy.train(exp)
+    assert seen == ["bfloat16", "bfloat16"] and torch.bfloat16 in outputs
+    assert plugin.settings()["precision"] == "bfloat16"
+    assert plugin.storage_policy.synthetic_set().images.dtype == torch.float32
+    assert _exp0_accuracy(strategy.model, tiny) > 0.6
+
+
+def test_plugin_precision_auto_follows_the_hardware(monkeypatch):
+    from fedcond import precision as P
+    from fedcond.errors import FedcondError
+
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert DistilledReplayPlugin(mem_size=4).settings()["precision"] == "float32"
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
+    assert DistilledReplayPlugin(mem_size=4).settings()["precision"] == "bfloat16"
+    with pytest.raises(FedcondError, match="precision must be one of"):
+        DistilledReplayPlugin(mem_size=4, precision="fp16")

@@ -54,6 +54,9 @@ def test_results_json_schema(run):
         for r in runs
         if r["strategy"] != "joint"
     )
+    from fedcond.precision import resolve_precision
+
+    assert all(r["settings"]["precision"] == resolve_precision("auto", "cpu") for r in runs)  # what ran, not "auto"
     assert {s["strategy"] for s in results["summary"]} == {"naive", "replay", "distilled-replay", "joint"}
     assert results["benchmark"] == "split-digits" and "versions" in results and "device" in results
 
@@ -77,6 +80,7 @@ def test_plots_and_avalanche_logs_written(run):
     (["--benchmark", "split-imagenet"], "unknown benchmark"),
     (["--method", "nope", "--strategies", "distilled-replay"], "unknown method"),
     (["--buffer-epochs", "0", "--strategies", "gdumb"], "buffer training needs epochs >= 1"),
+    (["--precision", "float16"], "--precision must be one of auto, float32, bfloat16"),
 ])
 def test_user_errors_are_one_line(tmp_path, args, message):
     result = runner.invoke(app, ["continual", "--out", str(tmp_path), *args])
@@ -102,3 +106,36 @@ def test_der_is_avalanche_dark_experience_replay_and_learns(tmp_path):
     assert run_["strategy"] == "der" and run_["mem_size"] == 20
     # replaying 20 images of earlier classes keeps more than naive fine-tuning's last-experience-only 0.2
     assert run_["final_average_accuracy"] > 0.25
+
+
+def test_bfloat16_trains_avalanches_own_strategies_under_autocast(digits):
+    """Every strategy of the comparison trains in the run's precision (here Naive)."""
+    import warnings
+
+    from torch.utils.data import TensorDataset
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from avalanche.benchmarks import nc_benchmark
+    from avalanche.benchmarks.utils import as_classification_dataset
+
+    from fedcond.continual.strategies import AutocastPlugin, StrategySettings, build_strategy
+    from fedcond.models import get_model
+
+    class Tensors(TensorDataset):
+        def __init__(self, x, y):
+            super().__init__(x, y)
+            self.targets = y.tolist()
+
+    data = as_classification_dataset(Tensors(digits.train_images[:64], digits.train_labels[:64]))
+    bench = nc_benchmark(data, data, n_experiences=1, task_labels=False, shuffle=False)
+    model = get_model("convnet", 1, 10, (8, 8), seed=0)
+    seen = []
+    model.classifier.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    for precision, dtype in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+        settings = StrategySettings(name="naive", mem_size=0, lr=0.01, epochs=1, precision=precision)
+        strategy = build_strategy(settings, model, None, torch.device("cpu"))
+        assert any(isinstance(p, AutocastPlugin) for p in strategy.plugins) == (precision == "bfloat16")
+        seen.clear()
+        strategy.train(bench.train_stream[0])
+        assert seen and set(seen) == {dtype}
+        assert not torch.is_autocast_enabled("cpu")  # the context was left after each step

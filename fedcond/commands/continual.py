@@ -99,6 +99,10 @@ def command(
         None, "--option", "-o", help="distillation option key=value (repeatable)"
     ),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="arithmetic of every strategy's training and of distillation: auto (default: "
+                                  "bfloat16 where the device runs it fast), float32 or bfloat16"
+    ),
     threads: Optional[int] = typer.Option(
         None,
         "--threads",
@@ -128,6 +132,7 @@ def command(
         "model": model,
         "train_fraction": train_fraction,
         "device": device,
+        "precision": precision,
         "strategies": _list(strategies, str, "--strategies"),
         "mem_sizes": _list(mem_size, int, "--mem-size"),
         "seeds": _list(seeds, int, "--seeds"),

@@ -19,6 +19,7 @@ from fedcond.commands.common import (
     writable_folder,
 )
 from fedcond.errors import FedcondError
+from fedcond.precision import check_precision, resolve_precision
 from fedcond.synthetic import STORAGE_DTYPES
 
 
@@ -56,6 +57,9 @@ def command(
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)"
     ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto, float32 or bfloat16 (autocast); auto: bfloat16 where the device runs it fast"
+    ),
 ) -> None:
     """Distill a data set into a few synthetic images per class."""
     from fedcond.data import load_dataset  # noqa: PLC0415
@@ -68,13 +72,19 @@ def command(
     writable_folder(out)  # before any work: a distillation must never be lost to its output path
     existing_folder(data_dir)
     set_threads(threads)
+    check_precision(precision, "--precision")
     dev = resolve_device(device)
     options = parse_options(option)
     options.update({name: value for name, value in (("epsilon", epsilon), ("delta", delta)) if value is not None})
     # Re-running the command resumes from the checkpoints and reuses MTT's experts, unless -o says otherwise.
     folders = {"checkpoint_dir": str(out / "checkpoints"), "experts_dir": str(out / "experts")}
+    settings = {k: v for k, v in folders.items() if k not in options}
     distiller, config = make_distiller(method, ipc, model, iterations, options,
-                                       settings={k: v for k, v in folders.items() if k not in options})
+                                       settings={**settings, "precision": precision})
+    # What the run records is what ran, never "auto": the method resolves it for the device.
+    ran = resolve_precision(getattr(config, "precision", "float32"), dev)
+    if not hasattr(config, "precision") and precision != "auto":
+        raise FedcondError(f"method {method!r} has no precision setting (it runs in float32); drop --precision")
     iterative = "iterations" in config.to_dict()
     if iterations is not None and not iterative:
         raise FedcondError(f"method {method!r} does not iterate; drop --iterations")
@@ -109,7 +119,8 @@ def command(
 
     record = run_record(dev, method=method, dataset=data.name, ipc=ipc, seed=seed, config=config.to_dict(),
                         wall_time_s=wall, peak_memory_bytes=peak_memory_bytes(dev), nbytes=nbytes,
-                        num_images=sset.num_images, class_counts=sset.class_counts(), storage_dtype=dtype)
+                        num_images=sset.num_images, class_counts=sset.class_counts(), storage_dtype=dtype,
+                        precision=sset.config.get("precision", ran))
     if iterative:
         record["iterations"] = config.iterations  # type: ignore[attr-defined]
         record["seconds_per_iteration"] = _seconds_per_iteration(stamps, wall, config.iterations)  # type: ignore[attr-defined]

@@ -67,6 +67,10 @@ def command(
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)"
     ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="training arithmetic: auto, float32 or bfloat16 (autocast); auto: bfloat16 "
+                                    "where the device runs it fast"
+    ),
 ) -> None:
     """Train fresh models on a synthetic set (or real data) and report test accuracy."""
     from fedcond.data import load_dataset, under_normalization  # noqa: PLC0415
@@ -102,7 +106,7 @@ def command(
         arch = architecture_names(models.split(","))  # a bad name fails before any data is loaded
     sset = SyntheticSet.load(path, max_bytes=max_bytes) if path is not None else None  # fail fast on bad files
     config = EvalConfig(model=model or "convnet", epochs=epochs or (30 if full else 300), dsa=dsa,
-                        dsa_strategy=dsa_strategy, kd_temperature=kd_temperature)
+                        dsa_strategy=dsa_strategy, kd_temperature=kd_temperature, precision=precision)
     dev = resolve_device(device)
     data = load_dataset(dataset, data_dir=data_dir, device=dev)
     if sset is not None:  # the set's normalisation (a DP set uses public constants)

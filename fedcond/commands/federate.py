@@ -208,6 +208,11 @@ def command(
     normalize: Optional[str] = typer.Option(
         None, "--normalize", help="public, train or MEAN:STD per channel (default: the data set's; with DP: public)"
     ),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="arithmetic of every training and distillation loop: auto (default: bfloat16 where "
+                                  "the device runs it fast), float32 or bfloat16",
+        show_default=_default("precision"),
+    ),
     reference: str = typer.Option(
         "full", "--reference", help="centralised reference: none, full (upper bound trained to a plateau) or distill"
     ),

@@ -31,10 +31,21 @@ from fedcond.continual.budget import class_quotas, subselect
 from fedcond.continual.experience import experience_dataset, experience_tensors, num_classes_of
 from fedcond.distill import make_distiller
 from fedcond.errors import FedcondError
+from fedcond.precision import check_precision
 from fedcond.synthetic import SyntheticSet
 
 Key = tuple[int, int]  # (task label, class id): class ids may repeat across tasks
 REBALANCE = ("subselect", "redistill", "nested")
+# DM's settings in the buffer unless given (spec fields or options): sized so that an
+# experience's distillation costs about what an epoch over it does (DM's own defaults are a
+# distillation's: 100 iterations of 256 real images per class at lr 1). Chosen at the knee
+# of accuracy against seconds on a user's Avalanche script (SplitMNIST, SimpleMLP, memory 20;
+# benchmarks/results/continual_plugin_cost.md): with few iterations a larger step moves the
+# images as far as many small ones (lr 3: +3-4 points at 20 iterations; lr 10 overshoots),
+# and 16-32 real images per class do as well as 64-256 at so few steps. 0.770 over 2 seeds
+# at 2.2x the CPU seconds of Avalanche's ReplayPlugin (0.460); DM's defaults gave 0.789 at
+# about 100x.
+BUFFER_DM_DEFAULTS: dict[str, Any] = {"iterations": 40, "batch_real": 16, "lr_images": 3.0}
 
 
 @dataclass
@@ -45,7 +56,12 @@ class DistillSpec:
         method: a registered fedcond method (``dm``, ``dc``, ``dsa``, ``herding``, ...).
         ipc: images distilled per new class; None = the class's current quota. The buffer
             stores ``min(ipc, quota)`` per class, so a smaller ipc leaves budget unused.
-        iterations: for iterative methods (None = the method's default).
+        iterations: for iterative methods (None: DM's buffer default, :data:`BUFFER_DM_DEFAULTS`,
+            for ``dm``; the method's own default for the others).
+        batch_real: real images per class per iteration, for iterative methods (None: as
+            ``iterations``).
+        precision: ``auto``, ``float32`` or ``bfloat16`` (:mod:`fedcond.precision`), for
+            methods with a ``precision`` option (DM); ``auto`` resolves on the run's device.
         model: network the method uses for features / matching.
         options: further method options (fields of the method's config; unknown ones are an
             error listing the known ones, see :func:`fedcond.distill.make_distiller`).
@@ -62,12 +78,17 @@ class DistillSpec:
     method: str = "dm"
     ipc: int | None = None
     iterations: int | None = None
+    batch_real: int | None = None
+    precision: str = "auto"
     model: str = "convnet"
     options: dict[str, Any] = field(default_factory=dict)
     rebalance: str = "nested"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
+        if self.batch_real is not None and self.batch_real < 1:
+            raise FedcondError(f"batch_real must be >= 1, got {self.batch_real}")
         if self.rebalance not in REBALANCE:
             raise FedcondError(f"rebalance must be one of {', '.join(REBALANCE)}, got {self.rebalance!r}")
         if self.ipc is not None and self.ipc < 1:
@@ -76,7 +97,23 @@ class DistillSpec:
             # the buffer counts, stores and replays images one by one; mosaics would break its budget
             raise FedcondError("the replay buffer does not take multi-formation sets (option factor): leave it at 1")
         # An unknown method or option fails at construction, not after an experience.
-        make_distiller(self.method, self.ipc or 1, self.model, self.iterations, self.options)
+        self.make(self.ipc or 1)
+
+    def settings(self) -> dict[str, Any]:
+        """The config fields this spec sets itself (where the method has them): precision,
+        and for DM the buffer's defaults; a value the user gave (a field here, or in
+        ``options``: ``distill_options={"batch_real": 128}`` works as before) wins."""
+        own: dict[str, Any] = dict(BUFFER_DM_DEFAULTS) if self.method == "dm" else {}
+        own.update({k: v for k, v in (("iterations", self.iterations), ("batch_real", self.batch_real))
+                    if v is not None})
+        own["precision"] = self.precision
+        return {k: v for k, v in own.items() if k not in self.options}
+
+    def make(self, ipc: int):  # noqa: ANN201  (a Distiller and its config)
+        """The method's distiller and config for ``ipc`` images per class."""
+        settings = self.settings()
+        iterations = settings.pop("iterations", None)
+        return make_distiller(self.method, ipc, self.model, iterations, self.options, settings=settings)
 
 
 @dataclass
@@ -188,7 +225,7 @@ class DistilledBuffer(ExemplarsBuffer):
     def distill(self, images: torch.Tensor, labels: torch.Tensor, ipc: int, device: Any, seed: int) -> SyntheticSet:
         """Run the configured method on (images, labels) with ``ipc`` images per class."""
         spec = self.spec
-        distiller, config = make_distiller(spec.method, ipc, spec.model, spec.iterations, spec.options)
+        distiller, config = spec.make(ipc)
         data = experience_dataset(images, labels, self.num_classes or int(labels.max()) + 1, self.mean, self.std)
         sset = distiller.distill(data.to(device), config, torch.Generator().manual_seed(seed), device)
         return sset.detached()

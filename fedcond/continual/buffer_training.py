@@ -51,8 +51,10 @@ class BufferTraining:
 
 
 def train_on_memory(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: BufferTraining,
-                    generator: torch.Generator, device: torch.device | str = "cpu") -> nn.Module:
-    """Train ``model`` in place on (images, labels), the whole memory, with ``recipe``.
+                    generator: torch.Generator, device: torch.device | str = "cpu",
+                    precision: str = "float32") -> nn.Module:
+    """Train ``model`` in place on (images, labels), the whole memory, with ``recipe``, in
+    ``precision`` (resolved: ``float32`` or ``bfloat16``, see :func:`fedcond.train.train_model`).
 
     Labels are int64 class ids or (N, K) target distributions (soft labels); a model whose
     head is narrower than K (an incremental head) is scored on the units it has.
@@ -72,7 +74,8 @@ def train_on_memory(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 
         augment = DSA(strategy=recipe.augment)
     train_model(model, images.to(device), labels.to(device), recipe.epochs, lr=recipe.lr, momentum=recipe.momentum,
-                weight_decay=recipe.weight_decay, batch_size=recipe.batch_size, generator=generator, augment=augment)
+                weight_decay=recipe.weight_decay, batch_size=recipe.batch_size, generator=generator, augment=augment,
+                precision=precision)
     model.train(was_training)
     return model
 

@@ -31,6 +31,7 @@ plugins use for their penalties: in ``before_backward`` a memory batch of
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ from fedcond.continual.buffer import DistilledBuffer, DistillSpec
 from fedcond.continual.buffer_training import BufferTraining, train_on_memory
 from fedcond.continual.experience import experience_tensors
 from fedcond.errors import FedcondError
+from fedcond.precision import check_precision, resolve_precision
 from fedcond.train import soft_cross_entropy
 
 MODES = ("retrain", "finetune", "replay")
@@ -57,7 +59,14 @@ class DistilledReplayPlugin(ReplayPlugin):
             built from the arguments below).
         method: fedcond distillation method (``dm``, ``dc``, ``dsa``, ``herding``, ...).
         ipc: images distilled per new class (None = its share of ``mem_size``).
-        iterations: distillation iterations for iterative methods (None = default).
+        iterations: distillation iterations for iterative methods (None: for DM the buffer's
+            default, :data:`~fedcond.continual.buffer.BUFFER_DM_DEFAULTS`, 40 iterations of 16
+            real images per class at lr 3, about an epoch's cost per experience; for other
+            methods their own default).
+        batch_real: real images per class per distillation iteration (None: as ``iterations``).
+        precision: ``auto`` (default), ``float32`` or ``bfloat16`` (:mod:`fedcond.precision`): the
+            arithmetic of the distillation (DM's embedding passes) and of the buffer training;
+            ``auto`` is bfloat16 on devices with fast bfloat16 (AMX CPUs, CUDA GPUs), else float32.
         model: network the distiller uses for features / matching.
         distill_options: further method options (e.g. ``{"lr_images": 1.0}``).
         rebalance: how old classes shrink when new ones arrive: ``nested``, ``subselect`` or
@@ -82,6 +91,8 @@ class DistilledReplayPlugin(ReplayPlugin):
         method: str = "dm",
         ipc: int | None = None,
         iterations: int | None = None,
+        batch_real: int | None = None,
+        precision: str = "auto",
         model: str = "convnet",
         distill_options: dict[str, Any] | None = None,
         rebalance: str = "nested",
@@ -96,13 +107,16 @@ class DistilledReplayPlugin(ReplayPlugin):
         if mode not in MODES:
             raise FedcondError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if storage_policy is None:
-            spec = DistillSpec(method=method, ipc=ipc, iterations=iterations, model=model,
-                               options=dict(distill_options or {}), rebalance=rebalance, seed=seed)
+            spec = DistillSpec(method=method, ipc=ipc, iterations=iterations, batch_real=batch_real,
+                               precision=precision, model=model, options=dict(distill_options or {}),
+                               rebalance=rebalance, seed=seed)
             storage_policy = DistilledBuffer(mem_size, spec, num_classes=num_classes, mean=mean, std=std)
         super().__init__(mem_size=mem_size, batch_size=batch_size, batch_size_mem=batch_size_mem,
                          task_balanced_dataloader=task_balanced_dataloader, storage_policy=storage_policy)
         self.soft_weight = soft_weight
         self.mode = mode
+        self.precision = check_precision(precision)
+        self._device: torch.device = torch.device("cpu")  # the strategy's, once training starts
         self.buffer_training = buffer_training or BufferTraining()
         self._generator = torch.Generator().manual_seed(seed)
         self._train_generator = torch.Generator().manual_seed(seed + 1)
@@ -122,6 +136,7 @@ class DistilledReplayPlugin(ReplayPlugin):
 
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
         """Remember the model's initial weights once (``retrain`` starts from them each time)."""
+        self._device = torch.device(strategy.device)
         if self.mode == "retrain" and self._initial_state is None:
             self._initial_state = copy.deepcopy(strategy.model.state_dict())
 
@@ -177,7 +192,23 @@ class DistilledReplayPlugin(ReplayPlugin):
         if self.mode == "retrain" and self._initial_state is not None:
             strategy.model.load_state_dict(self._initial_state)
         images, labels = _memory_tensors(self.storage_policy)
-        train_on_memory(strategy.model, images, labels, self.buffer_training, self._train_generator, strategy.device)
+        train_on_memory(strategy.model, images, labels, self.buffer_training, self._train_generator, strategy.device,
+                        precision=resolve_precision(self.precision, strategy.device))
+
+    def settings(self) -> dict[str, Any]:
+        """What this plugin runs, as recorded with results: mode, buffer training recipe,
+        precision as resolved on the strategy's device, and the distillation's method, ipc,
+        iterations, batch_real, lr_images and network (as the method's config resolves them)."""
+        out: dict[str, Any] = {"mem_size": self.mem_size, "mode": self.mode,
+                               "precision": resolve_precision(self.precision, self._device),
+                               "buffer_training": dataclasses.asdict(self.buffer_training)}
+        spec = getattr(self.storage_policy, "spec", None)
+        if isinstance(spec, DistillSpec):
+            config = spec.make(1)[1].to_dict()
+            out.update({"method": spec.method, "ipc": spec.ipc, "model": spec.model, "rebalance": spec.rebalance,
+                        "iterations": config.get("iterations"), "batch_real": config.get("batch_real"),
+                        "lr_images": config.get("lr_images"), "options": dict(spec.options)})
+        return out
 
 
 def _memory_tensors(policy: ExemplarsBuffer) -> tuple[torch.Tensor, torch.Tensor]:

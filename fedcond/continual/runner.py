@@ -36,6 +36,7 @@ from fedcond.continual.resume import RunStore, can_checkpoint, capture, restore
 from fedcond.continual.strategies import MEMORY_STRATEGIES, STRATEGIES, StrategySettings, build_strategy, replay_buffer
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
+from fedcond.precision import check_precision, resolve_precision
 
 OVERRIDABLE = ("lr", "epochs", "batch_size_mem", "buffer_epochs", "buffer_lr", "buffer_augment")
 
@@ -66,9 +67,11 @@ class ContinualConfig:
     buffer_epochs: int = 300
     buffer_lr: float = 0.01
     buffer_augment: str = "crop_scale_rotate"
+    precision: str = "auto"  # every strategy's training and the distillation (fedcond.precision)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision, "--precision")
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown or not self.strategies:
             raise FedcondError(f"unknown strategy {', '.join(unknown) or '(none)'}: use any of {', '.join(STRATEGIES)}")
@@ -90,7 +93,8 @@ class ContinualConfig:
                     batch_size_mem=self.batch_size_mem, method=self.method, ipc=self.ipc, iterations=self.iterations,
                     distill_model=self.model, distill_options=dict(self.distill_options), rebalance=self.rebalance,
                     buffer_epochs=self.buffer_epochs, buffer_lr=self.buffer_lr, buffer_augment=self.buffer_augment,
-                    num_classes=bench.data.num_classes, mean=bench.data.mean, std=bench.data.std, seed=seed)
+                    precision=self.precision, num_classes=bench.data.num_classes, mean=bench.data.mean,
+                    std=bench.data.std, seed=seed)
         base.update(self.overrides.get(strategy, {}))
         return StrategySettings(**base)
 
@@ -236,6 +240,7 @@ def run_comparison(bench: Benchmark, config: ContinualConfig, out_dir: Path, dev
     results = []
     for i, (strategy, mem, seed) in enumerate(runs):
         settings = config.settings(strategy, mem, seed, bench)
+        settings.precision = resolve_precision(settings.precision, device)  # recorded as it runs, never "auto"
         entry = store.finished(run_tag(settings), _recorded_settings(settings))
         if entry is None:
             entry = run_one(bench, settings, config.model, out_dir, device, on_experience)

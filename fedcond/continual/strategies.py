@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import LRSchedulerPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer
 from avalanche.training.supervised import DER, GDumb, ICaRL, JointTraining, Naive
@@ -32,6 +33,7 @@ from torch import nn
 from fedcond.continual.buffer_training import BufferTraining, batch_augmentation_plugin
 from fedcond.continual.plugin import DistilledReplayPlugin
 from fedcond.errors import FedcondError
+from fedcond.precision import autocast, resolve_precision
 
 DISTILLED_MODES = {"distilled-replay": "retrain", "distilled-finetune": "finetune", "distilled-mix": "replay"}
 STRATEGIES = ("naive", "replay", "gdumb", "icarl", "der", *DISTILLED_MODES, "joint")
@@ -63,6 +65,8 @@ class StrategySettings:
     iterations: int | None = None
     distill_model: str = "convnet"
     distill_options: dict[str, Any] | None = None
+    # every strategy's training and the distillation (fedcond.precision; the runner records it resolved)
+    precision: str = "auto"
     rebalance: str = "nested"
     num_classes: int | None = None
     mean: tuple[float, ...] | None = None
@@ -89,8 +93,17 @@ def build_strategy(settings: StrategySettings, model: nn.Module, evaluator: Any,
     if s.name in MEMORY_STRATEGIES and s.mem_size < 1:
         raise FedcondError(f"strategy {s.name} needs --mem-size >= 1")
     opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum)
+    precision = resolve_precision(s.precision, device)
     common = dict(train_mb_size=s.batch_size, train_epochs=s.epochs, eval_mb_size=512,
                   device=device, evaluator=evaluator)
+    strategy = _build(s, model, opt, common, precision)
+    if precision != "float32":  # Avalanche's own training loop, in the same arithmetic as ours
+        strategy.plugins.append(AutocastPlugin(precision, device))
+    return strategy
+
+
+def _build(s: StrategySettings, model: nn.Module, opt: torch.optim.Optimizer, common: dict[str, Any],
+           precision: str) -> Any:
     ce = nn.CrossEntropyLoss()
     if s.name == "naive":
         return Naive(model=model, optimizer=opt, criterion=ce, **common)
@@ -120,10 +133,29 @@ def build_strategy(settings: StrategySettings, model: nn.Module, evaluator: Any,
         mem_size=s.mem_size, batch_size_mem=s.batch_size_mem, method=s.method, ipc=s.ipc,
         iterations=s.iterations, model=s.distill_model, distill_options=s.distill_options,
         rebalance=s.rebalance, num_classes=s.num_classes, mean=s.mean, std=s.std, seed=s.seed,
-        mode=DISTILLED_MODES[s.name],
+        mode=DISTILLED_MODES[s.name], precision=precision,
         buffer_training=BufferTraining(epochs=s.buffer_epochs, lr=s.buffer_lr, augment=s.buffer_augment),
     )
     return Naive(model=model, optimizer=opt, criterion=ce, plugins=[plugin], **common)
+
+
+class AutocastPlugin(SupervisedPlugin):
+    """Avalanche's training loop under ``torch.autocast`` (bfloat16): the forward pass and
+    the criterion; backward and the optimiser step stay outside, weights float32."""
+
+    def __init__(self, precision: str, device: torch.device | str) -> None:
+        super().__init__()
+        self.precision, self.device = precision, device
+        self._context: Any = None
+
+    def before_forward(self, strategy: Any, **kwargs: Any) -> None:
+        self._context = autocast(self.precision, self.device)
+        self._context.__enter__()
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+            self._context = None
 
 
 def replay_buffer(strategy: Any) -> Any | None:

@@ -17,18 +17,22 @@ MNIST images in 7 classes embedded 147 slots per iteration before), with exactly
 numbers the padded batch gave, since padding weighed 0. Not with a batch-norm network in
 train mode, whose batch statistics did see the padding: it keeps the padded batch.
 
-Precision (``real_precision``): the real images' pass is DM's whole cost on a CPU, and it
-only feeds class means. ``"bfloat16"`` runs the embedding passes under autocast (images,
-networks' parameters and the loss stay float32) and, on a CPU, in channels-last networks,
-oneDNN's fast layout (:class:`fedcond.models.InstanceNorm` keeps the norm in it). On this
-project's 2-core Xeon (AMX, one thread) the MNIST ConvNet then embeds 1,900-3,000 images/s
-(runs differ) against ~790 in float32, a 1,000-client federated client costs 0.84-0.86 CPU s
-instead of 1.94,
-and a class mean moves by ~0.1-0.2 % of its norm, far less than the sampling noise between
-two random batches of 256 (5 %). The synthetic pass is rounded too: a class whose synthetic
+Precision (``precision``, :mod:`fedcond.precision`; ``real_precision`` is its earlier name
+and still works): the real images' pass is DM's whole cost on a CPU, and it only feeds class
+means. ``"bfloat16"`` runs the embedding passes under autocast (images, networks' parameters
+and the loss stay float32) and, on a CPU, in channels-last networks, oneDNN's fast layout
+(:class:`fedcond.models.InstanceNorm` keeps the norm in it). On a 2-core Xeon with AMX (one
+thread) the MNIST ConvNet then embedded 1,900-3,000 images/s (runs differ) against ~790 in
+float32, a 1,000-client federated client cost 0.84-0.86 CPU s instead of 1.94; on a Xeon
+without AMX (avx512_bf16 only) the MNIST ConvNet still embeds ~1.3-1.9x as fast in bfloat16
+(its 1-channel first convolution, pooling and norm gain, the 128-channel convolutions lose).
+A class mean moves by ~0.1-0.2 % of its norm, far less than the sampling noise between two
+random batches of 256 (5 %). The synthetic pass is rounded too: a class whose synthetic
 images are its real ones must see equal features, or rounding alone pushes them apart (with
 only the real pass in bfloat16, such images drifted as far as DM moves images).
-``"float32"`` (the default) keeps earlier sets bit for bit.
+``"float32"`` keeps earlier sets bit for bit; ``"auto"`` (the default) is bfloat16 on
+hardware with fast bfloat16 (AMX CPUs, CUDA GPUs) and float32 elsewhere, resolved when the
+run starts and recorded in the set's config as what ran.
 
 Learned soft labels: a class's synthetic mean weights each image by its label probability
 for that class (``syn_assignment``), i.e. DM applied to the soft-labelled set seen as a
@@ -51,7 +55,7 @@ instead of fresh real images. Iterative FedCond clients call it so
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -77,9 +81,10 @@ from fedcond.distill.matching import (
 from fedcond.errors import FedcondError
 from fedcond.formation import check_factor, decode, encode, repeat_per_tile
 from fedcond.models import get_model
+from fedcond.precision import DTYPES, check_precision, resolve_precision
 from fedcond.synthetic import SyntheticSet
 
-REAL_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+REAL_PRECISIONS = DTYPES  # the published name of the precisions DM knows
 
 
 def dm_loss(
@@ -146,14 +151,23 @@ class DMConfig(IterativeConfig):
     train_steps: int = 100
     train_batch: int = 64
     # The embedding passes in "float32" or "bfloat16" (autocast, channels-last on a CPU; see
-    # the module docstring): 2-4x faster on CPUs with AMX, the same sets up to rounding.
-    real_precision: str = "float32"
+    # the module docstring): 2-4x faster on CPUs with AMX, the same sets up to rounding;
+    # "auto": bfloat16 where the device runs it fast (fedcond.precision), resolved at the start.
+    precision: str = "auto"
+    # The earlier name of ``precision`` (then float32 by default): when given, it is the precision.
+    real_precision: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.real_precision not in REAL_PRECISIONS:
-            raise FedcondError(f"real_precision must be one of {', '.join(REAL_PRECISIONS)}, "
-                               f"got {self.real_precision!r}")
+        check_precision(self.precision)
+        if self.real_precision is not None:
+            if self.real_precision not in REAL_PRECISIONS:
+                raise FedcondError(f"real_precision must be one of {', '.join(REAL_PRECISIONS)}, "
+                                   f"got {self.real_precision!r}")
+            if self.precision not in ("auto", self.real_precision):
+                raise FedcondError(f"precision={self.precision} and real_precision={self.real_precision} disagree: "
+                                   "give precision alone (real_precision is its earlier name)")
+            self.precision = self.real_precision
         if self.rho < 0:
             raise FedcondError(f"rho must be >= 0, got {self.rho}")
         if self.trained_networks < 0 or self.train_steps < 1 or self.train_batch < 1:
@@ -186,6 +200,9 @@ class DM(IterativeDistiller):
         ``initial``: refine this set (its images and hard labels) instead of starting from
         ``config.init``; its images of classes ``dataset`` lacks weigh 0 and stay as they are.
         """
+        config = DMConfig.coerce(config)
+        # What runs is recorded, not "auto": resolved here, for the device the run uses.
+        config = replace(config, precision=resolve_precision(config.precision, device))
         flags = _freeze(embed_model)
         try:
             return super().distill(dataset, config, generator, device, callbacks, initial, embed_model=embed_model)
@@ -200,12 +217,10 @@ class DM(IterativeDistiller):
 
         rows = sampler.num_rows
         real_weights = sampler.weights(config.batch_real, device)
-        real_dtype = REAL_PRECISIONS[config.real_precision]
+        real_dtype = DTYPES[resolve_precision(config.precision, device)]
         chunk = embedding_chunk(device, real_dtype)
-        # bfloat16 on a CPU: fresh networks in channels-last layout, oneDNN's fast one (MNIST's
-        # 1-channel first conv 11x faster, average pooling 13x; see models.InstanceNorm).
-        channels_last = real_dtype == torch.bfloat16 and device.type == "cpu"
         c, h, w = dataset.image_shape
+        channels_last = channels_last_networks(device, real_dtype, c)
         factor = config.factor
         check_factor(factor, (h, w))
         if factor > 1:
@@ -262,6 +277,18 @@ class DM(IterativeDistiller):
             return loss.detach()
 
         return step
+
+
+def channels_last_networks(device: torch.device, dtype: torch.dtype, channels: int) -> bool:
+    """Whether DM's fresh networks run in channels-last layout: on a CPU, in bfloat16 (oneDNN's
+    fast layout: MNIST's 1-channel first conv 11x faster, average pooling 13x; see
+    models.InstanceNorm) and, in float32, for colour images (the same sets up to rounding).
+
+    Measured in float32 on the 2-core Xeon without AMX (``benchmarks/results/fast_by_default.md``,
+    layout tables): colour (CIFAR-10) DM iterations run faster channels-last; one-channel
+    (MNIST) ones do not, GroupNorm's float32 kernel on channels-last input eating the gain.
+    """
+    return device.type == "cpu" and (dtype == torch.bfloat16 or (dtype == torch.float32 and channels > 1))
 
 
 def trained_pool(config: DMConfig, dataset: ImageDataset, generator: torch.Generator,

@@ -12,8 +12,8 @@ the stacked (grouped) convolutions. Within a call the clients' batches are padde
 largest (zero weight): group clients of similar size.
 
 Only what one-shot FedCond clients run: fresh random networks, hard labels, no ZCA, a
-float32 real pass, no train-mode batch norm (its batch statistics would mix the padding
-in), no checkpoints.
+float32 real pass (precision ``float32``, or ``auto`` run as float32), no train-mode batch
+norm (its batch statistics would mix the padding in), no checkpoints.
 Other settings go through :meth:`DM.distill` one client at a time (``batchable`` says which).
 Where it pays: a GPU, many clients. On a CPU a client's work is already compute-bound and
 the padding costs more than the stacking saves; there the one-at-a-time path is the default.
@@ -21,6 +21,7 @@ the padding costs more than the stacking saves; there the one-at-a-time path is 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -40,9 +41,9 @@ def batchable(config: DMConfig, dataset: ImageDataset) -> bool:
     """Whether :func:`distill_many` runs this config (else distill one client at a time)."""
     c, h, w = dataset.image_shape
     # torch.func.vmap ignores autocast (its batched convolutions stay float32), so a
-    # bfloat16 real pass goes one client at a time.
+    # bfloat16 real pass goes one client at a time; "auto" runs float32 here.
     return not (config.learn_labels or config.zca or config.checkpoint_dir or config.rho or config.factor > 1
-                or config.trained_networks or config.real_precision != "float32"
+                or config.trained_networks or config.precision not in ("auto", "float32")
                 or has_batch_norm(get_model(config.model, c, dataset.num_classes, (h, w))))
 
 
@@ -74,7 +75,7 @@ def distill_many(datasets: Sequence[ImageDataset], config: DMConfig, generators:
         raise ValueError("distill_many runs fresh networks with hard labels, no ZCA, no batch norm, no checkpoints, "
                          "no rho, no trained networks, a float32 real pass: distill these clients one at a time "
                          "with DM().distill")
-    config = DMConfig.coerce(config)
+    config = replace(DMConfig.coerce(config), precision="float32")  # what runs (and is recorded)
     runs = [start_run("dm", d, config, g, device) for d, g in zip(datasets, generators)]
     device = runs[0].device
     dsa = DSA(config.dsa_strategy) if config.dsa else None

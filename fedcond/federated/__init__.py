@@ -31,6 +31,8 @@ Around the round (none needed to follow it):
                                   continuing after the last finished round)
     references.py                 the runs a comparison plans, and its controls: raw-data bytes, random
                                   real images, storage dtypes, the centralised upper bound
+    set_reuse.py                  a client's one-shot set kept on disk, re-encoded (not distilled again)
+                                  for the storage-dtype references
     events.py                     typed progress events (for the CLI's progress display)
     report.py                     results.json, the accuracy-vs-bytes plot, the markdown table
     simulations/federation.py     what the ServerApp checks when ``flwr run`` launches it

@@ -18,6 +18,7 @@ from torch import nn
 from fedcond.data import ImageDataset
 from fedcond.distill import get_distiller
 from fedcond.federated.config import FederateConfig
+from fedcond.precision import autocast
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import classification_loss
 
@@ -63,22 +64,31 @@ def local_train(
     batch_size: int,
     generator: torch.Generator,
     proximal_mu: float = 0.0,
+    precision: str = "float32",
 ) -> float:
     """FedAvg/FedProx local update in place: SGD (momentum 0.9) for ``epochs``; mean loss.
 
     The proximal anchor is a copy of the weights at entry (the received global model),
-    taken before any step, as FedProx prescribes.
+    taken before any step, as FedProx prescribes. ``precision`` (resolved, see
+    :mod:`fedcond.precision`): ``bfloat16`` runs the forward pass under autocast, in
+    channels-last layout on a CPU; the weights and the proximal term stay float32.
     """
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     model.train()
+    channels_last = precision == "bfloat16" and images.device.type == "cpu" and images.dim() == 4
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     n = images.shape[0]
     total, count = 0.0, 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            loss = classification_loss(model(images[idx]), labels[idx])
+            with autocast(precision, images.device):
+                logits = model(images[idx])
+            loss = classification_loss(logits.float(), labels[idx])
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
                 loss = loss + 0.5 * proximal_mu * prox
@@ -87,4 +97,6 @@ def local_train(
             opt.step()
             total += float(loss.detach()) * idx.numel()
             count += idx.numel()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     return total / max(1, count)

@@ -22,6 +22,7 @@ from fedcond.errors import FedcondError
 PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedcond", "fedcond-iterative", "fedavg", "fedprox", "fedadam")
 MODES = ("oneshot", "iterative")
+PRECISIONS = ("auto", "float32", "bfloat16")  # fedcond.precision's (not imported: this module stays torch-free)
 # Method options that FederateConfig sets itself (``-o ipc=3`` would fight ``ipc``).
 OWN_METHOD_SETTINGS = ("ipc", "model", "iterations", "checkpoint_dir", "epsilon", "delta")
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
@@ -103,6 +104,9 @@ class FederateConfig:
     client_threads: int = 1
     server_threads: int = 0  # 0 = torch's default
     device: str = "cpu"
+    # Arithmetic of every training and distillation loop (fedcond.precision): auto = bfloat16
+    # autocast where the device has fast bfloat16 (AMX CPUs, CUDA GPUs), else float32.
+    precision: str = "auto"
     out_dir: str = ""  # where the ServerApp writes its per-strategy JSON ("" = nowhere)
     run_name: str = ""  # this run's name in results and file names ("" = the strategy's)
     checkpoint_dir: str = ""  # a checkpoint after every round; a rerun resumes ("" = none)
@@ -151,6 +155,8 @@ class FederateConfig:
             parse_strategy(self.server_augment)
         if self.central_max_epochs < 1 or self.central_patience < 1:
             raise FedcondError("central-max-epochs and central-patience must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise FedcondError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.round_timeout <= 0 or self.server_threads < 0:
             raise FedcondError("round-timeout must be > 0 and server-threads >= 0")
         if self.dp_epsilon < 0 or any(e <= 0 for e in self.dp_epsilon_values) or not 0 < self.dp_delta < 1:
@@ -179,6 +185,12 @@ class FederateConfig:
         if self.server_augment == "auto":
             return DSA("crop_scale_rotate" if channels == 1 else DEFAULT_STRATEGY)
         return DSA(self.server_augment)
+
+    def resolved_precision(self, device: str | None = None) -> str:
+        """``precision`` as it runs on ``device`` (default: the run's): float32 or bfloat16."""
+        from fedcond.precision import resolve_precision  # noqa: PLC0415
+
+        return resolve_precision(self.precision, device or self.device)
 
     @property
     def strategy_names(self) -> list[str]:
@@ -235,7 +247,7 @@ class FederateConfig:
         budget = {"epsilon": self.dp_epsilon, "delta": self.dp_delta} if self.dp_epsilon > 0 else {}
         # Clients are stateless processes: no checkpoint_dir (its default, None), no resume files.
         return make_distiller(self.client_method, self.ipc, self.model, self.iterations, self.method_option_values,
-                              settings=budget, reserved=OWN_METHOD_SETTINGS)
+                              settings={**budget, "precision": self.precision}, reserved=OWN_METHOD_SETTINGS)
 
     def feddm_config(self):  # noqa: ANN201  (a DMConfig; distill/ imported lazily)
         """DM's settings for iterative FedCond's refinement against the global model (FedDM):
@@ -246,7 +258,7 @@ class FederateConfig:
         iterations = {} if self.iterations is None else {"iterations": self.iterations}
         return DMConfig(ipc=self.ipc, model=self.model, **iterations, lr_images=self.feddm_lr_images,
                         momentum_images=self.feddm_momentum_images, batch_real=self.feddm_batch_real,
-                        rho=self.feddm_rho, dsa=False, checkpoint_dir=None)
+                        rho=self.feddm_rho, dsa=False, checkpoint_dir=None, precision=self.precision)
 
     @property
     def client_iterations(self) -> int | None:

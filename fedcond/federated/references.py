@@ -12,7 +12,9 @@ A number of bytes or an accuracy means little alone. ``fedcond federate`` theref
   random real images tiled into the same mosaics, so the gap is what distillation buys
   beyond the formation itself;
 - **storage dtypes** (``fedcond-<dtype>``): FedCond again with its sets sent in each other
-  dtype of ``storage_dtypes`` (float16 halves the bytes, uint8 quarters them);
+  dtype of ``storage_dtypes`` (float16 halves the bytes, uint8 quarters them); its clients
+  re-encode the sets the FedCond run distilled instead of distilling again
+  (:mod:`fedcond.federated.set_reuse`);
 - **privacy budgets** (``fedcond-eps<E>``): FedCond again with its clients distilling with
   DP at each other ε of ``dp_epsilons`` (accuracy against ε);
 - the **centralised upper bound** (:func:`centralised_reference`): all data in one place.

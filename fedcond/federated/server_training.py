@@ -46,8 +46,10 @@ def pool_sets(sets: list[SyntheticSet]) -> tuple[torch.Tensor, torch.Tensor]:
 def train_on_pool(
     model: nn.Module, sets: list[SyntheticSet], cfg: FederateConfig, server_round: int
 ) -> nn.Module:
-    """Train ``model`` in place on the pooled sets with the evaluation protocol."""
+    """Train ``model`` in place on the pooled sets with the evaluation protocol, in the run's
+    precision (``cfg.precision`` resolved on ``cfg.device``)."""
     images, labels = pool_sets(sets)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + server_round)
     return train_model(model, images, labels, cfg.server_epochs, lr=cfg.server_lr_train,
-                       batch_size=256, generator=gen, augment=cfg.server_augmenter(images.shape[1]))
+                       batch_size=256, generator=gen, augment=cfg.server_augmenter(images.shape[1]),
+                       precision=cfg.resolved_precision())
