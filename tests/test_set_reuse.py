@@ -14,7 +14,7 @@ from fedcond.federated.set_reuse import kept_set_path, set_key
 def _reply(cfg: FederateConfig, pid: int = 0):
     """A one-shot FedCond client's reply, in process (the ClientApp's own function)."""
     from fedcond.federated.records import CONFIGRECORD_KEY
-    from simulations.client_app import _fedcond_reply
+    from fedcond.simulations.client_app import _fedcond_reply
 
     msg = SimpleNamespace(content={CONFIGRECORD_KEY: {"mode": "oneshot"}})
     return _fedcond_reply(msg, None, cfg, pid, 1)
