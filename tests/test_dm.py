@@ -218,7 +218,8 @@ def test_compact_embedding_matches_the_padded_chunks_even_for_a_lone_image(count
     """An image embedded alone takes another CPU kernel (last-bit differences): the compact
     batch embeds an image alone exactly where the padded chunks did. The embedding here
     marks lone calls, so any mismatch shows."""
-    from fedcond.distill.matching import ClassSampler, RealSlots, embed_chunked
+    from fedcond.distill.matching import RealSlots, embed_chunked
+    from fedcond.sampling import ClassSampler
 
     def embed(x):
         return x.flatten(1) * 2 + (0.5 if x.shape[0] == 1 else 0.0)
@@ -268,7 +269,7 @@ def test_bfloat16_precision_embeds_real_and_synthetic_images_in_bfloat16(digits,
 
 
 def test_bfloat16_real_pass_gives_the_float32_loss_up_to_rounding_and_learns(digits):
-    from fedcond.distill.matching import ClassSampler
+    from fedcond.sampling import ClassSampler
 
     net = get_model("convnet", 1, 10, (8, 8)).eval().requires_grad_(False)
     # The (R, B) layout dm_loss takes: every image of each class, padded with zero weight.

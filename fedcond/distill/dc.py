@@ -31,8 +31,9 @@ from torch.nn import functional as F
 from fedcond.augment import DSA
 from fedcond.distill.base import Callbacks, register
 from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
-from fedcond.distill.matching import ClassSampler, class_rows, fresh_network, to_device
+from fedcond.distill.matching import class_rows, fresh_network, to_device
 from fedcond.errors import FedcondError
+from fedcond.sampling import ClassSampler
 from fedcond.train import train_model
 
 # (outer_loop, inner_loop) by images per class, from the DC paper's code.

@@ -66,7 +66,6 @@ from fedcond.data import ImageDataset
 from fedcond.distill.base import Callbacks, DistillConfig, register
 from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import (
-    ClassSampler,
     RealSlots,
     SiameseBatches,
     class_rows,
@@ -82,6 +81,7 @@ from fedcond.errors import FedcondError
 from fedcond.formation import check_factor, decode, encode, repeat_per_tile
 from fedcond.models import get_model
 from fedcond.precision import DTYPES, check_precision, resolve_precision
+from fedcond.sampling import ClassSampler
 from fedcond.synthetic import SyntheticSet
 
 REAL_PRECISIONS = DTYPES  # the published name of the precisions DM knows

@@ -34,8 +34,9 @@ from fedcond.distill.checkpoint import (
     run_fingerprint,
     save_checkpoint,
 )
-from fedcond.distill.matching import ClassSampler, initial_label_logits, initial_synthetic
+from fedcond.distill.matching import initial_label_logits, initial_synthetic
 from fedcond.errors import FedcondError
+from fedcond.sampling import ClassSampler
 from fedcond.synthetic import SyntheticSet
 
 
