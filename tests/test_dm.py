@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedcond.distill import get_distiller
+from fedcond.distill import DistillInputs, get_distiller
 from fedcond.distill.dm import DMConfig, dm_loss, trained_pool
 from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
@@ -90,7 +90,8 @@ def test_noise_init_and_zca_are_recorded_and_evaluable(digits):
 def test_given_embedding_model_is_used_and_left_trainable(digits):
     model = get_model("convnet", 1, 10, (8, 8), seed=0)
     dm = get_distiller("dm")
-    sset = dm.distill(digits, DMConfig(ipc=1, iterations=3), torch.Generator().manual_seed(0), embed_model=model)
+    sset = dm.distill(digits, DMConfig(ipc=1, iterations=3), torch.Generator().manual_seed(0),
+                      inputs=DistillInputs(embed_model=model))
     assert sset.num_images == 10
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
@@ -108,8 +109,8 @@ def test_with_an_embed_model_a_starting_set_moves_toward_its_class_means(digits)
     model = get_model("convnet", 1, 10, (8, 8), seed=0).eval()
     start = run(digits, iterations=0, ipc=2, init="noise")
     config = DMConfig(ipc=2, iterations=40, dsa=False, batch_real=1000)
-    sset = get_distiller("dm").distill(digits, config, torch.Generator().manual_seed(0), embed_model=model,
-                                       initial=start)
+    sset = get_distiller("dm").distill(digits, config, torch.Generator().manual_seed(0),
+                                       inputs=DistillInputs(initial=start, embed_model=model))
     assert torch.equal(sset.hard_labels, start.hard_labels)
     assert _embedding_gap(model, digits, sset) < 0.2 * _embedding_gap(model, digits, start)
 
@@ -122,8 +123,8 @@ def test_perturbed_embed_model_and_classes_the_data_lacks(digits):
     start = run(digits, iterations=0, ipc=1, init="noise")
     local = digits.subset(torch.nonzero(digits.train_labels < 5).flatten())
     config = DMConfig(ipc=1, iterations=10, dsa=False, rho=0.05)
-    sset = get_distiller("dm").distill(local, config, torch.Generator().manual_seed(0), embed_model=model,
-                                       initial=start)
+    sset = get_distiller("dm").distill(local, config, torch.Generator().manual_seed(0),
+                                       inputs=DistillInputs(initial=start, embed_model=model))
     absent = start.hard_labels >= 5
     assert torch.equal(sset.images[absent], start.images[absent])
     assert not torch.allclose(sset.images[~absent], start.images[~absent])
@@ -149,7 +150,7 @@ def test_trained_networks_are_trained_longer_by_rank_and_change_the_set(digits):
     assert trained.config["trained_networks"] == 2
     with pytest.raises(FedcondError, match="trained_networks"):  # FedDM's given model and a pool: one or the other
         get_distiller("dm").distill(digits, DMConfig(ipc=1, iterations=1, trained_networks=1), torch.Generator(),
-                                    embed_model=fresh)
+                                    inputs=DistillInputs(embed_model=fresh))
 
 
 def test_bad_options_are_user_errors():

@@ -5,6 +5,16 @@ A method's module is imported the first time the method is asked for (:func:`get
 naming one method — a federated config checks its method — does not import them all.
 """
 
-from fedcond.distill.base import Callback, DistillConfig, Distiller, get_distiller, make_distiller, method_names
+from fedcond.distill.base import (
+    Callback,
+    DistillConfig,
+    Distiller,
+    DistillInputs,
+    get_distiller,
+    make_distiller,
+    method_names,
+    register,
+)
 
-__all__ = ["Callback", "DistillConfig", "Distiller", "get_distiller", "make_distiller", "method_names"]
+__all__ = ["Callback", "DistillConfig", "DistillInputs", "Distiller", "get_distiller", "make_distiller",
+           "method_names", "register"]

@@ -56,14 +56,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from fedcond.augment import DSA
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callbacks, DistillConfig, register
+from fedcond.distill import dm_batch
+from fedcond.distill.base import Callbacks, DistillConfig, DistillInputs, register
 from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import (
     RealSlots,
@@ -182,38 +183,49 @@ class DM(IterativeDistiller):
 
     config_class = DMConfig
 
-    def distill(
-        self,
-        dataset: ImageDataset,
-        config: DistillConfig,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        callbacks: Callbacks = None,
-        initial: SyntheticSet | None = None,
-        embed_model: nn.Module | None = None,
-    ) -> SyntheticSet:
-        """Distill ``dataset`` (only its present classes, up to ``ipc`` images each).
+    accepts = frozenset({"initial", "embed_model"})
 
-        ``embed_model``: match in this fixed network's feature space (e.g. the federated
+    def _distill(self, dataset: ImageDataset, config: DMConfig, generator: torch.Generator, device: torch.device,
+                 callbacks: Callbacks, inputs: DistillInputs) -> SyntheticSet:
+        """Only the present classes of ``dataset``, up to ``ipc`` images each.
+
+        ``inputs.embed_model``: match in this fixed network's feature space (e.g. the federated
         global model, on ``device``, used in the train/eval mode it is in) instead of a
         fresh random network per iteration; ``config.rho`` perturbs it each iteration.
-        ``initial``: refine this set (its images and hard labels) instead of starting from
+        ``inputs.initial``: refine this set (its images and hard labels) instead of starting from
         ``config.init``; its images of classes ``dataset`` lacks weigh 0 and stay as they are.
         """
-        config = DMConfig.coerce(config)
         # What runs is recorded, not "auto": resolved here, for the device the run uses.
         config = replace(config, precision=resolve_precision(config.precision, device))
-        flags = _freeze(embed_model)
+        flags = _freeze(inputs.embed_model)
         try:
-            return super().distill(dataset, config, generator, device, callbacks, initial, embed_model=embed_model)
+            return super()._distill(dataset, config, generator, device, callbacks, inputs)
         finally:
-            _unfreeze(embed_model, flags)
+            _unfreeze(inputs.embed_model, flags)
 
-    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks,
-                embed_model: nn.Module | None = None) -> Step:
+    def distill_many(
+        self,
+        datasets: Sequence[ImageDataset],
+        config: DistillConfig,
+        generators: Sequence[torch.Generator],
+        device: torch.device | str | None = None,
+        callbacks: Callbacks = None,
+    ) -> list[SyntheticSet]:
+        """One set per data set, set i as ``distill(datasets[i], config, generators[i])`` makes
+        it: the clients' loops in lockstep with stacked networks where :func:`dm_batch.batchable`
+        accepts the settings (the same sets up to rounding; see :mod:`fedcond.distill.dm_batch`),
+        else one at a time."""
+        config = DMConfig.coerce(config)
+        if len(datasets) != len(generators) or not datasets or not dm_batch.batchable(config, datasets[0]):
+            return super().distill_many(datasets, config, generators, device, callbacks)
+        device = torch.device(device if device is not None else "cpu")
+        return dm_batch.distill_batched(datasets, config, generators, device, callbacks)
+
+    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks) -> Step:
         """DM's step: one fresh (or perturbed) network, one matching step on the images."""
         config, device, dataset = run.config, run.device, run.dataset
         sampler, syn_class, state = run.sampler, run.syn_class, run.state
+        embed_model = run.inputs.embed_model
 
         rows = sampler.num_rows
         real_weights = sampler.weights(config.batch_real, device)
@@ -224,7 +236,7 @@ class DM(IterativeDistiller):
         factor = config.factor
         check_factor(factor, (h, w))
         if factor > 1:
-            if run.initial_set is None and config.init == "real":
+            if run.inputs.initial is None and config.init == "real":
                 with torch.no_grad():
                     state.images.copy_(real_mosaics(dataset.train_images, sampler, syn_class, factor, generator))
             syn_class = repeat_per_tile(syn_class, factor)  # one row per tile from here on
