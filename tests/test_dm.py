@@ -303,3 +303,31 @@ def test_bfloat16_sets_still_beat_random_real_images_at_ipc1(digits):
 def test_real_precision_must_be_float32_or_bfloat16():
     with pytest.raises(FedcondError, match="real_precision"):
         DMConfig(real_precision="float16")
+
+
+def test_dm_is_the_published_loop_bit_for_bit(digits):
+    """DM's step (``DMStep``) with the defaults is exactly this loop, draw for draw: a fresh
+    random network, one class-balanced real batch and one DSA draw per class, the loss of
+    the class means, one SGD step on the images."""
+    from fedcond.augment import DSA
+    from fedcond.distill.loop import start_run
+    from fedcond.distill.matching import SiameseBatches, embedding_chunk, fresh_network, syn_assignment
+
+    config = DMConfig(ipc=1, iterations=6, precision="float32")
+    generator = torch.Generator().manual_seed(3)
+    run_ = start_run("dm", digits, config, generator, "cpu")
+    chunk = embedding_chunk(run_.device)
+    batches = SiameseBatches.create(run_.sampler, run_.syn_class, config.batch_real, DSA(config.dsa_strategy),
+                                    run_.device, compact=True, chunk=chunk)
+    weights = run_.sampler.weights(config.batch_real, run_.device)
+    assign = syn_assignment(batches.syn_rows, run_.sampler.num_rows, None, run_.sampler.classes)
+    net = None
+    for _ in range(config.iterations):
+        net = fresh_network(config.model, run_.dataset, generator, run_.device, reuse=net).requires_grad_(False)
+        real, syn = batches.draw(run_.dataset.train_images, run_.state.images, generator)
+        loss = dm_loss(net.embed, real, weights, syn, assign, chunk, batches.slots)
+        run_.state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run_.state.optimizer.step()
+    sset = get_distiller("dm").distill(digits, config, torch.Generator().manual_seed(3))
+    assert torch.equal(sset.images, run_.state.images.detach())

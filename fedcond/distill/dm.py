@@ -223,72 +223,102 @@ class DM(IterativeDistiller):
 
     def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks) -> Step:
         """DM's step: one fresh (or perturbed) network, one matching step on the images."""
-        config, device, dataset = run.config, run.device, run.dataset
-        sampler, syn_class, state = run.sampler, run.syn_class, run.state
-        embed_model = run.inputs.embed_model
+        return DMStep(run, generator)
 
-        rows = sampler.num_rows
-        real_weights = sampler.weights(config.batch_real, device)
-        real_dtype = DTYPES[resolve_precision(config.precision, device)]
-        chunk = embedding_chunk(device, real_dtype)
+
+class DMStep:
+    """DM's iteration: match the class means in this iteration's network, one step on the images.
+
+    Everything is set up once per run in the constructor (drawing from the run's generator in
+    a fixed order: real mosaics, then the trained pool); between iterations only ``net``
+    (the last network, re-initialised in place as the next fresh one) and ``copies`` (one
+    perturbed copy per pool network) change.
+    """
+
+    def __init__(self, run: RunSetup, generator: torch.Generator) -> None:
+        config, device, dataset, sampler = run.config, run.device, run.dataset, run.sampler
+        self.run, self.config, self.generator = run, config, generator
+        self.embed_model = run.inputs.embed_model
+        self.real_weights = sampler.weights(config.batch_real, device)
+        self.real_dtype = DTYPES[resolve_precision(config.precision, device)]
+        self.chunk = embedding_chunk(device, self.real_dtype)
         c, h, w = dataset.image_shape
-        channels_last = channels_last_networks(device, real_dtype, c)
-        factor = config.factor
-        check_factor(factor, (h, w))
-        if factor > 1:
-            if run.inputs.initial is None and config.init == "real":
-                with torch.no_grad():
-                    state.images.copy_(real_mosaics(dataset.train_images, sampler, syn_class, factor, generator))
-            syn_class = repeat_per_tile(syn_class, factor)  # one row per tile from here on
-        probe = embed_model if embed_model is not None else get_model(config.model, c, dataset.num_classes, (h, w))
+        self.channels_last = channels_last_networks(device, self.real_dtype, c)
+        self.syn_class = self._tiles(run, generator, (h, w))
+        probe = self.embed_model if self.embed_model is not None else get_model(config.model, c, dataset.num_classes,
+                                                                                (h, w))
         batch_stats = has_batch_norm(probe) and probe.training  # an image's features depend on its batch
         # One DSA draw per class, shared by that class's real and synthetic images.
-        batches = SiameseBatches.create(sampler, syn_class, config.batch_real,
-                                        DSA(config.dsa_strategy) if config.dsa else None, device,
-                                        compact=not batch_stats, chunk=chunk)
-        syn_rows = batches.syn_rows
-        hard_assign = syn_assignment(syn_rows, rows, None, sampler.classes)
-        net: nn.Module | None = None
-        if embed_model is not None and config.trained_networks:
+        self.batches = SiameseBatches.create(sampler, self.syn_class, config.batch_real,
+                                             DSA(config.dsa_strategy) if config.dsa else None, device,
+                                             compact=not batch_stats, chunk=self.chunk)
+        self.hard_assign = syn_assignment(self.batches.syn_rows, sampler.num_rows, None, sampler.classes)
+        if self.embed_model is not None and config.trained_networks:
             raise FedcondError("trained_networks matches in networks DM trains itself; with a given embed_model "
                                "(FedDM) leave it at 0")
-        pool = trained_pool(config, dataset, generator, device)
-        copies: dict[int, nn.Module] = {}  # one perturbed copy per pool network, overwritten in place
+        self.pool = trained_pool(config, dataset, generator, device)
+        self.copies: dict[int, nn.Module] = {}  # one perturbed copy per pool network, overwritten in place
+        self.net: nn.Module | None = None  # the last iteration's network (None: the embed model as given)
         # Batch norm hides the set's overall scale from the loss: keep it at the real data's.
-        pixel_stats = _channel_stats(dataset.train_images) if batch_stats else None
+        self.pixel_stats = _channel_stats(dataset.train_images) if batch_stats else None
 
-        def step(_: int) -> torch.Tensor:
-            nonlocal net
-            pick = int(torch.randint(0, len(pool) + 1, (1,), generator=generator)) if pool else 0
-            if pick > 0:  # a trained network, perturbed so the images do not over-fit it
-                if config.rho > 0:
-                    copies[pick] = net = perturbed(pool[pick - 1], config.rho, generator, reuse=copies.get(pick))
-                else:
-                    net = pool[pick - 1]
-            elif embed_model is None:
-                # never re-initialise a pool network (or its copy) in place as the next fresh one
-                mine = [*pool, *copies.values()]
-                fresh = net if net is not None and all(net is not p for p in mine) else None
-                net = fresh_network(config.model, dataset, generator, device, reuse=fresh).requires_grad_(False)
-                if channels_last:
-                    net = net.to(memory_format=torch.channels_last)
-            elif config.rho > 0:
-                net = perturbed(embed_model, config.rho, generator, reuse=net)
-            real, syn = batches.draw(dataset.train_images, decode(state.images, factor), generator)
-            assign = hard_assign
-            if state.label_logits is not None:
-                probs = repeat_per_tile(torch.softmax(state.label_logits, dim=1), factor)
-                assign = syn_assignment(syn_rows, rows, probs, sampler.classes)
-            loss = dm_loss((net or embed_model).embed, real, real_weights, syn, assign, chunk, batches.slots,
-                           real_dtype)
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
-            if pixel_stats is not None:
-                match_channel_stats(state.images.data, *pixel_stats)
-            return loss.detach()
+    def _tiles(self, run: RunSetup, generator: torch.Generator, size: tuple[int, int]) -> torch.Tensor:
+        """The class of every matched image: the synthetic images', or (factor > 1) their tiles',
+        after filling real-init mosaics with real images."""
+        factor = self.config.factor
+        check_factor(factor, size)
+        if factor == 1:
+            return run.syn_class
+        if run.inputs.initial is None and self.config.init == "real":
+            with torch.no_grad():
+                run.state.images.copy_(real_mosaics(run.dataset.train_images, run.sampler, run.syn_class, factor,
+                                                    generator))
+        return repeat_per_tile(run.syn_class, factor)  # one row per tile
 
-        return step
+    def network(self) -> nn.Module:
+        """This iteration's embedding network: a pool network (perturbed by ``rho``), a fresh
+        random one, or the given embed model (perturbed by ``rho``)."""
+        config, generator, pool = self.config, self.generator, self.pool
+        pick = int(torch.randint(0, len(pool) + 1, (1,), generator=generator)) if pool else 0
+        if pick > 0:  # a trained network, perturbed so the images do not over-fit it
+            if config.rho > 0:
+                self.copies[pick] = perturbed(pool[pick - 1], config.rho, generator, reuse=self.copies.get(pick))
+                self.net = self.copies[pick]
+            else:
+                self.net = pool[pick - 1]
+        elif self.embed_model is None:
+            # never re-initialise a pool network (or its copy) in place as the next fresh one
+            mine = [*pool, *self.copies.values()]
+            fresh = self.net if self.net is not None and all(self.net is not p for p in mine) else None
+            net = fresh_network(config.model, self.run.dataset, generator, self.run.device, reuse=fresh)
+            net.requires_grad_(False)
+            self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
+        elif config.rho > 0:
+            self.net = perturbed(self.embed_model, config.rho, generator, reuse=self.net)
+        return self.net if self.net is not None else self.embed_model  # type: ignore[return-value]
+
+    def assignment(self) -> torch.Tensor:
+        """(R, N) weights of the synthetic images (tiles) in each class mean: hard, or by the
+        learned label probabilities."""
+        label_logits = self.run.state.label_logits
+        if label_logits is None:
+            return self.hard_assign
+        probs = repeat_per_tile(torch.softmax(label_logits, dim=1), self.config.factor)
+        return syn_assignment(self.batches.syn_rows, self.run.sampler.num_rows, probs, self.run.sampler.classes)
+
+    def __call__(self, _: int) -> torch.Tensor:
+        state = self.run.state
+        net = self.network()
+        real, syn = self.batches.draw(self.run.dataset.train_images, decode(state.images, self.config.factor),
+                                      self.generator)
+        loss = dm_loss(net.embed, real, self.real_weights, syn, self.assignment(), self.chunk, self.batches.slots,
+                       self.real_dtype)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        if self.pixel_stats is not None:
+            match_channel_stats(state.images.data, *self.pixel_stats)
+        return loss.detach()
 
 
 def channels_last_networks(device: torch.device, dtype: torch.dtype, channels: int) -> bool:
