@@ -2,6 +2,8 @@
 continual buffer rely on: a subset of classes in, a valid SyntheticSet out, min(ipc, count)
 images per present class (DP-DM: ipc per class it keeps), saved and loaded unchanged."""
 
+import textwrap
+
 import pytest
 import torch
 
@@ -63,3 +65,17 @@ def test_distill_many_is_distill_per_data_set(digits):
         assert torch.equal(sset.images, d.distill(data, config, torch.Generator().manual_seed(seed)).images)
     with pytest.raises(ValueError, match="generators"):
         d.distill_many(halves, config, [torch.Generator()])
+
+
+def test_the_recipe_in_the_package_docstring_makes_a_working_method(digits, monkeypatch):
+    """fedcond.distill's docstring shows how to add a method with a random coreset: run it."""
+    import fedcond.distill
+    from fedcond.distill import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # register the example in a copy
+    code = fedcond.distill.__doc__.split("::\n", 1)[1].split("\nand the line", 1)[0]
+    exec(textwrap.dedent(code), {})
+    recipe = get_distiller("my-random").distill(digits, base.DistillConfig(ipc=2), torch.Generator().manual_seed(4))
+    builtin = get_distiller("random").distill(digits, base.DistillConfig(ipc=2), torch.Generator().manual_seed(4))
+    assert recipe.method == "my-random" and recipe.num_images == 20
+    assert torch.equal(recipe.images, builtin.images) and torch.equal(recipe.labels, builtin.labels)
