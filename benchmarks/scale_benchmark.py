@@ -67,8 +67,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcond.federated.config import FederateConfig  # noqa: E402
-from fedcond.runinfo import device_description, package_versions, write_json  # noqa: E402
+from fedcond.federated.config import FederateConfig
+from fedcond.runinfo import device_description, package_versions, write_json
 
 
 class CellTimeout(Exception):
@@ -246,7 +246,7 @@ def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dic
             result = run_experiment(cfg, [cfg.strategy], folder, resources, reference="none", on_event=on_event)
         except CellTimeout:
             status = "partial"
-        except Exception as err:  # noqa: BLE001  (run_simulation may wrap the callback's exception)
+        except Exception as err:
             if "CellTimeout" not in repr(err) and not (deadline and time.perf_counter() > deadline):
                 raise
             status = "partial"
