@@ -113,7 +113,7 @@ class DCConfig(IterativeConfig):
     lr_net 0.01, batch_train 256). ``outer_loop``/``inner_loop`` default to the paper's
     values for the ipc (see PAPER_LOOPS). The default ``iterations`` is sized for a CPU."""
 
-    iterations: int = 50  # digits IPC1: ~22 s of single-thread CPU, +0.2 accuracy over random
+    iterations: int = 50  # digits IPC1 in seconds on a CPU (benchmarks/results/distill_digits_ipc1_dc.md)
     lr_images: float = 0.1
     dsa: bool = False
     outer_loop: int | None = None

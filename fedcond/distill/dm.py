@@ -21,13 +21,11 @@ Precision (``precision``, :mod:`fedcond.precision`; ``real_precision`` is its ea
 and still works): the real images' pass is DM's whole cost on a CPU, and it only feeds class
 means. ``"bfloat16"`` runs the embedding passes under autocast (images, networks' parameters
 and the loss stay float32) and, on a CPU, in channels-last networks, oneDNN's fast layout
-(:class:`fedcond.models.InstanceNorm` keeps the norm in it). On a 2-core Xeon with AMX (one
-thread) the MNIST ConvNet then embedded 1,900-3,000 images/s (runs differ) against ~790 in
-float32, a 1,000-client federated client cost 0.84-0.86 CPU s instead of 1.94; on a Xeon
-without AMX (avx512_bf16 only) the MNIST ConvNet still embeds ~1.3-1.9x as fast in bfloat16
-(its 1-channel first convolution, pooling and norm gain, the 128-channel convolutions lose).
-A class mean moves by ~0.1-0.2 % of its norm, far less than the sampling noise between two
-random batches of 256 (5 %). The synthetic pass is rounded too: a class whose synthetic
+(:class:`fedcond.models.InstanceNorm` keeps the norm in it). It pays most on CPUs with AMX;
+without AMX the 1-channel first convolution, pooling and norm gain and the 128-channel
+convolutions lose (measured speeds: benchmarks/results/fast_by_default.md and
+scale_mnist_bf16.md). A class mean moves by a small fraction of its norm, far less than the
+sampling noise between two random batches of 256. The synthetic pass is rounded too: a class whose synthetic
 images are its real ones must see equal features, or rounding alone pushes them apart (with
 only the real pass in bfloat16, such images drifted as far as DM moves images).
 ``"float32"`` keeps earlier sets bit for bit; ``"auto"`` (the default) is bfloat16 on
@@ -131,7 +129,7 @@ class DMConfig(IterativeConfig):
     momentum 0.5, real init and DSA; the default ``iterations`` here is sized for a
     CPU (digits IPC1 in seconds) — pass more for paper-level results."""
 
-    iterations: int = 100  # digits IPC1: ~18 s of single-thread CPU, +0.2 accuracy over random
+    iterations: int = 100  # digits IPC1 in seconds on a CPU (benchmarks/results/methods_digits.md)
     lr_images: float = 1.0
     # DM's loss is a sum of squared feature distances (tens at init), so label logits need
     # a smaller step than the images: at 1.0 labels on digits flip class within 10 iterations.
@@ -152,7 +150,7 @@ class DMConfig(IterativeConfig):
     train_steps: int = 100
     train_batch: int = 64
     # The embedding passes in "float32" or "bfloat16" (autocast, channels-last on a CPU; see
-    # the module docstring): 2-4x faster on CPUs with AMX, the same sets up to rounding;
+    # the module docstring): faster on CPUs with AMX, the same sets up to rounding;
     # "auto": bfloat16 where the device runs it fast (fedcond.precision), resolved at the start.
     precision: str = "auto"
     # The earlier name of ``precision`` (then float32 by default): when given, it is the precision.
@@ -323,8 +321,8 @@ class DMStep:
 
 def channels_last_networks(device: torch.device, dtype: torch.dtype, channels: int) -> bool:
     """Whether DM's fresh networks run in channels-last layout: on a CPU, in bfloat16 (oneDNN's
-    fast layout: MNIST's 1-channel first conv 11x faster, average pooling 13x; see
-    models.InstanceNorm) and, in float32, for colour images (the same sets up to rounding).
+    fast layout for the first convolution and pooling; see models.InstanceNorm) and, in
+    float32, for colour images (the same sets up to rounding).
 
     Measured in float32 on the 2-core Xeon without AMX (``benchmarks/results/fast_by_default.md``,
     layout tables): colour (CIFAR-10) DM iterations run faster channels-last; one-channel

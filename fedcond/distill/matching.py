@@ -145,9 +145,8 @@ class SiameseBatches:
 
 
 CPU_CHUNK = 128  # real images per embedding call on the CPU (cache-sized; measured with DM)
-# Under bfloat16 autocast smaller calls pay: MNIST ConvNet on the 2-core Xeon (AMX), contiguous
-# networks, 2,900 images/s in calls of 64 against 2,180 in calls of 128 (float32: 1,420 / 1,340);
-# channels-last (what DM uses there) 1,650 / 1,630 on one thread: no worse.
+# Under bfloat16 autocast smaller calls measured faster for contiguous networks and no worse
+# for channels-last ones (one CPU thread, when this default was set; no results file holds it).
 CPU_CHUNK_BF16 = 64
 
 
@@ -163,8 +162,8 @@ def embed_chunked(embed_fn: Callable[[torch.Tensor], torch.Tensor], images: torc
                   chunk: int | None) -> torch.Tensor:
     """``embed_fn(images)`` flattened to (N, D), computed ``chunk`` images at a time.
 
-    Same result either way; on the CPU chunks of ~128 images stay in cache (DM on 2560
-    MNIST images: 2.8-3.1 s instead of 4.1 s of CPU time). None: one call (what a GPU wants).
+    Same result either way; on the CPU chunks of ~128 images stay in cache (faster; see
+    benchmarks/results/distill_summary.md). None: one call (what a GPU wants).
     """
     if chunk is None or chunk >= images.shape[0]:
         return embed_fn(images).flatten(1)
