@@ -171,6 +171,12 @@ class Distiller(ABC):
         generators[i], device, callbacks)`` makes it; a method may run them together (DM)."""
         if len(datasets) != len(generators):
             raise ValueError(f"{len(datasets)} data sets but {len(generators)} generators")
+        device = torch.device(device if device is not None else "cpu")
+        return self._distill_many(datasets, self.config_class.coerce(config), generators, device, callbacks)
+
+    def _distill_many(self, datasets: Sequence[ImageDataset], config: Any, generators: Sequence[torch.Generator],
+                      device: torch.device, callbacks: Callbacks) -> list[SyntheticSet]:
+        """How a method runs many data sets (``config`` a ``config_class``): one at a time here."""
         return [self.distill(d, config, g, device, callbacks) for d, g in zip(datasets, generators)]
 
     @abstractmethod

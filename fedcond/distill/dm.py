@@ -62,7 +62,7 @@ from torch import nn
 from fedcond.augment import DSA
 from fedcond.data import ImageDataset
 from fedcond.distill import dm_batch
-from fedcond.distill.base import Callbacks, DistillConfig, DistillInputs, register
+from fedcond.distill.base import Callbacks, DistillInputs, register
 from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import (
     RealSlots,
@@ -201,23 +201,14 @@ class DM(IterativeDistiller):
         finally:
             _unfreeze(inputs.embed_model, flags)
 
-    def distill_many(
-        self,
-        datasets: Sequence[ImageDataset],
-        config: DistillConfig,
-        generators: Sequence[torch.Generator],
-        device: torch.device | str | None = None,
-        callbacks: Callbacks = None,
-    ) -> list[SyntheticSet]:
-        """One set per data set, set i as ``distill(datasets[i], config, generators[i])`` makes
-        it: the clients' loops in lockstep with stacked networks where :func:`dm_batch.batchable`
+    def _distill_many(self, datasets: Sequence[ImageDataset], config: DMConfig, generators: Sequence[torch.Generator],
+                      device: torch.device, callbacks: Callbacks) -> list[SyntheticSet]:
+        """The clients' loops in lockstep with stacked networks where :func:`dm_batch.batchable`
         accepts the settings (the same sets up to rounding; see :mod:`fedcond.distill.dm_batch`),
         else one at a time."""
-        config = DMConfig.coerce(config)
-        if len(datasets) != len(generators) or not datasets or not dm_batch.batchable(config, datasets[0]):
-            return super().distill_many(datasets, config, generators, device, callbacks)
-        device = torch.device(device if device is not None else "cpu")
-        return dm_batch.distill_batched(datasets, config, generators, device, callbacks)
+        if datasets and dm_batch.batchable(config, datasets[0]):
+            return dm_batch.distill_batched(datasets, config, generators, device, callbacks)
+        return super()._distill_many(datasets, config, generators, device, callbacks)
 
     def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks) -> Step:
         """DM's step: one fresh (or perturbed) network, one matching step on the images."""
