@@ -41,6 +41,7 @@ from fedcond.distill.matching import initial_label_logits, initial_synthetic
 from fedcond.errors import FedcondError
 from fedcond.sampling import ClassSampler
 from fedcond.synthetic import SyntheticSet
+from fedcond.zca import zca_dataset
 
 
 @dataclass
@@ -246,8 +247,6 @@ def start_run(
     ``config.init``; only the classes it shares with the data are sampled, its images of
     other classes have no row (``syn_class`` keeps their ids) and stay as they are.
     """
-    from fedcond.zca import zca_dataset  # noqa: PLC0415  (zca imports data; keep loop light)
-
     inputs = inputs or DistillInputs()
     initial = inputs.initial
     device = torch.device(device)
