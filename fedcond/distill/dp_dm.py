@@ -36,7 +36,8 @@ noisy release itself, which is DP output. ``release`` writes it before anything 
 from it is shown (the first progress line comes after); ``iterate`` checkpoints at every
 progress line, so no step whose result was shown is ever redone with other noise. A resume
 checks a keyed fingerprint of the training data (:mod:`fedcond.privacy.fingerprint`), not
-only the data set's name. The release and that state live in :mod:`fedcond.distill.dp_release`.
+only the data set's name. The release and that state live in :mod:`fedcond.distill.dp_release`,
+the calibrated budget and the record of the guarantee in :mod:`fedcond.distill.dp_budget`.
 
 What the guarantee covers, and what it assumes: add/remove-one adjacency (replace-one is
 stated beside it in the record); the images start from noise (a real-image start would
@@ -56,7 +57,7 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -65,6 +66,7 @@ from fedcond.augment import DSA
 from fedcond.data import TRAIN, ImageDataset
 from fedcond.distill.base import Callbacks, Distiller, DistillInputs, generator_seed, register
 from fedcond.distill.checkpoint import CHECKPOINT_NAME, run_fingerprint, save_checkpoint
+from fedcond.distill.dp_budget import Budget, privacy_record
 from fedcond.distill.dp_release import (
     BankMember,
     DPState,
@@ -77,16 +79,9 @@ from fedcond.distill.dp_release import (
 from fedcond.distill.loop import IterativeConfig, RunState, Step, finish_set, run_loop
 from fedcond.distill.matching import embed_chunked, embedding_chunk, fresh_network
 from fedcond.errors import FedcondError
-from fedcond.privacy.accounting import ACCOUNTANTS, PrivacySpend, calibrate, replace_one_spend
+from fedcond.privacy.accounting import ACCOUNTANTS
 from fedcond.privacy.fingerprint import data_fingerprint
-from fedcond.privacy.mechanism import (
-    add_noise,
-    class_sums,
-    clip_rows,
-    noisy_means,
-    replace_sensitivity,
-    sensitivity,
-)
+from fedcond.privacy.mechanism import add_noise, class_sums, clip_rows, noisy_means
 from fedcond.privacy.noise import SecretNoise
 from fedcond.synthetic import SyntheticSet
 
@@ -166,36 +161,6 @@ class DPDMConfig(IterativeConfig):
             raise FedcondError("clip_norm and count_weight must be > 0")
         if self.accountant not in ACCOUNTANTS:
             raise FedcondError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How a run spends its (ε, δ): the calibrated noise and what it is calibrated for.
-
-    Attributes:
-        sample_rate: each example's inclusion probability in a private step (q).
-        steps: private steps (release: 1; iterate: the iterations).
-        spend: the accountant's calibration (noise multiplier, ε spent).
-        sensitivity: of one step's per-class sums and sizes.
-        size_noise: std of one step's noisy class size.
-    """
-
-    sample_rate: float
-    steps: int
-    spend: PrivacySpend
-    sensitivity: float
-    size_noise: float
-
-    @classmethod
-    def plan(cls, config: DPDMConfig) -> "Budget":
-        """Calibrate the noise for ``config``'s target (ε, δ), mechanism and sampling."""
-        if config.mechanism == "release":
-            q, steps = config.sample_rate or 1.0, 1
-        else:
-            q, steps = config.sample_rate, max(1, config.iterations)
-        spend = calibrate(config.epsilon, config.delta, q, steps, config.accountant)
-        sens = sensitivity(config.clip_norm, config.count_weight)
-        return cls(q, steps, spend, sens, spend.noise_multiplier * sens / (config.count_weight * config.clip_norm))
 
 
 @dataclass
@@ -315,28 +280,6 @@ def _release_once(dataset: ImageDataset, config: DPDMConfig, budget: Budget, sta
                             release)
     set_targets(bank, release.means.to(dataset.device), config.clip_norm, embedding_dims(bank, dataset))
     return _release_step(bank, start, config, generator, dsa)
-
-
-def privacy_record(spend: PrivacySpend, config: DPDMConfig, sens: float, size_noise: float, keep: torch.Tensor,
-                   sizes: torch.Tensor, normalization: str) -> dict[str, Any]:
-    """The guarantee and how it was obtained, as stored in the set's metadata and run.json."""
-    return {
-        **spend.to_json(),
-        "mechanism": config.mechanism,
-        "clip_norm": config.clip_norm,
-        "count_weight": config.count_weight,
-        "sensitivity": sens,
-        "noise_std": spend.noise_multiplier * sens,
-        "bank_size": config.bank_size if config.mechanism == "release" else None,
-        "adjacency": "add or remove one training example",
-        "replace_one": replace_one_spend(spend, sens, replace_sensitivity(config.clip_norm, config.count_weight)),
-        "library": "opacus",
-        "noise_source": "operating-system entropy (numpy Philox keyed with 384 bits from secrets); never written",
-        "normalization": normalization,
-        "class_size_noise_std": size_noise,
-        "dropped_classes": torch.nonzero(~keep).flatten().tolist(),
-        "noisy_class_sizes": [round(float(s), 1) for s in sizes.cpu()],
-    }
 
 
 def _embed_unit(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
