@@ -42,12 +42,12 @@ class (real init: every tile starts as a different real image), so a set of the 
 matches the class means with ``factor**2`` times as many images.
 
 FedDM (Xiong et al., CVPR 2023) is DM with three changes, all options of this one loop:
-the embedding network is a given model (``embed_model``, the federated global model)
-instead of a fresh random one per iteration; each iteration sees a copy of it with small
-Gaussian weight perturbations (``rho``), so the images do not over-fit one network; and
-the images start from an earlier set (``initial``, the client's previous-round set)
-instead of fresh real images. Iterative FedCond clients call it so
-(``fedcond.federated.client_training``).
+the embedding network is a given model (``DistillInputs.embed_model``, the federated
+global model) instead of a fresh random one per iteration; each iteration sees a copy of
+it with small Gaussian weight perturbations (``rho``), so the images do not over-fit one
+network; and the images start from an earlier set (``DistillInputs.initial``, the
+client's previous-round set) instead of fresh real images. Iterative FedCond clients call
+it so (``fedcond.federated.client_training``).
 """
 
 from __future__ import annotations
