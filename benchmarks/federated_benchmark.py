@@ -48,9 +48,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also when loaded by a test
 
-from config_options import add_config_options, command_help  # noqa: E402
-from fedcond.federated.config import FederateConfig  # noqa: E402
-from fedcond.runinfo import device_description, package_versions  # noqa: E402
+from config_options import add_config_options, command_help
+from fedcond.federated.config import FederateConfig
+from fedcond.runinfo import device_description, package_versions
 
 
 class PeakMemory:
@@ -458,8 +458,8 @@ def main(argv: list[str] | None = None) -> None:
             entry: dict[str, Any] = {"cells": {}}
             report["settings"].setdefault(f"alpha={alpha}", {})[f"seed={seed}"] = entry
 
-            def cell(  # noqa: ANN202
-                name: str, cfg: FederateConfig, strategies: list[str], entry=entry, scratch=scratch  # noqa: ANN001
+            def cell(
+                name: str, cfg: FederateConfig, strategies: list[str], entry=entry, scratch=scratch
             ) -> dict | None:
                 if not {cell_kind(name), name} & kinds and not (scratch / name / "cell.json").exists():
                     return None

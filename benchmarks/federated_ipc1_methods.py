@@ -41,15 +41,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcond.augment import DSA  # noqa: E402
-from fedcond.data import ImageDataset, load_dataset  # noqa: E402
-from fedcond.distill import get_distiller  # noqa: E402
-from fedcond.federated.partition import partition_indices  # noqa: E402
-from fedcond.federated.server_training import pool_sets  # noqa: E402
-from fedcond.models import get_model  # noqa: E402
-from fedcond.runinfo import device_description, package_versions  # noqa: E402
-from fedcond.synthetic import SyntheticSet  # noqa: E402
-from fedcond.train import accuracy, train_model  # noqa: E402
+from fedcond.augment import DSA
+from fedcond.data import ImageDataset, load_dataset
+from fedcond.distill import get_distiller
+from fedcond.federated.partition import partition_indices
+from fedcond.federated.server_training import pool_sets
+from fedcond.models import get_model
+from fedcond.runinfo import device_description, package_versions
+from fedcond.synthetic import SyntheticSet
+from fedcond.train import accuracy, train_model
 
 
 def distill(data: ImageDataset, method: str, ipc: int, iterative: dict, generator: torch.Generator) -> SyntheticSet:

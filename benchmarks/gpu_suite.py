@@ -409,7 +409,7 @@ def run_plan(suite: Suite) -> None:
                 row = run()
             except FedcondError:
                 raise  # missing data, bad folder: the user's to fix, for every cell
-            except Exception as err:  # noqa: BLE001  (one failing cell must not lose the others)
+            except Exception as err:
                 if suite.args.dry_run:
                     raise
                 row = {"status": "error", "error": f"{type(err).__name__}: {err}"}

@@ -130,7 +130,7 @@ def main() -> None:
     print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
-def run_cell(cell: str, data, args: argparse.Namespace) -> dict[str, Any]:  # noqa: ANN001
+def run_cell(cell: str, data, args: argparse.Namespace) -> dict[str, Any]:
     """Distill one set and audit it; every number of the cell."""
     method, options = CELLS[cell]
     values: dict[str, Any] = {"ipc": args.ipc, **options}

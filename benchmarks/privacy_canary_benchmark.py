@@ -109,7 +109,7 @@ def main() -> None:
     print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
-def run_cell(kind: str, seed: int, data, args: argparse.Namespace) -> dict[str, Any]:  # noqa: ANN001
+def run_cell(kind: str, seed: int, data, args: argparse.Namespace) -> dict[str, Any]:
     """One canary audit: every number of the cell."""
     method, options = KINDS[kind]
     values = dict(options)

@@ -8,7 +8,7 @@ Simulation Engine (the same ClientApp and ServerApp), Dirichlet(0.5) partitions,
 
 Optional (``--strategies``): ``fedcond-batched_<n>``: the same clients' DM work without
 Flower, batched ``--group-size`` clients at a time in this process on ``--device``
-(:mod:`fedcond.distill.dm_batch`: stacked networks; clients grouped by size); and
+(``DM.distill_many``, :mod:`fedcond.distill.dm_batch`: stacked networks; clients grouped by size); and
 ``fedcond-alone_<n>``: the same one client at a time in this process. Together they say
 whether batching pays on the device (on the 2-core CPU it does not for MNIST).
 
@@ -67,8 +67,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedcond.federated.config import FederateConfig  # noqa: E402
-from fedcond.runinfo import device_description, package_versions, write_json  # noqa: E402
+from fedcond.federated.config import FederateConfig
+from fedcond.runinfo import device_description, package_versions, write_json
 
 
 class CellTimeout(Exception):
@@ -144,7 +144,7 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
     client at a time (``DM().distill``, as each ClientApp does). Seeds as the ClientApp's."""
     import torch  # noqa: PLC0415
 
-    from fedcond.distill.dm_batch import distill_many  # noqa: PLC0415
+    from fedcond.distill import get_distiller  # noqa: PLC0415
     from fedcond.federated.client_training import client_seed, distill_partition  # noqa: PLC0415
     from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
     from fedcond.federated.partition import cached_partitions  # noqa: PLC0415
@@ -167,8 +167,9 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
             order = sorted(range(cfg.num_clients), key=lambda pid: len(parts[pid]))
             for i in range(0, len(order), args.group_size):
                 group = order[i : i + args.group_size]
-                distill_many([data.subset(parts[pid], name=cfg.dataset) for pid in group], config,
-                             [torch.Generator().manual_seed(seed[pid]) for pid in group], torch.device(cfg.device))
+                clients = [data.subset(parts[pid], name=cfg.dataset) for pid in group]
+                generators = [torch.Generator().manual_seed(seed[pid]) for pid in group]
+                get_distiller("dm").distill_many(clients, config, generators, torch.device(cfg.device))
                 done += len(group)
                 if deadline is not None and time.perf_counter() > deadline:
                     timed_out = True
@@ -245,7 +246,7 @@ def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dic
             result = run_experiment(cfg, [cfg.strategy], folder, resources, reference="none", on_event=on_event)
         except CellTimeout:
             status = "partial"
-        except Exception as err:  # noqa: BLE001  (run_simulation may wrap the callback's exception)
+        except Exception as err:
             if "CellTimeout" not in repr(err) and not (deadline and time.perf_counter() > deadline):
                 raise
             status = "partial"

@@ -57,7 +57,7 @@ from fedcond.runinfo import device_description, package_versions
 from fedcond.synthetic import SyntheticSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also when loaded by a test
-from reference_loops import reference_style_dm_seconds  # noqa: E402
+from reference_loops import reference_style_dm_seconds
 
 
 class _Done(Exception):

@@ -56,7 +56,7 @@ class DSAParams:
     def __len__(self) -> int:
         return int(self.brightness.shape[0])
 
-    def _map(self, fn) -> "DSAParams":  # noqa: ANN001
+    def _map(self, fn) -> "DSAParams":
         values = {f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "active"}
         return DSAParams(**values, active=self.active)
 

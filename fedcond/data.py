@@ -275,8 +275,8 @@ def _normalised(
 
 
 def _load_digits() -> ImageDataset:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits  # noqa: PLC0415  (only this loader needs it)
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415  (only this loader needs it)
 
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8), [0, 1]
@@ -305,7 +305,7 @@ def _missing(name: str, root: Path, download: bool, err: Exception) -> FedcondEr
 
 
 def _load_torchvision(name: str, root: Path, download: bool) -> ImageDataset:
-    from torchvision import datasets as tvd
+    from torchvision import datasets as tvd  # noqa: PLC0415  (only this loader needs it)
 
     # A mirror may hold an ImageFolder copy instead of torchvision's files (e.g. a JPEG CIFAR-10).
     if not download:
@@ -427,7 +427,7 @@ def _load_image_folder(path: Path) -> ImageDataset:
 
 
 def _read_split(split: Path, classes: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415  (only this loader needs it)
 
     found = tuple(sorted(d.name for d in split.iterdir() if d.is_dir()))
     if classes is not None and found != classes:

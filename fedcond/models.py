@@ -22,10 +22,10 @@ class InstanceNorm(nn.GroupNorm):
 
     A float32 or contiguous input takes GroupNorm's own path, bit for bit. A channels-last
     bfloat16 input (DM's bfloat16 pass on a CPU) is normalised where it lies: PyTorch's CPU
-    group norm on it is ~70x slower (188 ms against 2.7 ms for 64 x 128 x 28 x 28), converting
-    back and forth cost half of that pass, and ``var_mean`` over H x W is slow too; seen as
-    (N, HW, C), the per-channel means of x and x^2 are two batched matrix-vector products
-    (4 ms). The bfloat16 ConvNet then embeds 1.5-2.1x as fast as contiguous (two runs).
+    group norm on it is far slower than on contiguous input, converting back and forth cost
+    half of that pass, and ``var_mean`` over H x W is slow too; seen as (N, HW, C), the
+    per-channel means of x and x^2 are two batched matrix-vector products, which keep the
+    bfloat16 ConvNet's channels-last gain (benchmarks/results/fast_by_default.md, layout).
     """
 
     def __init__(self, channels: int) -> None:

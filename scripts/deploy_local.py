@@ -50,7 +50,7 @@ def make_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "loca
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
 
-    def cert(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:  # noqa: ANN001
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
                    .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
@@ -123,7 +123,7 @@ def start_supernode(sup: Supervisor, address: str, ca: Path, key: Path, partitio
                "--host", "127.0.0.1", "--port", str(free_port())], log, env)
 
 
-def run_app(sup: Supervisor, nodes: int, run_config: str, env: dict[str, str], timeout: float):  # noqa: ANN201
+def run_app(sup: Supervisor, nodes: int, run_config: str, env: dict[str, str], timeout: float):
     """Step 7: ``flwr run`` of this repository's app on the deployment, logs streamed."""
     config = f"num-clients={nodes} {run_config}".strip()
     return sup.run(["flwr", "run", ".", CONNECTION, "--stream", "--run-config", config], env, cwd=REPO,

@@ -63,7 +63,7 @@ def injected_failure(cfg: FederateConfig, server_round: int, partition_id: int) 
     return random.Random(f"{cfg.seed}:{server_round}:{partition_id}").random() < cfg.fail_fraction
 
 
-def _local_data(cfg: FederateConfig, partition_id: int):  # noqa: ANN202
+def _local_data(cfg: FederateConfig, partition_id: int):
     parts = cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
                               cfg.classes_per_client, cfg.seed)
     if not 0 <= partition_id < len(parts):

@@ -21,7 +21,7 @@ def digits() -> ImageDataset:
 @pytest.fixture(scope="session")
 def digits_public(digits) -> ImageDataset:
     """The same digits under fixed public normalisation constants (what DP methods need)."""
-    from fedcond.data import renormalized  # noqa: PLC0415
+    from fedcond.data import renormalized
 
     return renormalized(digits, "public")
 
@@ -42,7 +42,7 @@ def tiny_set(digits):
 @pytest.fixture()
 def task_identity():
     """Flower messages read run/node/task ids from TaskIdentity, as inside a running ServerApp."""
-    from flwr.supercore.task_identity import TaskIdentity  # noqa: PLC0415  (Flower only where used)
+    from flwr.supercore.task_identity import TaskIdentity
 
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1

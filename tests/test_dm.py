@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedcond.distill import get_distiller
+from fedcond.distill import DistillInputs, get_distiller
 from fedcond.distill.dm import DMConfig, dm_loss, trained_pool
 from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
@@ -90,7 +90,8 @@ def test_noise_init_and_zca_are_recorded_and_evaluable(digits):
 def test_given_embedding_model_is_used_and_left_trainable(digits):
     model = get_model("convnet", 1, 10, (8, 8), seed=0)
     dm = get_distiller("dm")
-    sset = dm.distill(digits, DMConfig(ipc=1, iterations=3), torch.Generator().manual_seed(0), embed_model=model)
+    sset = dm.distill(digits, DMConfig(ipc=1, iterations=3), torch.Generator().manual_seed(0),
+                      inputs=DistillInputs(embed_model=model))
     assert sset.num_images == 10
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
@@ -108,8 +109,8 @@ def test_with_an_embed_model_a_starting_set_moves_toward_its_class_means(digits)
     model = get_model("convnet", 1, 10, (8, 8), seed=0).eval()
     start = run(digits, iterations=0, ipc=2, init="noise")
     config = DMConfig(ipc=2, iterations=40, dsa=False, batch_real=1000)
-    sset = get_distiller("dm").distill(digits, config, torch.Generator().manual_seed(0), embed_model=model,
-                                       initial=start)
+    sset = get_distiller("dm").distill(digits, config, torch.Generator().manual_seed(0),
+                                       inputs=DistillInputs(initial=start, embed_model=model))
     assert torch.equal(sset.hard_labels, start.hard_labels)
     assert _embedding_gap(model, digits, sset) < 0.2 * _embedding_gap(model, digits, start)
 
@@ -122,8 +123,8 @@ def test_perturbed_embed_model_and_classes_the_data_lacks(digits):
     start = run(digits, iterations=0, ipc=1, init="noise")
     local = digits.subset(torch.nonzero(digits.train_labels < 5).flatten())
     config = DMConfig(ipc=1, iterations=10, dsa=False, rho=0.05)
-    sset = get_distiller("dm").distill(local, config, torch.Generator().manual_seed(0), embed_model=model,
-                                       initial=start)
+    sset = get_distiller("dm").distill(local, config, torch.Generator().manual_seed(0),
+                                       inputs=DistillInputs(initial=start, embed_model=model))
     absent = start.hard_labels >= 5
     assert torch.equal(sset.images[absent], start.images[absent])
     assert not torch.allclose(sset.images[~absent], start.images[~absent])
@@ -149,7 +150,7 @@ def test_trained_networks_are_trained_longer_by_rank_and_change_the_set(digits):
     assert trained.config["trained_networks"] == 2
     with pytest.raises(FedcondError, match="trained_networks"):  # FedDM's given model and a pool: one or the other
         get_distiller("dm").distill(digits, DMConfig(ipc=1, iterations=1, trained_networks=1), torch.Generator(),
-                                    embed_model=fresh)
+                                    inputs=DistillInputs(embed_model=fresh))
 
 
 def test_bad_options_are_user_errors():
@@ -218,7 +219,8 @@ def test_compact_embedding_matches_the_padded_chunks_even_for_a_lone_image(count
     """An image embedded alone takes another CPU kernel (last-bit differences): the compact
     batch embeds an image alone exactly where the padded chunks did. The embedding here
     marks lone calls, so any mismatch shows."""
-    from fedcond.distill.matching import ClassSampler, RealSlots, embed_chunked
+    from fedcond.distill.matching import RealSlots, embed_chunked
+    from fedcond.sampling import ClassSampler
 
     def embed(x):
         return x.flatten(1) * 2 + (0.5 if x.shape[0] == 1 else 0.0)
@@ -268,7 +270,7 @@ def test_bfloat16_precision_embeds_real_and_synthetic_images_in_bfloat16(digits,
 
 
 def test_bfloat16_real_pass_gives_the_float32_loss_up_to_rounding_and_learns(digits):
-    from fedcond.distill.matching import ClassSampler
+    from fedcond.sampling import ClassSampler
 
     net = get_model("convnet", 1, 10, (8, 8)).eval().requires_grad_(False)
     # The (R, B) layout dm_loss takes: every image of each class, padded with zero weight.
@@ -301,3 +303,31 @@ def test_bfloat16_sets_still_beat_random_real_images_at_ipc1(digits):
 def test_real_precision_must_be_float32_or_bfloat16():
     with pytest.raises(FedcondError, match="real_precision"):
         DMConfig(real_precision="float16")
+
+
+def test_dm_is_the_published_loop_bit_for_bit(digits):
+    """DM's step (``DMStep``) with the defaults is exactly this loop, draw for draw: a fresh
+    random network, one class-balanced real batch and one DSA draw per class, the loss of
+    the class means, one SGD step on the images."""
+    from fedcond.augment import DSA
+    from fedcond.distill.loop import start_run
+    from fedcond.distill.matching import SiameseBatches, embedding_chunk, fresh_network, syn_assignment
+
+    config = DMConfig(ipc=1, iterations=6, precision="float32")
+    generator = torch.Generator().manual_seed(3)
+    run_ = start_run("dm", digits, config, generator, "cpu")
+    chunk = embedding_chunk(run_.device)
+    batches = SiameseBatches.create(run_.sampler, run_.syn_class, config.batch_real, DSA(config.dsa_strategy),
+                                    run_.device, compact=True, chunk=chunk)
+    weights = run_.sampler.weights(config.batch_real, run_.device)
+    assign = syn_assignment(batches.syn_rows, run_.sampler.num_rows, None, run_.sampler.classes)
+    net = None
+    for _ in range(config.iterations):
+        net = fresh_network(config.model, run_.dataset, generator, run_.device, reuse=net).requires_grad_(False)
+        real, syn = batches.draw(run_.dataset.train_images, run_.state.images, generator)
+        loss = dm_loss(net.embed, real, weights, syn, assign, chunk, batches.slots)
+        run_.state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run_.state.optimizer.step()
+    sset = get_distiller("dm").distill(digits, config, torch.Generator().manual_seed(3))
+    assert torch.equal(sset.images, run_.state.images.detach())

@@ -94,7 +94,7 @@ def test_fedcond_cells_alone_run_every_seed_without_a_fedavg_grid(tmp_path, monk
     bench = _load()
     ran = []
 
-    def fake_cell(cfg, strategies, folder, memory):  # noqa: ANN001, ANN202
+    def fake_cell(cfg, strategies, folder, memory):
         ran.append((cfg.seed, folder.name, cfg.ipc))
         refs = [] if folder.name.endswith("_f2") else [_run("fedcond", [0.8], 0.1, "random-real", "random-real", 1)]
         return {"config": cfg.to_json(), "wall_seconds": 1.0, "runs": [_run("fedcond", [0.9], 0.1, ipc=cfg.ipc)],
@@ -141,7 +141,7 @@ def test_the_settings_come_from_federate_config(tmp_path, monkeypatch):
     bench = _load()
     ran = {}
 
-    def fake_cell(cfg, strategies, folder, memory):  # noqa: ANN001, ANN202
+    def fake_cell(cfg, strategies, folder, memory):
         ran[folder.name] = cfg
         return {"config": cfg.to_json(), "runs": [], "reference_runs": []}
 

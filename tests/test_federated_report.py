@@ -32,7 +32,7 @@ def test_tables_say_mib_and_mean_it():
 
 
 def test_plot_has_title_and_both_panels(tmp_path):
-    import matplotlib.image as mpimg  # noqa: PLC0415
+    import matplotlib.image as mpimg
 
     cfg = FederateConfig(num_clients=10, alpha=0.5, seed=3)
     title = experiment_title(cfg)

@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from fedcond.continual.buffer import DistillSpec
-from fedcond.distill import get_distiller
+from fedcond.distill import DistillInputs, get_distiller
 from fedcond.distill.coreset import fill_mosaics
 from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_synthetic
@@ -126,4 +126,5 @@ def test_places_that_cannot_use_mosaics_refuse_them(digits, tiny_set):
         DistillSpec(method="dm", options={"factor": 2})
     dm = get_distiller("dm")
     with pytest.raises(FedcondError, match="same factor"):
-        dm.distill(digits, dm.config_class(ipc=2, iterations=1), torch.Generator(), initial=mosaic)
+        dm.distill(digits, dm.config_class(ipc=2, iterations=1), torch.Generator(),
+                   inputs=DistillInputs(initial=mosaic))

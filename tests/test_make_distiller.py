@@ -59,7 +59,7 @@ class Recorder(Callback):
     def on_progress(self, iteration: int, total: int, metrics: dict[str, float]) -> None:
         self.events.append(("progress", iteration))
 
-    def on_snapshot(self, iteration: int, synthetic_set) -> None:  # noqa: ANN001
+    def on_snapshot(self, iteration: int, synthetic_set) -> None:
         self.events.append(("snapshot", iteration))
 
 
@@ -76,7 +76,7 @@ def test_hook_objects_that_are_not_callbacks_are_refused_not_silently_ignored():
     from fedcond.distill.base import Callback, as_callbacks
 
     class Snapshots:  # has a hook, but does not subclass Callback
-        def on_snapshot(self, iteration, synthetic_set):  # noqa: ANN001, ANN201
+        def on_snapshot(self, iteration, synthetic_set):
             pass
 
     with pytest.raises(TypeError, match="on_snapshot"):

@@ -31,8 +31,8 @@ def snippet(name: str) -> str:
 
 def digits_as_split_mnist(n_experiences: int = 5, seed: int = 0, **_: object):
     """Stands in for ``avalanche.benchmarks.classic.SplitMNIST``: split digits at 28 x 28."""
-    from fedcond.continual.benchmarks import make_benchmark  # noqa: PLC0415
-    from fedcond.data import load_dataset  # noqa: PLC0415
+    from fedcond.continual.benchmarks import make_benchmark
+    from fedcond.data import load_dataset
 
     digits = load_dataset("digits")
     big = dataclasses.replace(digits, train_images=F.interpolate(digits.train_images, size=(28, 28), mode="bilinear"),
@@ -44,7 +44,7 @@ def digits_as_split_mnist(n_experiences: int = 5, seed: int = 0, **_: object):
 
 def test_avalanche_snippet_runs_as_written(monkeypatch, capsys):
     importlib.import_module("fedcond.continual")  # first, as in the snippet: it filters qpsolvers' warning
-    import avalanche.benchmarks.classic as classic  # noqa: PLC0415
+    import avalanche.benchmarks.classic as classic
 
     code = snippet("avalanche")
     assert "from avalanche.benchmarks.classic import SplitMNIST" in code  # what the stand-in replaces

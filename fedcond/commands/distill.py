@@ -18,6 +18,7 @@ from fedcond.commands.common import (
     user_errors,
     writable_folder,
 )
+from fedcond.distill.base import DistillConfig
 from fedcond.errors import FedcondError
 from fedcond.precision import check_precision, resolve_precision
 from fedcond.synthetic import STORAGE_DTYPES
@@ -40,7 +41,7 @@ def command(
     normalize: Optional[str] = typer.Option(
         None, "--normalize", help="public, train or MEAN:STD per channel (default: the data set's; dp-dm: public)"
     ),
-    ipc: int = typer.Option(10, "--ipc", help="images per class"),
+    ipc: int = typer.Option(DistillConfig.ipc, "--ipc", help="images per class"),
     iterations: Optional[int] = typer.Option(
         None, "--iterations", "-n", help="iterations, for methods that iterate (default: the method's)"
     ),

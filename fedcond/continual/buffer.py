@@ -109,7 +109,7 @@ class DistillSpec:
         own["precision"] = self.precision
         return {k: v for k, v in own.items() if k not in self.options}
 
-    def make(self, ipc: int):  # noqa: ANN201  (a Distiller and its config)
+    def make(self, ipc: int):
         """The method's distiller and config for ``ipc`` images per class."""
         settings = self.settings()
         iterations = settings.pop("iterations", None)

@@ -114,7 +114,7 @@ def batch_augmentation_plugin(recipe: BufferTraining, seed: int = 0) -> object |
             self.dsa = DSA(strategy=recipe.augment)
             self.generator = torch.Generator().manual_seed(seed)
 
-        def before_forward(self, strategy, **kwargs):  # noqa: ANN001, ANN201 - Avalanche's hook
+        def before_forward(self, strategy, **kwargs):
             x = strategy.mbatch[0]
             strategy.mbatch[0] = self.dsa(x, self.generator)
 

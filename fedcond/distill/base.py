@@ -1,7 +1,9 @@
 """The ``Distiller`` interface, its configuration base class, callbacks and registry.
 
 Every method — coreset selections and learned distillations alike — is a ``Distiller``:
-``distill(dataset, config, generator, device, callbacks) -> SyntheticSet``. The CLI, the
+``distill(dataset, config, generator, device, callbacks, inputs) -> SyntheticSet``, where
+``inputs`` (:class:`DistillInputs`) carry what only some methods take (a starting set, a
+server's model) and the others refuse with one line. The CLI, the
 federated client and the continual buffer build one with :func:`make_distiller` and only
 ever call that, so any method works in all three places, with the same option checks.
 """
@@ -9,10 +11,12 @@ ever call that, so any method works in all three places, with the same option ch
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar, Collection, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Collection, Mapping, Sequence, TypeVar
 
 import torch
+from torch import nn
 
 from fedcond.data import ImageDataset
 from fedcond.errors import FedcondError
@@ -100,33 +104,101 @@ def overrides(callback: Callback, hook: str) -> bool:
     return getattr(type(callback), hook) is not getattr(Callback, hook)
 
 
-class Distiller(Protocol):
-    """A way of turning a labelled data set into a SyntheticSet."""
+@dataclass(frozen=True)
+class DistillInputs:
+    """What only some methods take besides the data, refused clearly by the others
+    (see :attr:`Distiller.accepts`).
+
+    Attributes:
+        initial: a set to refine instead of starting afresh (its images and hard labels;
+            iterative methods; FedDM's previous-round set).
+        embed_model: a fixed network to match in instead of fresh random ones (DM; FedDM's
+            global model from the server, on the run's device, used in the mode it is in).
+    """
+
+    initial: SyntheticSet | None = None
+    embed_model: nn.Module | None = None
+
+    def given(self) -> list[str]:
+        """The names of the inputs that are set."""
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+
+class Distiller(ABC):
+    """A way of turning a labelled data set into a SyntheticSet; every method is one.
+
+    A method sets ``config_class`` (its :class:`DistillConfig` subclass), lists in ``accepts``
+    the :class:`DistillInputs` fields it takes, and implements :meth:`_distill`;
+    :meth:`distill` is the one entry point, the same for every method.
+    """
 
     name: ClassVar[str]
     config_class: ClassVar[type[DistillConfig]]
+    accepts: ClassVar[frozenset[str]] = frozenset()
 
     def distill(
         self,
         dataset: ImageDataset,
         config: DistillConfig,
         generator: torch.Generator,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
         callbacks: Callbacks = None,
-    ) -> SyntheticSet: ...
+        inputs: DistillInputs | None = None,
+    ) -> SyntheticSet:
+        """Distill ``dataset`` into a set of ``config.ipc`` images per class, drawing all
+        randomness from ``generator``, on ``device`` (None: the CPU), reporting to ``callbacks``.
+
+        Raises:
+            FedcondError: ``inputs`` holds something this method does not take.
+        """
+        inputs = inputs or DistillInputs()
+        for given in inputs.given():
+            if given not in self.accepts:
+                takes = ", ".join(sorted(self.accepts)) or "none"
+                raise FedcondError(f"method {self.name} takes no {given} input (the inputs it takes: {takes})")
+        device = torch.device(device if device is not None else "cpu")
+        return self._distill(dataset, self.config_class.coerce(config), generator, device, callbacks, inputs)
+
+    def distill_many(
+        self,
+        datasets: Sequence[ImageDataset],
+        config: DistillConfig,
+        generators: Sequence[torch.Generator],
+        device: torch.device | str | None = None,
+        callbacks: Callbacks = None,
+    ) -> list[SyntheticSet]:
+        """One set per data set (federated clients), set i as ``distill(datasets[i], config,
+        generators[i], device, callbacks)`` makes it; a method may run them together (DM)."""
+        if len(datasets) != len(generators):
+            raise ValueError(f"{len(datasets)} data sets but {len(generators)} generators")
+        device = torch.device(device if device is not None else "cpu")
+        return self._distill_many(datasets, self.config_class.coerce(config), generators, device, callbacks)
+
+    def _distill_many(self, datasets: Sequence[ImageDataset], config: Any, generators: Sequence[torch.Generator],
+                      device: torch.device, callbacks: Callbacks) -> list[SyntheticSet]:
+        """How a method runs many data sets (``config`` a ``config_class``): one at a time here."""
+        return [self.distill(d, config, g, device, callbacks) for d, g in zip(datasets, generators)]
+
+    @abstractmethod
+    def _distill(self, dataset: ImageDataset, config: Any, generator: torch.Generator, device: torch.device,
+                 callbacks: Callbacks, inputs: DistillInputs) -> SyntheticSet:
+        """The method itself: ``config`` is a ``config_class``, ``inputs`` hold only what it accepts."""
 
 
-_REGISTRY: dict[str, Callable[[], Distiller]] = {}
+_REGISTRY: dict[str, type[Distiller]] = {}
 # The built-in methods and the module (in fedcond.distill) that registers each: imported when
 # the method is first asked for, so using one method does not import every other.
 BUILTIN_METHODS = {"random": "coreset", "herding": "coreset", "kcenter": "coreset", "dc": "dc", "dsa": "dc",
                    "dd": "dd", "dm": "dm", "dp-dm": "dp_dm", "frepo": "frepo", "kip": "kip", "mtt": "mtt"}
 
 
-def register(name: str) -> Callable[[type], type]:
+D = TypeVar("D", bound=type[Distiller])
+
+
+def register(name: str) -> Callable[[D], D]:
     """Class decorator adding a Distiller to the registry under ``name``."""
 
-    def wrap(cls: type) -> type:
+    def wrap(cls: D) -> D:
         cls.name = name
         _REGISTRY[name] = cls
         return cls

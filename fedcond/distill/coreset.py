@@ -8,12 +8,22 @@ trained on (a subset of) the real data, as in the distillation literature's base
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, replace
 
 import torch
 
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callbacks, DistillConfig, emit, generator_seed, make_set, register
+from fedcond.distill.base import (
+    Callbacks,
+    DistillConfig,
+    Distiller,
+    DistillInputs,
+    emit,
+    generator_seed,
+    make_set,
+    register,
+)
 from fedcond.errors import FedcondError
 from fedcond.formation import check_factor, encode
 from fedcond.models import get_model
@@ -110,29 +120,25 @@ def embed_all(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 1024
     return torch.cat([net.embed(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
 
 
-class _CoresetDistiller:
+class Coreset(Distiller):
+    """A coreset method: ``select`` picks real training images per class; this base stores
+    them (as mosaics of ``factor**2`` picks when ``factor`` > 1)."""
+
     config_class = CoresetConfig
-    name: str
 
-    def _select(self, dataset: ImageDataset, config: CoresetConfig, generator: torch.Generator,
-                callbacks: Callbacks) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def select(self, dataset: ImageDataset, config: CoresetConfig, generator: torch.Generator,
+               callbacks: Callbacks) -> torch.Tensor:
+        """Training indices, grouped by class, up to ``config.ipc`` per present class."""
 
-    def distill(
-        self,
-        dataset: ImageDataset,
-        config: DistillConfig,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        callbacks: Callbacks = None,
-    ) -> SyntheticSet:
-        config = CoresetConfig.coerce(config)
+    def _distill(self, dataset: ImageDataset, config: CoresetConfig, generator: torch.Generator, device: torch.device,
+                 callbacks: Callbacks, inputs: DistillInputs) -> SyntheticSet:
         seed = generator_seed(generator)
         dataset = dataset.to(device)
         f = config.factor
         check_factor(f, tuple(dataset.image_shape[1:]))
         tiles = f * f
-        idx = self._select(dataset, replace(config, ipc=config.ipc * tiles), generator, callbacks).to(dataset.device)
+        idx = self.select(dataset, replace(config, ipc=config.ipc * tiles), generator, callbacks).to(dataset.device)
         if f == 1:
             return make_set(dataset, dataset.train_images[idx], dataset.train_labels[idx], self.name, config, seed)
         idx = fill_mosaics(idx, dataset.train_labels[idx], tiles)
@@ -152,20 +158,24 @@ def fill_mosaics(idx: torch.Tensor, labels: torch.Tensor, tiles: int) -> torch.T
 
 
 @register("random")
-class RandomCoreset(_CoresetDistiller):
+class RandomCoreset(Coreset):
     """``ipc`` random real images per class."""
 
-    def _select(self, dataset, config, generator, callbacks):  # noqa: ANN001, ANN202
+    def select(self, dataset: ImageDataset, config: CoresetConfig, generator: torch.Generator,
+               callbacks: Callbacks) -> torch.Tensor:
         classes = _present_classes(dataset)
         picked = [idx[random_select(idx.numel(), config.ipc, generator).to(idx.device)] for _, idx in classes]
         emit(callbacks, 1, 1, {})
         return torch.cat(picked)
 
 
-class _FeatureCoreset(_CoresetDistiller):
+class _FeatureCoreset(Coreset):
+    """Per class, a selection ``rule`` over the features of a (briefly trained) network."""
+
     rule = staticmethod(herding_select)
 
-    def _select(self, dataset, config, generator, callbacks):  # noqa: ANN001, ANN202
+    def select(self, dataset: ImageDataset, config: CoresetConfig, generator: torch.Generator,
+               callbacks: Callbacks) -> torch.Tensor:
         net = feature_extractor(dataset, config, generator)
         classes = _present_classes(dataset)
         picked = []

@@ -31,8 +31,9 @@ from torch.nn import functional as F
 from fedcond.augment import DSA
 from fedcond.distill.base import Callbacks, register
 from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
-from fedcond.distill.matching import ClassSampler, class_rows, fresh_network, to_device
+from fedcond.distill.matching import class_rows, fresh_network, to_device
 from fedcond.errors import FedcondError
+from fedcond.sampling import ClassSampler
 from fedcond.train import train_model
 
 # (outer_loop, inner_loop) by images per class, from the DC paper's code.
@@ -112,7 +113,7 @@ class DCConfig(IterativeConfig):
     lr_net 0.01, batch_train 256). ``outer_loop``/``inner_loop`` default to the paper's
     values for the ipc (see PAPER_LOOPS). The default ``iterations`` is sized for a CPU."""
 
-    iterations: int = 50  # digits IPC1: ~22 s of single-thread CPU, +0.2 accuracy over random
+    iterations: int = 50  # digits IPC1 in seconds on a CPU (benchmarks/results/distill_digits_ipc1_dc.md)
     lr_images: float = 0.1
     dsa: bool = False
     outer_loop: int | None = None

@@ -38,7 +38,7 @@ class DDConfig(IterativeConfig):
         lr_lr: optimiser learning rate of the step sizes.
     """
 
-    iterations: int = 200  # digits IPC1: ~25 s of single-thread CPU
+    iterations: int = 200  # sized for a CPU (benchmarks/results/methods_digits.md)
     optimizer: str = "adam"
     lr_images: float = 0.01
     batch_real: int = 64

@@ -21,13 +21,11 @@ Precision (``precision``, :mod:`fedcond.precision`; ``real_precision`` is its ea
 and still works): the real images' pass is DM's whole cost on a CPU, and it only feeds class
 means. ``"bfloat16"`` runs the embedding passes under autocast (images, networks' parameters
 and the loss stay float32) and, on a CPU, in channels-last networks, oneDNN's fast layout
-(:class:`fedcond.models.InstanceNorm` keeps the norm in it). On a 2-core Xeon with AMX (one
-thread) the MNIST ConvNet then embedded 1,900-3,000 images/s (runs differ) against ~790 in
-float32, a 1,000-client federated client cost 0.84-0.86 CPU s instead of 1.94; on a Xeon
-without AMX (avx512_bf16 only) the MNIST ConvNet still embeds ~1.3-1.9x as fast in bfloat16
-(its 1-channel first convolution, pooling and norm gain, the 128-channel convolutions lose).
-A class mean moves by ~0.1-0.2 % of its norm, far less than the sampling noise between two
-random batches of 256 (5 %). The synthetic pass is rounded too: a class whose synthetic
+(:class:`fedcond.models.InstanceNorm` keeps the norm in it). It pays most on CPUs with AMX;
+without AMX the 1-channel first convolution, pooling and norm gain and the 128-channel
+convolutions lose (measured speeds: benchmarks/results/fast_by_default.md and
+scale_mnist_bf16.md). A class mean moves by a small fraction of its norm, far less than the
+sampling noise between two random batches of 256. The synthetic pass is rounded too: a class whose synthetic
 images are its real ones must see equal features, or rounding alone pushes them apart (with
 only the real pass in bfloat16, such images drifted as far as DM moves images).
 ``"float32"`` keeps earlier sets bit for bit; ``"auto"`` (the default) is bfloat16 on
@@ -44,29 +42,29 @@ class (real init: every tile starts as a different real image), so a set of the 
 matches the class means with ``factor**2`` times as many images.
 
 FedDM (Xiong et al., CVPR 2023) is DM with three changes, all options of this one loop:
-the embedding network is a given model (``embed_model``, the federated global model)
-instead of a fresh random one per iteration; each iteration sees a copy of it with small
-Gaussian weight perturbations (``rho``), so the images do not over-fit one network; and
-the images start from an earlier set (``initial``, the client's previous-round set)
-instead of fresh real images. Iterative FedCond clients call it so
-(``fedcond.federated.client_training``).
+the embedding network is a given model (``DistillInputs.embed_model``, the federated
+global model) instead of a fresh random one per iteration; each iteration sees a copy of
+it with small Gaussian weight perturbations (``rho``), so the images do not over-fit one
+network; and the images start from an earlier set (``DistillInputs.initial``, the
+client's previous-round set) instead of fresh real images. Iterative FedCond clients call
+it so (``fedcond.federated.client_training``).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from fedcond.augment import DSA
 from fedcond.data import ImageDataset
-from fedcond.distill.base import Callbacks, DistillConfig, register
+from fedcond.distill import dm_batch
+from fedcond.distill.base import Callbacks, DistillInputs, register
 from fedcond.distill.loop import IterativeConfig, IterativeDistiller, RunSetup, Step
 from fedcond.distill.matching import (
-    ClassSampler,
     RealSlots,
     SiameseBatches,
     class_rows,
@@ -82,6 +80,7 @@ from fedcond.errors import FedcondError
 from fedcond.formation import check_factor, decode, encode, repeat_per_tile
 from fedcond.models import get_model
 from fedcond.precision import DTYPES, check_precision, resolve_precision
+from fedcond.sampling import ClassSampler
 from fedcond.synthetic import SyntheticSet
 
 REAL_PRECISIONS = DTYPES  # the published name of the precisions DM knows
@@ -130,7 +129,7 @@ class DMConfig(IterativeConfig):
     momentum 0.5, real init and DSA; the default ``iterations`` here is sized for a
     CPU (digits IPC1 in seconds) — pass more for paper-level results."""
 
-    iterations: int = 100  # digits IPC1: ~18 s of single-thread CPU, +0.2 accuracy over random
+    iterations: int = 100  # digits IPC1 in seconds on a CPU (benchmarks/results/methods_digits.md)
     lr_images: float = 1.0
     # DM's loss is a sum of squared feature distances (tens at init), so label logits need
     # a smaller step than the images: at 1.0 labels on digits flip class within 10 iterations.
@@ -151,7 +150,7 @@ class DMConfig(IterativeConfig):
     train_steps: int = 100
     train_batch: int = 64
     # The embedding passes in "float32" or "bfloat16" (autocast, channels-last on a CPU; see
-    # the module docstring): 2-4x faster on CPUs with AMX, the same sets up to rounding;
+    # the module docstring): faster on CPUs with AMX, the same sets up to rounding;
     # "auto": bfloat16 where the device runs it fast (fedcond.precision), resolved at the start.
     precision: str = "auto"
     # The earlier name of ``precision`` (then float32 by default): when given, it is the precision.
@@ -182,107 +181,139 @@ class DM(IterativeDistiller):
 
     config_class = DMConfig
 
-    def distill(
-        self,
-        dataset: ImageDataset,
-        config: DistillConfig,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        callbacks: Callbacks = None,
-        initial: SyntheticSet | None = None,
-        embed_model: nn.Module | None = None,
-    ) -> SyntheticSet:
-        """Distill ``dataset`` (only its present classes, up to ``ipc`` images each).
+    accepts = frozenset({"initial", "embed_model"})
 
-        ``embed_model``: match in this fixed network's feature space (e.g. the federated
+    def _distill(self, dataset: ImageDataset, config: DMConfig, generator: torch.Generator, device: torch.device,
+                 callbacks: Callbacks, inputs: DistillInputs) -> SyntheticSet:
+        """Only the present classes of ``dataset``, up to ``ipc`` images each.
+
+        ``inputs.embed_model``: match in this fixed network's feature space (e.g. the federated
         global model, on ``device``, used in the train/eval mode it is in) instead of a
         fresh random network per iteration; ``config.rho`` perturbs it each iteration.
-        ``initial``: refine this set (its images and hard labels) instead of starting from
+        ``inputs.initial``: refine this set (its images and hard labels) instead of starting from
         ``config.init``; its images of classes ``dataset`` lacks weigh 0 and stay as they are.
         """
-        config = DMConfig.coerce(config)
         # What runs is recorded, not "auto": resolved here, for the device the run uses.
         config = replace(config, precision=resolve_precision(config.precision, device))
-        flags = _freeze(embed_model)
+        flags = _freeze(inputs.embed_model)
         try:
-            return super().distill(dataset, config, generator, device, callbacks, initial, embed_model=embed_model)
+            return super()._distill(dataset, config, generator, device, callbacks, inputs)
         finally:
-            _unfreeze(embed_model, flags)
+            _unfreeze(inputs.embed_model, flags)
 
-    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks,
-                embed_model: nn.Module | None = None) -> Step:
+    def _distill_many(self, datasets: Sequence[ImageDataset], config: DMConfig, generators: Sequence[torch.Generator],
+                      device: torch.device, callbacks: Callbacks) -> list[SyntheticSet]:
+        """The clients' loops in lockstep with stacked networks where :func:`dm_batch.batchable`
+        accepts the settings (the same sets up to rounding; see :mod:`fedcond.distill.dm_batch`),
+        else one at a time."""
+        if datasets and dm_batch.batchable(config, datasets[0]):
+            return dm_batch.distill_batched(datasets, config, generators, device, callbacks)
+        return super()._distill_many(datasets, config, generators, device, callbacks)
+
+    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks) -> Step:
         """DM's step: one fresh (or perturbed) network, one matching step on the images."""
-        config, device, dataset = run.config, run.device, run.dataset
-        sampler, syn_class, state = run.sampler, run.syn_class, run.state
+        return DMStep(run, generator)
 
-        rows = sampler.num_rows
-        real_weights = sampler.weights(config.batch_real, device)
-        real_dtype = DTYPES[resolve_precision(config.precision, device)]
-        chunk = embedding_chunk(device, real_dtype)
+
+class DMStep:
+    """DM's iteration: match the class means in this iteration's network, one step on the images.
+
+    Everything is set up once per run in the constructor (drawing from the run's generator in
+    a fixed order: real mosaics, then the trained pool); between iterations only ``net``
+    (the last network, re-initialised in place as the next fresh one) and ``copies`` (one
+    perturbed copy per pool network) change.
+    """
+
+    def __init__(self, run: RunSetup, generator: torch.Generator) -> None:
+        config, device, dataset, sampler = run.config, run.device, run.dataset, run.sampler
+        self.run, self.config, self.generator = run, config, generator
+        self.embed_model = run.inputs.embed_model
+        self.real_weights = sampler.weights(config.batch_real, device)
+        self.real_dtype = DTYPES[resolve_precision(config.precision, device)]
+        self.chunk = embedding_chunk(device, self.real_dtype)
         c, h, w = dataset.image_shape
-        channels_last = channels_last_networks(device, real_dtype, c)
-        factor = config.factor
-        check_factor(factor, (h, w))
-        if factor > 1:
-            if run.initial_set is None and config.init == "real":
-                with torch.no_grad():
-                    state.images.copy_(real_mosaics(dataset.train_images, sampler, syn_class, factor, generator))
-            syn_class = repeat_per_tile(syn_class, factor)  # one row per tile from here on
-        probe = embed_model if embed_model is not None else get_model(config.model, c, dataset.num_classes, (h, w))
+        self.channels_last = channels_last_networks(device, self.real_dtype, c)
+        self.syn_class = self._tiles(run, generator, (h, w))
+        probe = self.embed_model if self.embed_model is not None else get_model(config.model, c, dataset.num_classes,
+                                                                                (h, w))
         batch_stats = has_batch_norm(probe) and probe.training  # an image's features depend on its batch
         # One DSA draw per class, shared by that class's real and synthetic images.
-        batches = SiameseBatches.create(sampler, syn_class, config.batch_real,
-                                        DSA(config.dsa_strategy) if config.dsa else None, device,
-                                        compact=not batch_stats, chunk=chunk)
-        syn_rows = batches.syn_rows
-        hard_assign = syn_assignment(syn_rows, rows, None, sampler.classes)
-        net: nn.Module | None = None
-        if embed_model is not None and config.trained_networks:
+        self.batches = SiameseBatches.create(sampler, self.syn_class, config.batch_real,
+                                             DSA(config.dsa_strategy) if config.dsa else None, device,
+                                             compact=not batch_stats, chunk=self.chunk)
+        self.hard_assign = syn_assignment(self.batches.syn_rows, sampler.num_rows, None, sampler.classes)
+        if self.embed_model is not None and config.trained_networks:
             raise FedcondError("trained_networks matches in networks DM trains itself; with a given embed_model "
                                "(FedDM) leave it at 0")
-        pool = trained_pool(config, dataset, generator, device)
-        copies: dict[int, nn.Module] = {}  # one perturbed copy per pool network, overwritten in place
+        self.pool = trained_pool(config, dataset, generator, device)
+        self.copies: dict[int, nn.Module] = {}  # one perturbed copy per pool network, overwritten in place
+        self.net: nn.Module | None = None  # the last iteration's network (None: the embed model as given)
         # Batch norm hides the set's overall scale from the loss: keep it at the real data's.
-        pixel_stats = _channel_stats(dataset.train_images) if batch_stats else None
+        self.pixel_stats = _channel_stats(dataset.train_images) if batch_stats else None
 
-        def step(_: int) -> torch.Tensor:
-            nonlocal net
-            pick = int(torch.randint(0, len(pool) + 1, (1,), generator=generator)) if pool else 0
-            if pick > 0:  # a trained network, perturbed so the images do not over-fit it
-                if config.rho > 0:
-                    copies[pick] = net = perturbed(pool[pick - 1], config.rho, generator, reuse=copies.get(pick))
-                else:
-                    net = pool[pick - 1]
-            elif embed_model is None:
-                # never re-initialise a pool network (or its copy) in place as the next fresh one
-                mine = [*pool, *copies.values()]
-                fresh = net if net is not None and all(net is not p for p in mine) else None
-                net = fresh_network(config.model, dataset, generator, device, reuse=fresh).requires_grad_(False)
-                if channels_last:
-                    net = net.to(memory_format=torch.channels_last)
-            elif config.rho > 0:
-                net = perturbed(embed_model, config.rho, generator, reuse=net)
-            real, syn = batches.draw(dataset.train_images, decode(state.images, factor), generator)
-            assign = hard_assign
-            if state.label_logits is not None:
-                probs = repeat_per_tile(torch.softmax(state.label_logits, dim=1), factor)
-                assign = syn_assignment(syn_rows, rows, probs, sampler.classes)
-            loss = dm_loss((net or embed_model).embed, real, real_weights, syn, assign, chunk, batches.slots,
-                           real_dtype)
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
-            if pixel_stats is not None:
-                match_channel_stats(state.images.data, *pixel_stats)
-            return loss.detach()
+    def _tiles(self, run: RunSetup, generator: torch.Generator, size: tuple[int, int]) -> torch.Tensor:
+        """The class of every matched image: the synthetic images', or (factor > 1) their tiles',
+        after filling real-init mosaics with real images."""
+        factor = self.config.factor
+        check_factor(factor, size)
+        if factor == 1:
+            return run.syn_class
+        if run.inputs.initial is None and self.config.init == "real":
+            with torch.no_grad():
+                run.state.images.copy_(real_mosaics(run.dataset.train_images, run.sampler, run.syn_class, factor,
+                                                    generator))
+        return repeat_per_tile(run.syn_class, factor)  # one row per tile
 
-        return step
+    def network(self) -> nn.Module:
+        """This iteration's embedding network: a pool network (perturbed by ``rho``), a fresh
+        random one, or the given embed model (perturbed by ``rho``)."""
+        config, generator, pool = self.config, self.generator, self.pool
+        pick = int(torch.randint(0, len(pool) + 1, (1,), generator=generator)) if pool else 0
+        if pick > 0:  # a trained network, perturbed so the images do not over-fit it
+            if config.rho > 0:
+                self.copies[pick] = perturbed(pool[pick - 1], config.rho, generator, reuse=self.copies.get(pick))
+                self.net = self.copies[pick]
+            else:
+                self.net = pool[pick - 1]
+        elif self.embed_model is None:
+            # never re-initialise a pool network (or its copy) in place as the next fresh one
+            mine = [*pool, *self.copies.values()]
+            fresh = self.net if self.net is not None and all(self.net is not p for p in mine) else None
+            net = fresh_network(config.model, self.run.dataset, generator, self.run.device, reuse=fresh)
+            net.requires_grad_(False)
+            self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
+        elif config.rho > 0:
+            self.net = perturbed(self.embed_model, config.rho, generator, reuse=self.net)
+        return self.net if self.net is not None else self.embed_model  # type: ignore[return-value]
+
+    def assignment(self) -> torch.Tensor:
+        """(R, N) weights of the synthetic images (tiles) in each class mean: hard, or by the
+        learned label probabilities."""
+        label_logits = self.run.state.label_logits
+        if label_logits is None:
+            return self.hard_assign
+        probs = repeat_per_tile(torch.softmax(label_logits, dim=1), self.config.factor)
+        return syn_assignment(self.batches.syn_rows, self.run.sampler.num_rows, probs, self.run.sampler.classes)
+
+    def __call__(self, _: int) -> torch.Tensor:
+        state = self.run.state
+        net = self.network()
+        real, syn = self.batches.draw(self.run.dataset.train_images, decode(state.images, self.config.factor),
+                                      self.generator)
+        loss = dm_loss(net.embed, real, self.real_weights, syn, self.assignment(), self.chunk, self.batches.slots,
+                       self.real_dtype)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        if self.pixel_stats is not None:
+            match_channel_stats(state.images.data, *self.pixel_stats)
+        return loss.detach()
 
 
 def channels_last_networks(device: torch.device, dtype: torch.dtype, channels: int) -> bool:
     """Whether DM's fresh networks run in channels-last layout: on a CPU, in bfloat16 (oneDNN's
-    fast layout: MNIST's 1-channel first conv 11x faster, average pooling 13x; see
-    models.InstanceNorm) and, in float32, for colour images (the same sets up to rounding).
+    fast layout for the first convolution and pooling; see models.InstanceNorm) and, in
+    float32, for colour images (the same sets up to rounding).
 
     Measured in float32 on the 2-core Xeon without AMX (``benchmarks/results/fast_by_default.md``,
     layout tables): colour (CIFAR-10) DM iterations run faster channels-last; one-channel

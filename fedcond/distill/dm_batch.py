@@ -1,8 +1,9 @@
 """DM for many small data sets at once: federated clients batched on one device.
 
 A federated client's DM run is small (a few dozen real images, a handful of synthetic
-ones): on a GPU one client leaves the device idle between tiny kernels. :func:`distill_many`
-runs G clients' DM loops in lockstep in one process: every iteration, the G fresh
+ones): on a GPU one client leaves the device idle between tiny kernels. ``DM.distill_many``
+(through :func:`distill_batched` here, when :func:`batchable` accepts the settings) runs G
+clients' DM loops in lockstep in one process: every iteration, the G fresh
 networks (one per client, as each client would draw it) are stacked and applied with
 ``torch.func.vmap``, so the G real batches and the G synthetic sets are embedded in one
 call each. Everything random is drawn from each client's own generator in the order its
@@ -14,7 +15,7 @@ largest (zero weight): group clients of similar size.
 Only what one-shot FedCond clients run: fresh random networks, hard labels, no ZCA, a
 float32 real pass (precision ``float32``, or ``auto`` run as float32), no train-mode batch
 norm (its batch statistics would mix the padding in), no checkpoints.
-Other settings go through :meth:`DM.distill` one client at a time (``batchable`` says which).
+Other settings go through ``DM.distill`` one client at a time (``batchable`` says which).
 Where it pays: a GPU, many clients. On a CPU a client's work is already compute-bound and
 the padding costs more than the stacking saves; there the one-at-a-time path is the default.
 """
@@ -22,23 +23,27 @@ the padding costs more than the stacking saves; there the one-at-a-time path is 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from fedcond.augment import DSA
 from fedcond.data import ImageDataset
-from fedcond.distill.dm import DMConfig
+from fedcond.distill.base import Callbacks, emit
 from fedcond.distill.loop import start_run
 from fedcond.distill.matching import SiameseBatches, embedding_chunk, fresh_network, has_batch_norm, syn_assignment
 from fedcond.models import get_model
 from fedcond.synthetic import SyntheticSet
 
+if TYPE_CHECKING:  # dm.py imports this module
+    from fedcond.distill.dm import DMConfig
+
 
 def batchable(config: DMConfig, dataset: ImageDataset) -> bool:
-    """Whether :func:`distill_many` runs this config (else distill one client at a time)."""
+    """Whether :func:`distill_batched` runs this config (else distill one client at a time)."""
     c, h, w = dataset.image_shape
     # torch.func.vmap ignores autocast (its batched convolutions stay float32), so a
     # bfloat16 real pass goes one client at a time; "auto" runs float32 here.
@@ -64,18 +69,17 @@ def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([F.pad(t, (0, 0) * (t.dim() - 1) + (0, n - t.shape[0])) for t in tensors])
 
 
-def distill_many(datasets: Sequence[ImageDataset], config: DMConfig, generators: Sequence[torch.Generator],
-                 device: torch.device | str = "cpu") -> list[SyntheticSet]:
-    """DM on every data set (client) at once; set i as :meth:`DM.distill` on ``datasets[i]``
+def distill_batched(datasets: Sequence[ImageDataset], config: DMConfig, generators: Sequence[torch.Generator],
+                    device: torch.device, callbacks: Callbacks = None) -> list[SyntheticSet]:
+    """DM on every data set (client) at once; set i as ``DM.distill`` on ``datasets[i]``
     with ``generators[i]`` makes it (see the module docstring). All share the image shape,
-    classes and ``config``, which :func:`batchable` must accept."""
-    from torch.func import functional_call, stack_module_state, vmap  # noqa: PLC0415
-
+    classes and ``config``, which :func:`batchable` must accept. ``callbacks`` hear the
+    clients' mean loss every ``log_every`` iterations."""
     if not batchable(config, datasets[0]):
-        raise ValueError("distill_many runs fresh networks with hard labels, no ZCA, no batch norm, no checkpoints, "
+        raise ValueError("distill_batched runs fresh networks with hard labels, no ZCA, no batch norm, no checkpoints, "
                          "no rho, no trained networks, a float32 real pass: distill these clients one at a time "
                          "with DM().distill")
-    config = replace(DMConfig.coerce(config), precision="float32")  # what runs (and is recorded)
+    config = replace(config, precision="float32")  # what runs (and is recorded)
     runs = [start_run("dm", d, config, g, device) for d, g in zip(datasets, generators)]
     device = runs[0].device
     dsa = DSA(config.dsa_strategy) if config.dsa else None
@@ -95,7 +99,8 @@ def distill_many(datasets: Sequence[ImageDataset], config: DMConfig, generators:
     syn_w = _stack([F.pad(m, (0, max(x.shape[1] for x in syn_means) - m.shape[1])) for m in syn_means])
     nets: list[nn.Module | None] = [None] * len(runs)
 
-    for _ in range(config.iterations):
+    running, count = None, 0
+    for it in range(config.iterations):
         real, syn = [], []
         for i, (run, b, g) in enumerate(zip(runs, batches, generators)):
             nets[i] = fresh_network(config.model, run.dataset, g, device, reuse=nets[i]).requires_grad_(False)
@@ -118,4 +123,10 @@ def distill_many(datasets: Sequence[ImageDataset], config: DMConfig, generators:
         loss.backward()
         for run in runs:
             run.state.optimizer.step()
+        running = loss.detach() if running is None else running + loss.detach()
+        count += 1
+        done = it + 1
+        if done % config.log_every == 0 or done == config.iterations:  # as run_loop logs, per client
+            emit(callbacks, done, config.iterations, {"loss": float(running) / (count * len(runs))})
+            running, count = None, 0
     return [run.snapshot() for run in runs]

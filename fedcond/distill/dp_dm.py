@@ -36,7 +36,8 @@ noisy release itself, which is DP output. ``release`` writes it before anything 
 from it is shown (the first progress line comes after); ``iterate`` checkpoints at every
 progress line, so no step whose result was shown is ever redone with other noise. A resume
 checks a keyed fingerprint of the training data (:mod:`fedcond.privacy.fingerprint`), not
-only the data set's name. The release and that state live in :mod:`fedcond.distill.dp_release`.
+only the data set's name. The release and that state live in :mod:`fedcond.distill.dp_release`,
+the calibrated budget and the record of the guarantee in :mod:`fedcond.distill.dp_budget`.
 
 What the guarantee covers, and what it assumes: add/remove-one adjacency (replace-one is
 stated beside it in the record); the images start from noise (a real-image start would
@@ -56,15 +57,16 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from fedcond.augment import DSA
 from fedcond.data import TRAIN, ImageDataset
-from fedcond.distill.base import Callbacks, DistillConfig, generator_seed, register
+from fedcond.distill.base import Callbacks, Distiller, DistillInputs, generator_seed, register
 from fedcond.distill.checkpoint import CHECKPOINT_NAME, run_fingerprint, save_checkpoint
+from fedcond.distill.dp_budget import Budget, privacy_record
 from fedcond.distill.dp_release import (
     BankMember,
     DPState,
@@ -74,19 +76,12 @@ from fedcond.distill.dp_release import (
     saved_state,
     set_targets,
 )
-from fedcond.distill.loop import IterativeConfig, RunState, finish_set, run_loop
+from fedcond.distill.loop import IterativeConfig, RunState, Step, finish_set, run_loop
 from fedcond.distill.matching import embed_chunked, embedding_chunk, fresh_network
 from fedcond.errors import FedcondError
-from fedcond.privacy.accounting import ACCOUNTANTS, PrivacySpend, calibrate, replace_one_spend
+from fedcond.privacy.accounting import ACCOUNTANTS
 from fedcond.privacy.fingerprint import data_fingerprint
-from fedcond.privacy.mechanism import (
-    add_noise,
-    class_sums,
-    clip_rows,
-    noisy_means,
-    replace_sensitivity,
-    sensitivity,
-)
+from fedcond.privacy.mechanism import add_noise, class_sums, clip_rows, noisy_means
 from fedcond.privacy.noise import SecretNoise
 from fedcond.synthetic import SyntheticSet
 
@@ -168,120 +163,123 @@ class DPDMConfig(IterativeConfig):
             raise FedcondError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
 
 
-@register("dp-dm")
-class DPDM:
-    """Differentially private distribution matching; see the module docstring."""
+@dataclass
+class NoiseStart:
+    """The synthetic set before any private step: ``ipc`` noise images for every class of
+    the data set, whatever the private data hold (the set's shape must not depend on them;
+    classes are dropped only after the release), and their optimiser."""
 
-    config_class = DPDMConfig
-    name: str
+    syn_class: torch.Tensor  # (K * ipc,) class ids
+    state: RunState
+    assign: torch.Tensor  # (K, N) weights turning embeddings into class means
 
-    def distill(
-        self,
-        dataset: ImageDataset,
-        config: DistillConfig,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        callbacks: Callbacks = None,
-    ) -> SyntheticSet:
-        """Distill ``dataset`` with (``config.epsilon``, ``config.delta``)-DP.
-
-        The returned set's ``config["privacy"]`` holds the guarantee: ε spent, δ, noise
-        multiplier, sensitivity, clipping, sample rate, steps, accountant, mechanism.
-        Not an :class:`~fedcond.distill.loop.IterativeDistiller`: every class starts from
-        noise whatever the private data hold, the release comes before the loop, and classes
-        are dropped after it, so it shares only :func:`run_loop` (and no snapshots are taken:
-        they would show classes the final set drops).
-        """
-        config = DPDMConfig.coerce(config)
-        if dataset.normalization == TRAIN:
-            raise FedcondError(
-                f"dp-dm refuses {dataset.name}'s normalisation: its mean and std were computed from the private "
-                "training images; load the data with public constants (--normalize public, or MEAN:STD)"
-            )
-        device = torch.device(device)
-        seed = generator_seed(generator)
-        dataset = dataset.to(device)
+    @classmethod
+    def draw(cls, dataset: ImageDataset, config: DPDMConfig, generator: torch.Generator,
+             device: torch.device) -> "NoiseStart":
         k = dataset.num_classes
-        n = int(dataset.train_labels.numel())
-        if n == 0:
-            raise FedcondError("the data set has no training images to distill")
-        loop_config = config
-        if config.mechanism == "release":
-            q, steps = config.sample_rate or 1.0, 1
-        else:
-            q, steps = config.sample_rate, max(1, config.iterations)
-            # A checkpoint at every progress line: a step whose loss was shown is never redone with other noise.
-            loop_config = replace(config, checkpoint_every=math.gcd(config.checkpoint_every, config.log_every))
-        spend = calibrate(config.epsilon, config.delta, q, steps, config.accountant)
-        sens = sensitivity(config.clip_norm, config.count_weight)
-        size_noise = spend.noise_multiplier * sens / (config.count_weight * config.clip_norm)  # one release's
-
-        # Every class of the data set gets ipc images, whatever the private data hold:
-        # the set's shape must not depend on them (classes are dropped only after the release).
         syn_class = torch.arange(k, device=device).repeat_interleave(config.ipc)
         images = torch.randn((k * config.ipc, *dataset.image_shape), generator=generator).to(device)
-        state = RunState.create(images, None, config, None)
-        assign = torch.nn.functional.one_hot(syn_class, k).T.float() / config.ipc  # (K, N) class means
-        dsa = DSA(config.dsa_strategy) if config.dsa else None
-        chunk = embedding_chunk(device)
+        assign = torch.nn.functional.one_hot(syn_class, k).T.float() / config.ipc
+        return cls(syn_class, RunState.create(images, None, config, None), assign)
 
-        data_id = f"{dataset.name} (training data {data_fingerprint(dataset)})" if config.checkpoint_dir else ""
-        fingerprint = run_fingerprint(self.name, config, seed, data_id, int(syn_class.numel()))
-        fingerprint = json.dumps({**json.loads(fingerprint), "iterations_planned": steps if config.mechanism ==
-                                  "iterate" else None}, sort_keys=True)
-        release = saved_state(config, fingerprint, k, steps) or DPState(k, steps)
+
+@register("dp-dm")
+class DPDM(Distiller):
+    """Differentially private distribution matching; see the module docstring.
+
+    The returned set's ``config["privacy"]`` holds the guarantee: ε spent, δ, noise
+    multiplier, sensitivity, clipping, sample rate, steps, accountant, mechanism.
+    Not an :class:`~fedcond.distill.loop.IterativeDistiller`: every class starts from
+    noise whatever the private data hold (so it takes no starting set), the release comes
+    before the loop, and classes are dropped after it, so it shares only :func:`run_loop`
+    (and no snapshots are taken: they would show classes the final set drops).
+    """
+
+    config_class = DPDMConfig
+
+    def _distill(self, dataset: ImageDataset, config: DPDMConfig, generator: torch.Generator, device: torch.device,
+                 callbacks: Callbacks, inputs: DistillInputs) -> SyntheticSet:
+        check_public_normalisation(dataset)
+        seed = generator_seed(generator)
+        dataset = dataset.to(device)
+        if int(dataset.train_labels.numel()) == 0:
+            raise FedcondError("the data set has no training images to distill")
+        budget = Budget.plan(config)
+        start = NoiseStart.draw(dataset, config, generator, device)
+        dsa = DSA(config.dsa_strategy) if config.dsa else None
+        fingerprint = self._fingerprint(dataset, config, seed, start, budget)
+        release = saved_state(config, fingerprint, dataset.num_classes, budget.steps) or DPState(
+            dataset.num_classes, budget.steps)
         if config.mechanism == "release":
-            bank = make_bank(dataset, config, generator, dsa)
-            if not release.released:
-                release.means, release.sizes = release_means(dataset, config, q, spend.noise_multiplier, sens, bank,
-                                                             dsa, chunk)
-                if config.checkpoint_dir:  # written before anything derived from it is shown
-                    save_checkpoint(Path(config.checkpoint_dir) / CHECKPOINT_NAME, state, generator, 0, fingerprint,
-                                    release)
-            set_targets(bank, release.means.to(device), config.clip_norm, embedding_dims(bank, dataset))
-            sizes = release.sizes
-            size_noise /= q
-            step = _release_step(bank, state, syn_class, assign, config, generator, dsa)
+            step = _release_once(dataset, config, budget, start, release, generator, fingerprint, dsa)
+            sizes, size_noise = release.sizes, budget.size_noise / budget.sample_rate
         else:
-            step = _iterate_step(dataset, state, syn_class, assign, config, q, spend.noise_multiplier, sens,
-                                 generator, dsa, chunk, release)
-        run_loop(step, state, loop_config, generator, fingerprint, callbacks, None, method_state=release)
+            step = _iterate_step(dataset, start, config, budget, generator, dsa, embedding_chunk(device), release)
+        run_loop(step, start.state, loop_config(config), generator, fingerprint, callbacks, None,
+                 method_state=release)
         if config.mechanism == "iterate":
-            sizes = release.size_sum / max(1, release.steps) / q  # each step's size estimate covers a q-sample
-            size_noise /= q * math.sqrt(max(1, release.steps))
+            q, done = budget.sample_rate, max(1, release.steps)
+            sizes = release.size_sum / done / q  # each step's size estimate covers a q-sample
+            size_noise = budget.size_noise / (q * math.sqrt(done))
+        return self._private_set(dataset, config, seed, start, budget, sizes, size_noise)
+
+    def _fingerprint(self, dataset: ImageDataset, config: DPDMConfig, seed: int, start: NoiseStart,
+                     budget: Budget) -> str:
+        """The run's identity in checkpoints: a keyed fingerprint of the training data, not its
+        name alone, and iterate's planned length (its noise is calibrated for it)."""
+        data_id = f"{dataset.name} (training data {data_fingerprint(dataset)})" if config.checkpoint_dir else ""
+        fingerprint = run_fingerprint(self.name, config, seed, data_id, int(start.syn_class.numel()))
+        planned = budget.steps if config.mechanism == "iterate" else None
+        return json.dumps({**json.loads(fingerprint), "iterations_planned": planned}, sort_keys=True)
+
+    def _private_set(self, dataset: ImageDataset, config: DPDMConfig, seed: int, start: NoiseStart, budget: Budget,
+                     sizes: torch.Tensor, size_noise: float) -> SyntheticSet:
+        """The final set without the classes whose noisy size is too small, and its privacy record."""
         min_size = config.min_class_size if config.min_class_size >= 0 else 3.0 * size_noise
         keep = sizes.cpu() >= min_size
         if not bool(keep.any()):
             raise FedcondError(f"every class's noisy size is below {min_size:.1f}: too few images for epsilon "
                                f"{config.epsilon}; raise epsilon or lower min_class_size")
-        sset = finish_set(dataset, state, syn_class, torch.arange(k), config, seed, self.name)
+        k = dataset.num_classes
+        sset = finish_set(dataset, start.state, start.syn_class, torch.arange(k), config, seed, self.name)
         mask = keep[sset.labels]
         sset.images, sset.labels = sset.images[mask].contiguous(), sset.labels[mask].contiguous()
         sset.config["present_classes"] = torch.nonzero(keep).flatten().tolist()
-        sset.config["privacy"] = privacy_record(spend, config, sens, size_noise, keep, sizes, dataset.normalization)
+        sset.config["privacy"] = privacy_record(budget.spend, config, budget.sensitivity, size_noise, keep, sizes,
+                                                dataset.normalization)
         return sset.validate()
 
 
-def privacy_record(spend: PrivacySpend, config: DPDMConfig, sens: float, size_noise: float, keep: torch.Tensor,
-                   sizes: torch.Tensor, normalization: str) -> dict[str, Any]:
-    """The guarantee and how it was obtained, as stored in the set's metadata and run.json."""
-    return {
-        **spend.to_json(),
-        "mechanism": config.mechanism,
-        "clip_norm": config.clip_norm,
-        "count_weight": config.count_weight,
-        "sensitivity": sens,
-        "noise_std": spend.noise_multiplier * sens,
-        "bank_size": config.bank_size if config.mechanism == "release" else None,
-        "adjacency": "add or remove one training example",
-        "replace_one": replace_one_spend(spend, sens, replace_sensitivity(config.clip_norm, config.count_weight)),
-        "library": "opacus",
-        "noise_source": "operating-system entropy (numpy Philox keyed with 384 bits from secrets); never written",
-        "normalization": normalization,
-        "class_size_noise_std": size_noise,
-        "dropped_classes": torch.nonzero(~keep).flatten().tolist(),
-        "noisy_class_sizes": [round(float(s), 1) for s in sizes.cpu()],
-    }
+def check_public_normalisation(dataset: ImageDataset) -> None:
+    """Refuse data normalised with statistics of its own (private) training images."""
+    if dataset.normalization == TRAIN:
+        raise FedcondError(
+            f"dp-dm refuses {dataset.name}'s normalisation: its mean and std were computed from the private "
+            "training images; load the data with public constants (--normalize public, or MEAN:STD)"
+        )
+
+
+def loop_config(config: DPDMConfig) -> DPDMConfig:
+    """The loop's settings: iterate checkpoints at every progress line, so a step whose loss
+    was shown is never redone with other noise."""
+    if config.mechanism == "release":
+        return config
+    return replace(config, checkpoint_every=math.gcd(config.checkpoint_every, config.log_every))
+
+
+def _release_once(dataset: ImageDataset, config: DPDMConfig, budget: Budget, start: NoiseStart, release: DPState,
+                  generator: torch.Generator, fingerprint: str, dsa: DSA | None) -> Step:
+    """``release``'s one private step (unless a checkpoint holds it already), checkpointed before
+    anything derived from it is shown; returns the matching step against the released bank."""
+    bank = make_bank(dataset, config, generator, dsa)
+    if not release.released:
+        release.means, release.sizes = release_means(dataset, config, budget.sample_rate, budget.spend.noise_multiplier,
+                                                     budget.sensitivity, bank, dsa, embedding_chunk(dataset.device))
+        if config.checkpoint_dir:
+            save_checkpoint(Path(config.checkpoint_dir) / CHECKPOINT_NAME, start.state, generator, 0, fingerprint,
+                            release)
+    set_targets(bank, release.means.to(dataset.device), config.clip_norm, embedding_dims(bank, dataset))
+    return _release_step(bank, start, config, generator, dsa)
 
 
 def _embed_unit(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -289,9 +287,10 @@ def _embed_unit(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return clip_rows(net.embed(images).flatten(1), 1.0)
 
 
-def _release_step(bank: list[BankMember], state: RunState, syn_class: torch.Tensor, assign: torch.Tensor,
-                  config: DPDMConfig, generator: torch.Generator, dsa: DSA | None):  # noqa: ANN202
+def _release_step(bank: list[BankMember], start: NoiseStart, config: DPDMConfig, generator: torch.Generator,
+                  dsa: DSA | None) -> Step:
     """One matching iteration against ``members_per_step`` random networks of the bank."""
+    state, syn_class, assign = start.state, start.syn_class, start.assign
     per_step = min(config.members_per_step, len(bank))
 
     def step(_: int) -> torch.Tensor:
@@ -309,12 +308,13 @@ def _release_step(bank: list[BankMember], state: RunState, syn_class: torch.Tens
     return step
 
 
-def _iterate_step(dataset: ImageDataset, state: RunState, syn_class: torch.Tensor, assign: torch.Tensor,
-                  config: DPDMConfig, q: float, sigma: float, sens: float, generator: torch.Generator,
-                  dsa: DSA | None, chunk: int | None, release: DPState):  # noqa: ANN202
+def _iterate_step(dataset: ImageDataset, start: NoiseStart, config: DPDMConfig, budget: Budget,
+                  generator: torch.Generator, dsa: DSA | None, chunk: int | None, release: DPState) -> Step:
     """One DM iteration on a Poisson subsample with fresh noise (a private step each time).
     The noise and the sample come from one :class:`SecretNoise` for the whole run (a
     resumed run makes a new one: the steps it has not done yet need no particular noise)."""
+    state, syn_class, assign = start.state, start.syn_class, start.assign
+    q, sigma, sens = budget.sample_rate, budget.spend.noise_multiplier, budget.sensitivity
     k = dataset.num_classes
     n = dataset.train_labels.numel()
     noise = SecretNoise()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from fedcond.augment import DEFAULT_STRATEGY, DSA, parse_strategy
@@ -217,8 +217,6 @@ def ensure_experts(
 
 def expert_accuracies(directory: str | os.PathLike) -> list[float]:
     """Test accuracies recorded in a folder's expert files (for reports)."""
-    from safetensors import safe_open  # noqa: PLC0415
-
     out = []
     for path in sorted(Path(directory).glob("expert_[0-9][0-9][0-9].safetensors")):
         with safe_open(str(path), "pt") as f:

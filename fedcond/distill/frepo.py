@@ -104,8 +104,8 @@ class ModelPool:
 class FRePoConfig(IterativeConfig):
     """FRePo settings. The paper: Adam on the images, a pool of 10 networks re-initialised
     after 100 online steps, ridge 1e-6 relative, MSE loss, learned labels, hundreds of
-    thousands of iterations on a GPU. The defaults here are sized for a CPU (digits IPC1:
-    ~12 s single-thread) and were chosen on digits IPC1 (3 distillation seeds, 2 evaluation
+    thousands of iterations on a GPU. The defaults here are sized for a CPU (times:
+    benchmarks/results/methods_digits.md) and were chosen on digits IPC1 (3 distillation seeds, 2 evaluation
     runs each, 300 epochs): younger, slower-trained pool networks did better than the
     paper's (max_online_steps 30 / lr_online 3e-4: 0.900 mean; 100 / 1e-3 with 200
     iterations of batch 64: 0.845); 400 iterations of 16 real images per class match 200 of

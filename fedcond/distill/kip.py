@@ -64,7 +64,7 @@ def centred_one_hot(class_ids: torch.Tensor, num_classes: int) -> torch.Tensor:
 class KIPConfig(IterativeConfig):
     """KIP settings. The paper uses Adam (lr 0.01-0.04), ridge 1e-6 relative to the mean
     kernel diagonal, FC ReLU kernels of depth 1-3 and thousands of iterations; the default
-    ``iterations`` here is sized for a CPU (digits IPC1: ~2 s single-thread). On digits IPC1
+    ``iterations`` here is sized for a CPU (times: benchmarks/results/methods_digits.md). On digits IPC1
     (300 epochs, 2 runs) the defaults gave 0.902-0.906 over 3 seeds; 500 iterations, lr 0.04,
     depth 1, b_var 0 or the NNGP were no better (0.87-0.89, seed 0); learned labels (+0.008)
     and ``dsa`` (+0.006) were within the seed spread, so both stay off.

@@ -10,6 +10,7 @@ config and checkpoint directory continues bit for bit where it stopped.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -21,6 +22,8 @@ from fedcond.data import ImageDataset
 from fedcond.distill.base import (
     Callbacks,
     DistillConfig,
+    Distiller,
+    DistillInputs,
     as_callbacks,
     emit,
     generator_seed,
@@ -34,9 +37,11 @@ from fedcond.distill.checkpoint import (
     run_fingerprint,
     save_checkpoint,
 )
-from fedcond.distill.matching import ClassSampler, initial_label_logits, initial_synthetic
+from fedcond.distill.matching import initial_label_logits, initial_synthetic
 from fedcond.errors import FedcondError
+from fedcond.sampling import ClassSampler
 from fedcond.synthetic import SyntheticSet
+from fedcond.zca import zca_dataset
 
 
 @dataclass
@@ -169,7 +174,8 @@ class RunSetup:
         state: the learned tensors and their optimiser.
         method_state: what the method keeps besides them, checkpointed with them (set by
             its ``prepare``; FRePo's pool of networks).
-        initial_set: the set the run refines (None: it started from ``config.init``).
+        inputs: what the caller gave besides the data (``inputs.initial``: the set the run
+            refines; None: it started from ``config.init``).
     """
 
     method: str
@@ -181,7 +187,7 @@ class RunSetup:
     syn_class: torch.Tensor
     state: RunState
     method_state: MethodState | None = None
-    initial_set: SyntheticSet | None = None
+    inputs: DistillInputs = field(default_factory=DistillInputs)
 
     def labels(self) -> torch.Tensor:
         """The labels training steps use: class ids, or the learned probabilities (with graph)."""
@@ -198,44 +204,31 @@ class RunSetup:
 Step = Callable[[int], torch.Tensor]  # one iteration -> its detached scalar loss
 
 
-class IterativeDistiller:
-    """Base of the iterative methods: config conversion, run set-up (:func:`start_run`),
-    the loop with checkpoints, progress and snapshots (:func:`run_loop`), the final set.
+class IterativeDistiller(Distiller):
+    """Base of the iterative methods: run set-up (:func:`start_run`), the loop with
+    checkpoints, progress and snapshots (:func:`run_loop`), the final set.
 
     A method sets ``config_class`` and implements :meth:`prepare`; learned tensors beyond
     the images and labels come from :meth:`extras`, state to checkpoint goes in
-    ``run.method_state``.
+    ``run.method_state``. Every iterative method can refine a starting set
+    (``DistillInputs.initial``, see :func:`start_run`).
     """
 
-    name: ClassVar[str]
-    config_class: ClassVar[type[IterativeConfig]]
+    accepts: ClassVar[frozenset[str]] = frozenset({"initial"})
 
     def extras(self, config: Any) -> dict[str, tuple[torch.Tensor, float]]:
         """Further learned tensors, name -> (initial value, learning rate); none by default."""
         return {}
 
-    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks, **inputs: Any) -> Step:
+    @abstractmethod
+    def prepare(self, run: RunSetup, generator: torch.Generator, callbacks: Callbacks) -> Step:
         """Build the method's per-run state and return its ``step``."""
-        raise NotImplementedError
 
-    def distill(
-        self,
-        dataset: ImageDataset,
-        config: DistillConfig,
-        generator: torch.Generator,
-        device: torch.device | str = "cpu",
-        callbacks: Callbacks = None,
-        initial: SyntheticSet | None = None,
-        **inputs: Any,
-    ) -> SyntheticSet:
-        """Distill ``dataset`` (only its present classes, up to ``ipc`` images each).
-
-        ``initial``: refine this set instead of starting from ``config.init`` (see
-        :func:`start_run`). ``inputs`` go to the method's :meth:`prepare`.
-        """
-        config = self.config_class.coerce(config)
-        run = start_run(self.name, dataset, config, generator, device, self.extras(config), initial)
-        step = self.prepare(run, generator, callbacks, **inputs)
+    def _distill(self, dataset: ImageDataset, config: Any, generator: torch.Generator, device: torch.device,
+                 callbacks: Callbacks, inputs: DistillInputs) -> SyntheticSet:
+        """Only the present classes of ``dataset``, up to ``ipc`` images each."""
+        run = start_run(self.name, dataset, config, generator, device, self.extras(config), inputs)
+        step = self.prepare(run, generator, callbacks)
         fingerprint = run_fingerprint(self.name, config, run.seed, run.dataset.name, int(run.syn_class.numel()))
         run_loop(step, run.state, config, generator, fingerprint, callbacks, run.snapshot, run.method_state)
         return run.snapshot()
@@ -244,18 +237,18 @@ class IterativeDistiller:
 def start_run(
     method: str, dataset: ImageDataset, config: IterativeConfig, generator: torch.Generator,
     device: torch.device | str, extras: dict[str, tuple[torch.Tensor, float]] | None = None,
-    initial: SyntheticSet | None = None,
+    inputs: DistillInputs | None = None,
 ) -> RunSetup:
     """The shared start of an iterative method: the data on the device (in ZCA space if
     asked), the sampler, the initial synthetic images and labels, their optimiser.
 
     ``extras`` (e.g. learned learning rates) are moved to the device and optimised too.
-    ``initial``: start from this set's images and (hard) labels instead of ``config.init``;
-    only the classes it shares with the data are sampled, its images of other classes
-    have no row (``syn_class`` keeps their ids) and stay as they are.
+    ``inputs.initial``: start from this set's images and (hard) labels instead of
+    ``config.init``; only the classes it shares with the data are sampled, its images of
+    other classes have no row (``syn_class`` keeps their ids) and stay as they are.
     """
-    from fedcond.zca import zca_dataset  # noqa: PLC0415  (zca imports data; keep loop light)
-
+    inputs = inputs or DistillInputs()
+    initial = inputs.initial
     device = torch.device(device)
     seed = generator_seed(generator)
     dataset = dataset.to(device)
@@ -281,7 +274,7 @@ def start_run(
     )
     extras = {name: (t.to(device), lr) for name, (t, lr) in (extras or {}).items()}
     state = RunState.create(images, logits, config, extras)
-    return RunSetup(method, config, device, seed, dataset, sampler, syn_class, state, initial_set=initial)
+    return RunSetup(method, config, device, seed, dataset, sampler, syn_class, state, inputs=inputs)
 
 
 def run_loop(

@@ -31,6 +31,7 @@ from fedcond.augment import DSA
 from fedcond.data import ImageDataset
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
+from fedcond.sampling import ClassSampler
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -39,69 +40,6 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
         # pin_memory uses torch's caching host allocator, so this is cheap after warm-up.
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
-
-
-@dataclass
-class ClassSampler:
-    """Class-balanced random real batches without replacement, for all classes at once.
-
-    Attributes:
-        classes: (R,) present class ids, ascending (CPU).
-        table: (R, M) training indices per class, padded by repeating its last index.
-        counts: (R,) images per class.
-    """
-
-    classes: torch.Tensor
-    table: torch.Tensor
-    counts: torch.Tensor
-
-    @classmethod
-    def from_labels(cls, labels: torch.Tensor, num_classes: int, only: torch.Tensor | None = None) -> "ClassSampler":
-        """Over the classes present in ``labels`` (and among ``only``, when given)."""
-        labels = labels.cpu()
-        counts_all = torch.bincount(labels, minlength=num_classes)
-        present = counts_all > 0
-        if only is not None:
-            present &= torch.isin(torch.arange(counts_all.numel()), only.cpu())
-        classes = torch.nonzero(present).flatten()
-        if classes.numel() == 0:
-            raise FedcondError("the data set has no training images to distill")
-        counts = counts_all[classes]
-        order = torch.argsort(labels, stable=True)
-        starts = torch.cumsum(counts_all, 0) - counts_all
-        width = int(counts.max())
-        col = torch.minimum(torch.arange(width).view(1, -1), (counts - 1).view(-1, 1))  # pad = repeat last
-        table = order[starts[classes].view(-1, 1) + col]
-        return cls(classes=classes, table=table, counts=counts)
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.classes.numel())
-
-    def batch_size(self, requested: int) -> int:
-        """Per-class batch width: ``requested``, capped by the largest class."""
-        return min(requested, int(self.counts.max()))
-
-    def valid(self, requested: int) -> torch.Tensor:
-        """(R, B) bool (CPU): the slots that hold a real image of their class, not padding."""
-        return torch.arange(self.batch_size(requested)).view(1, -1) < self.counts.view(-1, 1)
-
-    def weights(self, requested: int, device: torch.device) -> torch.Tensor:
-        """(R, B) averaging weights: 1/b_c on a class's b_c = min(B, count) real slots, 0 on padding."""
-        b = self.batch_size(requested)
-        valid = torch.arange(b).view(1, -1) < self.counts.view(-1, 1)
-        w = valid.float() / valid.sum(dim=1, keepdim=True).float()
-        return w.to(device)
-
-    def sample(self, requested: int, generator: torch.Generator) -> torch.Tensor:
-        """(R, B) training indices (CPU): a random subset per class; padded slots repeat an index."""
-        b = self.batch_size(requested)
-        keys = torch.rand(self.table.shape, generator=generator)
-        # Padding positions get keys above 1 so they come last; the first count_c picks are distinct.
-        pad = torch.arange(self.table.shape[1]).view(1, -1) >= self.counts.view(-1, 1)
-        keys = keys.masked_fill(pad, 2.0)
-        pick = keys.topk(b, dim=1, largest=False, sorted=True).indices
-        return self.table.gather(1, pick)
 
 
 @dataclass(frozen=True)
@@ -207,9 +145,8 @@ class SiameseBatches:
 
 
 CPU_CHUNK = 128  # real images per embedding call on the CPU (cache-sized; measured with DM)
-# Under bfloat16 autocast smaller calls pay: MNIST ConvNet on the 2-core Xeon (AMX), contiguous
-# networks, 2,900 images/s in calls of 64 against 2,180 in calls of 128 (float32: 1,420 / 1,340);
-# channels-last (what DM uses there) 1,650 / 1,630 on one thread: no worse.
+# Under bfloat16 autocast smaller calls measured faster for contiguous networks and no worse
+# for channels-last ones (one CPU thread, when this default was set; no results file holds it).
 CPU_CHUNK_BF16 = 64
 
 
@@ -225,8 +162,8 @@ def embed_chunked(embed_fn: Callable[[torch.Tensor], torch.Tensor], images: torc
                   chunk: int | None) -> torch.Tensor:
     """``embed_fn(images)`` flattened to (N, D), computed ``chunk`` images at a time.
 
-    Same result either way; on the CPU chunks of ~128 images stay in cache (DM on 2560
-    MNIST images: 2.8-3.1 s instead of 4.1 s of CPU time). None: one call (what a GPU wants).
+    Same result either way; on the CPU chunks of ~128 images stay in cache (faster; see
+    benchmarks/results/distill_summary.md). None: one call (what a GPU wants).
     """
     if chunk is None or chunk >= images.shape[0]:
         return embed_fn(images).flatten(1)

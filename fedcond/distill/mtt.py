@@ -64,7 +64,7 @@ class MTTConfig(IterativeConfig):
         num_experts, expert_train_epochs, expert_lr: the experts to use or train.
     """
 
-    iterations: int = 100  # digits IPC1: ~30 s of single-thread CPU after the experts, 89 % vs 67 % random
+    iterations: int = 100  # sized for a CPU (benchmarks/results/methods_digits.md)
     lr_images: float = 100.0
     momentum_images: float = 0.5
     syn_steps: int = 20

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedcond.data import ImageDataset
-from fedcond.distill import get_distiller
+from fedcond.distill import DistillInputs, get_distiller
 from fedcond.federated.config import FederateConfig
 from fedcond.precision import autocast
 from fedcond.synthetic import SyntheticSet
@@ -45,8 +45,8 @@ def distill_partition(
     generator = torch.Generator().manual_seed(seed)
     if global_model is not None:
         embed_model = global_model.to(cfg.device).eval()  # the global model as it is, dropout and BN frozen
-        sset = get_distiller("dm").distill(data, cfg.feddm_config(), generator, torch.device(cfg.device),
-                                           embed_model=embed_model, initial=previous)
+        inputs = DistillInputs(initial=previous, embed_model=embed_model)
+        sset = get_distiller("dm").distill(data, cfg.feddm_config(), generator, torch.device(cfg.device), inputs=inputs)
         sset.method = "feddm"
     else:
         distiller, config = cfg.distill_config()

@@ -88,7 +88,7 @@ MAX_IN_FLIGHT = max(8, 4 * (os.cpu_count() or 1))
 
 
 @functools.lru_cache(maxsize=1)
-def _build_metered_grid():  # noqa: ANN202  (Flower imported lazily, class built on first use)
+def _build_metered_grid():
     from flwr.serverapp import Grid  # noqa: PLC0415
 
     class MeteredGrid(Grid):
@@ -100,23 +100,23 @@ def _build_metered_grid():  # noqa: ANN202  (Flower imported lazily, class built
             self._calls = 0
 
         # -- plain forwarding ------------------------------------------------------
-        def set_run(self, run):  # noqa: ANN001, ANN201
+        def set_run(self, run):
             return self.inner.set_run(run)
 
         @property
-        def run(self):  # noqa: ANN201
+        def run(self):
             return self.inner.run
 
-        def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        def create_message(self, *args, **kwargs):
             return self.inner.create_message(*args, **kwargs)
 
         def get_node_ids(self) -> Iterable[int]:
             return self.inner.get_node_ids()
 
-        def push_messages(self, messages):  # noqa: ANN001, ANN201
+        def push_messages(self, messages):
             return self.inner.push_messages(messages)
 
-        def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+        def pull_messages(self, message_ids):
             return self.inner.pull_messages(message_ids)
 
         def __getattr__(self, name: str) -> Any:

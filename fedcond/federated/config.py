@@ -176,7 +176,7 @@ class FederateConfig:
         self.distill_config()  # unknown method or method option: fail here, not in a client
 
     # ------------------------------------------------------------------ derived
-    def server_augmenter(self, channels: int):  # noqa: ANN201  (an Augment, or None)
+    def server_augmenter(self, channels: int):
         """The batch augmentation of the server's training on the pool (see ``server_augment``)."""
         if self.server_augment == "none":
             return None
@@ -233,7 +233,7 @@ class FederateConfig:
             raise FedcondError(f"method-options must be a JSON object, got {self.method_options!r}")
         return values
 
-    def distill_config(self):  # noqa: ANN201  (a Distiller and its config; distill/ imported lazily)
+    def distill_config(self):
         """The FedCond clients' distiller (:attr:`client_method`) and config: ipc, model,
         iterations (None: the method's own), method options, and with DP the budget
         (``dp_epsilon``, ``dp_delta``).
@@ -249,7 +249,7 @@ class FederateConfig:
         return make_distiller(self.client_method, self.ipc, self.model, self.iterations, self.method_option_values,
                               settings={**budget, "precision": self.precision}, reserved=OWN_METHOD_SETTINGS)
 
-    def feddm_config(self):  # noqa: ANN201  (a DMConfig; distill/ imported lazily)
+    def feddm_config(self):
         """DM's settings for iterative FedCond's refinement against the global model (FedDM):
         ipc, model, iterations (None: DM's own) and the ``feddm_*`` fields; no augmentation,
         no checkpoints."""

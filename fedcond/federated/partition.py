@@ -33,7 +33,7 @@ import torch
 from fedcond.errors import FedcondError
 
 
-def _partitioner(scheme: str, num_clients: int, alpha: float, classes_per_client: int, seed: int, n: int):  # noqa: ANN202
+def _partitioner(scheme: str, num_clients: int, alpha: float, classes_per_client: int, seed: int, n: int):
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner  # noqa: PLC0415
 
     if scheme == "iid":

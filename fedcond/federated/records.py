@@ -54,8 +54,8 @@ def set_to_records(sset: SyntheticSet) -> tuple[Any, Any]:
     sset.validate()
     labels = sset.labels.detach().cpu()
     labels = labels.float().contiguous() if sset.soft_labels else labels.contiguous()
-    arrays = ArrayRecord({"images": sset._stored_images(), "labels": labels})  # noqa: SLF001
-    meta = ConfigRecord({"metadata": json.dumps(sset._metadata(), sort_keys=True)})  # noqa: SLF001
+    arrays = ArrayRecord({"images": sset._stored_images(), "labels": labels})
+    meta = ConfigRecord({"metadata": json.dumps(sset._metadata(), sort_keys=True)})
     return arrays, meta
 
 

@@ -34,6 +34,7 @@ from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, check_compatible, kd_temperature, train_fresh_model
 from fedcond.privacy.membership import AttackResult, loss_attack
 from fedcond.privacy.memorisation import Memorisation, memorisation, pixels
+from fedcond.sampling import ClassSampler
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import accuracy
 
@@ -260,8 +261,6 @@ def seed_indices(sset: SyntheticSet, data: ImageDataset, mem: Memorisation) -> t
 def _replay_real_init(sset: SyntheticSet, data: ImageDataset) -> torch.Tensor | None:
     """The training indices ``initial_synthetic`` drew for a set distilled on ``data`` with
     ``init="real"`` from a generator seeded with ``sset.seed`` (its first draws)."""
-    from fedcond.distill.matching import ClassSampler  # noqa: PLC0415
-
     if sset.seed is None or sset.dataset != data.name:
         return None
     sampler = ClassSampler.from_labels(data.train_labels, data.num_classes)

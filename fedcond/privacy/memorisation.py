@@ -134,7 +134,7 @@ def save_pairs(syn: torch.Tensor, train: torch.Tensor, result: Memorisation, ima
     fig, axes = plt.subplots(2, cols, figsize=(cols * 1.1 + 0.8, 2.6), squeeze=False)
     c, h, w = image_shape
 
-    def show(ax, flat: torch.Tensor) -> None:  # noqa: ANN001
+    def show(ax, flat: torch.Tensor) -> None:
         img = flat.view(c, h, w)
         if c == 1:
             ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")

@@ -61,7 +61,7 @@ class SecretNoise:
             return torch.arange(n)
         return torch.from_numpy(np.flatnonzero(self._rng.random(n) < rate)).long()
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         raise TypeError("SecretNoise cannot be pickled: its state must never be written")
 
     def __repr__(self) -> str:
