@@ -113,7 +113,8 @@ class DistillSpec:
         """The method's distiller and config for ``ipc`` images per class."""
         settings = self.settings()
         iterations = settings.pop("iterations", None)
-        return make_distiller(self.method, ipc, self.model, iterations, self.options, settings=settings)
+        # defaults, not settings: the user may still give any of them as an option
+        return make_distiller(self.method, ipc, self.model, iterations, self.options, defaults=settings)
 
 
 @dataclass

@@ -225,7 +225,7 @@ def method_names() -> tuple[str, ...]:
 def make_distiller(
     method: str, ipc: int, model: str = "convnet", iterations: int | None = None,
     options: Mapping[str, Any] | None = None, *, settings: Mapping[str, Any] | None = None,
-    reserved: Collection[str] = (),
+    reserved: Collection[str] = (), defaults: Mapping[str, Any] | None = None,
 ) -> tuple[Distiller, DistillConfig]:
     """The distiller called ``method`` and its config: what the CLI, the federated client
     and the continual buffer distill with.
@@ -236,6 +236,8 @@ def make_distiller(
         options: the user's further method options (config fields).
         settings: the caller's own values for config fields, set where the method has them.
         reserved: further field names the caller sets through its own flags.
+        defaults: the caller's defaults for config fields, set where the method has them;
+            unlike ``settings`` they stay options the user may give.
     Raises:
         FedcondError: an unknown method, or an option that is no field of the method's config
             or is one set otherwise (ipc, model, iterations, ``settings``, ``reserved``),
@@ -251,7 +253,8 @@ def make_distiller(
     unknown = sorted(set(options or {}) - set(known))
     if unknown:
         raise FedcondError(f"unknown option(s) for method {method}: {', '.join(unknown)}; known: {', '.join(known)}")
-    values = {"ipc": ipc, "model": model, **(options or {})}
+    values = {"ipc": ipc, "model": model, **{k: v for k, v in (defaults or {}).items() if k in names},
+              **(options or {})}
     values.update({k: v for k, v in (settings or {}).items() if k in names})
     if iterations is not None and "iterations" in names:
         values["iterations"] = iterations
