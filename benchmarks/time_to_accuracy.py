@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     path = args.out / f"time_to_accuracy_{args.dataset}_ipc{args.ipc}{args.tag}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    earlier_budgets = report.get("budgets_minutes", [])  # what finished variants were distilled for
     report.update(dataset=args.dataset, ipc=args.ipc, budgets_minutes=budgets, minute_seconds=args.minute,
                   clock=args.clock, threads=torch.get_num_threads(), runs=args.runs, eval_epochs=args.eval_epochs,
                   eval_dsa=args.eval_dsa, machine=device_description(device), versions=package_versions(),
@@ -280,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     # Distil every variant first, then evaluate: the budgets' sets exist before the long evaluations start.
     for name, options in variants.items():
         entry = report["variants"].setdefault(name, {"options": options})
-        if entry.get("finished"):
+        # Finished for these budgets: a larger budget later goes on from the checkpoint.
+        if entry.get("finished") and set(budgets) <= set(entry.get("budgets_minutes", earlier_budgets)):
             continue
         folder = folder_of(name)
         folder.mkdir(parents=True, exist_ok=True)
@@ -301,18 +303,25 @@ def main(argv: list[str] | None = None) -> None:
                               callbacks=[keep])
         except _Done:
             pass
-        entry.update(kept=keep.kept, finished=True, peak_rss_mib=peak_rss_mib(),
-                     wall_seconds_last_process=time.perf_counter() - t0)
+        # Sets kept before (same iteration) keep their evaluation.
+        done = {k: v["accuracy"] for k, v in entry.get("kept", {}).items()
+                if "accuracy" in v and k in keep.kept and keep.kept[k]["iteration"] == v["iteration"]}
+        kept = {k: {**v, "accuracy": done[k]} if k in done else v for k, v in keep.kept.items()}
+        entry.update(kept=kept, finished=True, budgets_minutes=sorted({*budgets, *entry.get("budgets_minutes", [])}),
+                     peak_rss_mib=peak_rss_mib(), wall_seconds_last_process=time.perf_counter() - t0)
         save()
 
-    if "random_real" not in report and not args.no_random_real:
+    def evaluated(result: dict[str, Any] | None) -> bool:  # with as many runs as asked (--runs 3 adds a run)
+        return result is not None and len(result["accuracies"]) >= args.runs
+
+    if not evaluated(report.get("random_real")) and not args.no_random_real:
         r = evaluate_random(dataset, args.ipc, eval_config, runs=args.runs, seed=args.seed)
         report["random_real"] = {"mean": r.mean, "std": r.std, "accuracies": r.accuracies}
         save()
     for name in variants:
         entry = report["variants"][name]
         for key, kept in sorted(entry["kept"].items()):
-            if "accuracy" in kept:
+            if evaluated(kept.get("accuracy")):
                 continue
             sset = SyntheticSet.load(folder_of(name) / kept["set"])
             t0 = time.perf_counter()

@@ -104,3 +104,32 @@ def test_cpu_clock_run_records_its_clock_threads_and_protocol(tta, tmp_path):
     assert (tmp_path / "sets" / "digits" / "ipc1" / "batch_real-16" / "checkpoints").is_dir()
     md = (tmp_path / "out" / "time_to_accuracy_digits_ipc1_cpu.md").read_text()
     assert "of this process's CPU time (1 thread)" in md and "DSA augmentation" in md
+
+
+def test_a_larger_budget_goes_on_and_keeps_earlier_evaluations(tta, tmp_path, monkeypatch):
+    def run(budgets: str, runs: str) -> dict:
+        tta.main(["--dataset", "digits", "--ipc", "1", "--variants", "default", "--budgets", budgets,
+                  "--minute", "0.5", "--runs", runs, "--eval-epochs", "2", "--reference-iterations", "1",
+                  "--no-random-real", "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "sets")])
+        report = json.loads((tmp_path / "out" / "time_to_accuracy_digits_ipc1.json").read_text())
+        return report["variants"]["default"]["kept"]
+
+    first = run("1", "1")
+    evaluated = []
+    real = tta.evaluate_synthetic
+
+    def counting(sset, *args, **kwargs):
+        evaluated.append(sset.num_images)
+        return real(sset, *args, **kwargs)
+
+    monkeypatch.setattr(tta, "evaluate_synthetic", counting)
+    kept = run("1,2", "1")  # distils on to 2 minutes
+    assert set(kept) == {"fedcond_1min", "fedcond_2min", "reference_1min", "reference_2min"}
+    assert kept["fedcond_1min"] == first["fedcond_1min"] and kept["reference_1min"] == first["reference_1min"]
+    assert len(evaluated) == 2  # only the two new sets
+    assert kept["fedcond_2min"]["seconds"] >= 1.0
+    assert kept["fedcond_2min"]["iteration"] >= first["fedcond_1min"]["iteration"]
+
+    evaluated.clear()
+    kept = run("1,2", "2")  # each set gets its second run
+    assert len(evaluated) == 4 and all(len(k["accuracy"]["accuracies"]) == 2 for k in kept.values())
