@@ -43,8 +43,10 @@ import argparse
 import json
 import resource
 import shlex
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ import torch
 
 from fedcond.data import load_dataset
 from fedcond.distill.base import Callback, make_distiller
-from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
+from fedcond.evaluate import EvalConfig, EvalResult, evaluate_random, evaluate_synthetic
 from fedcond.runinfo import device_description, package_versions
 from fedcond.synthetic import SyntheticSet
 
@@ -314,9 +316,19 @@ def main(argv: list[str] | None = None) -> None:
     def evaluated(result: dict[str, Any] | None) -> bool:  # with as many runs as asked (--runs 3 adds a run)
         return result is not None and len(result["accuracies"]) >= args.runs
 
+    def more_runs(result: dict[str, Any] | None, evaluate: Callable[[int, int], EvalResult]) -> dict[str, Any]:
+        """``result`` with the runs it lacks added: run r trains with seed + r, so the runs
+        already there are the first ones of a fresh evaluation with --runs."""
+        have = list(result["accuracies"]) if result else []
+        t0 = time.perf_counter()
+        accuracies = have + evaluate(args.runs - len(have), args.seed + len(have)).accuracies
+        seconds = (result or {}).get("wall_seconds", 0.0) + time.perf_counter() - t0
+        return {"mean": statistics.fmean(accuracies), "std": statistics.pstdev(accuracies),
+                "accuracies": accuracies, "wall_seconds": seconds}
+
     if not evaluated(report.get("random_real")) and not args.no_random_real:
-        r = evaluate_random(dataset, args.ipc, eval_config, runs=args.runs, seed=args.seed)
-        report["random_real"] = {"mean": r.mean, "std": r.std, "accuracies": r.accuracies}
+        report["random_real"] = more_runs(report.get("random_real"), lambda runs, seed: evaluate_random(
+            dataset, args.ipc, eval_config, runs=runs, seed=seed))
         save()
     for name in variants:
         entry = report["variants"][name]
@@ -324,11 +336,9 @@ def main(argv: list[str] | None = None) -> None:
             if evaluated(kept.get("accuracy")):
                 continue
             sset = SyntheticSet.load(folder_of(name) / kept["set"])
-            t0 = time.perf_counter()
-            r = evaluate_synthetic(sset, dataset, eval_config, runs=args.runs, seed=args.seed)
-            kept["accuracy"] = {"mean": r.mean, "std": r.std, "accuracies": r.accuracies,
-                                "wall_seconds": time.perf_counter() - t0}
-            print(f"{name} {key}: {r.mean:.4f} ± {r.std:.4f} after {kept['iteration']} iterations", flush=True)
+            kept["accuracy"] = r = more_runs(kept.get("accuracy"), lambda runs, seed, s=sset: evaluate_synthetic(
+                s, dataset, eval_config, runs=runs, seed=seed))
+            print(f"{name} {key}: {r['mean']:.4f} ± {r['std']:.4f} after {kept['iteration']} iterations", flush=True)
             save()
     report["peak_rss_mib"] = peak_rss_mib()
     save()

@@ -131,5 +131,11 @@ def test_a_larger_budget_goes_on_and_keeps_earlier_evaluations(tta, tmp_path, mo
     assert kept["fedcond_2min"]["iteration"] >= first["fedcond_1min"]["iteration"]
 
     evaluated.clear()
-    kept = run("1,2", "2")  # each set gets its second run
-    assert len(evaluated) == 4 and all(len(k["accuracy"]["accuracies"]) == 2 for k in kept.values())
+    seeds = []
+    monkeypatch.setattr(tta, "evaluate_synthetic", lambda *a, runs, seed, **k: seeds.append((runs, seed)) or real(
+        *a, runs=runs, seed=seed, **k))
+    again = run("1,2", "2")  # each set gets its second run alone: run r trains with seed + r
+    assert seeds == [(1, 1)] * 4
+    for key, k in again.items():
+        assert k["accuracy"]["accuracies"][0] == kept[key]["accuracy"]["accuracies"][0]
+        assert len(k["accuracy"]["accuracies"]) == 2
