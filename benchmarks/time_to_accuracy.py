@@ -260,7 +260,6 @@ def main(argv: list[str] | None = None) -> None:
     path = args.out / f"time_to_accuracy_{args.dataset}_ipc{args.ipc}{args.tag}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    earlier_budgets = report.get("budgets_minutes", [])  # what finished variants were distilled for
     report.update(dataset=args.dataset, ipc=args.ipc, budgets_minutes=budgets, minute_seconds=args.minute,
                   clock=args.clock, threads=torch.get_num_threads(), runs=args.runs, eval_epochs=args.eval_epochs,
                   eval_dsa=args.eval_dsa, machine=device_description(device), versions=package_versions(),
@@ -283,16 +282,16 @@ def main(argv: list[str] | None = None) -> None:
     # Distil every variant first, then evaluate: the budgets' sets exist before the long evaluations start.
     for name, options in variants.items():
         entry = report["variants"].setdefault(name, {"options": options})
-        # Finished for these budgets: a larger budget later goes on from the checkpoint.
-        if entry.get("finished") and set(budgets) <= set(entry.get("budgets_minutes", earlier_budgets)):
+        seconds = {budget_key("fedcond", b): b * args.minute for b in budgets}
+        # the authors' loop, in each budget, runs the paper-settings DM this many iterations (kept by "default")
+        iterations = {budget_key("reference", b): max(1, int(b * args.minute / ref_s))
+                      for b in budgets} if name == "default" else {}
+        # Every budget's set kept: done; a larger budget later goes on from the checkpoint.
+        if {*seconds, *iterations} <= set(entry.get("kept", {})):
             continue
         folder = folder_of(name)
         folder.mkdir(parents=True, exist_ok=True)
-        seconds = {budget_key("fedcond", b): b * args.minute for b in budgets}
-        # the authors' loop, in each budget, runs the paper-settings DM this many iterations
-        iterations = {budget_key("reference", b): max(1, int(b * args.minute / ref_s)) for b in budgets}
-        keep = KeepAtBudgets(seconds, iterations if name == "default" else {}, folder, args.clock,
-                             args.checkpoint_every)
+        keep = KeepAtBudgets(seconds, iterations, folder, args.clock, args.checkpoint_every)
         distiller, config = make_distiller(
             "dm", args.ipc, iterations=10**9,
             options={**options, "eval_every": 1, "log_every": 10**9,
@@ -309,8 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         done = {k: v["accuracy"] for k, v in entry.get("kept", {}).items()
                 if "accuracy" in v and k in keep.kept and keep.kept[k]["iteration"] == v["iteration"]}
         kept = {k: {**v, "accuracy": done[k]} if k in done else v for k, v in keep.kept.items()}
-        entry.update(kept=kept, finished=True, budgets_minutes=sorted({*budgets, *entry.get("budgets_minutes", [])}),
-                     peak_rss_mib=peak_rss_mib(), wall_seconds_last_process=time.perf_counter() - t0)
+        entry.update(kept=kept, peak_rss_mib=peak_rss_mib(),
+                     wall_seconds_last_process=time.perf_counter() - t0)
         save()
 
     def evaluated(result: dict[str, Any] | None) -> bool:  # with as many runs as asked (--runs 3 adds a run)
