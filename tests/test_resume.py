@@ -1,5 +1,7 @@
 """Checkpoint/resume: a run killed mid-way and restarted equals an uninterrupted run exactly."""
 
+import json
+
 import pytest
 import torch
 
@@ -74,3 +76,29 @@ def test_corrupt_checkpoint_is_a_user_error(digits, tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(FedcondError, match="cannot read checkpoint"):
         distill(digits, "dm", {"ipc": 1, "iterations": 2, "checkpoint_dir": str(tmp_path)})
+
+
+def _rewrite_fingerprint(path, edit):
+    payload = torch.load(path, weights_only=True)
+    values = json.loads(payload["fingerprint"])
+    edit(values)
+    payload["fingerprint"] = json.dumps(values, sort_keys=True)
+    torch.save(payload, path)
+
+
+def test_checkpoint_from_before_precision_resumes_under_its_earlier_name(digits, tmp_path):
+    # Checkpoints written before DM had ``precision`` carry only ``real_precision`` (float32 by default).
+    options = {"ipc": 1, "iterations": 4, "precision": "float32"}
+    reference = distill(digits, "dm", options)
+    distill(digits, "dm", {**options, "iterations": 2, "checkpoint_dir": str(tmp_path)})
+
+    def to_old_form(values):
+        del values["precision"]
+        values["real_precision"] = "float32"
+
+    _rewrite_fingerprint(tmp_path / "checkpoint.pt", to_old_form)
+    resumed = distill(digits, "dm", {**options, "checkpoint_dir": str(tmp_path)})
+    assert torch.equal(resumed.images, reference.images)
+    # A precision that really differs is still refused.
+    with pytest.raises(FedcondError, match="different run.*precision: 'float32' there, 'bfloat16' now"):
+        distill(digits, "dm", {**options, "precision": "bfloat16", "checkpoint_dir": str(tmp_path)})

@@ -51,6 +51,15 @@ def run_fingerprint(method: str, config: IterativeConfig, seed: int, dataset: st
                       sort_keys=True, default=str)
 
 
+def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint with DM's ``real_precision`` folded into ``precision``: checkpoints written
+    before ``precision`` existed name it by its earlier name (then float32 by default)."""
+    values = dict(fingerprint)
+    alias = values.pop("real_precision", None)
+    values.setdefault("precision", alias or "float32")
+    return values
+
+
 def save_checkpoint(path: Path, state: RunState, generator: torch.Generator, iteration: int, fingerprint: str,
                     method_state: MethodState | None = None) -> None:
     """Atomically write the run's state (and ``method_state``'s) after ``iteration`` iterations."""
@@ -82,8 +91,9 @@ def load_checkpoint(path: Path, state: RunState, generator: torch.Generator, fin
         iteration, saved = int(payload["iteration"]), str(payload["fingerprint"])
     except Exception as err:  # noqa: BLE001  (unpickling errors come in many types; all mean "unreadable")
         raise FedcondError(f"cannot read checkpoint {path}: {err}; delete it to start over") from None
-    if saved != fingerprint:
-        diff = describe_difference(json.loads(saved), json.loads(fingerprint))
+    there, now = _comparable(json.loads(saved)), _comparable(json.loads(fingerprint))
+    if there != now:
+        diff = describe_difference(there, now)
         raise FedcondError(
             f"checkpoint {path} belongs to a different run ({diff}); use another checkpoint dir or delete it"
         )
