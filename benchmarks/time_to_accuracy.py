@@ -182,9 +182,28 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
                 acc = k.get("accuracy")
                 cells.append((f"{acc['mean']:.4f} ± {acc['std']:.4f}" if acc else "…") + f" ({k['iteration']} it)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", *cost_lines(report)]
     if plot_time_to_accuracy(path.with_suffix(".png"), report, rows):
         lines += ["", f"![accuracy against minutes of distillation]({path.with_suffix('.png').name})"]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def cost_lines(report: dict[str, Any]) -> list[str]:
+    """Wall time and peak memory of each variant: its distillation's last invocation (earlier
+    ones, e.g. shorter budgets before a larger --budgets, are not summed), its evaluations."""
+    lines = []
+    for name, entry in report["variants"].items():
+        evals = sum(k["accuracy"].get("wall_seconds", 0.0) for k in entry.get("kept", {}).values() if "accuracy" in k)
+        distill = entry.get("wall_seconds_last_process")
+        parts = ([f"distillation {distill / 60:.0f} min wall (last invocation)"] if distill is not None else []) + \
+                [f"evaluations {evals / 60:.0f} min wall"]
+        if entry.get("peak_rss_mib"):
+            parts.append(f"peak RSS {entry['peak_rss_mib'] / 1024:.1f} GiB")
+        lines.append(f"- {name}: " + ", ".join(parts))
+    rnd = report.get("random_real")
+    if rnd and rnd.get("wall_seconds"):
+        lines.append(f"- random real images: evaluations {rnd['wall_seconds'] / 60:.0f} min wall")
+    return ["Wall time and memory:", "", *lines] if lines else []
 
 
 def plot_time_to_accuracy(path: Path, report: dict[str, Any], rows: list[tuple[str, str, str]]) -> bool:
