@@ -215,16 +215,20 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
                   for s, ms in result.get("best", best_points(result["grid"])).items() for m, p in ms.items()]
     else:
         runs = result.get("runs", [])
-        lines += ["| strategy | memory | seeds | final avg acc (mean ± std) | forgetting | distill s / experience |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| strategy | memory | seeds | final avg acc (mean ± std) | forgetting | distill s / experience | "
+                  "wall min / run |",
+                  "|---|---|---|---|---|---|---|"]
         for s in sorted(result["summary"], key=lambda s: (s["mem_size"], s["strategy"])):
             secs = [t for r in runs if (r["strategy"], r["mem_size"]) == (s["strategy"], s["mem_size"])
                     for t in (r.get("distill_seconds_per_experience") or [])]
             cost = f"{statistics.fmean(secs):.1f}" if secs else ""
+            walls = [r["wall_time_s"] for r in runs if (r["strategy"], r["mem_size"]) == (s["strategy"], s["mem_size"])
+                     and "wall_time_s" in r]
+            wall = f"{statistics.fmean(walls) / 60:.1f}" if walls else ""
             lines.append(
                 f"| {s['strategy']} | {s['mem_size']} | {len(s['seeds'])} | {s['final_average_accuracy_mean']:.3f} ± "
                 f"{s['final_average_accuracy_std']:.3f} | {s['forgetting_mean']:.3f} ± {s['forgetting_std']:.3f} | "
-                f"{cost} |"
+                f"{cost} | {wall} |"
             )
         lines += ["", *goal_lines(result["summary"])]
         lines += ["", "Baselines: each memory size's best point of the tuning grid (seed 0; the `_tune.md` file "
