@@ -219,11 +219,10 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
                   "wall min / run |",
                   "|---|---|---|---|---|---|---|"]
         for s in sorted(result["summary"], key=lambda s: (s["mem_size"], s["strategy"])):
-            secs = [t for r in runs if (r["strategy"], r["mem_size"]) == (s["strategy"], s["mem_size"])
-                    for t in (r.get("distill_seconds_per_experience") or [])]
+            own = [r for r in runs if (r["strategy"], r["mem_size"]) == (s["strategy"], s["mem_size"])]
+            secs = [t for r in own for t in (r.get("distill_seconds_per_experience") or [])]
             cost = f"{statistics.fmean(secs):.1f}" if secs else ""
-            walls = [r["wall_time_s"] for r in runs if (r["strategy"], r["mem_size"]) == (s["strategy"], s["mem_size"])
-                     and "wall_time_s" in r]
+            walls = [r["wall_time_s"] for r in own if "wall_time_s" in r]
             wall = f"{statistics.fmean(walls) / 60:.1f}" if walls else ""
             lines.append(
                 f"| {s['strategy']} | {s['mem_size']} | {len(s['seeds'])} | {s['final_average_accuracy_mean']:.3f} ± "
