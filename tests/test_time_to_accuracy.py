@@ -8,6 +8,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from benchmark_scripts import load_script  # tests/, a test-only helper
 
@@ -110,12 +111,16 @@ def test_a_larger_budget_goes_on_and_keeps_earlier_evaluations(tta, tmp_path, mo
     def run(budgets: str, runs: str) -> dict:
         tta.main(["--dataset", "digits", "--ipc", "1", "--variants", "default", "--budgets", budgets,
                   "--minute", "0.5", "--runs", runs, "--eval-epochs", "2", "--reference-iterations", "1",
-                  "--no-random-real", "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "sets")])
+                  "--checkpoint-every", "1", "--no-random-real",
+                  "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "sets")])
         report = json.loads((tmp_path / "out" / "time_to_accuracy_digits_ipc1.json").read_text())
         return report["variants"]["default"]["kept"]
 
     first = run("1", "1")
-    evaluated = []
+    checkpoint = tmp_path / "sets" / "digits" / "ipc1" / "default" / "checkpoints" / "checkpoint.pt"
+    checkpointed = int(torch.load(checkpoint, weights_only=True)["iteration"])
+    assert checkpointed >= 1
+    evaluated, seen = [], []
     real = tta.evaluate_synthetic
 
     def counting(sset, *args, **kwargs):
@@ -123,12 +128,15 @@ def test_a_larger_budget_goes_on_and_keeps_earlier_evaluations(tta, tmp_path, mo
         return real(sset, *args, **kwargs)
 
     monkeypatch.setattr(tta, "evaluate_synthetic", counting)
+    snapshot = tta.KeepAtBudgets.on_snapshot
+    monkeypatch.setattr(tta.KeepAtBudgets, "on_snapshot",
+                        lambda self, i, s: seen.append(i) or snapshot(self, i, s))
     kept = run("1,2", "1")  # distils on to 2 minutes
+    assert seen[0] == checkpointed + 1  # went on from the first run's checkpoint, not from the start
     assert set(kept) == {"fedcond_1min", "fedcond_2min", "reference_1min", "reference_2min"}
     assert kept["fedcond_1min"] == first["fedcond_1min"] and kept["reference_1min"] == first["reference_1min"]
     assert len(evaluated) == 2  # only the two new sets
     assert kept["fedcond_2min"]["seconds"] >= 1.0
-    assert kept["fedcond_2min"]["iteration"] >= first["fedcond_1min"]["iteration"]
 
     evaluated.clear()
     seeds = []
