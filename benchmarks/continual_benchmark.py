@@ -46,6 +46,7 @@ from fedcond.commands.continual import command as continual_command  # noqa: E40
 from fedcond.continual.benchmarks import benchmark_defaults, default_model, make_benchmark  # noqa: E402
 from fedcond.continual.report import summarize, write_report  # noqa: E402
 from fedcond.continual.runner import ContinualConfig, run_comparison  # noqa: E402
+from fedcond.continual.strategies import DISTILLED_MODES, MEMORY_STRATEGIES  # noqa: E402
 from fedcond.runinfo import resolve_device, run_record  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -55,7 +56,8 @@ RESULTS = Path(__file__).parent / "results"
 GRID = {"lr": [0.003, 0.01, 0.03, 0.1], "epochs": [1, 5, 10, 20]}
 ICARL_GRID = {"lr": [0.01, 0.03, 0.1], "epochs": [5, 20]}
 MEM_BATCH = [64]  # tried at replay's best (lr, epochs); None = the training batch size (32)
-BASELINES = ("replay", "gdumb", "icarl", "der")  # Avalanche's memory strategies, each tuned
+# Avalanche's memory strategies, each tuned: the library's memory strategies but fedcond's own
+BASELINES = tuple(s for s in MEMORY_STRATEGIES if s not in DISTILLED_MODES)
 BUFFER_GRID = {"buffer_lr": [0.01, 0.03, 0.1], "buffer_epochs": [100, 300], "buffer_augment": ["", "crop_scale_rotate"]}
 
 

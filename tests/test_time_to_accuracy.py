@@ -137,6 +137,7 @@ def test_a_larger_budget_goes_on_and_keeps_earlier_evaluations(tta, tmp_path, mo
     assert kept["fedcond_1min"] == first["fedcond_1min"] and kept["reference_1min"] == first["reference_1min"]
     assert len(evaluated) == 2  # only the two new sets
     assert kept["fedcond_2min"]["seconds"] >= 1.0
+    assert kept["fedcond_2min"]["iteration"] >= first["fedcond_1min"]["iteration"]  # holds once it goes on
 
     evaluated.clear()
     seeds = []
