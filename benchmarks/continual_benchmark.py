@@ -218,18 +218,20 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
     else:
         runs = result.get("runs", [])
         lines += ["| strategy | memory | seeds | final avg acc (mean ± std) | forgetting | distill s / experience | "
-                  "wall min / run |",
-                  "|---|---|---|---|---|---|---|"]
+                  "wall min / run | peak RSS GiB |",
+                  "|---|---|---|---|---|---|---|---|"]
         for s in sorted(result["summary"], key=lambda s: (s["mem_size"], s["strategy"])):
             own = [r for r in runs if (r["strategy"], r["mem_size"]) == (s["strategy"], s["mem_size"])]
             secs = [t for r in own for t in (r.get("distill_seconds_per_experience") or [])]
             cost = f"{statistics.fmean(secs):.1f}" if secs else ""
             walls = [r["wall_time_s"] for r in own if "wall_time_s" in r]
             wall = f"{statistics.fmean(walls) / 60:.1f}" if walls else ""
+            peaks = [r["peak_rss_mib"] for r in own if r.get("peak_rss_mib")]  # runs from before it was recorded: blank
+            peak = f"{max(peaks) / 1024:.1f}" if peaks else ""
             lines.append(
                 f"| {s['strategy']} | {s['mem_size']} | {len(s['seeds'])} | {s['final_average_accuracy_mean']:.3f} ± "
                 f"{s['final_average_accuracy_std']:.3f} | {s['forgetting_mean']:.3f} ± {s['forgetting_std']:.3f} | "
-                f"{cost} | {wall} |"
+                f"{cost} | {wall} | {peak} |"
             )
         lines += ["", *goal_lines(result["summary"])]
         lines += ["", "Baselines: each memory size's best point of the tuning grid (seed 0; the `_tune.md` file "

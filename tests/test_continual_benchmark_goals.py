@@ -27,3 +27,25 @@ def test_goal_row_names_the_best_tuned_baseline_and_the_gain_over_it(monkeypatch
     assert cells[5:7] == ["icarl 0.490", "-6.0 pts"]  # the best baseline, not replay, is the bar
     assert cells[7] == f"{(0.43 - 0.38) / (0.60 - 0.38):.2f}"
     assert "Joint (upper bound): 0.600." in lines
+
+
+def test_compare_table_shows_each_strategys_wall_time_and_peak_memory(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    markdown = load_script("continual_benchmark").markdown
+    sys.modules.pop("continual_benchmark", None)
+    runs = [
+        {"strategy": "replay", "mem_size": 200, "seed": s, "wall_time_s": w, "peak_rss_mib": p}
+        for s, w, p in ((0, 120.0, 1024.0), (1, 240.0, 3072.0))
+    ] + [{"strategy": "naive", "mem_size": 0, "seed": 0, "wall_time_s": 60.0}]  # recorded before peaks were
+    summary = [
+        {"strategy": s, "mem_size": m, "seeds": list(range(n)), "final_average_accuracy_mean": a,
+         "final_average_accuracy_std": 0.0, "forgetting_mean": 0.0, "forgetting_std": 0.0}
+        for s, m, n, a in (("replay", 200, 2, 0.4), ("naive", 0, 1, 0.1))
+    ]
+    record = {"benchmark": "split-x", "device_name": "cpu", "versions": {"torch": "t", "avalanche-lib": "a"},
+              "wall_time_s": 1.0}
+    text = markdown({"runs": runs, "summary": summary}, "compare", "cmd", record)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith(("| replay", "| naive"))}
+    assert rows["replay"][-2:] == ["3.0", "3.0"]  # mean wall minutes, the most memory of any seed in GiB
+    assert rows["naive"][-2:] == ["1.0", ""]

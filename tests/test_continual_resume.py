@@ -35,7 +35,7 @@ def _comparable(runs):
         {
             k: v
             for k, v in r.items()
-            if k not in ("wall_time_s", "buffer_file", "buffer_image", "distill_seconds_per_experience")
+            if k not in ("wall_time_s", "peak_rss_mib", "buffer_file", "buffer_image", "distill_seconds_per_experience")
         }
         for r in runs
     ]

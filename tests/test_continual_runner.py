@@ -48,6 +48,8 @@ def test_results_json_schema(run):
     dr = [r for r in runs if r["strategy"] == "distilled-replay"]
     assert all(r["buffer_images"] == r["mem_size"] and r["buffer_bytes"] > 0 for r in dr)
     assert all(len(r["distill_seconds_per_experience"]) == 5 for r in dr)
+    # peak resident memory, sampled by Avalanche's MaxRAM: a Python process with torch holds well over 50 MiB
+    assert all(r["peak_rss_mib"] > 50 for r in runs)
     assert all(
         r["forgetting"]
         == pytest.approx(sum(r["accuracy_matrix"][k][k] - r["accuracy_matrix"][-1][k] for k in range(4)) / 4)

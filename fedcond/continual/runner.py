@@ -20,12 +20,14 @@ import json
 import statistics
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
+from avalanche.evaluation.metrics.ram_usage import MaxRAM
 from avalanche.logging import CSVLogger, TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
@@ -137,14 +139,19 @@ def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_d
         rows: list[list[float]] = saved["rows"] if saved else []
         stream_acc: float | None = saved["stream_accuracy"] if saved else None
         earlier = float(saved["wall_time_s"]) if saved else 0.0
+        earlier_peak = float(saved.get("peak_rss_mib", 0.0)) if saved else 0.0
         if saved:
             restore(strategy, saved)
+        # Avalanche's own sampler of this process's resident memory (MiB), over training,
+        # the memory's distillation and evaluation alike
+        ram = MaxRAM(every=0.5)
+        ram.start_thread()
         start = time.perf_counter()
         train, test = bench.scenario.train_stream, bench.scenario.test_stream
         steps = [train] if joint else list(train)
         # Avalanche 0.6's own ReplayPlugin/GDumb call its deprecated ``update``: not ours to fix.
         # Its decorator forces these warnings past any filter, so record them instead of printing.
-        with warnings.catch_warnings(record=True):
+        with warnings.catch_warnings(record=True), _stopping(ram):
             for i in range(len(rows), len(steps)):
                 strategy.train(steps[i])
                 metrics = strategy.eval(test)
@@ -159,6 +166,7 @@ def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_d
                             "rows": rows,
                             "stream_accuracy": stream_acc,
                             "wall_time_s": earlier + time.perf_counter() - start,
+                            "peak_rss_mib": max(earlier_peak, ram.result()),
                         },
                     )
                 if on_experience is not None:
@@ -180,8 +188,19 @@ def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_d
         "distill_seconds_per_experience": getattr(buffer, "distill_seconds", None),
         "settings": recorded,
         "wall_time_s": wall,
+        # sampled every 0.5 s; a resumed run: the most of every invocation that ran part of it
+        "peak_rss_mib": max(earlier_peak, ram.result()),
         **pictures,
     }
+
+
+@contextmanager
+def _stopping(ram: MaxRAM) -> Iterator[None]:
+    """Stop ``ram``'s sampling thread when the block ends, also on an error."""
+    try:
+        yield
+    finally:
+        ram.stop_thread()
 
 
 def _save_buffer(buffer: Any, folder: Path, tag: str) -> dict[str, str]:
