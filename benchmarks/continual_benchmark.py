@@ -69,7 +69,8 @@ def _points(strategy: str) -> list[dict]:
 
 
 def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
-    """Seed 0, every memory size: the grids above for replay, gdumb and icarl.
+    """Seed 0, every memory size: the grids above for the baselines; naive and joint (the
+    bounds, tuned so that the upper bound is as high as the grid makes it) once, as memory 0.
 
     Resumable: every finished point is in ``saved["grid"]`` (written after each) and is
     not run again."""
@@ -84,8 +85,9 @@ def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
         tag = _point_key(key)
         if tag in done:
             return done[tag]
-        cfg = ContinualConfig(strategies=(strategy,), mem_sizes=(mem,), seeds=(0,), model=args.model,
-                              batch_size=args.batch_size, **{k: v for k, v in point.items()})
+        # a memory-free strategy runs at memory 0 whatever mem_sizes says (it must name one)
+        cfg = ContinualConfig(strategies=(strategy,), mem_sizes=(mem or args.mem_list[0],), seeds=(0,),
+                              model=args.model, batch_size=args.batch_size, **{k: v for k, v in point.items()})
         r = run_comparison(bench, cfg, Path(args.scratch) / "tune" / f"{strategy}_{mem}_{len(rows)}", device)[0]
         rows.append({**key, "final_average_accuracy": r["final_average_accuracy"], "forgetting": r["forgetting"]})
         done[tag] = rows[-1]
@@ -95,8 +97,10 @@ def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
 
     for mem in args.mem_list:
         for strategy in args.tune_strategies:
+            if strategy not in MEMORY_STRATEGIES and mem != args.mem_list[0]:
+                continue  # naive / joint hold no memory: tuned once, as memory 0
             for point in _points(strategy):
-                run(strategy, mem, point)
+                run(strategy, mem if strategy in MEMORY_STRATEGIES else 0, point)
             if strategy == "replay":
                 top = max(
                     (
@@ -135,6 +139,22 @@ def best_points(rows: list[dict]) -> dict:
     }
 
 
+def run_settings(tuned: dict, strategies: tuple[str, ...], mem: int, defaults: dict) -> dict[str, dict]:
+    """Each strategy's settings at memory ``mem`` from the tune step's ``best``: a baseline its
+    own best point; naive and joint their own (tuned once, as memory 0) or else replay's
+    lr/epochs; the distilled strategies replay's lr/epochs (their buffer is not tuned).
+    Replay untuned at ``mem``: the benchmark's ``defaults`` (e.g. SplitMNIST's 1 epoch, lr 0.01)."""
+    replay = tuned.get("replay", {}).get(str(mem), {"lr": defaults["lr"], "epochs": defaults["epochs"]})
+    replay = {k: replay[k] for k in ("lr", "epochs")}
+    settings = {s: v[str(mem)] for s, v in tuned.items() if str(mem) in v and s in strategies}
+    for s in strategies:
+        if s.startswith("distilled"):
+            settings[s] = dict(replay)
+        elif s not in MEMORY_STRATEGIES:
+            settings[s] = tuned.get(s, {}).get("0") or dict(replay)
+    return settings
+
+
 def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
     """Every strategy at every memory size and seed, each baseline with its tuned settings
     for that memory. Ours are not tuned: the plugin's defaults (evaluation-protocol
@@ -145,13 +165,7 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
     runs_by_key = {(r["strategy"], r["mem_size"], r["seed"]): r for r in saved.get("runs", [])
                    if "settings" in r and "forgetting" in r}  # not a file from an older runner
     for mem in args.mem_list:
-        # untuned memory sizes: the benchmark's defaults (e.g. SplitMNIST's 1 epoch, lr 0.01)
-        defaults = benchmark_defaults(bench.name)
-        replay = tuned.get("replay", {}).get(str(mem), {"lr": defaults["lr"], "epochs": defaults["epochs"]})
-        overrides = {s: v[str(mem)] for s, v in tuned.items() if str(mem) in v and s in strategies}
-        for s in strategies:
-            if s.startswith("distilled") or s in ("naive", "joint"):
-                overrides[s] = {k: replay[k] for k in ("lr", "epochs")}
+        overrides = run_settings(tuned, strategies, mem, benchmark_defaults(bench.name))
         mem_strats = tuple(s for s in strategies if s not in ("naive", "joint") or mem == args.mem_list[0])
         cfg = ContinualConfig(strategies=mem_strats, mem_sizes=(mem,), seeds=tuple(range(args.seeds)), model=args.model,
                               overrides=overrides, **args.shared)
@@ -235,8 +249,9 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
             )
         lines += ["", *goal_lines(result["summary"])]
         lines += ["", "Baselines: each memory size's best point of the tuning grid (seed 0; the `_tune.md` file "
-                  "beside this one); the distilled strategies: the plugin's defaults, not tuned, with replay's "
-                  "tuned lr/epochs while an experience trains."]
+                  "beside this one; naive and joint: their own tuned point where the grid has one, else replay's); the "
+                  "distilled strategies: the plugin's defaults, not tuned, with replay's tuned lr/epochs while an "
+                  "experience trains."]
         lines += [f"\n![{name}]({Path(path).name})" for name, path in result.get("pictures", {}).items()]
     return "\n".join(lines) + "\n"
 

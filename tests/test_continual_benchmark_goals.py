@@ -49,3 +49,20 @@ def test_compare_table_shows_each_strategys_wall_time_and_peak_memory(monkeypatc
             for line in text.splitlines() if line.startswith(("| replay", "| naive"))}
     assert rows["replay"][-2:] == ["3.0", "3.0"]  # mean wall minutes, the most memory of any seed in GiB
     assert rows["naive"][-2:] == ["1.0", ""]
+
+
+def test_bounds_train_at_their_own_tuned_point_and_distilled_runs_at_replays(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    run_settings = load_script("continual_benchmark").run_settings
+    sys.modules.pop("continual_benchmark", None)
+    tuned = {"replay": {"200": {"lr": 0.01, "epochs": 1, "batch_size_mem": 64}},
+             "icarl": {"200": {"lr": 0.03, "epochs": 5}}, "joint": {"0": {"lr": 0.03, "epochs": 5}}}
+    strategies = ("naive", "joint", "replay", "icarl", "gdumb", "distilled-finetune")
+    got = run_settings(tuned, strategies, 200, {"lr": 0.1, "epochs": 2})
+    assert got["joint"] == {"lr": 0.03, "epochs": 5}  # the upper bound as strong as its grid made it
+    assert got["naive"] == got["distilled-finetune"] == {"lr": 0.01, "epochs": 1}  # replay's, no memory batch
+    assert got["replay"] == tuned["replay"]["200"] and got["icarl"] == tuned["icarl"]["200"]
+    assert "gdumb" not in got  # untuned: its own defaults
+    # a memory the grid never saw: the benchmark's defaults stand in for replay's point
+    assert run_settings(tuned, ("naive", "distilled-replay"), 500, {"lr": 0.1, "epochs": 2})["naive"] == {
+        "lr": 0.1, "epochs": 2}
