@@ -153,3 +153,25 @@ def test_the_settings_come_from_federate_config(tmp_path, monkeypatch):
                             storage_dtypes="uint8", proximal_mu=0.01, central_max_epochs=30, device="cpu",
                             ipc=1, random_reference=True)
     assert ran["fedcond_ipc1"].to_json() == before.to_json()
+
+
+def test_fedavg_traffic_counts_the_models_it_downloads_and_judges_the_3_point_goal():
+    bench = _load()
+    mib = 2**20
+    fedavg = _run("fedavg", [0.50, 0.60, 0.70, 0.70], 10.0)
+    for r in fedavg["rounds"]:  # the global model goes down to the same 10 clients every round
+        r["download_bytes"] = r["upload_bytes"]
+    iterative = _run("fedcond-iterative", [0.60, 0.68], 1.0)
+    iterative["download_bytes"] = 6 * mib  # the model each round, smaller sets up
+    cells = {"fedavg": {"runs": [fedavg]}, "fedcond-iterative": {"runs": [iterative]}}
+    summary = bench.summarise(cells, 0.005)
+    p = summary["fedavg_plateau"]
+    assert (p["round"], p["upload_bytes"], p["download_bytes"], p["traffic_bytes"]) == (3, 30 * mib, 30 * mib, 60 * mib)
+    row = summary["fedcond"][0]
+    assert row["traffic_bytes"] == 8 * mib
+    assert round(row["upload_fraction_of_fedavg_to_plateau"], 6) == round(2 / 30, 6)
+    assert round(row["traffic_fraction_of_fedavg_to_plateau"], 6) == round(8 / 60, 6)  # over a tenth both ways
+    assert round(row["below_fedavg_plateau_pts"], 6) == 2.0
+    assert row["within_3pt_at_tenth_traffic"] is False
+    iterative["download_bytes"] = 3 * mib
+    assert bench.summarise(cells, 0.005)["fedcond"][0]["within_3pt_at_tenth_traffic"] is True  # 5 / 60
