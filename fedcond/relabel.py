@@ -182,17 +182,17 @@ def relabel(sset: SyntheticSet, teacher: nn.Module, temperature: float,
     The copy keeps method, IPC, data set, seed and images; its config gains
     ``kd_temperature`` (the loss temperature evaluation will use) and ``relabel`` (the
     teacher's description and the kind of labels replaced). With ``info`` the teacher is
-    first checked against the set (image shape, classes, ZCA space).
+    first checked against the set (image shape, classes, ZCA space). A mosaic set
+    (``factor`` > 1) gets one label per tile (:attr:`SyntheticSet.labels_per_tile`).
     """
     if not temperature > 0 or not math.isfinite(temperature):
         raise FedcondError(f"temperature must be a finite number > 0, got {temperature}")
     if info is not None:
         check_teacher_fits(sset, info)
-    if sset.factor > 1:
-        raise FedcondError(f"the set's images are factor-{sset.factor} mosaics: a teacher would label the mosaic, "
-                           "not its tiles; relabel a set distilled with factor 1")
-    probs = teacher_probabilities(teacher, sset.images.detach(), temperature)
-    if probs.shape != (sset.num_images, sset.num_classes):
+    # mosaics: the teacher labels each tile, as the student will see it (decoded), not the mosaic
+    tiles = sset.decoded().images.detach()
+    probs = teacher_probabilities(teacher, tiles, temperature)
+    if probs.shape != (tiles.shape[0], sset.num_classes):
         raise FedcondError(f"the teacher outputs {tuple(probs.shape[1:])} classes but the set has {sset.num_classes}")
     record: dict[str, Any] = {"source_labels": "soft" if sset.soft_labels else "hard"}
     if info is not None:

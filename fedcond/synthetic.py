@@ -44,7 +44,9 @@ class SyntheticSet:
 
     Attributes:
         images: float32 (N, C, H, W), normalised like the source data set.
-        labels: int64 (N,) class ids, or float32 (N, K) soft labels (rows are targets).
+        labels: int64 (N,) class ids, or float32 (N, K) soft labels (rows are targets); a
+            mosaic set (``factor`` > 1) may carry soft labels per tile instead, (N * factor**2, K)
+            in :meth:`decoded`'s tile order (a teacher's labels of each tile: ``fedcond relabel``).
         classes: class names of the source data set (K of them).
         mean, std: per-channel normalisation of ``images``.
         method: how it was made (``random``, ``herding``, ``dm``, ...).
@@ -89,9 +91,19 @@ class SyntheticSet:
         return self.labels.dim() == 2
 
     @property
+    def labels_per_tile(self) -> bool:
+        """Soft labels given for every tile of every mosaic rather than per stored image."""
+        return self.factor > 1 and self.soft_labels and self.labels.shape[0] == self.num_images * self.factor**2
+
+    @property
     def hard_labels(self) -> torch.Tensor:
-        """Class ids (argmax of soft labels)."""
-        return self.labels.argmax(dim=1) if self.soft_labels else self.labels
+        """Class id of each stored image (argmax of its soft label; per-tile labels: of their sum)."""
+        if not self.soft_labels:
+            return self.labels
+        labels = self.labels
+        if self.labels_per_tile:
+            labels = labels.reshape(self.num_images, self.factor**2, -1).sum(dim=1)
+        return labels.argmax(dim=1)
 
     @property
     def nbytes(self) -> int:
@@ -107,7 +119,8 @@ class SyntheticSet:
         if self.factor == 1:
             return self
         images = decode(self.images, self.factor)
-        return replace(self, images=images, labels=repeat_per_tile(self.labels, self.factor), factor=1)
+        labels = self.labels if self.labels_per_tile else repeat_per_tile(self.labels, self.factor)
+        return replace(self, images=images, labels=labels, factor=1)
 
     def to(self, device: str | torch.device) -> "SyntheticSet":
         return replace(self, images=self.images.to(device), labels=self.labels.to(device))
@@ -149,14 +162,15 @@ class SyntheticSet:
                 raise InvalidSyntheticSet("soft labels contain NaN or Inf values")
         else:
             raise InvalidSyntheticSet(f"labels must have rank 1 (ids) or 2 (soft), got shape {tuple(y.shape)}")
-        if y.shape[0] != x.shape[0]:
-            raise InvalidSyntheticSet(f"count mismatch: {x.shape[0]} images but {y.shape[0]} labels")
-        if self.ipc < 0:
-            raise InvalidSyntheticSet(f"ipc must be >= 0, got {self.ipc}")
         try:
             check_factor(self.factor, tuple(x.shape[2:]))
         except FedcondError as err:
             raise InvalidSyntheticSet(str(err)) from None
+        if y.shape[0] != x.shape[0] and not self.labels_per_tile:
+            tiles = f" (or {x.shape[0] * self.factor**2} soft labels, one per tile)" if self.factor > 1 else ""
+            raise InvalidSyntheticSet(f"count mismatch: {x.shape[0]} images but {y.shape[0]} labels{tiles}")
+        if self.ipc < 0:
+            raise InvalidSyntheticSet(f"ipc must be >= 0, got {self.ipc}")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise InvalidSyntheticSet(f"storage dtype {self.storage_dtype!r} is not one of {STORAGE_DTYPES}")
         return self

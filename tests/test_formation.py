@@ -12,7 +12,6 @@ from fedcond.evaluate import EvalConfig, evaluate_synthetic
 from fedcond.federated.server_training import pool_sets
 from fedcond.formation import check_factor, decode, encode, repeat_per_tile
 from fedcond.privacy.audit import audit_set
-from fedcond.relabel import relabel
 from fedcond.synthetic import InvalidSyntheticSet, SyntheticSet
 
 
@@ -120,8 +119,6 @@ def test_places_that_cannot_use_mosaics_refuse_them(digits, tiny_set):
     mosaic = SyntheticSet(**{**tiny_set.__dict__, "factor": 2})
     with pytest.raises(FedcondError, match="mosaics"):
         audit_set(mosaic, digits)
-    with pytest.raises(FedcondError, match="mosaics"):
-        relabel(mosaic, torch.nn.Identity(), 1.0)
     with pytest.raises(FedcondError, match="factor"):
         DistillSpec(method="dm", options={"factor": 2})
     dm = get_distiller("dm")

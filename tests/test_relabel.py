@@ -71,6 +71,33 @@ def test_relabelled_labels_are_the_teachers_softened_probabilities(tiny_set, tea
     assert torch.allclose(again.labels, out.labels) and again.config["relabel"]["source_labels"] == "soft"
 
 
+def test_a_mosaic_set_gets_the_teachers_label_of_every_tile(digits, teacher):
+    from fedcond.formation import decode, encode
+
+    net, info = teacher
+    # two mosaics per class, each of four real images of that class
+    idx = torch.cat([torch.nonzero(digits.train_labels == c).flatten()[:8] for c in range(10)])
+    mosaics = encode(digits.train_images[idx].cpu(), 2)
+    labels = torch.arange(10).repeat_interleave(2)
+    sset = SyntheticSet(images=mosaics, labels=labels, classes=digits.classes, mean=digits.mean, std=digits.std,
+                        method="random", ipc=2, dataset="digits", factor=2)
+    out = relabel(sset, net, 4.0, info)
+    assert out.labels_per_tile and out.labels.shape == (80, 10) and out.factor == 2
+    tiles = decode(mosaics, 2)
+    assert torch.allclose(out.labels, torch.softmax(_logits(net, tiles) / 4.0, dim=1), atol=1e-6)
+    # training sees one label per decoded tile, in tile order; a mosaic's class is its tiles' consensus
+    trained_on = out.decoded()
+    assert torch.equal(trained_on.images, tiles) and torch.equal(trained_on.labels, out.labels)
+    assert torch.equal(out.hard_labels, out.labels.reshape(20, 4, 10).sum(dim=1).argmax(dim=1))
+    assert (out.hard_labels == labels).float().mean() >= 0.7  # blurred 4 x 4 tiles of 8 x 8 digits
+    back = SyntheticSet.from_bytes(out.to_bytes())
+    assert back.labels_per_tile and torch.equal(back.labels, out.labels)
+    assert out.nbytes > sset.nbytes + 80 * 10 * 4 - 1  # the per-tile labels are paid for in bytes
+    evaluate_synthetic(out, digits, EvalConfig(epochs=2), runs=1)  # trains on tiles with their own labels
+    with pytest.raises(FedcondError, match="one per tile"):  # any other count is still an error
+        replace(out, labels=out.labels[:40]).validate()
+
+
 def test_higher_temperature_gives_flatter_labels(tiny_set, teacher):
     net, info = teacher
     sharp, flat = relabel(tiny_set, net, 1.0, info).labels, relabel(tiny_set, net, 8.0, info).labels
