@@ -213,6 +213,7 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
         f"{record['versions']['avalanche-lib']}; "
         f"wall time {record['wall_time_s']:.0f} s.",
         "",
+        *([result["note"], ""] if result.get("note") else []),
     ]
     if step == "tune":
         lines += ["| strategy | memory | settings | final avg acc | forgetting |", "|---|---|---|---|---|"]
@@ -311,6 +312,9 @@ def main() -> None:
                "iterations": "distillation iterations of the memory (unset: the memory's own default)"},
     )
     p.add_argument("--out-stem", default=None, help="results file stem (default continual_<benchmark>)")
+    p.add_argument("--note", default=None,
+                   help="how the results were made, printed under the command (kept in the JSON until replaced), "
+                   "e.g. that the runs came from several invocations")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--scratch", default="runs/continual_benchmark")
@@ -344,6 +348,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved = json.loads(path.read_text()) if path.exists() else {}
     earlier = float(saved.get("wall_time_s", 0.0)) if args.step == "tune" else 0.0
+    if args.note is not None:
+        saved["note"] = args.note
 
     def save(result: dict) -> None:
         record = run_record(device, benchmark=bench.name, wall_time_s=earlier + time.perf_counter() - start,

@@ -44,7 +44,8 @@ def test_compare_table_shows_each_strategys_wall_time_and_peak_memory(monkeypatc
     ]
     record = {"benchmark": "split-x", "device_name": "cpu", "versions": {"torch": "t", "avalanche-lib": "a"},
               "wall_time_s": 1.0}
-    text = markdown({"runs": runs, "summary": summary}, "compare", "cmd", record)
+    text = markdown({"runs": runs, "summary": summary, "note": "Made by two processes."}, "compare", "cmd", record)
+    assert "\nMade by two processes.\n" in text  # --note, under the command
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in text.splitlines() if line.startswith(("| replay", "| naive"))}
     assert rows["replay"][-2:] == ["3.0", "3.0"]  # mean wall minutes, the most memory of any seed in GiB
