@@ -276,6 +276,8 @@ def goal_lines(summary: list[dict]) -> list[str]:
         share = f"{(best - replay) / (joint - replay):.2f}" if joint is not None and joint > replay else ""
         out.append(f"| {mem} | {name} | {best:.3f} | {replay:.3f} | {100 * (best - replay):+.1f} pts | "
                    f"{rival_name} {rival:.3f} | {100 * (best - rival):+.1f} pts | {share} |")
+    if len(out) == 2:  # no memory size with both a distilled strategy and replay: no goal to judge
+        out = []
     if joint is not None:
         out += ["", f"Joint (upper bound): {joint:.3f}."]
     return out

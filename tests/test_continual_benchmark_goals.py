@@ -27,6 +27,8 @@ def test_goal_row_names_the_best_tuned_baseline_and_the_gain_over_it(monkeypatch
     assert cells[5:7] == ["icarl 0.490", "-6.0 pts"]  # the best baseline, not replay, is the bar
     assert cells[7] == f"{(0.43 - 0.38) / (0.60 - 0.38):.2f}"
     assert "Joint (upper bound): 0.600." in lines
+    # a results file of fedcond's runs alone (no replay to judge against) has no goal table
+    assert goal_lines(_summary({("distilled-finetune", 200): 0.5})) == []
 
 
 def test_compare_table_shows_each_strategys_wall_time_and_peak_memory(monkeypatch):
