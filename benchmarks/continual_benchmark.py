@@ -31,8 +31,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import shutil
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -354,7 +356,9 @@ def main() -> None:
         saved["note"] = args.note
 
     def save(result: dict) -> None:
-        record = run_record(device, benchmark=bench.name, wall_time_s=earlier + time.perf_counter() - start,
+        # the command as a shell takes it back: "python" first, empty and spaced values quoted
+        record = run_record(device, command=shlex.join(["python", *sys.argv]), benchmark=bench.name,
+                            wall_time_s=earlier + time.perf_counter() - start,
                             args={k: v for k, v in vars(args).items() if k != "save"})
         path.write_text(json.dumps({**result, **record}, indent=1, default=str) + "\n")
         (RESULTS / f"{stem}_{args.step}.md").write_text(markdown(result, args.step, record["command"], record))
