@@ -285,6 +285,19 @@ def goal_lines(summary: list[dict]) -> list[str]:
     return out
 
 
+def without_note(argv: list[str]) -> list[str]:
+    """``argv`` less ``--note TEXT``: the note is printed in the report already and changes no result."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            out.append(arg)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("step", choices=("tune", "compare"))
@@ -357,7 +370,7 @@ def main() -> None:
 
     def save(result: dict) -> None:
         # the command as a shell takes it back: "python" first, empty and spaced values quoted
-        record = run_record(device, command=shlex.join(["python", *sys.argv]), benchmark=bench.name,
+        record = run_record(device, command=shlex.join(["python", *without_note(sys.argv)]), benchmark=bench.name,
                             wall_time_s=earlier + time.perf_counter() - start,
                             args={k: v for k, v in vars(args).items() if k != "save"})
         path.write_text(json.dumps({**result, **record}, indent=1, default=str) + "\n")
