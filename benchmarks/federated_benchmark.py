@@ -121,6 +121,18 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
         memory.reset()
     start = time.perf_counter()
     result = run_experiment(cfg, strategies, folder, reference="none")
+    lost = [(r.get("name") or r["strategy"], r.get("clients_lost_total", 0))
+            for r in result["runs"] + result["reference_runs"] if r.get("clients_lost_total")]
+    if lost:  # a run missing clients is not the comparison asked for: never record it as one
+        # moved aside whole (its finished runs would be read back), so the next invocation starts it afresh
+        aside = folder.with_name(f"{folder.name}.lost-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(aside)
+        raise SystemExit(
+            f"{folder.name}: " + ", ".join(f"{name} lost {n} client-rounds" for name, n in lost)
+            + f" (failed, rejected or no reply within --round-timeout {cfg.round_timeout:.0f} s; see "
+            f"{aside / 'flower.log'}); nothing recorded, the cell's folder moved to {aside.name}; "
+            "run the command again"
+        )
     cell = {"config": cfg.to_json(), "wall_seconds": time.perf_counter() - start, "resumed": resumed,
             "peak_memory_bytes": memory.cell_peak_bytes if memory is not None else 0,
             "runs": [_slim(r) for r in result["runs"]],
@@ -400,9 +412,11 @@ def main(argv: list[str] | None = None) -> None:
     shared = add_config_options(
         parser, FederateConfig,
         ["dataset", "data_dir", "num_clients", "method", "method_options", "iterations", "server_epochs",
-         "storage_dtype", "proximal_mu", "central_max_epochs", "device"],
-        # the benchmark's own: the server trains its pool longer, clients upload uint8, the upper bound is capped
-        defaults={"server_epochs": 300, "storage_dtype": "uint8", "central_max_epochs": 30},
+         "storage_dtype", "proximal_mu", "central_max_epochs", "device", "round_timeout"],
+        # the benchmark's own: the server trains its pool longer, clients upload uint8, the upper bound is
+        # capped, and a round may take hours (ten CIFAR-10 clients distilling one after another on a CPU)
+        defaults={"server_epochs": 300, "storage_dtype": "uint8", "central_max_epochs": 30,
+                  "round_timeout": 6 * 3600.0},
         helps={**command_help(federate),
                "method_options": 'JSON object of the method\'s options, e.g. {"batch_real": 64}'},
         flags={"method_options": ["-o"]},

@@ -133,9 +133,9 @@ def test_over_the_seeds_fedavg_and_fedprox_plateaus_with_their_bytes(tmp_path):
 
 
 def test_the_settings_come_from_federate_config(tmp_path, monkeypatch):
-    """The benchmark declares no setting of its own: FederateConfig's fields with its three
+    """The benchmark declares no setting of its own: FederateConfig's fields with its four
     benchmark-sized defaults; the cells run what they ran when the flags were written out
-    (DM's own 100 iterations, the explicit default then)."""
+    (DM's own 100 iterations, the explicit default then), and wait up to 6 hours for a round."""
     from fedcond.federated.config import FederateConfig
 
     bench = _load()
@@ -151,7 +151,7 @@ def test_the_settings_come_from_federate_config(tmp_path, monkeypatch):
     before = FederateConfig(dataset="digits", data_dir="", num_clients=10, partition="dirichlet", alpha=0.5, seed=0,
                             method="dm", method_options="", iterations=100, server_epochs=300, storage_dtype="uint8",
                             storage_dtypes="uint8", proximal_mu=0.01, central_max_epochs=30, device="cpu",
-                            ipc=1, random_reference=True)
+                            ipc=1, random_reference=True, round_timeout=6 * 3600.0)
     assert ran["fedcond_ipc1"].to_json() == before.to_json()
 
 
@@ -175,3 +175,21 @@ def test_fedavg_traffic_counts_the_models_it_downloads_and_judges_the_3_point_go
     assert row["within_3pt_at_tenth_traffic"] is False
     iterative["download_bytes"] = 3 * mib
     assert bench.summarise(cells, 0.005)["fedcond"][0]["within_3pt_at_tenth_traffic"] is True  # 5 / 60
+
+
+def test_a_cell_whose_clients_did_not_all_reply_is_moved_aside_not_recorded(tmp_path, monkeypatch):
+    import pytest
+
+    import fedcond.simulations.experiment as experiment
+    from fedcond.federated.config import FederateConfig
+
+    bench = _load()
+    timed_out = {**_run("fedcond", [0.0939], 0.0, ipc=10), "clients_lost_total": 10}
+    monkeypatch.setattr(experiment, "run_experiment", lambda cfg, strategies, folder, reference: (
+        folder.mkdir(parents=True, exist_ok=True),
+        {"runs": [timed_out], "reference_runs": [], "raw_data_upload_bytes": 1})[1])
+    folder = tmp_path / "fedcond_ipc10_f2"
+    with pytest.raises(SystemExit, match="fedcond lost 10 client-rounds .*--round-timeout 60 s"):
+        bench.run_cell(FederateConfig(dataset="digits", round_timeout=60.0), ["fedcond"], folder, None)
+    assert not folder.exists()  # the next invocation starts the cell afresh
+    assert [p.name.startswith("fedcond_ipc10_f2.lost-") for p in tmp_path.iterdir()] == [True]

@@ -44,6 +44,13 @@ def test_failing_clients_are_reported_and_the_run_completes(experiment):
             assert rnd["accuracy"] is not None
 
 
+def test_clients_run_at_the_drivers_priority(experiment):
+    import os
+
+    # Ray niceness 15 for its workers (every ClientApp) unless told: the runner tells it 0
+    assert os.environ.get("RAY_worker_niceness") == "0"
+
+
 def test_results_json_schema(experiment):
     out, _ = experiment
     data = json.loads((out / "results.json").read_text())
