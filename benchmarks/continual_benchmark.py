@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shlex
 import shutil
 import statistics
 import sys
@@ -49,7 +48,7 @@ from fedcond.continual.benchmarks import benchmark_defaults, default_model, make
 from fedcond.continual.report import summarize, write_report  # noqa: E402
 from fedcond.continual.runner import ContinualConfig, run_comparison  # noqa: E402
 from fedcond.continual.strategies import DISTILLED_MODES, MEMORY_STRATEGIES  # noqa: E402
-from fedcond.runinfo import resolve_device, run_record  # noqa: E402
+from fedcond.runinfo import resolve_device, run_record, shell_command  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # The grids every baseline is tuned over, at every memory size (recorded with the results).
@@ -285,19 +284,6 @@ def goal_lines(summary: list[dict]) -> list[str]:
     return out
 
 
-def without_note(argv: list[str]) -> list[str]:
-    """``argv`` less ``--note TEXT``: the note is printed in the report already and changes no result."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--note":
-            skip = True
-        elif not arg.startswith("--note="):
-            out.append(arg)
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("step", choices=("tune", "compare"))
@@ -370,7 +356,7 @@ def main() -> None:
 
     def save(result: dict) -> None:
         # the command as a shell takes it back: "python" first, empty and spaced values quoted
-        record = run_record(device, command=shlex.join(["python", *without_note(sys.argv)]), benchmark=bench.name,
+        record = run_record(device, command=shell_command(sys.argv, drop=("--note",)), benchmark=bench.name,
                             wall_time_s=earlier + time.perf_counter() - start,
                             args={k: v for k, v in vars(args).items() if k != "save"})
         path.write_text(json.dumps({**result, **record}, indent=1, default=str) + "\n")

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
 import statistics
 import sys
 import threading
@@ -50,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also wh
 
 from config_options import add_config_options, command_help
 from fedcond.federated.config import FederateConfig
-from fedcond.runinfo import device_description, package_versions
+from fedcond.runinfo import device_description, package_versions, shell_command
 
 
 class PeakMemory:
@@ -159,15 +158,7 @@ def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
 def reproducing_command(argv: list[str]) -> str:
     """The shell command that runs every cell of this report: ``argv`` without ``--cells``, which only picks
     which cells one invocation runs (all of them resume and skip finished cells)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--cells":
-            skip = True
-        elif not arg.startswith("--cells="):
-            kept.append(arg)
-    return shlex.join(["python", *kept])
+    return shell_command(argv, drop=("--cells",))
 
 
 def _slim(record: dict[str, Any]) -> dict[str, Any]:

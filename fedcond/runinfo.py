@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import sys
 import time
 from importlib import metadata
@@ -57,6 +58,21 @@ def peak_memory_bytes(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def shell_command(argv: list[str], drop: tuple[str, ...] = ()) -> str:
+    """A script's command line as a shell takes it back: ``python`` first, values quoted where
+    needed (an empty ``--mem-batch ""`` survives), less the options in ``drop`` and their values
+    (options such as ``--cells`` or ``--note`` that change no result)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in drop:
+            skip = True
+        elif not arg.startswith(tuple(f"{d}=" for d in drop)):
+            kept.append(arg)
+    return shlex.join(["python", *kept])
 
 
 def run_record(device: torch.device, **fields: Any) -> dict[str, Any]:

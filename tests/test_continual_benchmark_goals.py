@@ -70,10 +70,3 @@ def test_bounds_train_at_their_own_tuned_point_and_distilled_runs_at_replays(mon
     assert run_settings(tuned, ("naive", "distilled-replay"), 500, {"lr": 0.1, "epochs": 2})["naive"] == {
         "lr": 0.1, "epochs": 2}
 
-
-def test_recorded_command_leaves_the_note_out(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    without_note = load_script("continual_benchmark").without_note
-    sys.modules.pop("continual_benchmark", None)
-    argv = ["b.py", "compare", "--note", "made twice", "--mem-batch", "", "--note=x", "--seeds", "3"]
-    assert without_note(argv) == ["b.py", "compare", "--mem-batch", "", "--seeds", "3"]
