@@ -77,10 +77,10 @@ def shell_command(argv: list[str], drop: tuple[str, ...] = ()) -> str:
 
 def run_record(device: torch.device, **fields: Any) -> dict[str, Any]:
     """A run's provenance: command line, time, versions, device, plus ``fields``."""
+    # the CLI as `fedcond ...` whether it ran as the entry point or as `python -m fedcond.cli`
+    cli = sys.argv and sys.argv[0].endswith(("fedcond", os.path.join("fedcond", "cli.py")))
     return {
-        "command": " ".join(["fedcond", *sys.argv[1:]])
-        if sys.argv and sys.argv[0].endswith("fedcond")
-        else " ".join(sys.argv),
+        "command": shlex.join(["fedcond", *sys.argv[1:]]) if cli else " ".join(sys.argv),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
         "device": str(device),
