@@ -167,7 +167,8 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
                    if "settings" in r and "forgetting" in r}  # not a file from an older runner
     for mem in args.mem_list:
         overrides = run_settings(tuned, strategies, mem, benchmark_defaults(bench.name))
-        mem_strats = tuple(s for s in strategies if s not in ("naive", "joint") or mem == args.mem_list[0])
+        # naive / joint hold no memory: they run once, with the first memory size
+        mem_strats = tuple(s for s in strategies if s in MEMORY_STRATEGIES or mem == args.mem_list[0])
         cfg = ContinualConfig(strategies=mem_strats, mem_sizes=(mem,), seeds=tuple(range(args.seeds)), model=args.model,
                               overrides=overrides, **args.shared)
 
@@ -264,9 +265,7 @@ def goal_lines(summary: list[dict]) -> list[str]:
     share of the replay -> joint gap it closes."""
     acc = {(s["strategy"], s["mem_size"]): s["final_average_accuracy_mean"] for s in summary}
     joint = acc.get(("joint", 0))
-    out = ["| memory | best fedcond | acc | tuned replay | gain | best tuned baseline | gain over it | "
-           "share of replay→joint gap closed |",
-           "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for mem in sorted({m for (_, m) in acc if m > 0}):
         ours = [(a, s) for (s, m), a in acc.items() if m == mem and s.startswith("distilled")]
         replay = acc.get(("replay", mem))
@@ -275,10 +274,13 @@ def goal_lines(summary: list[dict]) -> list[str]:
         best, name = max(ours)
         rival, rival_name = max((a, s) for (s, m), a in acc.items() if m == mem and s in BASELINES)
         share = f"{(best - replay) / (joint - replay):.2f}" if joint is not None and joint > replay else ""
-        out.append(f"| {mem} | {name} | {best:.3f} | {replay:.3f} | {100 * (best - replay):+.1f} pts | "
-                   f"{rival_name} {rival:.3f} | {100 * (best - rival):+.1f} pts | {share} |")
-    if len(out) == 2:  # no memory size with both a distilled strategy and replay: no goal to judge
-        out = []
+        rows.append(f"| {mem} | {name} | {best:.3f} | {replay:.3f} | {100 * (best - replay):+.1f} pts | "
+                    f"{rival_name} {rival:.3f} | {100 * (best - rival):+.1f} pts | {share} |")
+    out = []
+    if rows:  # none where no memory size has both a distilled strategy and replay: no goal to judge
+        out = ["| memory | best fedcond | acc | tuned replay | gain | best tuned baseline | gain over it | "
+               "share of replay→joint gap closed |",
+               "|---|---|---|---|---|---|---|---|", *rows]
     if joint is not None:
         out += ["", f"Joint (upper bound): {joint:.3f}."]
     return out

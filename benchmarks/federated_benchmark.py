@@ -168,19 +168,19 @@ def _slim(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def traffic(record: dict[str, Any]) -> int:
+    """Bytes sent both ways by a run (or up to a round, whose counts are cumulative): uploads plus
+    downloads (a model sent to clients counts)."""
+    return record["upload_bytes"] + record.get("download_bytes", 0)
+
+
 def plateau(run: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """A run's best accuracy and the cumulative upload, download and traffic (their sum) of
     its first round within ``tolerance`` of it."""
     best = max(r["accuracy"] for r in run["rounds"])
     reach = next(r for r in run["rounds"] if r["accuracy"] >= best - tolerance)
-    down = reach.get("download_bytes", 0)
     return {"accuracy": best, "round": reach["round"], "upload_bytes": reach["upload_bytes"],
-            "download_bytes": down, "traffic_bytes": reach["upload_bytes"] + down}
-
-
-def traffic(run: dict[str, Any]) -> int:
-    """Bytes a run sent both ways: uploads plus downloads (a model sent to clients counts)."""
-    return run["upload_bytes"] + run.get("download_bytes", 0)
+            "download_bytes": reach.get("download_bytes", 0), "traffic_bytes": traffic(reach)}
 
 
 def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, Any]:

@@ -142,16 +142,12 @@ def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_d
         earlier_peak = float(saved.get("peak_rss_mib", 0.0)) if saved else 0.0
         if saved:
             restore(strategy, saved)
-        # Avalanche's own sampler of this process's resident memory (MiB), over training,
-        # the memory's distillation and evaluation alike
-        ram = MaxRAM(every=0.5)
-        ram.start_thread()
         start = time.perf_counter()
         train, test = bench.scenario.train_stream, bench.scenario.test_stream
         steps = [train] if joint else list(train)
         # Avalanche 0.6's own ReplayPlugin/GDumb call its deprecated ``update``: not ours to fix.
         # Its decorator forces these warnings past any filter, so record them instead of printing.
-        with warnings.catch_warnings(record=True), _stopping(ram):
+        with warnings.catch_warnings(record=True), _peak_memory() as ram:
             for i in range(len(rows), len(steps)):
                 strategy.train(steps[i])
                 metrics = strategy.eval(test)
@@ -195,10 +191,14 @@ def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_d
 
 
 @contextmanager
-def _stopping(ram: MaxRAM) -> Iterator[None]:
-    """Stop ``ram``'s sampling thread when the block ends, also on an error."""
+def _peak_memory() -> Iterator[MaxRAM]:
+    """Avalanche's own sampler of this process's resident memory (MiB, every 0.5 s) over the
+    block -- training, the memory's distillation and evaluation alike; stopped also on an error.
+    Its ``result()`` stays readable after the block."""
+    ram = MaxRAM(every=0.5)
+    ram.start_thread()
     try:
-        yield
+        yield ram
     finally:
         ram.stop_thread()
 
