@@ -43,6 +43,7 @@ import torch
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from config_options import add_config_options, command_help  # noqa: E402  (benchmarks/, beside this file)
+from fedcond.commands.common import parse_options  # noqa: E402
 from fedcond.commands.continual import command as continual_command  # noqa: E402
 from fedcond.continual.benchmarks import benchmark_defaults, default_model, make_benchmark  # noqa: E402
 from fedcond.continual.report import summarize, write_report  # noqa: E402
@@ -312,10 +313,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 of the comparison")
     # the runs' settings: ContinualConfig's fields (flag, type, default) with `fedcond continual`'s help
     shared = add_config_options(
-        p, ContinualConfig, ["batch_size", "method", "iterations", "rebalance"],
+        p, ContinualConfig, ["batch_size", "method", "iterations", "rebalance", "buffer_epochs"],
         helps={**command_help(continual_command),
-               "iterations": "distillation iterations of the memory (unset: the memory's own default)"},
+               "iterations": "distillation iterations of the memory (unset: the memory's own default)",
+               "buffer_epochs": "epochs of training on the memory after each experience (gdumb unless tuned, "
+                                "distilled-replay, distilled-finetune)"},
     )
+    p.add_argument("-o", "--option", action="append", default=None, metavar="KEY=VALUE",
+                   help="distillation option of the memory, as `fedcond continual -o` (repeatable; e.g. factor=2 "
+                   "stores 2x2 mosaics, each counted as one image of the budget)")
     p.add_argument("--out-stem", default=None, help="results file stem (default continual_<benchmark>)")
     p.add_argument("--note", default=None,
                    help="how the results were made, printed under the command (kept in the JSON until replaced), "
@@ -331,6 +337,8 @@ def main() -> None:
         f"_frac{args.train_fraction:g}" if args.train_fraction < 1 else ""
     )
     args.shared = {k: getattr(args, k) for k in shared}
+    if args.option:
+        args.shared["distill_options"] = parse_options(args.option)
     if args.step == "compare" and args.tuned is None and (RESULTS / f"{stem}_tune.json").exists():
         args.tuned = str(RESULTS / f"{stem}_tune.json")
     args.mem_list = [int(m) for m in args.mem_sizes.split(",")]

@@ -109,3 +109,27 @@ def test_rebalance_modes_stay_within_budget_and_class_balanced(bench, rebalance,
                 core = min(cores.get(key, old.shape[0]), counts[key])
                 assert torch.equal(buf.entries[key].images[:core], old[:core])
                 assert core >= min(final, counts[key])
+
+
+@pytest.mark.parametrize("method,rebalance", [("random", "subselect"), ("dm", "nested")])
+def test_a_mosaic_buffer_counts_stored_images_and_replays_their_tiles(bench, method, rebalance):
+    options = {"factor": 2} if method == "random" else {"factor": 2, "dsa": False}
+    spec = DistillSpec(method=method, iterations=2, options=options, rebalance=rebalance, seed=3)
+    buf, plain = DistilledBuffer(10, spec, num_classes=10), DistilledBuffer(10, DistillSpec(method="random"), 10)
+    seen: set[int] = set()
+    for exp in bench.scenario.train_stream:
+        buf.post_adapt(None, exp)
+        plain.post_adapt(None, exp)
+        seen |= set(exp.classes_in_this_experience)
+        counts = buf.class_counts()
+        # the budget counts stored mosaics; replay sees 4 tiles of each, labelled by its class
+        assert counts == {(0, c): q for c, q in class_quotas(10, seen).items()}
+        assert len(buf.buffer) == buf.images.shape[0] == 4 * sum(counts.values())
+        assert sorted(buf.buffer.targets) == sorted(c for (_, c), n in counts.items() for _ in range(4 * n))
+        assert buf.images.shape[1:] == buf.entries[(0, min(seen))].images.shape[1:]
+    sset = buf.synthetic_set()
+    assert sset.factor == 2 and sset.num_images == 10
+    assert torch.equal(sset.decoded().images, buf.images)
+    # a mosaic costs the bytes of one image: the same pixels as a plain buffer, a header one field longer
+    assert sset.images.shape == plain.synthetic_set().images.shape
+    assert buf.nbytes == sset.nbytes and 0 < buf.nbytes - plain.nbytes <= 16

@@ -119,8 +119,8 @@ def test_places_that_cannot_use_mosaics_refuse_them(digits, tiny_set):
     mosaic = SyntheticSet(**{**tiny_set.__dict__, "factor": 2})
     with pytest.raises(FedcondError, match="mosaics"):
         audit_set(mosaic, digits)
-    with pytest.raises(FedcondError, match="factor"):
-        DistillSpec(method="dm", options={"factor": 2})
+    with pytest.raises(FedcondError, match="redistill"):
+        DistillSpec(method="dm", options={"factor": 2}, rebalance="redistill")
     dm = get_distiller("dm")
     with pytest.raises(FedcondError, match="same factor"):
         dm.distill(digits, dm.config_class(ipc=2, iterations=1), torch.Generator(),

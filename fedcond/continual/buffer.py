@@ -14,6 +14,11 @@ batches exactly as it does raw exemplars. Soft labels, when a method makes them,
 aside in ``soft_targets`` (aligned with ``buffer``) because a mini-batch mixing int labels
 and label vectors cannot be collated; :class:`~fedcond.continual.plugin.DistilledReplayPlugin`
 replays them with a soft-target loss.
+
+With the method option ``factor`` > 1 (multi-formation, :mod:`fedcond.formation`) each
+stored image is a mosaic of ``factor**2`` tiles: the budget counts stored images, so the
+memory's bytes are those of ``max_size`` images, while replay and buffer training see the
+decoded tiles (``factor**2`` training images per stored one).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from fedcond.continual.budget import class_quotas, subselect
 from fedcond.continual.experience import experience_dataset, experience_tensors, num_classes_of
 from fedcond.distill import make_distiller
 from fedcond.errors import FedcondError
+from fedcond.formation import decode, repeat_per_tile
 from fedcond.precision import check_precision
 from fedcond.synthetic import SyntheticSet
 
@@ -93,11 +99,17 @@ class DistillSpec:
             raise FedcondError(f"rebalance must be one of {', '.join(REBALANCE)}, got {self.rebalance!r}")
         if self.ipc is not None and self.ipc < 1:
             raise FedcondError(f"ipc must be >= 1, got {self.ipc}")
-        if self.options.get("factor", 1) != 1:
-            # the buffer counts, stores and replays images one by one; mosaics would break its budget
-            raise FedcondError("the replay buffer does not take multi-formation sets (option factor): leave it at 1")
+        if self.factor != 1 and self.rebalance == "redistill":
+            # redistilling takes the stored images as real data; mosaics are not images of a class
+            raise FedcondError("rebalance 'redistill' does not take multi-formation sets (option factor): "
+                               "use 'nested' or 'subselect'")
         # An unknown method or option fails at construction, not after an experience.
         self.make(self.ipc or 1)
+
+    @property
+    def factor(self) -> int:
+        """Tiles per side of each stored image (the method option ``factor``; 1: plain images)."""
+        return int(self.options.get("factor", 1))
 
     def settings(self) -> dict[str, Any]:
         """The config fields this spec sets itself (where the method has them): precision,
@@ -229,6 +241,8 @@ class DistilledBuffer(ExemplarsBuffer):
         distiller, config = spec.make(ipc)
         data = experience_dataset(images, labels, self.num_classes or int(labels.max()) + 1, self.mean, self.std)
         sset = distiller.distill(data.to(device), config, torch.Generator().manual_seed(seed), device)
+        if sset.labels_per_tile:  # entries keep one label row per stored image
+            raise FedcondError(f"method {spec.method!r} gave soft labels per tile, which the buffer does not keep")
         return sset.detached()
 
     def _shrink(self, quotas: dict[Key, int], device: Any, seed: int) -> None:
@@ -285,43 +299,51 @@ class DistilledBuffer(ExemplarsBuffer):
         self._rebuild()
 
     # ------------------------------------------------------------------ views
-    def _rebuild(self) -> None:
+    def _stored(self) -> tuple[list[Key], torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Stored images of every class in key order, their soft labels (None: all hard) and
+        hard labels, one row per stored image."""
         keys = sorted(self.entries)
-        if not keys:
-            self.soft_targets = None
-            return
         images = torch.cat([self.entries[k].images for k in keys])
         labels = [self.entries[k].labels for k in keys]
-        soft = any(lab.dim() == 2 for lab in labels)
-        width = self.num_classes or 0
-        if soft:
-            width = max([width] + [lab.shape[1] for lab in labels if lab.dim() == 2])
-            self.soft_targets = torch.cat([_as_soft(lab, width) for lab in labels])
-            targets = self.soft_targets.argmax(dim=1)
-        else:
+        if not any(lab.dim() == 2 for lab in labels):
+            return keys, images, None, torch.cat(labels)
+        width = max([self.num_classes or 0] + [lab.shape[1] for lab in labels if lab.dim() == 2])
+        soft = torch.cat([_as_soft(lab, width) for lab in labels])
+        return keys, images, soft, soft.argmax(dim=1)
+
+    def _rebuild(self) -> None:
+        """The replay view: ``images``/``targets``/``task_labels``/``soft_targets`` and the
+        Avalanche dataset ``buffer``, one row per training image (a mosaic's decoded tiles)."""
+        if not self.entries:
             self.soft_targets = None
-            targets = torch.cat(labels)
-        tasks = [k[0] for k in keys for _ in range(self.entries[k].images.shape[0])]
+            return
+        keys, stored, soft, hard = self._stored()
+        f = self.spec.factor
+        images = decode(stored, f)
+        self.soft_targets = None if soft is None else repeat_per_tile(soft, f)
+        targets = repeat_per_tile(hard, f)
+        tasks = [k[0] for k in keys for _ in range(self.entries[k].images.shape[0] * f * f)]
         items = _Items(images, targets, self._tensor_labels)
         self.buffer = _make_taskaware_classification_dataset(items, task_labels=tasks, targets=items.targets)
         self.images, self.targets, self.task_labels = images, targets, torch.tensor(tasks)
 
     def class_counts(self) -> dict[Key, int]:
-        """Images stored per (task, class)."""
+        """Stored images per (task, class): the budget's unit (a mosaic counts once)."""
         return {k: int(e.images.shape[0]) for k, e in sorted(self.entries.items())}
 
     def synthetic_set(self) -> SyntheticSet:
-        """The buffer's contents as one SyntheticSet (for bytes, saving, plots)."""
+        """The buffer's stored contents as one SyntheticSet (for bytes, saving, plots); a
+        mosaic buffer's set has the spec's ``factor``, so ``decoded()`` gives the replay view."""
         if not self.entries:
             raise FedcondError("the buffer is empty: train on at least one experience first")
-        k = self.num_classes or int(self.targets.max()) + 1
-        channels = self.images.shape[1]
-        labels = self.soft_targets if self.soft_targets is not None else self.targets
+        _, stored, soft, hard = self._stored()
+        k = self.num_classes or int(hard.max()) + 1
+        channels = stored.shape[1]
         return SyntheticSet(
-            images=self.images, labels=labels, classes=tuple(str(i) for i in range(k)),
+            images=stored, labels=soft if soft is not None else hard, classes=tuple(str(i) for i in range(k)),
             mean=self.mean or (0.0,) * channels, std=self.std or (1.0,) * channels,
             method=self.spec.method, ipc=max(self.class_counts().values()), dataset="continual-buffer",
-            seed=self.spec.seed, storage_dtype=self.storage_dtype,
+            seed=self.spec.seed, storage_dtype=self.storage_dtype, factor=self.spec.factor,
         )
 
     @property
