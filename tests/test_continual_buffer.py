@@ -12,6 +12,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 from fedcond.continual.benchmarks import canonical_name, make_benchmark  # noqa: E402
 from fedcond.continual.budget import class_quotas, herding_order  # noqa: E402
 from fedcond.continual.buffer import DistilledBuffer, DistillSpec  # noqa: E402
+from fedcond.continual.runner import stored_images  # noqa: E402
 from fedcond.errors import FedcondError  # noqa: E402
 
 
@@ -133,3 +134,4 @@ def test_a_mosaic_buffer_counts_stored_images_and_replays_their_tiles(bench, met
     # a mosaic costs the bytes of one image: the same pixels as a plain buffer, a header one field longer
     assert sset.images.shape == plain.synthetic_set().images.shape
     assert buf.nbytes == sset.nbytes and 0 < buf.nbytes - plain.nbytes <= 16
+    assert stored_images(buf) == stored_images(plain) == 10 and len(buf.buffer) == 40  # what results record

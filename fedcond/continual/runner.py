@@ -178,7 +178,9 @@ def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_d
         "stream_accuracy": stream_acc,
         "forgetting": 0.0 if joint else forgetting(rows),
         "accuracy_matrix": rows,
-        "buffer_images": len(buffer.buffer) if buffer is not None else None,
+        # images the memory stores (a mosaic counts once), and the images replay trains on
+        "buffer_images": stored_images(buffer),
+        "buffer_training_images": len(buffer.buffer) if buffer is not None else None,
         "buffer_bytes": getattr(buffer, "nbytes", None),
         # distilled strategies: seconds each experience's distillation into the buffer took
         "distill_seconds_per_experience": getattr(buffer, "distill_seconds", None),
@@ -188,6 +190,16 @@ def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_d
         "peak_rss_mib": max(earlier_peak, ram.result()),
         **pictures,
     }
+
+
+def stored_images(buffer: Any) -> int | None:
+    """Images a storage policy holds against its budget: a distilled buffer's stored images
+    (a mosaic counts once, though replay sees its tiles), else its dataset's length."""
+    if buffer is None:
+        return None
+    if isinstance(buffer, DistilledBuffer):
+        return sum(buffer.class_counts().values())
+    return len(buffer.buffer)
 
 
 @contextmanager
