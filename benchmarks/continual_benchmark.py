@@ -360,7 +360,9 @@ def main() -> None:
     path = RESULTS / f"{stem}_{args.step}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved = json.loads(path.read_text()) if path.exists() else {}
-    earlier = float(saved.get("wall_time_s", 0.0)) if args.step == "tune" else 0.0
+    # a resumed or extended step (more strategies, seeds, or only a new --note) adds its time to
+    # that of the invocations whose runs the file already holds
+    earlier = float(saved.get("wall_time_s", 0.0))
     if args.note is not None:
         saved["note"] = args.note
 
