@@ -20,7 +20,8 @@ benchmark and the order below decides what is there first):
    (multi-formation, :mod:`fedcond.formation`; the same bytes);
 2. ``fedavg_lr<lr>_ep<e>`` (first seed only): FedAvg's grid, ``--tune-rounds`` rounds each;
    the best final accuracy sets FedAvg's and FedProx's client lr and local epochs;
-3. ``fedavg`` and ``fedprox`` with those settings for ``--rounds`` rounds;
+3. ``fedavg`` and ``fedprox`` with those settings for ``--rounds`` rounds (FedAvg goes on from
+   the winning grid cell's last round: its first rounds are that cell's);
 4. ``fedcond-iterative`` (if ``--iterative-rounds`` > 0);
 5. ``upper-bound``: one model on all the data, trained to its held-out plateau.
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import statistics
 import sys
 import threading
@@ -132,13 +134,28 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
             f"{aside / 'flower.log'}); nothing recorded, the cell's folder moved to {aside.name}; "
             "run the command again"
         )
+    origin = folder / "continued_from.json"
     cell = {"config": cfg.to_json(), "wall_seconds": time.perf_counter() - start, "resumed": resumed,
+            "continued_from": json.loads(origin.read_text())["cell"] if origin.exists() else None,
             "peak_memory_bytes": memory.cell_peak_bytes if memory is not None else 0,
             "runs": [_slim(r) for r in result["runs"]],
             "reference_runs": [_slim(r) for r in result["reference_runs"]],
             "raw_data_upload_bytes": result["raw_data_upload_bytes"]}
     done.write_text(json.dumps(cell, indent=1, default=str) + "\n")
     return cell
+
+
+def continue_from(grid_cell: Path, folder: Path, run: str) -> None:
+    """Seed ``folder`` (a cell not started yet) with ``grid_cell``'s checkpoint of ``run``, so that the
+    longer run goes on after the grid's last round (:mod:`fedcond.federated.checkpoint`)."""
+    source, target = grid_cell / "checkpoints" / run, folder / "checkpoints" / run
+    if target.exists() or not (source / "latest.json").is_file():
+        return
+    target.mkdir(parents=True)
+    for path in source.glob("round-*.*"):
+        shutil.copy2(path, target / path.name)
+    shutil.copy2(source / "latest.json", target / "latest.json")  # last: it names the round to continue
+    (folder / "continued_from.json").write_text(json.dumps({"cell": grid_cell.name}) + "\n")
 
 
 def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
@@ -346,7 +363,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                     f"| {_cell(r, 'traffic_fraction_of_fedavg_to_plateau', '.4f')} |"
                 )
             lines += ["", "Cell wall times (min): " + ", ".join(
-                f"{n} {c.get('wall_seconds', 0) / 60:.1f}" + (" (after resuming)" if c.get("resumed") else "")
+                f"{n} {c.get('wall_seconds', 0) / 60:.1f}"
+                + (f" (after {c['continued_from']}'s rounds)" if c.get("continued_from")
+                   else " (after resuming)" if c.get("resumed") else "")
                 for n, c in entry["cells"].items()), ""]
         seeds = list(finished.values())
         if len(seeds) > 1:
@@ -528,6 +547,9 @@ def main(argv: list[str] | None = None) -> None:
                         entry["summary"] = summarise(entry["cells"], args.plateau_tolerance)
                         save()
                         continue
+                    if name == "fedavg" and tuned_cell is not None and args.rounds > args.tune_rounds:
+                        # its first rounds are the winning grid cell's: go on from that cell's last round
+                        continue_from(scratch / f"fedavg_lr{lr}_ep{ep}", scratch / name, name)
                     cell(
                         name,
                         dataclasses.replace(base, rounds=args.rounds, lr=lr, local_epochs=ep, random_reference=False),

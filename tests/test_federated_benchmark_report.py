@@ -193,3 +193,34 @@ def test_a_cell_whose_clients_did_not_all_reply_is_moved_aside_not_recorded(tmp_
         bench.run_cell(FederateConfig(dataset="digits", round_timeout=60.0), ["fedcond"], folder, None)
     assert not folder.exists()  # the next invocation starts the cell afresh
     assert [p.name.startswith("fedcond_ipc10_f2.lost-") for p in tmp_path.iterdir()] == [True]
+
+
+def test_fedavg_goes_on_from_the_winning_grid_cells_last_round(tmp_path, monkeypatch):
+    """FedAvg's cell starts from the checkpoint of the grid cell with its settings (its first rounds are
+    that cell's); FedProx, a different run, starts from round 1."""
+    bench = _load()
+    seen = {}
+
+    def fake_cell(cfg, strategies, folder, memory):
+        name = strategies[0]
+        if folder.name.startswith("fedavg_lr"):  # a grid cell: leave its round-2 checkpoint as a run does
+            ck = folder / "checkpoints" / name
+            ck.mkdir(parents=True)
+            (ck / "round-2.safetensors").write_bytes(b"model")
+            (ck / "round-2.json").write_text("{}")
+            (ck / "latest.json").write_text(json.dumps({"round": 2, "lr": cfg.lr}))
+            (ck / "record.json").write_text("{}")
+        seen[folder.name] = sorted(p.name for p in (folder / "checkpoints" / name).glob("*")) \
+            if (folder / "checkpoints" / name).exists() else []
+        acc = [0.5, 0.6 + cfg.lr] if folder.name.startswith("fedavg_lr") else [0.5, 0.6, 0.7, 0.8]
+        return {"config": cfg.to_json(), "wall_seconds": 1.0, "runs": [_run(name, acc, 1.0)], "reference_runs": []}
+
+    monkeypatch.setattr(bench, "run_cell", fake_cell)
+    bench.main(["--dataset", "digits", "--alphas", "0.5", "--seeds", "0", "--ipcs", "1", "--rounds", "4",
+                "--tune-rounds", "2", "--grid-lr", "0.01,0.05", "--grid-epochs", "1", "--cells", "grid,fedavg,fedprox",
+                "--no-upper-bound", "--scratch", str(tmp_path / "scratch"), "--out", str(tmp_path / "out")])
+    cell = tmp_path / "scratch" / "alpha0.5" / "seed0" / "fedavg"
+    assert seen["fedavg"] == ["latest.json", "round-2.json", "round-2.safetensors"]  # not the 2-round record
+    assert json.loads((cell / "checkpoints" / "fedavg" / "latest.json").read_text())["lr"] == 0.05  # the winner's
+    assert json.loads((cell / "continued_from.json").read_text()) == {"cell": "fedavg_lr0.05_ep1"}
+    assert seen["fedprox"] == []

@@ -88,8 +88,33 @@ def test_a_changed_setting_is_not_resumed(tmp_path):
     from fedcond.federated.checkpoint import RoundState, load_latest, save_round
     from fedcond.federated.comms import CommLedger
 
-    save_round(tmp_path, CFG, RoundState(1, {}, {1: 0.5}, {1: 1.0}, CommLedger()))
-    assert load_latest(tmp_path, CFG).accuracy == {1: 0.5}
-    with pytest.raises(FedcondError, match="rounds: 3 there, 4 now"):
-        load_latest(tmp_path, replace(CFG, rounds=4))
-    assert load_latest(tmp_path, replace(CFG, client_threads=2)) is not None  # speed settings may change
+    cfg = replace(CFG, strategy="fedavg")  # a run of 3 rounds (one-shot FedCond runs 1)
+    save_round(tmp_path, cfg, RoundState(2, {}, {2: 0.5}, {2: 1.0}, CommLedger()))
+    assert load_latest(tmp_path, cfg).accuracy == {2: 0.5}
+    with pytest.raises(FedcondError, match="lr: 0.05 there, 0.1 now"):
+        load_latest(tmp_path, replace(cfg, lr=0.1))
+    assert load_latest(tmp_path, replace(cfg, client_threads=2)) is not None  # speed settings may change
+    assert load_latest(tmp_path, replace(cfg, rounds=5)).server_round == 2  # a longer run continues it
+    with pytest.raises(FedcondError, match="holds round 2, past this run's 1 rounds"):
+        load_latest(tmp_path, replace(cfg, rounds=1))
+
+
+def test_a_run_given_more_rounds_continues_the_shorter_one(tmp_path):
+    from dataclasses import replace
+
+    from fedcond.simulations.experiment import run_experiment
+    from fedcond.simulations.runner import backend_config
+
+    def run(out, rounds, on_event=None):
+        cfg = replace(CFG, rounds=rounds)
+        run_experiment(cfg, ["fedavg"], out, backend_config(1.0, 0.0, 2), reference="none", on_event=on_event)
+
+    run(tmp_path / "whole", 3)
+    run(tmp_path / "extended", 2)
+    events = []
+    run(tmp_path / "extended", 3, events.append)
+    assert RunStarted("fedavg", 3, 3, first_round=3) in events
+    assert [e.server_round for e in events if isinstance(e, RoundFinished)] == [3]  # rounds 1-2 not run again
+    assert _comparable(tmp_path / "extended/results.json") == _comparable(
+        tmp_path / "whole/results.json", approx_bytes=True
+    )

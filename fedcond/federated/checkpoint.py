@@ -14,6 +14,10 @@ After every finished round the ServerApp writes, into the run's checkpoint folde
 
 When the run ends, ``record.json`` holds its finished record: a rerun skips the run.
 
+A run given more rounds than a checkpoint's continues it (nothing a round computes depends
+on how many rounds follow): FedAvg run for 5 rounds is extended to 20 by the same command
+with ``--rounds 20``. A checkpoint past the run's last round is refused.
+
 Loading never unpickles: tensors come from safetensors, everything else from JSON.
 """
 
@@ -36,6 +40,8 @@ from fedcond.runinfo import write_json
 FORMAT = 1
 # Settings that change how fast a run goes, not what it computes: a rerun may differ here.
 NOT_RESULT_SETTINGS = ("client_threads", "server_threads", "round_timeout", "out_dir", "checkpoint_dir", "device")
+# Settings a later run may raise: it continues from the last round checkpointed (see the docstring).
+EXTENDABLE_SETTINGS = ("rounds",)
 
 
 @dataclass
@@ -59,9 +65,10 @@ def result_settings(cfg: FederateConfig) -> dict[str, Any]:
 
 
 def check_settings(folder: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
-    """A ``FedcondError`` naming the first differing setting, if ``saved != now``."""
+    """A ``FedcondError`` naming the first differing setting, if ``saved != now`` beyond
+    :data:`EXTENDABLE_SETTINGS`."""
     for key in sorted(set(saved) | set(now)):
-        if saved.get(key) != now.get(key):
+        if key not in EXTENDABLE_SETTINGS and saved.get(key) != now.get(key):
             raise FedcondError(f"{folder} holds checkpoints of a different run ({key}: {saved.get(key)!r} there, "
                                f"{now.get(key)!r} now); delete that folder to start over "
                                "(fedcond federate: another --out, or --fresh)")
@@ -102,6 +109,7 @@ def load_latest(folder: Path, cfg: FederateConfig) -> RoundState | None:
     head = json.loads(latest.read_text())
     check_settings(folder, head["settings"], result_settings(cfg))
     k = int(head["round"])
+    _check_within(folder, k, cfg)
     tensors = load_file(str(folder / f"round-{k}.safetensors"))
     meta = json.loads((folder / f"round-{k}.json").read_text())
     ledger = CommLedger()
@@ -142,8 +150,20 @@ def load_record(folder: Path, cfg: FederateConfig) -> dict[str, Any] | None:
         return None
     latest = folder / "latest.json"
     if latest.is_file():
-        check_settings(folder, json.loads(latest.read_text())["settings"], result_settings(cfg))
-    return json.loads(path.read_text())
+        head = json.loads(latest.read_text())
+        check_settings(folder, head["settings"], result_settings(cfg))
+        _check_within(folder, int(head["round"]), cfg)
+    record = json.loads(path.read_text())
+    if len(record.get("rounds", [])) < cfg.effective_rounds:  # extended: continue from the last round
+        return None
+    return record
+
+
+def _check_within(folder: Path, server_round: int, cfg: FederateConfig) -> None:
+    """A ``FedcondError`` if ``folder``'s checkpoint is past ``cfg``'s last round (a shorter run)."""
+    if server_round > cfg.effective_rounds:
+        raise FedcondError(f"{folder} holds round {server_round}, past this run's {cfg.effective_rounds} rounds; "
+                           f"give --rounds {server_round} or more to read it, or delete that folder to start over")
 
 
 def tensor_of_bytes(data: bytes) -> torch.Tensor:
