@@ -191,14 +191,24 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
         pictures["accuracy_vs_memory"] = _copy(
             paths["accuracy_vs_memory"], RESULTS / f"{args.stem}_accuracy_vs_memory.png"
         )
-    for r in runs:
-        if r["strategy"] == "distilled-replay" and r["seed"] == 0 and r.get("buffer_image"):
-            pictures[f"buffer_m{r['mem_size']}"] = _copy(
-                Path(r["buffer_image"]), RESULTS / f"{args.stem}_buffer_m{r['mem_size']}.png"
-            )
+    for mem, src in buffer_pictures(runs, out).items():
+        pictures[f"buffer_m{mem}"] = _copy(src, RESULTS / f"{args.stem}_buffer_m{mem}.png")
     saved["plots"] = str(out)
     saved["pictures"] = pictures
     return saved
+
+
+def buffer_pictures(runs: list[dict], out: Path) -> dict[int, Path]:
+    """Each memory size's picture of the distilled-replay buffer (seed 0), found in its compare folder
+    under ``out``: the path a run recorded is relative to the directory it ran from, which may not be
+    this invocation's (another worktree, an absolute --scratch)."""
+    found = {}
+    for r in runs:
+        if r["strategy"] == "distilled-replay" and r["seed"] == 0 and r.get("buffer_image"):
+            src = out / f"m{r['mem_size']}" / "buffers" / Path(r["buffer_image"]).name
+            if src.is_file():
+                found[r["mem_size"]] = src
+    return found
 
 
 def _copy(src: Path, dst: Path) -> str:

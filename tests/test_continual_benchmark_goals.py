@@ -70,3 +70,23 @@ def test_bounds_train_at_their_own_tuned_point_and_distilled_runs_at_replays(mon
     assert run_settings(tuned, ("naive", "distilled-replay"), 500, {"lr": 0.1, "epochs": 2})["naive"] == {
         "lr": 0.1, "epochs": 2}
 
+
+
+def test_buffer_pictures_are_found_in_the_compare_folder_whatever_the_recorded_path(monkeypatch, tmp_path):
+    """A run records its buffer picture relative to where it ran; a later invocation from elsewhere (an
+    absolute --scratch, another worktree) finds it in the compare folder; a missing picture is left out."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    buffer_pictures = load_script("continual_benchmark").buffer_pictures
+    sys.modules.pop("continual_benchmark", None)
+    out = tmp_path / "scratch" / "compare"
+    (out / "m200" / "buffers").mkdir(parents=True)
+    (out / "m200" / "buffers" / "distilled-replay_m200_s0.png").write_bytes(b"png")
+    runs = [
+        {"strategy": "distilled-replay", "mem_size": 200, "seed": 0,
+         "buffer_image": "runs/elsewhere/compare/m200/buffers/distilled-replay_m200_s0.png"},
+        {"strategy": "distilled-replay", "mem_size": 200, "seed": 1, "buffer_image": "x.png"},  # seed 0 only
+        {"strategy": "distilled-replay", "mem_size": 500, "seed": 0,
+         "buffer_image": "runs/elsewhere/compare/m500/buffers/distilled-replay_m500_s0.png"},  # not there
+        {"strategy": "replay", "mem_size": 200, "seed": 0},
+    ]
+    assert buffer_pictures(runs, out) == {200: out / "m200" / "buffers" / "distilled-replay_m200_s0.png"}
