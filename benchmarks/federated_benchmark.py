@@ -12,7 +12,8 @@ CIFAR-10 on a GPU: the same with ``--dataset cifar10 --device cuda`` (and
 Every (alpha, seed) runs *cells* on identical partitions, each a ``fedcond federate``
 comparison in its own folder under ``--scratch`` (runs resume from their per-round
 checkpoints, finished cells are read back, so the same command continues a killed
-benchmark and the order below decides what is there first):
+benchmark and the order below decides what is there first; a larger ``--rounds`` extends
+the finished FedAvg and FedProx cells from their last round):
 
 1. ``fedcond_ipc<k>``: one-shot FedCond at each IPC of ``--ipcs`` with its references —
    random real images at the same IPC and storage dtype (the same bytes); with
@@ -105,18 +106,23 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
     from fedcond.simulations.experiment import run_experiment  # noqa: PLC0415
 
     done = folder / "cell.json"
+    earlier_wall = 0.0
     if done.exists():
         cell = json.loads(done.read_text())
         stored, now = cell.get("config", {}), cfg.to_json()
         changed = sorted(k for k in stored if k not in RUN_ONLY_SETTINGS and k in now and stored[k] != now[k])
-        if changed:  # e.g. a wider grid picked another learning rate: never report a cell under settings it lacks
+        if not changed:
+            return cell
+        if changed != ["rounds"] or now["rounds"] < stored["rounds"]:
+            # e.g. a wider grid picked another learning rate: never report a cell under settings it lacks
             raise SystemExit(
                 f"{folder} finished with other settings ("
                 + ", ".join(f"{k}: {stored[k]!r}, now {now[k]!r}" for k in changed)
                 + "); move the folder away to run it with the new ones"
             )
-        return cell
-    # a resumed cell's wall time covers only what this invocation ran; the report says so
+        # more rounds (--rounds raised): the runs go on from their last checkpointed round
+        earlier_wall = cell.get("wall_seconds", 0.0)
+    # a resumed cell's wall time covers only what its invocations ran; the report says so
     resumed = (folder / "checkpoints").exists()
     if memory is not None:
         memory.reset()
@@ -135,7 +141,7 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
             "run the command again"
         )
     origin = folder / "continued_from.json"
-    cell = {"config": cfg.to_json(), "wall_seconds": time.perf_counter() - start, "resumed": resumed,
+    cell = {"config": cfg.to_json(), "wall_seconds": earlier_wall + time.perf_counter() - start, "resumed": resumed,
             "continued_from": json.loads(origin.read_text())["cell"] if origin.exists() else None,
             "peak_memory_bytes": memory.cell_peak_bytes if memory is not None else 0,
             "runs": [_slim(r) for r in result["runs"]],

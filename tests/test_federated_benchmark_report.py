@@ -86,6 +86,31 @@ def test_a_finished_cell_is_not_read_back_under_other_settings(tmp_path):
         bench.run_cell(FederateConfig(dataset="digits", lr=0.1), ["fedavg"], tmp_path, None)
 
 
+def test_a_finished_cell_given_more_rounds_goes_on_and_adds_its_wall_time(tmp_path, monkeypatch):
+    import pytest
+
+    import fedcond.simulations.experiment as experiment
+    from fedcond.federated.config import FederateConfig
+
+    bench = _load()
+    ran = FederateConfig(dataset="digits", strategy="fedavg", rounds=3)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "cell.json").write_text(json.dumps({"config": ran.to_json(), "wall_seconds": 100.0, "runs": []}))
+    calls = []
+
+    def fake_experiment(cfg, strategies, folder, reference):
+        calls.append(cfg.rounds)
+        return {"runs": [_run("fedavg", [0.5] * cfg.rounds, 1.0)], "reference_runs": [], "raw_data_upload_bytes": 1}
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_experiment)
+    with pytest.raises(SystemExit, match="rounds: 3, now 2"):  # fewer rounds than it ran: refused
+        bench.run_cell(FederateConfig(dataset="digits", strategy="fedavg", rounds=2), ["fedavg"], tmp_path, None)
+    cell = bench.run_cell(FederateConfig(dataset="digits", strategy="fedavg", rounds=5), ["fedavg"], tmp_path, None)
+    assert calls == [5] and len(cell["runs"][0]["rounds"]) == 5 and cell["config"]["rounds"] == 5
+    assert cell["wall_seconds"] >= 100.0 and cell["resumed"]
+    assert json.loads((tmp_path / "cell.json").read_text())["config"]["rounds"] == 5
+
+
 def test_fedcond_cells_alone_run_every_seed_without_a_fedavg_grid(tmp_path, monkeypatch):
     """``--cells fedcond`` on a fresh scratch (e.g. the GPU's) needs no FedAvg grid: every seed's FedCond
     cells run; asking for FedAvg without a finished grid still stops with the reason."""
