@@ -219,6 +219,7 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
         if name in runs:
             out[f"{name}_plateau"] = plateau(runs[name], tolerance)
     avg = out.get("fedavg_plateau")
+    fedavg_rounds = runs["fedavg"]["rounds"] if "fedavg" in runs else []
     rows = []
     for name, cell in cells.items():
         if not name.startswith("fedcond"):
@@ -256,6 +257,10 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
                 # CIFAR-10's goal (issue 27): within 3 points at a tenth of FedAvg's traffic, both ways
                 row["within_3pt_at_tenth_traffic"] = (row["below_fedavg_plateau_pts"] <= 3.0
                                                       and row["traffic_fraction_of_fedavg_to_plateau"] <= 0.1)
+            # communication to the same accuracy: FedAvg's first round at least as accurate as this cell
+            match = next((r for r in fedavg_rounds if r["accuracy"] >= run["final_accuracy"]), None)
+            if match is not None:
+                row.update({"fedavg_round_to_match": match["round"], "fedavg_traffic_to_match_bytes": traffic(match)})
             rows.append(row)
     out["fedcond"] = rows
     return out
@@ -367,6 +372,16 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                     f"| {_cell(r, 'below_fedavg_plateau_pts', '.2f')} "
                     f"| {_cell(r, 'upload_fraction_of_fedavg_to_plateau', '.4f')} "
                     f"| {_cell(r, 'traffic_fraction_of_fedavg_to_plateau', '.4f')} |"
+                )
+            matched = [r for r in s.get("fedcond", []) if "fedavg_traffic_to_match_bytes" in r]
+            if matched:
+                lines.append("")
+            for r in matched:
+                lines.append(
+                    f"- FedAvg reaches {r['cell']}'s {r['accuracy']:.4f} in round {r['fedavg_round_to_match']}, after "
+                    f"{r['fedavg_traffic_to_match_bytes'] / mb:.1f} MiB up + down; {r['cell']} sends "
+                    f"{r['traffic_bytes'] / mb:.2f} MiB "
+                    f"({100 * r['traffic_bytes'] / r['fedavg_traffic_to_match_bytes']:.1f} % of it)"
                 )
             lines += ["", "Cell wall times (min): " + ", ".join(
                 f"{n} {c.get('wall_seconds', 0) / 60:.1f}"

@@ -43,6 +43,9 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
     assert round(rows["fedcond_ipc1_f2"]["gain_over_random_real_pts"], 6) == 2.0
     assert round(rows["fedcond_ipc1_f2"]["gain_over_random_real_mosaic_pts"], 6) == 1.0
     assert summary["fedavg_plateau"]["round"] == 3  # first round within the tolerance of the best
+    # communication to the same accuracy: FedAvg's first round at least as accurate as the cell
+    assert (rows["fedcond_ipc1_f2"]["fedavg_round_to_match"], rows["fedcond_ipc1_f2"]["fedavg_traffic_to_match_bytes"]) \
+        == (2, 20 * 2**20)
     report = {
         "dataset": "toy", "num_clients": 10, "command": "python benchmarks/federated_benchmark.py", "machine": "cpu",
         "versions": {"fedcond": "0"}, "wall_seconds": 60.0, "peak_memory_bytes": 2**30,
@@ -60,6 +63,8 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
     assert (tmp_path / "federated_toy_alpha0.5.png").stat().st_size > 0
     # a cell finished by a resumed invocation says its wall time is only the resumed part
     assert "fedavg 2.0 (after resuming)" in md
+    assert "- FedAvg reaches fedcond_ipc1's 0.9000 in round 1, after 10.0 MiB up + down; fedcond_ipc1 sends " \
+           "0.10 MiB (1.0 % of it)" in md
 
 
 def test_report_command_runs_every_cell_and_pastes_into_a_shell():
