@@ -44,8 +44,8 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
     assert round(rows["fedcond_ipc1_f2"]["gain_over_random_real_mosaic_pts"], 6) == 1.0
     assert summary["fedavg_plateau"]["round"] == 3  # first round within the tolerance of the best
     # communication to the same accuracy: FedAvg's first round at least as accurate as the cell
-    assert (rows["fedcond_ipc1_f2"]["fedavg_round_to_match"], rows["fedcond_ipc1_f2"]["fedavg_traffic_to_match_bytes"]) \
-        == (2, 20 * 2**20)
+    f2 = rows["fedcond_ipc1_f2"]
+    assert (f2["fedavg_round_to_match"], f2["fedavg_traffic_to_match_bytes"]) == (2, 20 * 2**20)
     report = {
         "dataset": "toy", "num_clients": 10, "command": "python benchmarks/federated_benchmark.py", "machine": "cpu",
         "versions": {"fedcond": "0"}, "wall_seconds": 60.0, "peak_memory_bytes": 2**30,
