@@ -103,13 +103,9 @@ def load_latest(folder: Path, cfg: FederateConfig) -> RoundState | None:
 
     Settings that differ from the checkpoint's are a ``FedcondError`` (see :func:`check_settings`).
     """
-    latest = folder / "latest.json"
-    if not latest.is_file():
+    k = _latest_round(folder, cfg)
+    if k is None:
         return None
-    head = json.loads(latest.read_text())
-    check_settings(folder, head["settings"], result_settings(cfg))
-    k = int(head["round"])
-    _check_within(folder, k, cfg)
     tensors = load_file(str(folder / f"round-{k}.safetensors"))
     meta = json.loads((folder / f"round-{k}.json").read_text())
     ledger = CommLedger()
@@ -148,22 +144,26 @@ def load_record(folder: Path, cfg: FederateConfig) -> dict[str, Any] | None:
     path = folder / "record.json"
     if not path.is_file():
         return None
-    latest = folder / "latest.json"
-    if latest.is_file():
-        head = json.loads(latest.read_text())
-        check_settings(folder, head["settings"], result_settings(cfg))
-        _check_within(folder, int(head["round"]), cfg)
+    _latest_round(folder, cfg)  # a record of other settings, or past this run's last round, is an error
     record = json.loads(path.read_text())
     if len(record.get("rounds", [])) < cfg.effective_rounds:  # extended: continue from the last round
         return None
     return record
 
 
-def _check_within(folder: Path, server_round: int, cfg: FederateConfig) -> None:
-    """A ``FedcondError`` if ``folder``'s checkpoint is past ``cfg``'s last round (a shorter run)."""
+def _latest_round(folder: Path, cfg: FederateConfig) -> int | None:
+    """The round ``latest.json`` names (None without one), checked against ``cfg``: other settings
+    (:func:`check_settings`), or a round past ``cfg``'s last (a shorter run), are a ``FedcondError``."""
+    latest = folder / "latest.json"
+    if not latest.is_file():
+        return None
+    head = json.loads(latest.read_text())
+    check_settings(folder, head["settings"], result_settings(cfg))
+    server_round = int(head["round"])
     if server_round > cfg.effective_rounds:
         raise FedcondError(f"{folder} holds round {server_round}, past this run's {cfg.effective_rounds} rounds; "
                            f"give --rounds {server_round} or more to read it, or delete that folder to start over")
+    return server_round
 
 
 def tensor_of_bytes(data: bytes) -> torch.Tensor:
