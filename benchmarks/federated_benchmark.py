@@ -12,8 +12,10 @@ CIFAR-10 on a GPU: the same with ``--dataset cifar10 --device cuda`` (and
 Every (alpha, seed) runs *cells* on identical partitions, each a ``fedcond federate``
 comparison in its own folder under ``--scratch`` (runs resume from their per-round
 checkpoints, finished cells are read back, so the same command continues a killed
-benchmark and the order below decides what is there first; a larger ``--rounds`` extends
-the finished FedAvg and FedProx cells from their last round):
+benchmark and the order below decides what is there first; a cell missing from the scratch
+but finished with the same settings in the results file is read from there, so a fresh clone
+runs only the cells it lacks; a larger ``--rounds`` extends the finished FedAvg and FedProx
+cells from their last round):
 
 1. ``fedcond_ipc<k>``: one-shot FedCond at each IPC of ``--ipcs`` with its references —
    random real images at the same IPC and storage dtype (the same bytes); with
@@ -110,7 +112,7 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
     if done.exists():
         cell = json.loads(done.read_text())
         stored, now = cell.get("config", {}), cfg.to_json()
-        changed = sorted(k for k in stored if k not in RUN_ONLY_SETTINGS and k in now and stored[k] != now[k])
+        changed = same_settings(stored, now)
         if not changed:
             return cell
         if changed != ["rounds"] or now["rounds"] < stored["rounds"]:
@@ -149,6 +151,29 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
             "raw_data_upload_bytes": result["raw_data_upload_bytes"]}
     done.write_text(json.dumps(cell, indent=1, default=str) + "\n")
     return cell
+
+
+def same_settings(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The settings (``FederateConfig.to_json()`` keys) that differ between a finished cell and this
+    invocation's, leaving out those that only change where or how fast it runs."""
+    return sorted(k for k in stored if k not in RUN_ONLY_SETTINGS and k in now and stored[k] != now[k])
+
+
+def restore_cell(report: dict[str, Any], setting: str, seed: str, name: str, cfg: FederateConfig,
+                 folder: Path) -> bool:
+    """Write ``report``'s finished cell ``name`` back to ``folder/cell.json`` when the folder has none and
+    the cell ran these settings; True if it did.
+
+    The results file is committed, the scratch is not: a fresh clone (or a machine that lost its scratch)
+    reads the finished cells from the report instead of running them again, so one missing cell (FedProx,
+    a seed) costs only itself. A cell with other settings, more rounds included (no checkpoint to go on
+    from), is left to run."""
+    cell = report.get("settings", {}).get(setting, {}).get(seed, {}).get("cells", {}).get(name)
+    if (folder / "cell.json").exists() or cell is None or same_settings(cell["config"], cfg.to_json()):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cell.json").write_text(json.dumps(cell, indent=1, default=str) + "\n")
+    return True
 
 
 def continue_from(grid_cell: Path, folder: Path, run: str) -> None:
@@ -495,7 +520,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # a report rebuilt by a later invocation (more seeds, --cells '') keeps the peak an earlier one measured
     previous = args.out / f"federated_{args.dataset}.json"
-    earlier_peak = json.loads(previous.read_text()).get("peak_memory_bytes", 0) if previous.exists() else 0
+    earlier = json.loads(previous.read_text()) if previous.exists() else {}
+    earlier_peak = earlier.get("peak_memory_bytes", 0)
 
     def save() -> None:
         cells = [c for setting in report["settings"].values() for e in setting.values() for c in e["cells"].values()]
@@ -522,6 +548,8 @@ def main(argv: list[str] | None = None) -> None:
             def cell(
                 name: str, cfg: FederateConfig, strategies: list[str], entry=entry, scratch=scratch
             ) -> dict | None:
+                if restore_cell(earlier, f"alpha={cfg.alpha}", f"seed={cfg.seed}", name, cfg, scratch / name):
+                    print(f"alpha {cfg.alpha} seed {cfg.seed}: {name} read from {previous}", flush=True)
                 if not {cell_kind(name), name} & kinds and not (scratch / name / "cell.json").exists():
                     return None
                 print(f"alpha {cfg.alpha} seed {cfg.seed}: {name}", flush=True)

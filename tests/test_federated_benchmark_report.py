@@ -254,3 +254,36 @@ def test_fedavg_goes_on_from_the_winning_grid_cells_last_round(tmp_path, monkeyp
     assert json.loads((cell / "checkpoints" / "fedavg" / "latest.json").read_text())["lr"] == 0.05  # the winner's
     assert json.loads((cell / "continued_from.json").read_text()) == {"cell": "fedavg_lr0.05_ep1"}
     assert seen["fedprox"] == []
+
+
+def test_a_fresh_scratch_reads_the_finished_cells_from_the_results_file(tmp_path, monkeypatch):
+    """The results file is committed, the scratch is not: on a fresh clone only the cell it lacks runs
+    (FedProx here; the grid and FedAvg come from the report), and a cell asked with other settings runs."""
+    from fedcond.simulations import experiment
+
+    bench = _load()
+    calls = []
+
+    def fake_experiment(cfg, strategies, folder, reference):
+        calls.append(folder.name)
+        folder.mkdir(parents=True, exist_ok=True)  # as a run does
+        acc = [0.5 + cfg.lr + 0.01 * i for i in range(cfg.rounds)]
+        return {"runs": [_run(strategies[0], acc, 1.0)], "reference_runs": [], "raw_data_upload_bytes": 1}
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_experiment)
+    common = ["--dataset", "digits", "--alphas", "0.5", "--seeds", "0", "--ipcs", "", "--rounds", "2",
+              "--tune-rounds", "2", "--grid-lr", "0.01,0.05", "--grid-epochs", "1", "--no-upper-bound",
+              "--out", str(tmp_path / "out")]
+    bench.main([*common, "--cells", "grid,fedavg", "--scratch", str(tmp_path / "first")])
+    assert calls == ["fedavg_lr0.01_ep1", "fedavg_lr0.05_ep1"]  # FedAvg is the winning grid cell
+    calls.clear()
+    bench.main([*common, "--cells", "fedprox", "--scratch", str(tmp_path / "fresh")])
+    assert calls == ["fedprox"]
+    report = json.loads((tmp_path / "out" / "federated_digits.json").read_text())
+    cells = report["settings"]["alpha=0.5"]["seed=0"]["cells"]
+    assert set(cells) == {"fedavg_lr0.01_ep1", "fedavg_lr0.05_ep1", "fedavg", "fedprox"}
+    assert cells["fedprox"]["config"]["lr"] == 0.05  # tuned on the grid read from the report
+    assert (tmp_path / "fresh" / "alpha0.5" / "seed0" / "fedavg_lr0.05_ep1" / "cell.json").exists()
+    calls.clear()
+    bench.main([*common, "--cells", "grid", "--iterations", "7", "--scratch", str(tmp_path / "other")])
+    assert calls == ["fedavg_lr0.01_ep1", "fedavg_lr0.05_ep1"]  # not the report's: other settings
