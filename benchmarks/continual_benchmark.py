@@ -157,11 +157,22 @@ def run_settings(tuned: dict, strategies: tuple[str, ...], mem: int, defaults: d
     return settings
 
 
+def tuned_points(path: Path) -> dict:
+    """The tuned settings in ``path``: a tune step's results (``best``) or a compare step's, which
+    records the points its runs used (``tuned``), so a comparison can be repeated from a clean clone."""
+    data = json.loads(path.read_text())
+    if "best" in data:
+        return data["best"]
+    if "tuned" in data:
+        return data["tuned"]
+    raise SystemExit(f"--tuned {path}: neither a tune step's results (best) nor a compare step's (tuned)")
+
+
 def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
     """Every strategy at every memory size and seed, each baseline with its tuned settings
     for that memory. Ours are not tuned: the plugin's defaults (evaluation-protocol
     recipe on the buffer), replay's tuned lr/epochs while an experience trains."""
-    tuned = json.loads(Path(args.tuned).read_text())["best"] if args.tuned else {}
+    tuned = tuned_points(Path(args.tuned)) if args.tuned else {}
     strategies = tuple(args.strategies.split(","))
     # runs of earlier invocations (other strategies or seeds) stay in the results file
     runs_by_key = {(r["strategy"], r["mem_size"], r["seed"]): r for r in saved.get("runs", [])
@@ -178,7 +189,9 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
                   f"{e['final_average_accuracy']:.3f} ({e['wall_time_s']:.0f} s)", flush=True)
 
         # one folder per memory size: the runner resumes finished runs from it
-        for r in run_comparison(bench, cfg, Path(args.scratch) / "compare" / f"m{mem}", device, progress):
+        # runs the results file already holds with these settings are not run again (a fresh clone's scratch)
+        for r in run_comparison(bench, cfg, Path(args.scratch) / "compare" / f"m{mem}", device, progress,
+                                known_runs=list(runs_by_key.values())):
             runs_by_key[(r["strategy"], r["mem_size"], r["seed"])] = r
         runs = sorted(runs_by_key.values(), key=lambda r: (r["mem_size"], r["strategy"], r["seed"]))
         saved.update({"tuned": tuned, "runs": runs, "summary": summarize(runs)})
@@ -314,7 +327,9 @@ def main() -> None:
         "--grid-buffer-augment", default=None, help="comma list replacing BUFFER_GRID's augmentations ('' = none)"
     )
     p.add_argument(
-        "--tuned", default=None, help="tune step's JSON (default: results/continual_<benchmark>_tune.json if present)"
+        "--tuned", default=None,
+        help="tune step's JSON, or a compare step's (the points its runs used) (default: "
+        "results/continual_<benchmark>_tune.json if present)"
     )
     p.add_argument(
         "--strategies", default="naive,joint,replay,gdumb,icarl,distilled-replay,distilled-finetune,distilled-mix"
@@ -323,7 +338,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 of the comparison")
     # the runs' settings: ContinualConfig's fields (flag, type, default) with `fedcond continual`'s help
     shared = add_config_options(
-        p, ContinualConfig, ["batch_size", "method", "iterations", "rebalance", "buffer_epochs"],
+        p, ContinualConfig, ["batch_size", "method", "iterations", "rebalance", "buffer_epochs", "precision"],
         helps={**command_help(continual_command),
                "iterations": "distillation iterations of the memory (unset: the memory's own default)",
                "buffer_epochs": "epochs of training on the memory after each experience (gdumb unless tuned, "

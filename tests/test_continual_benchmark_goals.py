@@ -90,3 +90,21 @@ def test_buffer_pictures_are_found_in_the_compare_folder_whatever_the_recorded_p
         {"strategy": "replay", "mem_size": 200, "seed": 0},
     ]
     assert buffer_pictures(runs, out) == {200: out / "m200" / "buffers" / "distilled-replay_m200_s0.png"}
+
+
+def test_tuned_points_come_from_a_tune_or_a_compare_results_file(monkeypatch, tmp_path):
+    """A clean clone repeats a comparison with the points its committed compare file records."""
+    import json
+
+    import pytest
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    tuned_points = load_script("continual_benchmark").tuned_points
+    sys.modules.pop("continual_benchmark", None)
+    point = {"icarl": {"200": {"lr": 0.03, "epochs": 5}}}
+    for i, data in enumerate([{"best": point, "rows": []}, {"tuned": point, "runs": []}]):
+        (tmp_path / f"{i}.json").write_text(json.dumps(data))
+        assert tuned_points(tmp_path / f"{i}.json") == point
+    (tmp_path / "x.json").write_text(json.dumps({"runs": []}))
+    with pytest.raises(SystemExit, match="neither a tune step's results"):
+        tuned_points(tmp_path / "x.json")

@@ -83,3 +83,19 @@ def test_forgetting_is_avalanches_stream_forgetting():
     rows = [[0.9, 0.0, 0.0], [0.5, 0.8, 0.0], [0.3, 0.6, 0.7]]
     assert forgetting(rows) == pytest.approx(((0.9 - 0.3) + (0.8 - 0.6)) / 2)
     assert forgetting([[0.4, 0.5]]) == 0.0
+
+
+def test_a_run_known_from_a_results_file_is_taken_only_with_its_settings(bench, tmp_path):
+    """A fresh scratch given the entries of an earlier results file runs only what they lack: the entry with
+    the same settings is taken (and saved to the scratch), one with other settings is not."""
+    device = torch.device("cpu")
+    cfg = ContinualConfig(strategies=("naive",), mem_sizes=(10,), seeds=(0, 1), epochs=1, lr=0.01)
+    earlier = run_comparison(bench, ContinualConfig(strategies=("naive",), mem_sizes=(10,), seeds=(0,), epochs=1,
+                                                    lr=0.01), tmp_path / "earlier", device)
+    other = {**earlier[0], "settings": {**earlier[0]["settings"], "seed": 1, "lr": 0.02}}
+    seen: list = []
+    runs = run_comparison(bench, cfg, tmp_path / "fresh", device, on_experience=lambda t, i: seen.append(t),
+                          known_runs=[earlier[0], other])
+    assert runs[0] == earlier[0] and runs[1]["settings"]["seed"] == 1 and runs[1]["settings"]["lr"] == 0.01
+    assert set(seen) == {"naive_m0_s1"}  # only seed 1 trained
+    assert json.loads((tmp_path / "fresh" / "runs" / "naive_m0_s0.json").read_text()) == earlier[0]

@@ -44,7 +44,7 @@ class RunStore:
             entry = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return None  # a damaged file: run again rather than trust it
-        return entry if _same(entry.get("settings"), settings) else None
+        return entry if same_settings(entry.get("settings"), settings) else None
 
     def save_finished(self, tag: str, entry: dict[str, Any]) -> None:
         """Record a finished run and drop its experience checkpoint."""
@@ -71,7 +71,8 @@ class RunStore:
         return state
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_settings(a: Any, b: Any) -> bool:
+    """Whether two runs' recorded settings are the same (as JSON: tuples and lists alike)."""
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 

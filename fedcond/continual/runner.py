@@ -23,7 +23,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
@@ -34,7 +34,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from fedcond.continual.benchmarks import Benchmark
 from fedcond.continual.buffer import DistilledBuffer
 from fedcond.continual.buffer_training import BufferTraining
-from fedcond.continual.resume import RunStore, can_checkpoint, capture, restore
+from fedcond.continual.resume import RunStore, can_checkpoint, capture, restore, same_settings
 from fedcond.continual.strategies import MEMORY_STRATEGIES, STRATEGIES, StrategySettings, build_strategy, replay_buffer
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
@@ -260,11 +260,14 @@ def _metric(metrics: dict[str, Any], prefix: str) -> float:
 
 def run_comparison(bench: Benchmark, config: ContinualConfig, out_dir: Path, device: torch.device,
                    on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
-                   on_experience: Callable[[str, int], None] | None = None) -> list[dict[str, Any]]:
+                   on_experience: Callable[[str, int], None] | None = None,
+                   known_runs: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Every planned run, in order; ``on_run(done, total, entry)`` after each (progress).
 
     Runs already finished in ``out_dir`` with the same settings are taken from their files,
     and an interrupted run continues after its last finished experience (``resume``).
+    ``known_runs``: entries finished elsewhere (a results file of an earlier invocation), each
+    taken, and saved to ``out_dir``, for the planned run with exactly its settings.
     """
     runs = plan(config)
     store = RunStore(out_dir)
@@ -272,7 +275,12 @@ def run_comparison(bench: Benchmark, config: ContinualConfig, out_dir: Path, dev
     for i, (strategy, mem, seed) in enumerate(runs):
         settings = config.settings(strategy, mem, seed, bench)
         settings.precision = resolve_precision(settings.precision, device)  # recorded as it runs, never "auto"
-        entry = store.finished(run_tag(settings), _recorded_settings(settings))
+        recorded = _recorded_settings(settings)
+        entry = store.finished(run_tag(settings), recorded)
+        if entry is None:
+            entry = next((k for k in known_runs if same_settings(k.get("settings"), recorded)), None)
+            if entry is not None:
+                store.save_finished(run_tag(settings), entry)
         if entry is None:
             entry = run_one(bench, settings, config.model, out_dir, device, on_experience)
             store.save_finished(run_tag(settings), entry)
