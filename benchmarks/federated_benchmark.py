@@ -279,9 +279,18 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
                             "traffic_fraction_of_fedavg_to_plateau": row["traffic_bytes"] / avg["traffic_bytes"]})
                 row["within_1pt_at_tenth_bytes"] = (row["below_fedavg_plateau_pts"] <= 1.0
                                                     and row["upload_fraction_of_fedavg_to_plateau"] <= 0.1)
-                # CIFAR-10's goal (issue 27): within 3 points at a tenth of FedAvg's traffic, both ways
-                row["within_3pt_at_tenth_traffic"] = (row["below_fedavg_plateau_pts"] <= 3.0
-                                                      and row["traffic_fraction_of_fedavg_to_plateau"] <= 0.1)
+                # CIFAR-10's goal (issue 27): within 3 points at a tenth of FedAvg's traffic, both ways, in
+                # any round (an iterative run's later rounds may cost more than the tenth its earlier ones fit)
+                budget = 0.1 * avg["traffic_bytes"]
+                best = max((r for r in run["rounds"] if traffic(r) <= budget), key=lambda r: r["accuracy"],
+                           default=None)
+                if len(run["rounds"]) > 1:
+                    row["best_round_within_tenth_traffic"] = None if best is None else {
+                        "round": best["round"], "accuracy": best["accuracy"], "traffic_bytes": traffic(best),
+                        "budget_bytes": budget, "below_fedavg_plateau_pts": 100 * (avg["accuracy"] - best["accuracy"])}
+                row["within_3pt_at_tenth_traffic"] = (
+                    row["below_fedavg_plateau_pts"] <= 3.0 and row["traffic_fraction_of_fedavg_to_plateau"] <= 0.1
+                ) or (best is not None and 100 * (avg["accuracy"] - best["accuracy"]) <= 3.0)
             # communication to the same accuracy: FedAvg's first round at least as accurate as this cell
             match = next((r for r in fedavg_rounds if r["accuracy"] >= run["final_accuracy"]), None)
             if match is not None:
@@ -401,6 +410,17 @@ def write_report(report: dict[str, Any], out: Path) -> None:
             matched = [r for r in s.get("fedcond", []) if "fedavg_traffic_to_match_bytes" in r]
             if matched:
                 lines.append("")
+            for r in s.get("fedcond", []):
+                if "best_round_within_tenth_traffic" not in r:
+                    continue
+                b, tenth = r["best_round_within_tenth_traffic"], 0.1 * s["fedavg_plateau"]["traffic_bytes"]
+                lines.append(
+                    f"- {r['cell']} within a tenth of FedAvg's traffic to its plateau ({tenth / mb:.1f} "
+                    + ("MiB): no round fits" if b is None else
+                       f"MiB): round {b['round']}, {b['accuracy']:.4f} after {b['traffic_bytes'] / mb:.1f} MiB up + "
+                       f"down, {b['below_fedavg_plateau_pts']:.2f} pts below the plateau")
+                    + f"; goal (within 3 pts) {'met' if r['within_3pt_at_tenth_traffic'] else 'not met'}"
+                )
             for r in matched:
                 lines.append(
                     f"- FedAvg reaches {r['cell']}'s {r['accuracy']:.4f} in round {r['fedavg_round_to_match']}, after "

@@ -36,6 +36,7 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
                             ]},
         "fedavg": {"runs": [_run("fedavg", [0.95, 0.97, 0.99, 0.99], 10.0)], "wall_seconds": 120.0,
                    "resumed": True},
+        "fedcond-iterative": {"runs": [_run("fedcond-iterative", [0.93, 0.98, 0.985], 1.2)]},
     }
     summary = bench.summarise(cells, 0.005)
     rows = {r["cell"]: r for r in summary["fedcond"]}
@@ -63,6 +64,9 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
     assert (tmp_path / "federated_toy_alpha0.5.png").stat().st_size > 0
     # a cell finished by a resumed invocation says its wall time is only the resumed part
     assert "fedavg 2.0 (after resuming)" in md
+    # the iterative run's last round sends 3.6 MiB, over a tenth of FedAvg's 30 MiB: its round 2 fits
+    assert "- fedcond-iterative within a tenth of FedAvg's traffic to its plateau (3.0 MiB): round 2, 0.9800 after " \
+           "2.4 MiB up + down, 1.00 pts below the plateau; goal (within 3 pts) met" in md
     assert "- FedAvg reaches fedcond_ipc1's 0.9000 in round 1, after 10.0 MiB up + down; fedcond_ipc1 sends " \
            "0.10 MiB (1.0 % of it)" in md
 
@@ -193,6 +197,8 @@ def test_fedavg_traffic_counts_the_models_it_downloads_and_judges_the_3_point_go
         r["download_bytes"] = r["upload_bytes"]
     iterative = _run("fedcond-iterative", [0.60, 0.68], 1.0)
     iterative["download_bytes"] = 6 * mib  # the model each round, smaller sets up
+    for r in iterative["rounds"]:
+        r["download_bytes"] = 3 * mib * r["round"]
     cells = {"fedavg": {"runs": [fedavg]}, "fedcond-iterative": {"runs": [iterative]}}
     summary = bench.summarise(cells, 0.005)
     p = summary["fedavg_plateau"]
@@ -203,8 +209,17 @@ def test_fedavg_traffic_counts_the_models_it_downloads_and_judges_the_3_point_go
     assert round(row["traffic_fraction_of_fedavg_to_plateau"], 6) == round(8 / 60, 6)  # over a tenth both ways
     assert round(row["below_fedavg_plateau_pts"], 6) == 2.0
     assert row["within_3pt_at_tenth_traffic"] is False
-    iterative["download_bytes"] = 3 * mib
+    # round 1 fits the tenth (4 of 6 MiB) but is 10 points below; round 2 is 2 below but sends 8
+    assert row["best_round_within_tenth_traffic"]["round"] == 1
+    assert round(row["best_round_within_tenth_traffic"]["below_fedavg_plateau_pts"], 6) == 10.0
+    iterative["download_bytes"] = iterative["rounds"][1]["download_bytes"] = 3 * mib
     assert bench.summarise(cells, 0.005)["fedcond"][0]["within_3pt_at_tenth_traffic"] is True  # 5 / 60
+    # a run whose last round costs more than the tenth meets the goal in an earlier round that fits
+    iterative["rounds"].append({**iterative["rounds"][1], "round": 3, "upload_bytes": 9 * mib, "accuracy": 0.69})
+    iterative.update(download_bytes=9 * mib, upload_bytes=9 * mib, final_accuracy=0.69)
+    row = bench.summarise(cells, 0.005)["fedcond"][0]
+    assert row["traffic_fraction_of_fedavg_to_plateau"] > 0.1 and row["within_3pt_at_tenth_traffic"] is True
+    assert row["best_round_within_tenth_traffic"]["round"] == 2
 
 
 def test_a_cell_whose_clients_did_not_all_reply_is_moved_aside_not_recorded(tmp_path, monkeypatch):
