@@ -428,8 +428,11 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                     f"{r['traffic_bytes'] / mb:.2f} MiB "
                     f"({100 * r['traffic_bytes'] / r['fedavg_traffic_to_match_bytes']:.1f} % of it)"
                 )
-            lines += ["", "Cell wall times (min): " + ", ".join(
+            # the arithmetic beside the minutes: bfloat16 where the machine runs it fast (AMX, CUDA), which
+            # a later invocation on another machine may pick for its cells
+            lines += ["", "Cell wall times (min, arithmetic): " + ", ".join(
                 f"{n} {c.get('wall_seconds', 0) / 60:.1f}"
+                + "".join(f" {r['precision']}" for r in c.get("runs", [])[:1] if r.get("precision"))
                 + (f" (after {c['continued_from']}'s rounds)" if c.get("continued_from")
                    else " (after resuming)" if c.get("resumed") else "")
                 for n, c in entry["cells"].items()), ""]

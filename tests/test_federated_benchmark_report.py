@@ -34,8 +34,8 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
                                 _run("fedcond", [0.94], 0.1, "random-real", "random-real", 1),
                                 _run("fedcond", [0.95], 0.1, "random-real-mosaic", "random-real-f2", 1),
                             ]},
-        "fedavg": {"runs": [_run("fedavg", [0.95, 0.97, 0.99, 0.99], 10.0)], "wall_seconds": 120.0,
-                   "resumed": True},
+        "fedavg": {"runs": [{**_run("fedavg", [0.95, 0.97, 0.99, 0.99], 10.0), "precision": "bfloat16"}],
+                   "wall_seconds": 120.0, "resumed": True},
         "fedcond-iterative": {"runs": [_run("fedcond-iterative", [0.93, 0.98, 0.985], 1.2)]},
     }
     summary = bench.summarise(cells, 0.005)
@@ -63,7 +63,7 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
     assert json.loads((tmp_path / "federated_toy.json").read_text())["dataset"] == "toy"
     assert (tmp_path / "federated_toy_alpha0.5.png").stat().st_size > 0
     # a cell finished by a resumed invocation says its wall time is only the resumed part
-    assert "fedavg 2.0 (after resuming)" in md
+    assert "fedavg 2.0 bfloat16 (after resuming)" in md
     # the iterative run's last round sends 3.6 MiB, over a tenth of FedAvg's 30 MiB: its round 2 fits
     assert "- fedcond-iterative within a tenth of FedAvg's traffic to its plateau (3.0 MiB): round 2, 0.9800 after " \
            "2.4 MiB up + down, 1.00 pts below the plateau; goal (within 3 pts) met" in md
