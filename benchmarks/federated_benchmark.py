@@ -112,7 +112,7 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
     if done.exists():
         cell = json.loads(done.read_text())
         stored, now = cell.get("config", {}), cfg.to_json()
-        changed = same_settings(stored, now)
+        changed = changed_settings(stored, now)
         if not changed:
             return cell
         if changed != ["rounds"] or now["rounds"] < stored["rounds"]:
@@ -153,7 +153,7 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
     return cell
 
 
-def same_settings(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+def changed_settings(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The settings (``FederateConfig.to_json()`` keys) that differ between a finished cell and this
     invocation's, leaving out those that only change where or how fast it runs."""
     return sorted(k for k in stored if k not in RUN_ONLY_SETTINGS and k in now and stored[k] != now[k])
@@ -169,7 +169,7 @@ def restore_cell(report: dict[str, Any], setting: str, seed: str, name: str, cfg
     a seed) costs only itself. A cell with other settings, more rounds included (no checkpoint to go on
     from), is left to run."""
     cell = report.get("settings", {}).get(setting, {}).get(seed, {}).get("cells", {}).get(name)
-    if (folder / "cell.json").exists() or cell is None or same_settings(cell["config"], cfg.to_json()):
+    if (folder / "cell.json").exists() or cell is None or changed_settings(cell["config"], cfg.to_json()):
         return False
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cell.json").write_text(json.dumps(cell, indent=1, default=str) + "\n")
