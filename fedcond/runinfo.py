@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from fedcond.precision import has_fast_bfloat16
+
 _PACKAGES = ("fedcond", "torch", "torchvision", "numpy", "flwr", "flwr-datasets", "avalanche-lib", "safetensors",
              "opacus")
 
@@ -31,11 +33,14 @@ def package_versions() -> dict[str, str | None]:
 
 
 def device_description(device: torch.device) -> str:
-    """Human-readable device: GPU model, or CPU with its core count."""
+    """Human-readable device: GPU model, or CPU with its core count (and AMX, which makes bfloat16
+    fast and so decides what ``auto`` precision picks and how long a run takes)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    amx = ", AMX" if has_fast_bfloat16(device) else ""
     return (
-        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+        f"threads{amx})"
     )
 
 

@@ -23,3 +23,16 @@ def test_a_cli_run_records_the_fedcond_command_however_it_was_started(monkeypatc
         assert run_record(torch.device("cpu"))["command"] == "fedcond evaluate 'a b.safetensors' --runs 3"
     monkeypatch.setattr(sys, "argv", ["benchmarks/x.py", "--n", "1"])
     assert run_record(torch.device("cpu"))["command"] == "benchmarks/x.py --n 1"
+
+
+def test_a_cpu_is_described_with_amx_where_it_has_it(monkeypatch):
+    """Results files name the machine; AMX decides what precision auto picks and the wall times."""
+    import torch
+
+    from fedcond import precision
+    from fedcond.runinfo import device_description
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
+    assert device_description(torch.device("cpu")).endswith("threads, AMX)")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert device_description(torch.device("cpu")).endswith(" threads)")
