@@ -188,10 +188,15 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
             print(f"[mem {mem} {done}/{total}] {e['strategy']} seed {e['seed']}: "
                   f"{e['final_average_accuracy']:.3f} ({e['wall_time_s']:.0f} s)", flush=True)
 
+        def experience_done(tag: str, i: int) -> None:
+            # a distilled run can spend half an hour or more per experience on a CPU: say where it is
+            print(f"  {tag}: experience {i + 1} of {bench.n_experiences} finished at {time.strftime('%H:%M')}",
+                  flush=True)
+
         # one folder per memory size: the runner resumes finished runs from it
         # runs the results file already holds with these settings are not run again (a fresh clone's scratch)
         for r in run_comparison(bench, cfg, Path(args.scratch) / "compare" / f"m{mem}", device, progress,
-                                known_runs=list(runs_by_key.values())):
+                                experience_done, known_runs=list(runs_by_key.values())):
             runs_by_key[(r["strategy"], r["mem_size"], r["seed"])] = r
         runs = sorted(runs_by_key.values(), key=lambda r: (r["mem_size"], r["strategy"], r["seed"]))
         saved.update({"tuned": tuned, "runs": runs, "summary": summarize(runs)})
