@@ -354,7 +354,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     mb = 2**20
     lines = [f"# Federated benchmark: {report['dataset']}, {report['num_clients']} clients, Dirichlet", "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
+             f"Command: `{report['command']}`  ",
+             f"Machine of the invocation that wrote this report: {report['machine']} (cells of earlier "
+             "invocations may have run elsewhere: each cell's arithmetic is beside its wall time below)  ",
              f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}  ",
              f"Wall time of the finished cells (sum): {report['wall_seconds'] / 60:.0f} min; peak memory of the "
              f"process tree: {report['peak_memory_bytes'] / 2**30:.2f} GiB (the most over every invocation that "
