@@ -13,7 +13,7 @@ from fedcond.federated.partition import partition_indices
 def test_batched_clients_get_the_sets_of_their_one_at_a_time_runs(digits):
     parts = partition_indices(digits.train_labels, 20, "dirichlet", alpha=0.5, seed=0)
     clients = [digits.subset(p) for p in parts[:5]]  # 30-120 images, 4-10 classes, skewed
-    config = DMConfig(ipc=2, iterations=10)
+    config = DMConfig(ipc=2, iterations=10, real_precision="float32")  # the float32 path, AMX or not
     seeds = [1009 * i + 7 for i in range(len(clients))]
     alone = [get_distiller("dm").distill(c, config, torch.Generator().manual_seed(s)) for c, s in zip(clients, seeds)]
     together = get_distiller("dm").distill_many(clients, config, [torch.Generator().manual_seed(s) for s in seeds])
