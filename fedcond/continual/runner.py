@@ -279,10 +279,8 @@ def run_comparison(bench: Benchmark, config: ContinualConfig, out_dir: Path, dev
         entry = store.finished(run_tag(settings), recorded)
         if entry is None:
             entry = next((k for k in known_runs if same_settings(k.get("settings"), recorded)), None)
-            if entry is not None:
-                store.save_finished(run_tag(settings), entry)
-        if entry is None:
-            entry = run_one(bench, settings, config.model, out_dir, device, on_experience)
+            if entry is None:
+                entry = run_one(bench, settings, config.model, out_dir, device, on_experience)
             store.save_finished(run_tag(settings), entry)
         results.append(entry)
         if on_run is not None:
