@@ -189,8 +189,17 @@ def continue_from(grid_cell: Path, folder: Path, run: str) -> None:
     (folder / "continued_from.json").write_text(json.dumps({"cell": grid_cell.name}) + "\n")
 
 
+def upper_bound_inputs(cfg: FederateConfig) -> dict[str, Any]:
+    """What the upper bound depends on (:func:`~fedcond.federated.references.reference_inputs`), less
+    where the data lives."""
+    from fedcond.federated.references import reference_inputs  # noqa: PLC0415
+
+    return {k: v for k, v in reference_inputs(cfg).items() if k != "data_dir"}
+
+
 def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
-    """All the data in one place, trained to its held-out plateau (independent of alpha)."""
+    """All the data in one place, trained to its held-out plateau (independent of alpha); a killed cell
+    goes on from its last finished epoch, and every epoch prints a line."""
     from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
     from fedcond.federated.references import centralised_reference  # noqa: PLC0415
 
@@ -198,9 +207,29 @@ def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
     if done.exists():
         return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg)
+    start = time.strftime("%H:%M")
+
+    def progress(event: Any) -> None:
+        print(f"  upper bound epoch {event.step}/{event.total} (started {start}, now {time.strftime('%H:%M')}): "
+              f"held-out loss {event.metrics['val_loss']:.4f}, lr drops {event.metrics['lr_drops']}", flush=True)
+
+    ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg, on_event=progress,
+                                checkpoint_dir=folder)
+    ref["inputs"] = upper_bound_inputs(cfg)
     done.write_text(json.dumps(ref, indent=1) + "\n")
     return ref
+
+
+def restore_upper_bound(report: dict[str, Any], setting: str, seed: str, cfg: FederateConfig,
+                        folder: Path) -> bool:
+    """:func:`restore_cell` for the upper bound: its finished entry in ``report``, written back to
+    ``folder/cell.json`` when the folder has none and it was trained with these inputs; True if it was."""
+    ref = report.get("settings", {}).get(setting, {}).get(seed, {}).get("upper_bound")
+    if (folder / "cell.json").exists() or ref is None or ref.get("inputs") != upper_bound_inputs(cfg):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cell.json").write_text(json.dumps(ref, indent=1) + "\n")
+    return True
 
 
 def reproducing_command(argv: list[str]) -> str:
@@ -641,6 +670,8 @@ def main(argv: list[str] | None = None) -> None:
                     ["fedcond-iterative"],
                 )
             upper_folder = args.scratch / f"upper-bound_seed{seed}"
+            if args.upper_bound and restore_upper_bound(earlier, f"alpha={alpha}", f"seed={seed}", base, upper_folder):
+                print(f"alpha {alpha} seed {seed}: upper bound read from {previous}", flush=True)
             if args.upper_bound and ("upper-bound" in kinds or (upper_folder / "cell.json").exists()):
                 print(f"alpha {alpha} seed {seed}: upper bound", flush=True)
                 entry["upper_bound"] = upper_bound_cell(base, upper_folder)

@@ -302,3 +302,28 @@ def test_a_fresh_scratch_reads_the_finished_cells_from_the_results_file(tmp_path
     calls.clear()
     bench.main([*common, "--cells", "grid", "--iterations", "7", "--scratch", str(tmp_path / "other")])
     assert calls == ["fedavg_lr0.01_ep1", "fedavg_lr0.05_ep1"]  # not the report's: other settings
+
+
+def test_the_upper_bound_is_read_from_the_results_file_unless_its_inputs_changed(tmp_path, monkeypatch):
+    """A fresh scratch asked for other cells keeps the finished upper bound (an hour on CIFAR-10) in the
+    report; trained under other inputs (another epoch limit) it is trained again."""
+    from fedcond.federated import references
+
+    bench = _load()
+    trained = []
+
+    def fake_reference(data, cfg, total_ipc=None, on_event=None, checkpoint_dir=None):
+        trained.append(cfg.central_max_epochs)
+        return {"full_data_accuracy": 0.9, "full_data_epochs": cfg.central_max_epochs}
+
+    monkeypatch.setattr(references, "centralised_reference", fake_reference)
+    common = ["--dataset", "digits", "--alphas", "0.5", "--seeds", "0", "--ipcs", "", "--grid-lr", "0.01", "--grid-epochs", "1",
+              "--out", str(tmp_path / "out")]
+    bench.main([*common, "--cells", "upper-bound", "--scratch", str(tmp_path / "first")])
+    assert trained == [30]
+    bench.main([*common, "--cells", "", "--scratch", str(tmp_path / "fresh")])
+    assert trained == [30]
+    report = json.loads((tmp_path / "out" / "federated_digits.json").read_text())
+    assert report["settings"]["alpha=0.5"]["seed=0"]["upper_bound"]["full_data_accuracy"] == 0.9
+    bench.main([*common, "--cells", "upper-bound", "--central-max-epochs", "7", "--scratch", str(tmp_path / "other")])
+    assert trained == [30, 7]

@@ -64,3 +64,53 @@ def test_centralised_upper_bound_is_trained(digits):
     ref = centralised_reference(digits, FederateConfig())
     assert ref["full_data_accuracy"] >= 0.98
     assert ref["full_data_best_epoch"] <= ref["full_data_epochs"] <= 100 and ref["full_data_lr_decays"] >= 1
+
+
+def test_a_killed_plateau_training_goes_on_from_its_last_epoch_with_the_same_result(tmp_path):
+    """The upper bound on CIFAR-10 is an hour of CPU: a kill costs one epoch, and the resumed
+    run ends where an uninterrupted one does (weights, kept epoch, learning-rate drops)."""
+    import pytest
+    import torch
+    from torch import nn
+
+    from fedcond.federated.references import train_to_plateau
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(300, 12, generator=gen)
+    labels = (images[:, 0] + 0.5 * torch.randn(300, generator=gen) > 0).long()  # noisy: the held-out loss plateaus
+
+    def model() -> nn.Module:
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    kw = {"max_epochs": 40, "patience": 2, "lr": 0.1, "batch_size": 32}
+    whole = model()
+    expected = train_to_plateau(whole, images, labels, torch.Generator().manual_seed(5), **kw)
+    assert expected.lr_decays == 2 and expected.epochs < 40  # it stopped on the plateau, after both drops
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(epoch: int):
+        def on_epoch(e, n, m):
+            if e == epoch:
+                raise Killed
+        return on_epoch
+
+    path = tmp_path / "plateau.pt"
+    for kill in (3, expected.epochs - 1):  # before and after a learning-rate drop
+        with pytest.raises(Killed):
+            train_to_plateau(model(), images, labels, torch.Generator().manual_seed(5), on_epoch=kill_at(kill),
+                             checkpoint=path, **kw)
+    seen: list[int] = []
+    resumed = model()
+    result = train_to_plateau(resumed, images, labels, torch.Generator().manual_seed(5),
+                              on_epoch=lambda e, n, m: seen.append(e), checkpoint=path, **kw)
+    assert seen == [expected.epochs]  # only the epoch after the last saved one ran
+    assert result == expected
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    # Other settings do not go on from that file: they train from the first epoch.
+    seen.clear()
+    train_to_plateau(model(), images, labels, torch.Generator().manual_seed(5), on_epoch=lambda e, n, m: seen.append(e),
+                     checkpoint=path, **{**kw, "lr": 0.05})
+    assert seen[0] == 1

@@ -38,6 +38,7 @@ comparison run again reads it back instead of training it again.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -144,6 +145,31 @@ def _mean_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bat
     return total / labels.shape[0]
 
 
+PLATEAU_CHECKPOINT_FORMAT = 1
+
+
+def _save_plateau(path: Path, state: dict[str, Any]) -> None:
+    """Atomically write the trainer's state after an epoch: a kill leaves the previous epoch's file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_plateau(path: Path, fingerprint: str, order: torch.Tensor) -> dict[str, Any] | None:
+    """The state saved by an earlier run of the same training, or None: no file, an unreadable
+    one, or one of other settings or another split (that run's epochs say nothing about this one)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception:  # noqa: BLE001  (unpickling errors come in many types; all mean "start over")
+        return None
+    same = (state.get("format") == PLATEAU_CHECKPOINT_FORMAT and state.get("fingerprint") == fingerprint
+            and torch.equal(state.get("order", torch.empty(0)), order))
+    return state if same else None
+
+
 def train_to_plateau(
     model: nn.Module,
     images: torch.Tensor,
@@ -156,6 +182,8 @@ def train_to_plateau(
     lr: float = 0.01,
     batch_size: int = 64,
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
 ) -> Plateau:
     """Train ``model`` in place until the held-out loss plateaus; keep its best weights.
 
@@ -165,6 +193,12 @@ def train_to_plateau(
     held-out loss, not accuracy, decides: on small sets held-out accuracy reaches 100 %
     early and then cannot tell better weights from worse. ``on_epoch(epoch, max_epochs,
     metrics)`` follows every epoch (held-out loss, learning-rate drops so far).
+
+    With ``checkpoint`` (a file path) the whole state (weights, optimiser, best weights,
+    patience counters, the generator) is written there after every epoch, and a run started
+    again with the same model, data, generator seed, settings and ``fingerprint`` (the
+    caller's description of anything else that matters) goes on from the last finished
+    epoch with the result of an uninterrupted run. A file of other settings is overwritten.
     """
     n = labels.shape[0]
     order = torch.randperm(n, generator=generator)
@@ -173,7 +207,19 @@ def train_to_plateau(
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     best = (float("inf"), 0, {k: v.clone() for k, v in model.state_dict().items()})
     waited = decays = epoch = 0
-    for epoch in range(1, max_epochs + 1):
+    finished = False
+    settings = json.dumps({"n": n, "val_fraction": val_fraction, "max_epochs": max_epochs, "patience": patience,
+                           "max_decays": max_decays, "lr": lr, "batch_size": batch_size, "caller": fingerprint},
+                          sort_keys=True)
+    saved = _load_plateau(checkpoint, settings, order) if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        best = (float(saved["best_loss"]), int(saved["best_epoch"]), saved["best_model"])
+        waited, decays, epoch, finished = (int(saved[k]) for k in ("waited", "decays", "epoch", "finished"))
+    while not finished and epoch < max_epochs:
+        epoch += 1
         model.train()
         shuffled = fit[torch.randperm(fit.shape[0], generator=generator)]
         for start in range(0, shuffled.shape[0], batch_size):
@@ -183,35 +229,49 @@ def train_to_plateau(
             loss.backward()
             opt.step()
         val_loss = _mean_loss(model, images[val], labels[val])
-        if on_epoch is not None:
-            on_epoch(epoch, max_epochs, {"val_loss": val_loss, "lr_drops": decays})
         if val_loss < best[0]:
             best, waited = (val_loss, epoch, {k: v.clone() for k, v in model.state_dict().items()}), 0
-            continue
-        waited += 1
-        if waited >= patience:
-            if decays == max_decays:
-                break
-            decays, waited = decays + 1, 0
-            for group in opt.param_groups:
-                group["lr"] /= 10
+        else:
+            waited += 1
+            if waited >= patience:
+                if decays == max_decays:
+                    finished = True
+                else:
+                    decays, waited = decays + 1, 0
+                    for group in opt.param_groups:
+                        group["lr"] /= 10
+        if checkpoint is not None:
+            _save_plateau(checkpoint, {
+                "format": PLATEAU_CHECKPOINT_FORMAT, "fingerprint": settings, "order": order,
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": generator.get_state(),
+                "best_loss": best[0], "best_epoch": best[1], "best_model": best[2],
+                "waited": waited, "decays": decays, "epoch": epoch, "finished": int(finished)})
+        if on_epoch is not None:
+            on_epoch(epoch, max_epochs, {"val_loss": val_loss, "lr_drops": decays})
     model.load_state_dict(best[2])
     return Plateau(epochs=epoch, best_epoch=best[1], val_loss=best[0],
                    val_accuracy=accuracy(model, images[val], labels[val]), lr_decays=decays)
 
 
+UPPER_BOUND_CHECKPOINT = "upper-bound-training.pt"
+
+
 def centralised_reference(data: ImageDataset, cfg: FederateConfig, total_ipc: int | None = None,
-                          on_event: OnEvent | None = None) -> dict[str, Any]:
+                          on_event: OnEvent | None = None, checkpoint_dir: Path | None = None) -> dict[str, Any]:
     """Accuracy with all data in one place: the upper bound trained to a plateau
     (:func:`train_to_plateau`, at most ``cfg.central_max_epochs`` epochs), and optionally
     the same distillation method run centrally at ``total_ipc`` images per class (the
-    pooled size). Progress goes to ``on_event`` as :class:`ReferenceProgress`."""
+    pooled size). Progress goes to ``on_event`` as :class:`ReferenceProgress`. With
+    ``checkpoint_dir`` the upper bound's training saves every epoch there and a killed run
+    goes on from its last epoch (on CIFAR-10 it is an hour of CPU)."""
     emit = on_event or (lambda event: None)
     start = time.perf_counter()
     model = new_model(data, cfg)
     run = train_to_plateau(model, data.train_images, data.train_labels, torch.Generator().manual_seed(cfg.seed),
                            max_epochs=cfg.central_max_epochs, patience=cfg.central_patience,
-                           on_epoch=lambda e, n, m: emit(ReferenceProgress("upper bound", e, n, m)))
+                           on_epoch=lambda e, n, m: emit(ReferenceProgress("upper bound", e, n, m)),
+                           checkpoint=checkpoint_dir / UPPER_BOUND_CHECKPOINT if checkpoint_dir else None,
+                           fingerprint=json.dumps(reference_inputs(cfg), sort_keys=True))
     out: dict[str, Any] = {"full_data_accuracy": accuracy(model, data.test_images, data.test_labels),
                            "full_data_epochs": run.epochs, "full_data_seconds": time.perf_counter() - start,
                            "full_data_best_epoch": run.best_epoch, "full_data_val_loss": run.val_loss,
@@ -264,7 +324,7 @@ def cached_reference(folder: Path | None, data: ImageDataset, cfg: FederateConfi
         if saved.get("inputs") == inputs:
             emit(ReferenceFinished(saved["reference"], from_checkpoint=True))
             return saved["reference"]
-    ref = centralised_reference(data, cfg, total_ipc, on_event)
+    ref = centralised_reference(data, cfg, total_ipc, on_event, checkpoint_dir=folder)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, {"inputs": inputs, "reference": ref})  # atomic: a kill leaves no half file
