@@ -317,8 +317,8 @@ def test_the_upper_bound_is_read_from_the_results_file_unless_its_inputs_changed
         return {"full_data_accuracy": 0.9, "full_data_epochs": cfg.central_max_epochs}
 
     monkeypatch.setattr(references, "centralised_reference", fake_reference)
-    common = ["--dataset", "digits", "--alphas", "0.5", "--seeds", "0", "--ipcs", "", "--grid-lr", "0.01", "--grid-epochs", "1",
-              "--out", str(tmp_path / "out")]
+    common = ["--dataset", "digits", "--alphas", "0.5", "--seeds", "0", "--ipcs", "", "--grid-lr", "0.01",
+              "--grid-epochs", "1", "--out", str(tmp_path / "out")]
     bench.main([*common, "--cells", "upper-bound", "--scratch", str(tmp_path / "first")])
     assert trained == [30]
     bench.main([*common, "--cells", "", "--scratch", str(tmp_path / "fresh")])
