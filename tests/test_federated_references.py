@@ -69,6 +69,8 @@ def test_centralised_upper_bound_is_trained(digits):
 def test_a_killed_plateau_training_goes_on_from_its_last_epoch_with_the_same_result(tmp_path):
     """The upper bound on CIFAR-10 is an hour of CPU: a kill costs one epoch, and the resumed
     run ends where an uninterrupted one does (weights, kept epoch, learning-rate drops)."""
+    import time
+
     import pytest
     import torch
     from torch import nn
@@ -104,10 +106,13 @@ def test_a_killed_plateau_training_goes_on_from_its_last_epoch_with_the_same_res
                              checkpoint=path, **kw)
     seen: list[int] = []
     resumed = model()
+    start = time.perf_counter()
     result = train_to_plateau(resumed, images, labels, torch.Generator().manual_seed(5),
                               on_epoch=lambda e, n, m: seen.append(e), checkpoint=path, **kw)
+    last_part = time.perf_counter() - start
     assert seen == [expected.epochs]  # only the epoch after the last saved one ran
     assert result == expected
+    assert result.seconds > last_part  # the killed parts' epochs count in its training time
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
     # Other settings do not go on from that file: they train from the first epoch.
     seen.clear()
