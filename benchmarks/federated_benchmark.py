@@ -392,7 +392,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
              f"Machine of the invocation that wrote this report: {report['machine']} (cells of earlier "
              "invocations may have run elsewhere: each cell's arithmetic is beside its wall time below)  ",
              f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}  ",
-             f"Wall time of the finished cells (sum): {report['wall_seconds'] / 60:.0f} min; peak memory of the "
+             f"Wall time of the finished cells and the upper bound (sum): {report['wall_seconds'] / 60:.0f} min; "
+             "peak memory of the "
              f"process tree: {report['peak_memory_bytes'] / 2**30:.2f} GiB (the most over every invocation that "
              "wrote this report)", ""]
     for alpha, setting in report["settings"].items():
@@ -419,7 +420,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                     lines.append(f"- {name} plateau {p['accuracy']:.4f}, reached in round {p['round']} "
                                  f"after {p['upload_bytes'] / mb:.1f} MiB uploaded{down}")
             if entry.get("upper_bound"):
-                lines.append(f"- all data in one place (upper bound): {entry['upper_bound']['full_data_accuracy']:.4f}")
+                ub = entry["upper_bound"]
+                lines.append(f"- all data in one place (upper bound): {ub['full_data_accuracy']:.4f} "
+                             f"({ub['full_data_epochs']} epochs, best held-out loss in epoch "
+                             f"{ub['full_data_best_epoch']}; {ub['full_data_seconds'] / 60:.0f} min of training)")
             raw = next(
                 (c.get("raw_data_upload_bytes") for c in entry["cells"].values() if c.get("raw_data_upload_bytes")),
                 None,
@@ -584,7 +588,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def save() -> None:
         cells = [c for setting in report["settings"].values() for e in setting.values() for c in e["cells"].values()]
-        report["wall_seconds"] = sum(c.get("wall_seconds", 0) for c in cells)
+        # one upper bound per seed, whatever the alpha (its partition plays no part)
+        uppers = {seed: e["upper_bound"] for setting in report["settings"].values() for seed, e in setting.items()
+                  if e.get("upper_bound")}
+        report["wall_seconds"] = sum(c.get("wall_seconds", 0) for c in cells) + sum(
+            u.get("full_data_seconds", 0) for u in uppers.values())
         report["peak_memory_bytes"] = max(
             [earlier_peak, memory.peak_bytes, *(c.get("peak_memory_bytes", 0) for c in cells)]
         )

@@ -314,7 +314,8 @@ def test_the_upper_bound_is_read_from_the_results_file_unless_its_inputs_changed
 
     def fake_reference(data, cfg, total_ipc=None, on_event=None, checkpoint_dir=None):
         trained.append(cfg.central_max_epochs)
-        return {"full_data_accuracy": 0.9, "full_data_epochs": cfg.central_max_epochs}
+        return {"full_data_accuracy": 0.9, "full_data_epochs": cfg.central_max_epochs, "full_data_best_epoch": 3,
+                "full_data_seconds": 60.0}
 
     monkeypatch.setattr(references, "centralised_reference", fake_reference)
     common = ["--dataset", "digits", "--alphas", "0.5", "--seeds", "0", "--ipcs", "", "--grid-lr", "0.01",
@@ -325,5 +326,6 @@ def test_the_upper_bound_is_read_from_the_results_file_unless_its_inputs_changed
     assert trained == [30]
     report = json.loads((tmp_path / "out" / "federated_digits.json").read_text())
     assert report["settings"]["alpha=0.5"]["seed=0"]["upper_bound"]["full_data_accuracy"] == 0.9
+    assert report["wall_seconds"] == 60.0  # its training time counts in the report's wall time
     bench.main([*common, "--cells", "upper-bound", "--central-max-epochs", "7", "--scratch", str(tmp_path / "other")])
     assert trained == [30, 7]
