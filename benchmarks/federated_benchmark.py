@@ -169,11 +169,22 @@ def restore_cell(report: dict[str, Any], setting: str, seed: str, name: str, cfg
     reads the finished cells from the report instead of running them again, so one missing cell (FedProx,
     a seed) costs only itself. A cell with other settings, more rounds included (no checkpoint to go on
     from), is left to run."""
-    cell = report.get("settings", {}).get(setting, {}).get(seed, {}).get("cells", {}).get(name)
-    if (folder / "cell.json").exists() or cell is None or changed_settings(cell["config"], cfg.to_json()):
+    cell = _seed_entry(report, setting, seed).get("cells", {}).get(name)
+    return _write_back(None if cell is None or changed_settings(cell["config"], cfg.to_json()) else cell, folder)
+
+
+def _seed_entry(report: dict[str, Any], setting: str, seed: str) -> dict[str, Any]:
+    """What a results file holds for one alpha (``setting``) and seed; empty when it holds nothing."""
+    return report.get("settings", {}).get(setting, {}).get(seed, {})
+
+
+def _write_back(finished: dict[str, Any] | None, folder: Path) -> bool:
+    """Write ``finished`` (a cell read from the results file) to ``folder/cell.json`` unless it is None or
+    the folder has a cell of its own; True if it was written."""
+    if finished is None or (folder / "cell.json").exists():
         return False
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cell.json").write_text(json.dumps(cell, indent=1, default=str) + "\n")
+    (folder / "cell.json").write_text(json.dumps(finished, indent=1, default=str) + "\n")
     return True
 
 
@@ -225,12 +236,8 @@ def restore_upper_bound(report: dict[str, Any], setting: str, seed: str, cfg: Fe
                         folder: Path) -> bool:
     """:func:`restore_cell` for the upper bound: its finished entry in ``report``, written back to
     ``folder/cell.json`` when the folder has none and it was trained with these inputs; True if it was."""
-    ref = report.get("settings", {}).get(setting, {}).get(seed, {}).get("upper_bound")
-    if (folder / "cell.json").exists() or ref is None or ref.get("inputs") != upper_bound_inputs(cfg):
-        return False
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cell.json").write_text(json.dumps(ref, indent=1) + "\n")
-    return True
+    ref = _seed_entry(report, setting, seed).get("upper_bound")
+    return _write_back(ref if ref is not None and ref.get("inputs") == upper_bound_inputs(cfg) else None, folder)
 
 
 def reproducing_command(argv: list[str]) -> str:
