@@ -5,7 +5,8 @@ A plan (``configs/*_plan.toml``, data, not code) names tables of cells. Each row
 results JSON that a benchmark script writes (``file``) with one *path* per column: a list of
 keys, list indices, or ``{field = value}`` tables that pick the list element whose fields
 match. A string key may hold ``{0}``, ``{1}``, ...: the ``|``-separated parts of the
-column's entry in the table's ``keys`` (``"0.5|2"`` fills ``"alpha={0}"`` and ``"seed={1}"``).
+column's entry in the table's ``keys`` (``"0.5|2"`` fills ``"alpha={0}"`` and ``"seed={1}"``);
+so may a row's ``command``, which the page then prints once per column (a budget, a seed).
 The page is rebuilt from the results files alone, so a cell turns from "not run" into its
 number once its command has run::
 
@@ -67,6 +68,22 @@ def cell_text(value: Any, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, (int, float)) and fmt else str(value)
 
 
+def row_commands(command: str | None, keys: list[str]) -> list[str]:
+    """A row's command once per column key, ``{0}``, ``{1}``, ... replaced by the key's ``|``-separated parts
+    (a budget, a seed), in column order without repeats; the command itself where it has no placeholder.
+    Only those exact tokens are replaced, so JSON braces in a command stay as they are."""
+    if command is None:
+        return []
+    out: list[str] = []
+    for key in keys or [""]:
+        text = command
+        for i, part in enumerate(key.split("|")):
+            text = text.replace("{%d}" % i, part)
+        if text not in out:
+            out.append(text)
+    return out
+
+
 def render(plan: dict[str, Any], results_dir: Path) -> tuple[str, int, int]:
     """The plan's page, with (cells measured, cells planned)."""
     lines: list[str] = []
@@ -95,7 +112,7 @@ def render(plan: dict[str, Any], results_dir: Path) -> tuple[str, int, int]:
             measured += sum(t not in (NOT_RUN, NOT_APPLICABLE) for t in texts)
             # a row without its own command is run by the table's (printed under the table)
             how = [] if NOT_RUN not in texts else [row.get("reason", table.get("reason", ""))]
-            how += [f"`{row['command']}`"] if "command" in row else []
+            how += [f"`{c}`" for c in row_commands(row.get("command"), [k for p, k in zip(paths, keys) if p != "-"])]
             lines.append(f"| {row['cell']} | " + " | ".join(texts) + f" | `{row['file']}` | {'; '.join(how)} |")
         lines.append("")
         if "command" in table:
