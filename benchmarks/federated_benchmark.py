@@ -91,6 +91,9 @@ class PeakMemory:
 # settings that change where or how fast a cell runs, not its results
 RUN_ONLY_SETTINGS = {"data_dir", "device", "client_threads", "server_threads", "out_dir", "run_name",
                      "checkpoint_dir", "round_timeout", "fail_mode"}
+# the upper bound's own settings: every other cell runs without the centralised reference (reference="none"),
+# so a longer upper bound (--central-max-epochs) retrains it alone
+UPPER_BOUND_ONLY_SETTINGS = {"central_max_epochs", "central_patience"}
 CELL_KINDS = ("fedcond", "grid", "fedavg", "fedprox", "iterative", "upper-bound")
 
 
@@ -156,8 +159,9 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
 
 def changed_settings(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The settings (``FederateConfig.to_json()`` keys) that differ between a finished cell and this
-    invocation's, leaving out those that only change where or how fast it runs."""
-    return sorted(k for k in stored if k not in RUN_ONLY_SETTINGS and k in now and stored[k] != now[k])
+    invocation's, leaving out those that only change where or how fast it runs, and the upper bound's own."""
+    ignored = RUN_ONLY_SETTINGS | UPPER_BOUND_ONLY_SETTINGS
+    return sorted(k for k in stored if k not in ignored and k in now and stored[k] != now[k])
 
 
 def restore_cell(report: dict[str, Any], setting: str, seed: str, name: str, cfg: FederateConfig,
@@ -215,9 +219,16 @@ def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
     from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
     from fedcond.federated.references import centralised_reference  # noqa: PLC0415
 
-    done = folder / "cell.json"
+    done, inputs = folder / "cell.json", upper_bound_inputs(cfg)
     if done.exists():
-        return json.loads(done.read_text())
+        ref = json.loads(done.read_text())
+        stored = ref.get("inputs", {})
+        if stored == inputs:
+            return ref
+        changed = sorted(k for k in {*stored, *inputs} if stored.get(k) != inputs.get(k))
+        raise SystemExit(f"{folder} finished with other settings ("
+                         + ", ".join(f"{k}: {stored.get(k)!r}, now {inputs.get(k)!r}" for k in changed)
+                         + "); move the folder away to train it with the new ones")
     folder.mkdir(parents=True, exist_ok=True)
     start = time.strftime("%H:%M")
 
@@ -227,7 +238,7 @@ def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
 
     ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg, on_event=progress,
                                 checkpoint_dir=folder)
-    ref["inputs"] = upper_bound_inputs(cfg)
+    ref["inputs"] = inputs
     done.write_text(json.dumps(ref, indent=1) + "\n")
     return ref
 
@@ -428,9 +439,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                                  f"after {p['upload_bytes'] / mb:.1f} MiB uploaded{down}")
             if entry.get("upper_bound"):
                 ub = entry["upper_bound"]
+                minutes = ub["full_data_seconds"] / 60
                 lines.append(f"- all data in one place (upper bound): {ub['full_data_accuracy']:.4f} "
                              f"({ub['full_data_epochs']} epochs, best held-out loss in epoch "
-                             f"{ub['full_data_best_epoch']}; {ub['full_data_seconds'] / 60:.0f} min of training)")
+                             f"{ub['full_data_best_epoch']}; {minutes:.{0 if minutes >= 10 else 1}f} min of training)")
             raw = next(
                 (c.get("raw_data_upload_bytes") for c in entry["cells"].values() if c.get("raw_data_upload_bytes")),
                 None,

@@ -307,6 +307,8 @@ def test_a_fresh_scratch_reads_the_finished_cells_from_the_results_file(tmp_path
 def test_the_upper_bound_is_read_from_the_results_file_unless_its_inputs_changed(tmp_path, monkeypatch):
     """A fresh scratch asked for other cells keeps the finished upper bound (an hour on CIFAR-10) in the
     report; trained under other inputs (another epoch limit) it is trained again."""
+    import pytest
+
     from fedcond.federated import references
 
     bench = _load()
@@ -329,3 +331,18 @@ def test_the_upper_bound_is_read_from_the_results_file_unless_its_inputs_changed
     assert report["wall_seconds"] == 60.0  # its training time counts in the report's wall time
     bench.main([*common, "--cells", "upper-bound", "--central-max-epochs", "7", "--scratch", str(tmp_path / "other")])
     assert trained == [30, 7]
+    with pytest.raises(SystemExit, match="central_max_epochs: 7, now 9"):  # its scratch: never under other inputs
+        bench.main([*common, "--cells", "upper-bound", "--central-max-epochs", "9", "--scratch",
+                    str(tmp_path / "other")])
+    assert trained == [30, 7]
+
+
+def test_a_longer_upper_bound_keeps_the_finished_cells():
+    """Cells run without the centralised reference: its epoch limit and patience do not change them."""
+    from fedcond.federated.config import FederateConfig
+
+    bench = _load()
+    ran = FederateConfig(dataset="digits", central_max_epochs=30).to_json()
+    assert bench.changed_settings(ran, FederateConfig(dataset="digits", central_max_epochs=200,
+                                                      central_patience=9).to_json()) == []
+    assert bench.changed_settings(ran, FederateConfig(dataset="digits", lr=0.01).to_json()) == ["lr"]
