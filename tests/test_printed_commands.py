@@ -23,6 +23,9 @@ class _Parsed(Exception):
     """Raised in place of running a script once its arguments parsed."""
 
 
+_PARSE_ARGS = argparse.ArgumentParser.parse_args  # argparse's own, before any test patches it
+
+
 def _shell_commands(text: str) -> list[list[str]]:
     """The commands of a plan's command text as the argv lists bash would run: continuation lines joined,
     comments dropped, ``NAME="..."`` assignments expanded where ``$NAME`` is used."""
@@ -52,10 +55,9 @@ def _parse_only(argv: list[str], monkeypatch) -> argparse.Namespace:
     name = argv[1].removeprefix("benchmarks/").removesuffix(".py")
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python benchmarks/x.py` puts its folder first
     module = load_script(name)
-    original = argparse.ArgumentParser.parse_args
 
     def parse_args(self, args=None, namespace=None):
-        raise _Parsed(original(self, args, namespace))
+        raise _Parsed(_PARSE_ARGS(self, args, namespace))
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
     monkeypatch.setattr(sys, "argv", argv[1:])
