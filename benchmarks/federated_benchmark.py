@@ -121,11 +121,7 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
             return cell
         if changed != ["rounds"] or now["rounds"] < stored["rounds"]:
             # e.g. a wider grid picked another learning rate: never report a cell under settings it lacks
-            raise SystemExit(
-                f"{folder} finished with other settings ("
-                + ", ".join(f"{k}: {stored[k]!r}, now {now[k]!r}" for k in changed)
-                + "); move the folder away to run it with the new ones"
-            )
+            raise SystemExit(other_settings(folder, changed, stored, now, "run"))
         # more rounds (--rounds raised): the runs go on from their last checkpointed round
         earlier_wall = cell.get("wall_seconds", 0.0)
     # a resumed cell's wall time covers only what its invocations ran; the report says so
@@ -162,6 +158,13 @@ def changed_settings(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
     invocation's, leaving out those that only change where or how fast it runs, and the upper bound's own."""
     ignored = RUN_ONLY_SETTINGS | UPPER_BOUND_ONLY_SETTINGS
     return sorted(k for k in stored if k not in ignored and k in now and stored[k] != now[k])
+
+
+def other_settings(folder: Path, changed: list[str], stored: dict[str, Any], now: dict[str, Any], verb: str) -> str:
+    """Why a finished cell in ``folder`` is not read back: each ``changed`` setting as it ran and as asked now."""
+    return (f"{folder} finished with other settings ("
+            + ", ".join(f"{k}: {stored.get(k)!r}, now {now.get(k)!r}" for k in changed)
+            + f"); move the folder away to {verb} it with the new ones")
 
 
 def restore_cell(report: dict[str, Any], setting: str, seed: str, name: str, cfg: FederateConfig,
@@ -226,9 +229,7 @@ def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
         if stored == inputs:
             return ref
         changed = sorted(k for k in {*stored, *inputs} if stored.get(k) != inputs.get(k))
-        raise SystemExit(f"{folder} finished with other settings ("
-                         + ", ".join(f"{k}: {stored.get(k)!r}, now {inputs.get(k)!r}" for k in changed)
-                         + "); move the folder away to train it with the new ones")
+        raise SystemExit(other_settings(folder, changed, stored, inputs, "train"))
     folder.mkdir(parents=True, exist_ok=True)
     start = time.strftime("%H:%M")
 

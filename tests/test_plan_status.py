@@ -76,4 +76,3 @@ def test_cifar10_plan_reads_every_results_file_it_names_that_exists():
     assert found and all(found.values()), {n: c for n, c in found.items() if not c}
     text, measured, planned = render({**plan, "source": "configs/cifar10_plan.toml"}, results)
     assert 0 < measured < planned and text.count("## ") == len(plan["table"])
-
