@@ -5,8 +5,10 @@ never starts — each test replaces the work with a function that fails the test
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +119,59 @@ def test_continual_console_has_no_third_party_warning():
     proc = subprocess.run([sys.executable, "-W", "default::UserWarning", "-c", "import fedcond.continual"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "Warning" not in proc.stderr, proc.stderr
+
+
+UNCREATABLE = [
+    pytest.param("/proc/fedcond-x", "cannot create /proc/fedcond-x", id="proc"),  # root may not create it either
+]
+
+
+@pytest.mark.parametrize("where, problem", UNCREATABLE)
+@pytest.mark.parametrize("command", WRITERS)
+def test_uncreatable_output_is_one_line_before_any_work(command, where, problem, set_path, tmp_path, no_work):
+    """Permission bits say nothing for root (and /proc or a read-only mount refuse anyway):
+    the check creates and writes there, as the real write would, before any work."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("no /proc here")
+    no_work(command)
+    line = one_error_line(_args(command, set_path, Path(where)))
+    assert problem in line and "choose another" in line, line
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_the_probe_leaves_nothing_behind(command, set_path, tmp_path, no_work):
+    """A command stopped by a later check after its output folders were probed: no folder,
+    no probe file is left (the probe removes what it created)."""
+    no_work(command)
+    out = tmp_path / "new" / "out"
+    one_error_line(_args(command, set_path, out) + ["--data-dir", str(tmp_path / "no-mirror")])
+    assert not (tmp_path / "new").exists()
+
+
+def test_probe_writes_where_permission_bits_would_pass(tmp_path, monkeypatch):
+    """The probe's verdict comes from a real write: a folder whose writes fail is refused
+    even where os.access says yes (root), and a good folder keeps no probe file."""
+    from fedcond.commands import common
+    from fedcond.errors import FedcondError
+
+    good = tmp_path / "good"
+    assert common.writable_folder(good) == good and not good.exists()
+    good.mkdir()
+    common.writable_folder(good)
+    assert list(good.iterdir()) == []
+
+    def refuse(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(common.tempfile, "mkstemp", refuse)
+    with pytest.raises(FedcondError, match=r"cannot write in .*good \(Read-only file system\)"):
+        common.writable_folder(good)
+
+
+def test_federate_unknown_dataset_prints_no_header_and_creates_nothing(tmp_path, no_work):
+    no_work("federate")
+    out = tmp_path / "D"
+    result = runner.invoke(app, ["federate", "--dataset", "nosuchdata", "--out", str(out)])
+    assert result.exit_code == 2 and not out.exists(), result.output
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.strip().splitlines()
+                                                  if line.startswith("error: unknown dataset 'nosuchdata'")]

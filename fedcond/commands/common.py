@@ -6,7 +6,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from contextlib import contextmanager
+import tempfile
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -34,41 +35,89 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _folder_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be (made into) a folder this process writes in; None when it can.
-    Looks only: the nearest ancestor that exists decides, and nothing is created."""
-    if path.exists() and not path.is_dir():
-        return f"{path} is a file, not a folder"
-    existing = path
-    while not existing.exists():
+PROBE_PREFIX = ".fedcond-probe-"
+
+
+def _probe(folder: Path, file: Path | None = None) -> str | None:
+    """Why ``folder`` cannot be (made into) a folder this process writes in (and ``file``, a
+    file in it, cannot be written); None when it can.
+
+    A probe, not a guess from permission bits (root passes those everywhere, and /proc or a
+    read-only mount refuse anyway): it creates the missing folders, writes and deletes a small
+    file there (``file`` itself when it does not exist yet), and removes the folders it
+    created, so the real write later fails only if the disk changes meanwhile, and a command
+    that stops for another reason leaves nothing behind."""
+    existing, missing = folder, []
+    while not existing.exists() and existing.parent != existing:
+        missing.append(existing)
         existing = existing.parent
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
+    created: list[Path] = []
+    try:
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except OSError as err:
+                return f"cannot create {path} ({err.strerror or err})"
+            created.append(path)
+        try:
+            if file is not None and not file.exists():
+                with open(file, "xb") as handle:
+                    handle.write(b"fedcond")
+                file.unlink()
+            else:
+                fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
+                try:
+                    os.write(fd, b"fedcond")
+                finally:
+                    os.close(fd)
+                    os.unlink(name)
+        except OSError as err:
+            return f"cannot write in {folder} ({err.strerror or err})"
+    finally:
+        for path in reversed(created):
+            with suppress(OSError):
+                path.rmdir()
     return None
 
 
 def writable_folder(path: Path, flag: str = "--out") -> Path:
-    """Check, before any work, that ``path`` is or can become a folder this process may write
-    in; a ``FedcondError`` naming ``flag`` otherwise. Creates nothing, so a command that stops
-    for another reason leaves no empty folder behind."""
-    problem = _folder_problem(path)
+    """Prove, before any work, that ``path`` is or can become a folder this process writes in
+    (:func:`_probe`); a ``FedcondError`` naming ``flag`` otherwise. Leaves nothing behind."""
+    problem = _probe(path)
     if problem:
         raise FedcondError(f"{flag} {path} cannot be used: {problem}; choose another folder")
     return path
 
 
 def writable_file(path: Path, flag: str) -> Path:
-    """Check, before any work, that a file can be written at ``path``."""
+    """Prove, before any work, that a file can be written at ``path`` (:func:`_probe`; an
+    existing file is opened for appending, which changes nothing)."""
     if path.is_dir():
         raise FedcondError(f"{flag} {path} is a folder; give a file name")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise FedcondError(f"{flag} {path} is not writable; choose another file")
-    problem = _folder_problem(path.parent)
+    if path.exists():
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as err:
+            raise FedcondError(f"{flag} {path} is not writable ({err.strerror or err}); choose another file") from None
+        return path
+    problem = _probe(path.parent, path)
     if problem:
         raise FedcondError(f"{flag} {path} cannot be written: {problem}; choose another path")
     return path
+
+
+def known_dataset(name: str) -> str:
+    """``name`` must be a data set fedcond knows or an existing path (an ImageFolder tree or
+    archive): checked before any header or folder (loading it is the work, and may download)."""
+    from fedcond.data import DATASET_NAMES  # noqa: PLC0415  (torch: only once the command runs)
+
+    if name.lower().replace("_", "-") in DATASET_NAMES or Path(name).exists():
+        return name
+    raise FedcondError(f"unknown dataset {name!r}: use one of {', '.join(DATASET_NAMES)} "
+                       "or a path to an ImageFolder tree / .tar.gz (train/<class>/*, test/<class>/*)")
 
 
 def existing_folder(path: Path | None, flag: str = "--data-dir") -> Path | None:
