@@ -5,6 +5,7 @@ dicts, client tracebacks relayed by Ray), which buries fedcond's own one-line-pe
 progress. :func:`flower_log_to_file` moves that logger's console output into
 ``<out>/flower.log`` for the duration of the runs, together with the Python warnings
 raised meanwhile (Ray's ``FutureWarning`` tips), and puts everything back afterwards.
+A rerun in the same folder appends after a marker line: nothing an earlier run logged is lost.
 
 :func:`without_run_simulation_deprecation` drops exactly one record, with or without the
 file: Flower's "``run_simulation`` is deprecated" warning.
@@ -23,10 +24,12 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 FLOWER_LOGGER = "flwr"
 RUN_SIMULATION_DEPRECATION = "The `run_simulation` function is deprecated"
+RESUME_MARKER = "===== fedcond: run started again in this folder"
 
 
 class _DropRunSimulationDeprecation(logging.Filter):
@@ -50,12 +53,17 @@ def without_run_simulation_deprecation() -> Iterator[None]:
 
 @contextmanager
 def flower_log_to_file(path: Path) -> Iterator[Path]:
-    """Within the block, logger ``flwr`` and Python warnings write to ``path`` (truncated
-    first) instead of the console."""
+    """Within the block, logger ``flwr`` and Python warnings write to ``path`` instead of the
+    console. The file is appended to, never truncated: a rerun in the same folder (a resume)
+    keeps the earlier runs' log and starts with a line saying where it began."""
     from flwr.supercore.logger import ConsoleHandler  # noqa: PLC0415  (Flower only in adapters)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    earlier = path.exists() and path.stat().st_size > 0
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    if earlier:
+        with open(path, "a", encoding="utf-8") as log_file:
+            log_file.write(resume_marker())
     handler.setLevel(logging.DEBUG if _flower_debug() else logging.INFO)
     handler.setFormatter(logging.Formatter("%(levelname)-7s %(asctime)s %(name)s: %(message)s"))
 
@@ -79,6 +87,13 @@ def flower_log_to_file(path: Path) -> Iterator[Path]:
         for h in consoles:
             flwr_logger.addHandler(h)
         handler.close()
+
+
+def resume_marker() -> str:
+    """The line that separates a rerun's log from the earlier runs' log above it."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (f"{RESUME_MARKER} at {stamp} (it resumes from the checkpoints unless --fresh); its log follows, "
+            "the earlier runs' log is above\n")
 
 
 def _flower_debug() -> bool:

@@ -55,3 +55,21 @@ def test_only_the_run_simulation_deprecation_is_dropped(console):
     assert "run_simulation" not in console.getvalue() and "some other feature" in console.getvalue()
     warn_deprecated_feature(DEPRECATION)  # the filter is gone after the block
     assert "run_simulation" in console.getvalue()
+
+
+def test_a_rerun_appends_after_a_marker_and_keeps_the_earlier_log(tmp_path, console):
+    """A resumed `fedcond federate` reopens flower.log: the first run's log stays, and one
+    line marks where the rerun began (a fresh file has no marker)."""
+    from fedcond.simulations.flower_log import RESUME_MARKER
+
+    path = tmp_path / "flower.log"
+    with flower_log_to_file(path):
+        log(INFO, "first run, round 1")
+    first = path.read_text()
+    assert "first run, round 1" in first and RESUME_MARKER not in first
+    with flower_log_to_file(path):
+        log(INFO, "resumed run, round 2")
+    text = path.read_text()
+    assert text.startswith(first)  # nothing the first run wrote is truncated or overwritten
+    rest = text[len(first):].splitlines()
+    assert rest[0].startswith(RESUME_MARKER) and "resumed run, round 2" in rest[1], rest
