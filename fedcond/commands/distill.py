@@ -136,6 +136,15 @@ def command(
     write_json(out / "run.json", record)
     typer.echo(f"wrote {out / 'synthetic.safetensors'} ({sset.num_images} images, {nbytes} bytes), "
                f"{out / 'run.json'}, {out / 'grid.png'} in {wall:.1f} s")
+    if "privacy" in sset.config:
+        typer.echo(privacy_line(sset.config["privacy"]))
+
+
+def privacy_line(privacy: dict) -> str:
+    """The guarantee a DP set achieved, as the accountant certifies it (run.json has the details)."""
+    return (f"privacy: ({privacy['epsilon']:.4g}, {privacy['delta']:.3g})-DP (epsilon, delta achieved; target epsilon "
+            f"{privacy['target_epsilon']:.4g}) for {privacy['adjacency']}, {privacy['accountant']} accountant, "
+            f"{privacy['steps']} steps at noise multiplier {privacy['noise_multiplier']:.3g}")
 
 
 def _seconds_per_iteration(stamps: list[tuple[float, int]], wall: float, iterations: int) -> float:
