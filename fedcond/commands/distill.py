@@ -144,7 +144,8 @@ def privacy_line(privacy: dict) -> str:
     """The guarantee a DP set achieved, as the accountant certifies it (run.json has the details)."""
     return (f"privacy: ({privacy['epsilon']:.4g}, {privacy['delta']:.3g})-DP (epsilon, delta achieved; target epsilon "
             f"{privacy['target_epsilon']:.4g}) for {privacy['adjacency']}, {privacy['accountant']} accountant, "
-            f"{privacy['steps']} steps at noise multiplier {privacy['noise_multiplier']:.3g}")
+            f"{privacy['steps']} step{'s' if privacy['steps'] != 1 else ''} at noise multiplier "
+            f"{privacy['noise_multiplier']:.3g}")
 
 
 def _seconds_per_iteration(stamps: list[tuple[float, int]], wall: float, iterations: int) -> float:
