@@ -19,6 +19,8 @@ def test_cells_are_written_and_a_rerun_resumes(tmp_path, monkeypatch, capsys):
         real, dp = saved["cells"]["random-real/seed0"], saved["cells"]["dp-dm-eps10/seed0"]
         assert real["empirical_epsilon_lower_bound"] > 1 and real["stated_epsilon"] is None
         assert dp["empirical_epsilon_lower_bound"] <= dp["stated_epsilon"] <= 10
+        assert dp["attack"] == "whitebox" and set(dp["attacks"]) == {"blackbox", "whitebox", "whitebox-inner"}
+        assert real["attack_ceiling"] <= real["largest_provable_bound"]
         assert saved["settings"]["normalization"] == {"mean": [0.5], "std": [0.5]}
         capsys.readouterr()
         script.main()

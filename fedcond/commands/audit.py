@@ -52,6 +52,15 @@ def command(
         "probability 1/2) and report its empirical epsilon lower bound"
     ),
     canaries: int = typer.Option(1000, "--canaries", help="canary audit: number of canaries"),
+    attack: str = typer.Option(
+        "auto", "--attack", help="canary audit: the score of the headline bound: whitebox (decoding the mechanism's "
+        "release, dp-dm release), whitebox-inner (inner product in the same space), blackbox (pixels of the set "
+        "file), auto (whitebox where the method exposes its release); every attack that applies is reported"
+    ),
+    crafted: bool = typer.Option(
+        False, "--crafted/--real-canaries", help="canary audit: crafted canaries (random-pixel images, far apart in "
+        "embedding space) instead of random training images"
+    ),
     confidence: float = typer.Option(0.95, "--confidence", help="canary audit: confidence of the bound"),
     ipc: int = typer.Option(10, "--ipc", help="canary audit: images per class"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="canary audit: method iterations"),
@@ -79,7 +88,7 @@ def command(
         if path is not None:
             raise FedcondError("give either a set PATH or --canary-method, not both")
         _canary_audit(canary_method, dataset, data_dir, json_out, canaries, confidence, ipc, iterations, option,
-                      epsilon, delta, normalize, seed)
+                      epsilon, delta, normalize, seed, attack, crafted)
         return
     if path is None:
         raise FedcondError("nothing to audit: give a synthetic set PATH, or --canary-method METHOD")
@@ -146,7 +155,8 @@ def _print_table(result: dict) -> None:
 
 def _canary_audit(method: str, dataset: str, data_dir: Path | None, json_out: Path | None, canaries: int,
                   confidence: float, ipc: int, iterations: int | None, option: list[str] | None,
-                  epsilon: float | None, delta: float, normalize: str | None, seed: int) -> None:
+                  epsilon: float | None, delta: float, normalize: str | None, seed: int, attack: str = "auto",
+                  crafted: bool = False) -> None:
     """``fedcond audit --canary-method``: one canary audit, its table, bound and JSON."""
     if json_out is not None:
         writable_file(json_out, "--json")
@@ -154,14 +164,16 @@ def _canary_audit(method: str, dataset: str, data_dir: Path | None, json_out: Pa
     from fedcond.commands.common import parse_options  # noqa: PLC0415
     from fedcond.data import load_dataset  # noqa: PLC0415
     from fedcond.distill import make_distiller  # noqa: PLC0415
-    from fedcond.privacy.canary import CanaryConfig, canary_audit  # noqa: PLC0415
+    from fedcond.privacy.canary import CanaryConfig, canary_audit, resolve_attack  # noqa: PLC0415
     from fedcond.runinfo import run_record, write_json  # noqa: PLC0415
 
-    config = CanaryConfig(canaries=canaries, confidence=confidence, delta=delta, seed=seed)
+    config = CanaryConfig(canaries=canaries, confidence=confidence, delta=delta, seed=seed, attack=attack,
+                          crafted=crafted)
     budget = {"delta": delta, **({"epsilon": epsilon} if epsilon is not None else {})}  # where the method has them
     distiller, method_config = make_distiller(method, ipc, iterations=iterations, options=parse_options(option),
                                               settings=budget)
     private = "epsilon" in method_config.to_dict()
+    attack = resolve_attack(distiller.name, method_config, attack)  # refused before any data are read
     if not private and epsilon is not None:
         raise FedcondError(f"--epsilon is for a DP method; {method} has none")
     data = load_dataset(dataset, data_dir=data_dir, normalize=normalize or ("public" if private else None))
@@ -170,16 +182,19 @@ def _canary_audit(method: str, dataset: str, data_dir: Path | None, json_out: Pa
                            "(--normalize train): use --normalize public or MEAN:STD")
     if canaries > data.train_labels.numel():
         raise FedcondError(f"--canaries {canaries} is more than the {data.train_labels.numel()} training images")
-    console.print(f"[bold]canary audit[/] of {method} on {data.name}: {canaries} canaries, each kept with "
-                  "probability 1/2")
+    console.print(f"[bold]canary audit[/] of {method} on {data.name}: {canaries} {'crafted' if crafted else 'real'} "
+                  f"canaries, each kept with probability 1/2; headline attack {attack}")
     audit, _ = canary_audit(data, distiller, method_config, config, seed, "cpu",
                             on_step=lambda text: console.print(f"  {text}"))
     result = audit.to_json()
     _print_guesses(result)
     stated = f" (stated epsilon {result['stated_epsilon']:.3g})" if result["stated_epsilon"] is not None else ""
-    typer.echo(f"empirical epsilon lower bound {result['empirical_epsilon_lower_bound']:.3f} at "
-               f"{confidence:.0%} confidence, delta {delta:g}{stated}; the most this audit can show is "
-               f"{result['largest_provable_bound']:.2f}")
+    typer.echo(f"empirical epsilon lower bound {result['empirical_epsilon_lower_bound']:.3f} ({attack}) at "
+               f"{confidence:.0%} confidence, delta {delta:g}{stated}; the most this attack can show is "
+               f"{result['attack_ceiling']:.2f} (the grid's {result['largest_provable_bound']:.2f})")
+    for name, other in result["attacks"].items():
+        if name != attack:
+            typer.echo(f"  {name}: {other['epsilon_lower_bound']:.3f} (its ceiling {other['ceiling']:.2f})")
     if json_out is not None:
         write_json(json_out, {**result, "dataset": data.name, "record": run_record(data.device)})
         typer.echo(f"wrote {json_out} in {audit.seconds:.0f} s")

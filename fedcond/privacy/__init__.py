@@ -9,7 +9,9 @@
     membership.py    the loss-based membership-inference test: ROC AUC, TPR at 1 % FPR
     audit.py         one audit of a set: memorisation, membership against random real images, a verdict
     one_run.py       correct membership guesses to a lower bound on ε (Steinke, Nasr & Jagielski 2023)
-    canary.py        the canary audit of a method: canaries in or out, one distillation, that bound
+    canary.py        the canary audit of a method: canaries in or out, one distillation, that bound,
+                     every attack's own ceiling
+    whitebox.py      white-box canary scores on what a mechanism released (DP-DM's noisy class sums)
 
 The DP distiller itself is ``fedcond/distill/dp_dm.py``; ``fedcond audit`` is the CLI.
 """

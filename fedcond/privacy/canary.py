@@ -2,15 +2,20 @@
 
 The one-run audit of Steinke, Nasr & Jagielski (NeurIPS 2023; :mod:`fedcond.privacy.one_run`):
 
-1. ``canaries`` training images are drawn at random; each is included independently with
-   probability 1/2, and the method distills the included ones only: the canaries are
-   the whole training set it sees. A DP guarantee holds for every data set, so the auditor
-   may pick the one that exposes the most; here a method that starts from real images
-   (DM's default) must start from canaries.
-2. Every canary is scored against the released set by pixel distance to the synthetic
-   images of its class: canaries that are some synthetic image's nearest canary come first
-   (a set that started from a canary, or keeps one, has an image closest to it), each
-   group ordered by the distance to its nearest synthetic image.
+1. ``canaries`` training images are drawn at random (or crafted: random-pixel images, far
+   from the data and from each other in a network's embedding); each is included
+   independently with probability 1/2, and the method distills the included ones only: the
+   canaries are the whole training set it sees. A DP guarantee holds for every data set,
+   so the auditor may pick the one that exposes the most; here a method that starts from
+   real images (DM's default) must start from canaries.
+2. Every canary is scored by an attack fixed in advance (``attack``). ``blackbox`` reads
+   the set file: pixel distance to the synthetic images of its class, canaries that are
+   some synthetic image's nearest canary first (a set that started from a canary, or keeps
+   one, has an image closest to it), each group ordered by the distance to its nearest
+   synthetic image. It sees copying only. ``whitebox`` and ``whitebox-inner`` read what
+   the mechanism released, in its own space (:mod:`fedcond.privacy.whitebox`: DP-DM's noisy
+   class sums under its public network bank); ``auto`` is ``whitebox`` where the method
+   exposes such a release, else ``blackbox``.
 3. For each k of a grid fixed in advance, the auditor guesses "in" for the k best-scoring
    canaries and abstains on the others; the correct guesses give a bound on ε at
    ``confidence`` (Bonferroni over the grid, so the best k may be reported).
@@ -18,13 +23,17 @@ The one-run audit of Steinke, Nasr & Jagielski (NeurIPS 2023; :mod:`fedcond.priv
 The result is a lower bound: a method whose bound is high leaks at least that much; a
 bound near zero does not show privacy (another attack might do better), and no DP method
 may show a bound above its ε except with probability 1 - confidence. With m canaries the
-bound cannot exceed what k correct guesses out of k prove (``largest_provable_bound``).
+bound cannot exceed what k correct guesses out of k prove (``largest_provable_bound``,
+the grid's ceiling), and an attack cannot exceed what it can guess right at best
+(``attack_ceiling``): the pixel attack singles out at most one canary per synthetic image,
+a white-box attack at most every kept canary. Every attack that applies is scored on the
+same run (``attacks``, each at ``confidence`` by itself); the headline bound is the chosen one's.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -35,12 +44,17 @@ from fedcond.distill.base import Callbacks, DistillConfig, Distiller
 from fedcond.errors import FedcondError
 from fedcond.privacy.memorisation import nearest, pixels
 from fedcond.privacy.one_run import epsilon_lower_bound
+from fedcond.privacy.whitebox import SCORES, canary_vectors, dp_dm_release, has_release, whitebox_scores
 from fedcond.synthetic import SyntheticSet
 
+ATTACKS = ("auto", "whitebox", "whitebox-inner", "blackbox")
 SCORE = ("pixel distance to the synthetic images of the canary's class: canaries that are some synthetic image's "
          "nearest canary first, each group by its distance to the nearest synthetic image")
 CANARIES = ("random training images, each included with probability 1/2; the method distills the included "
             "ones only (they are its whole training set)")
+CRAFTED = ("crafted: images of uniform random pixels (out of distribution, far apart in embedding space), labels "
+           "spread evenly over the classes, each included with probability 1/2; the method distills the included "
+           "ones only (they are its whole training set)")
 
 
 @dataclass
@@ -55,6 +69,8 @@ class CanaryConfig:
         guesses: the grid of k (numbers of "in" guesses); empty: about 1, 2, 5, 10, 20 and
             50 % of m.
         seed: the canaries' draw and inclusion (a stream apart from the method's seed).
+        attack: the score the headline bound comes from (see the module docstring).
+        crafted: crafted canaries (random-pixel images) instead of random training images.
     """
 
     canaries: int = 1000
@@ -62,6 +78,8 @@ class CanaryConfig:
     delta: float = 1e-5
     guesses: tuple[int, ...] = ()
     seed: int = 0
+    attack: str = "auto"
+    crafted: bool = False
 
     def __post_init__(self) -> None:
         if self.canaries < 2:
@@ -72,6 +90,8 @@ class CanaryConfig:
             raise FedcondError(f"delta must be in [0, 1), got {self.delta}")
         if any(k < 1 or k > self.canaries for k in self.guesses):
             raise FedcondError(f"every number of guesses must be in [1, {self.canaries}], got {self.guesses}")
+        if self.attack not in ATTACKS:
+            raise FedcondError(f"--attack must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
 
     def grid(self) -> list[int]:
         """The k values tried (fixed before anything is seen)."""
@@ -93,6 +113,8 @@ class CanaryAudit:
     bound: float
     largest_provable_bound: float
     seconds: float
+    attack: str = "blackbox"
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -110,8 +132,12 @@ class CanaryAudit:
             "largest_provable_bound": self.largest_provable_bound,
             "guesses": self.guesses,
             "test": "Steinke, Nasr & Jagielski 2023 (one run), Bonferroni over the grid of guesses",
-            "score": SCORE,
-            "canary_kind": CANARIES,
+            "attack": self.attack,
+            "attack_ceiling": self.attacks[self.attack]["ceiling"],
+            "attack_ceiling_guesses": self.attacks[self.attack]["ceiling_guesses"],
+            "attacks": self.attacks,
+            "score": self.attacks[self.attack]["score"],
+            "canary_kind": CRAFTED if self.config.crafted else CANARIES,
             "method_config": self.method_config,
             "audit_config": {**vars(self.config), "guesses": self.config.grid()},
             "seconds": self.seconds,
@@ -160,6 +186,57 @@ def guess_results(scores: torch.Tensor, included: torch.Tensor, config: CanaryCo
     return out, largest
 
 
+def attack_ceiling(m: int, cap: int, config: CanaryConfig) -> float:
+    """The largest bound an attack that can guess at most ``cap`` canaries right proves on
+    the grid: ``min(k, cap)`` right out of each k, at the Bonferroni-corrected confidence."""
+    grid = config.grid()
+    per_test = 1.0 - (1.0 - config.confidence) / len(grid)
+    return max(epsilon_lower_bound(m, k, min(k, cap), config.delta, per_test) for k in grid)
+
+
+def crafted_canaries(data: ImageDataset, m: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``m`` crafted canaries: uniform random pixels in [0, 1] under ``data``'s normalisation,
+    labels spread evenly over the classes (in a random order)."""
+    c, h, w = data.image_shape
+    raw = torch.from_numpy(rng.random((m, c, h, w))).float()
+    mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
+    labels = torch.from_numpy(rng.permutation(np.arange(m) % data.num_classes)).long()
+    return (raw - mean) / std, labels
+
+
+def resolve_attack(method: str, config: DistillConfig, attack: str) -> str:
+    """``attack`` with ``auto`` resolved: ``whitebox`` where ``method`` exposes its release."""
+    if attack == "auto":
+        return "whitebox" if has_release(method, config) else "blackbox"
+    if attack != "blackbox" and not has_release(method, config):
+        raise FedcondError(f"--attack {attack} reads a mechanism's release, which {method} does not expose (only "
+                           "dp-dm with mechanism=release does): use --attack blackbox")
+    return attack
+
+
+def _score_attacks(sset: SyntheticSet, release: Any, images: torch.Tensor, labels: torch.Tensor,
+                   data: ImageDataset, included: torch.Tensor, config: CanaryConfig, rng: np.random.Generator
+                   ) -> dict[str, dict[str, Any]]:
+    """Every attack that applies, scored on the same run: its guesses, bound and ceiling."""
+    scores: dict[str, tuple[torch.Tensor, str, int]] = {}
+    kept = int(included.sum())
+    if sset.factor == 1 and not sset.config.get("zca"):
+        syn = torch.bincount(sset.hard_labels.cpu(), minlength=data.num_classes)
+        kept_per_class = torch.bincount(labels[included], minlength=data.num_classes)
+        cap = int(torch.minimum(syn, kept_per_class).sum())  # one canary per synthetic image at best
+        scores["blackbox"] = (canary_scores(sset, images, labels, data.mean, data.std), SCORE, cap)
+    if release is not None:
+        vectors = canary_vectors(release, images, labels)
+        for name in ("whitebox", "whitebox-inner"):
+            scores[name] = (whitebox_scores(release, vectors, labels, name), SCORES[name], kept)
+    out = {}
+    for name, (score, text, cap) in scores.items():
+        guesses, _ = guess_results(score, included, config, rng)
+        out[name] = {"epsilon_lower_bound": max(g["epsilon_lower_bound"] for g in guesses), "guesses": guesses,
+                     "ceiling": attack_ceiling(config.canaries, cap, config), "ceiling_guesses": cap, "score": text}
+    return out
+
+
 def canary_audit(data: ImageDataset, distiller: Distiller, method_config: DistillConfig, config: CanaryConfig,
                  method_seed: int = 0, device: torch.device | str = "cpu", callbacks: Callbacks = None,
                  on_step: Callable[[str], None] | None = None) -> tuple[CanaryAudit, SyntheticSet]:
@@ -175,15 +252,27 @@ def canary_audit(data: ImageDataset, distiller: Distiller, method_config: Distil
     rng = np.random.default_rng([config.seed, 0xCA9A7])
     picked = torch.from_numpy(rng.choice(n, size=config.canaries, replace=False)).long()
     included = torch.from_numpy(rng.random(config.canaries) < 0.5)
+    if config.crafted:
+        images, labels = crafted_canaries(data, config.canaries, rng)
+    else:
+        images, labels = data.train_images[picked].cpu(), data.train_labels[picked].cpu()
+    attack = resolve_attack(distiller.name, method_config, config.attack)
     say(f"distilling with {int(included.sum())} of {config.canaries} canaries")
-    train = data.subset(picked[included].to(data.train_labels.device))
-    sset = distiller.distill(train, method_config, torch.Generator().manual_seed(method_seed), device, callbacks)
+    train = replace(data, train_images=images[included].to(data.device), train_labels=labels[included].to(data.device))
+    release = None
+    if has_release(distiller.name, method_config):  # every attack is scored, the headline is the chosen one's
+        sset, release = dp_dm_release(data, distiller, method_config, train, method_seed, device, callbacks)
+    else:
+        sset = distiller.distill(train, method_config, torch.Generator().manual_seed(method_seed), device, callbacks)
     say("scoring the canaries")
-    scores = canary_scores(sset, data.train_images[picked].cpu(), data.train_labels[picked].cpu(), data.mean,
-                           data.std)
-    guesses, largest = guess_results(scores, included, config, rng)
+    attacks = _score_attacks(sset, release, images, labels, data, included, config, rng)
+    if attack not in attacks:
+        raise FedcondError("the black-box attack compares pixels: distill without zca and multi-formation (factor 1), "
+                           "or audit the release (--attack whitebox)")
+    guesses = attacks[attack]["guesses"]
+    largest = attack_ceiling(config.canaries, config.canaries, config)  # the grid's: k right out of every k
     privacy = sset.config.get("privacy") or {}
     audit = CanaryAudit(config, distiller.name, method_config.to_dict(), privacy.get("epsilon"),
-                        int(included.sum()), guesses, max(g["epsilon_lower_bound"] for g in guesses), largest,
-                        time.perf_counter() - start)
+                        int(included.sum()), guesses, attacks[attack]["epsilon_lower_bound"], largest,
+                        time.perf_counter() - start, attack, attacks)
     return audit, sset
