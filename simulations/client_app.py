@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,8 @@ from flwr.clientapp import ClientApp
 
 from fedcond.data import ImageDataset
 from fedcond.federated.config import FederateConfig
-from fedcond.federated.data_cache import get_dataset
-from fedcond.federated.partition import cached_partitions
+from fedcond.federated.data_cache import federated_data
+from fedcond.federated.partition import run_partitions
 from fedcond.federated.records import (
     ARRAYRECORD_KEY,
     CONFIGRECORD_KEY,
@@ -64,11 +65,10 @@ def injected_failure(cfg: FederateConfig, server_round: int, partition_id: int) 
 
 
 def _local_data(cfg: FederateConfig, partition_id: int):
-    parts = cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
-                              cfg.classes_per_client, cfg.seed)
+    parts = run_partitions(cfg)
     if not 0 <= partition_id < len(parts):
         raise ValueError(f"partition-id {partition_id} outside [0, {len(parts)}): check num-clients in the run config")
-    return get_dataset(cfg.dataset, cfg.data_dir, cfg.normalize).subset(parts[partition_id], name=cfg.dataset)
+    return federated_data(cfg).subset(parts[partition_id], name=cfg.dataset)
 
 
 def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:
@@ -139,7 +139,7 @@ def _fedavg_reply(msg: Message, cfg: FederateConfig, pid: int, server_round: int
     gen = torch.Generator().manual_seed(client_seed(cfg, pid, server_round))
     start = time.perf_counter()
     loss = local_train(model, data.train_images, data.train_labels, cfg.local_epochs, cfg.lr, cfg.batch_size, gen, mu,
-                       precision=cfg.resolved_precision())
+                       precision=cfg.resolved_precision(), recipe=cfg.recipe)
     metrics = MetricRecord({"num-examples": int(data.train_images.shape[0]), "train-loss": loss,
                             "train-seconds": time.perf_counter() - start, "partition-id": pid})
     return RecordDict({ARRAYRECORD_KEY: model_to_record(model), "metrics": metrics})
@@ -155,6 +155,11 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         torch.set_num_threads(max(1, cfg.client_threads))
         pid = int(context.node_config["partition-id"])
         partitions = int(context.node_config.get("num-partitions", cfg.num_clients))
+        if cfg.num_clients == 0:  # the federation's size: every SuperNode's num-partitions (as the server's count)
+            if partitions == 0:
+                raise ValueError("num-clients = 0 (the federation's size) needs num-partitions in this SuperNode's "
+                                 "node config (--node-config \"partition-id=I num-partitions=N\")")
+            cfg = replace(cfg, num_clients=partitions)
         if partitions != cfg.num_clients:  # the data would be cut otherwise than the server and other nodes cut it
             raise ValueError(f"this SuperNode's node config says num-partitions = {partitions} but the run config "
                              f"says num-clients = {cfg.num_clients}: make them equal")

@@ -4,9 +4,12 @@ Flower sizes a federation itself: its local simulation starts 2 SuperNodes unles
 otherwise (``flwr run . --federation-config "num-supernodes=N"``, or ``flwr federation
 simulation-config``, which a SuperLink forgets when it restarts), and a deployment has
 the SuperNodes its operators started. The run config's ``num-clients`` says how many
-partitions the data is cut into. When the two differ, clients would train on partitions
-of another split than the server assumes, or extra clients would find no partition; so
-:func:`check_federation` stops the run at once with one line saying how to fix it.
+partitions the data is cut into; its default, 0, means "the federation's size": the
+ServerApp runs on the SuperNodes it finds, one partition each (each SuperNode's node config
+says ``num-partitions``; Flower's simulation sets it to its SuperNode count). An explicit
+``num-clients`` must equal the federation's size: otherwise clients would train on
+partitions of another split than the server assumes, or extra clients would find no
+partition; so :func:`check_federation` stops the run at once with one line saying how to fix it.
 
 :func:`ignored_settings` explains the run-config keys that do nothing in a run launched
 this way: ``rounds`` in a one-shot FedCond run, and the comparison settings only
@@ -29,6 +32,7 @@ COMPARISON_SETTINGS = ("strategies", "storage_dtypes", "random_reference", "dp_e
                        "central_patience")
 SIMULATION_SETTLE_SECONDS = 1.0  # the simulation registers all its SuperNodes within milliseconds of each other
 SIMULATION_MAX_WAIT_SECONDS = 30.0
+DEPLOYMENT_SETTLE_SECONDS = 10.0  # num-clients = 0 in a deployment: the SuperNodes connected, once none joins for 10 s
 DEPLOYMENT_LOG_EVERY_SECONDS = 30.0
 
 
@@ -45,7 +49,8 @@ def federation_size(grid: Any, cfg: FederateConfig, log: Any = None, poll: float
     Simulation: Flower registers its virtual SuperNodes just after the ServerApp starts, so
     wait until some are there and their number holds still for a second. Deployment:
     SuperNodes connect when their operators start them, so wait (at most ``round_timeout``)
-    until ``num_clients`` of them are connected, logging the count every 30 s.
+    until ``num_clients`` of them are connected, logging the count every 30 s; with
+    ``num_clients`` 0 (the federation's size), until some are and none joins for 10 s.
     """
     say = log or (lambda text: None)
     start = last_log = time.monotonic()
@@ -59,22 +64,32 @@ def federation_size(grid: Any, cfg: FederateConfig, log: Any = None, poll: float
                 break
             time.sleep(poll)
         return max(count, 0)
+    count, since = -1, start
     while True:
-        count = len(list(grid.get_node_ids()))
-        if count >= cfg.num_clients or time.monotonic() - start >= cfg.round_timeout:
+        now_count = len(list(grid.get_node_ids()))
+        if now_count != count:
+            count, since = now_count, time.monotonic()
+        if cfg.num_clients and count >= cfg.num_clients or time.monotonic() - start >= cfg.round_timeout:
+            return count
+        if not cfg.num_clients and count > 0 and time.monotonic() - since >= DEPLOYMENT_SETTLE_SECONDS:
             return count
         if time.monotonic() - last_log >= DEPLOYMENT_LOG_EVERY_SECONDS:
-            say(f"waiting for SuperNodes: {count} of num-clients = {cfg.num_clients} connected")
+            wanted = f"num-clients = {cfg.num_clients}" if cfg.num_clients else "the first"
+            say(f"waiting for SuperNodes: {count} connected (waiting for {wanted})")
             last_log = time.monotonic()
         time.sleep(poll)
 
 
 def check_federation(grid: Any, cfg: FederateConfig, log: Any = None) -> int:
-    """The federation's size, which must equal ``num-clients``: a ``FedcondError`` saying
-    how to make them agree otherwise."""
+    """The federation's size, which must equal ``num-clients`` unless that is 0 (then it is
+    the federation's size): a ``FedcondError`` saying how to make them agree otherwise."""
     size = federation_size(grid, cfg, log)
-    if size == cfg.num_clients:
+    if size == cfg.num_clients or (cfg.num_clients == 0 and size > 0):
         return size
+    if size == 0:
+        raise FedcondError("the federation has no SuperNode: start some (a local simulation starts 2, or "
+                           "--federation-config \"num-supernodes=N\"), each with --node-config "
+                           "\"partition-id=<0..N-1> num-partitions=N\" in a deployment")
     if is_simulation(grid):
         fix = (f"run `flwr run . --federation-config \"num-supernodes={cfg.num_clients}\"` "
                f"(or --run-config \"num-clients={size}\")")
