@@ -100,6 +100,10 @@ def test_cli_verdicts_json_keys_and_pairs_picture(sets, name, verdict, tmp_path)
         assert data["near_copy_share"] >= 0.2  # DM from real images after 10 iterations: still copies
     png = (tmp_path / "audit_pairs.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # The audit shows real training images: its JSON and a note beside its files say so.
+    assert data["contains_training_data"] is True and "not for release" in data["not_for_release"]
+    note = (tmp_path / "AUDIT_CONTAINS_TRAINING_DATA.txt").read_text()
+    assert "not for release" in note and "audit.json" in note and "audit_pairs.png" in note
 
 
 def test_audit_user_errors_are_one_line(sets, tmp_path):

@@ -14,6 +14,12 @@ from fedcond.commands.common import console, existing_folder, set_threads, user_
 from fedcond.errors import FedcondError
 from fedcond.synthetic import DEFAULT_MAX_BYTES
 
+# What `fedcond audit PATH` writes shows real training images (the closest pairs) and membership
+# figures of the training data: its JSON says so, and a note beside its files says it in words.
+NOT_FOR_RELEASE = ("contains training data: the pairs picture shows real training images and the numbers are "
+                   "measured on them; not for release (share the set, not its audit)")
+NOTE_NAME = "AUDIT_CONTAINS_TRAINING_DATA.txt"
+
 
 @user_errors
 def command(
@@ -116,13 +122,19 @@ def command(
     save_pairs(pixels(sset.images, sset.mean, sset.std), pixels(data.train_images, data.mean, data.std),
                report.synthetic.memorisation, sset.image_shape, pairs_path)
     result["pairs_png"] = str(pairs_path)
+    result["contains_training_data"], result["not_for_release"] = True, NOT_FOR_RELEASE
+    written = [pairs_path]
     _print_table(result)
     typer.echo(report.verdict)
     if json_out is not None:
         write_json(json_out, {**result, "record": run_record(data.device, set_path=str(path))})
-        typer.echo(f"wrote {json_out}, {pairs_path} in {report.seconds:.0f} s")
-    else:
-        typer.echo(f"wrote {pairs_path} in {report.seconds:.0f} s")
+        written.insert(0, json_out)
+    for folder in dict.fromkeys(p.parent for p in written):
+        note = folder / NOTE_NAME
+        note.write_text(f"fedcond audit of {path.name}: {NOT_FOR_RELEASE}.\nFiles: "
+                        + ", ".join(p.name for p in written if p.parent == folder) + "\n")
+        written.append(note)
+    typer.echo(f"wrote {', '.join(map(str, written))} in {report.seconds:.0f} s ({NOT_FOR_RELEASE})")
 
 
 def _print_table(result: dict) -> None:
