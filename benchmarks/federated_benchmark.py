@@ -219,7 +219,7 @@ def upper_bound_inputs(cfg: FederateConfig) -> dict[str, Any]:
 def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
     """All the data in one place, trained to its held-out plateau (independent of alpha); a killed cell
     goes on from its last finished epoch, and every epoch prints a line."""
-    from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
+    from fedcond.federated.data_cache import federated_data  # noqa: PLC0415
     from fedcond.federated.references import centralised_reference  # noqa: PLC0415
 
     done, inputs = folder / "cell.json", upper_bound_inputs(cfg)
@@ -237,7 +237,7 @@ def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
         print(f"  upper bound epoch {event.step}/{event.total} (started {start}, now {time.strftime('%H:%M')}): "
               f"held-out loss {event.metrics['val_loss']:.4f}, lr drops {event.metrics['lr_drops']}", flush=True)
 
-    ref = centralised_reference(get_dataset(cfg.dataset, cfg.data_dir), cfg, on_event=progress,
+    ref = centralised_reference(federated_data(cfg), cfg, on_event=progress,
                                 checkpoint_dir=folder)
     ref["inputs"] = inputs
     done.write_text(json.dumps(ref, indent=1) + "\n")

@@ -100,14 +100,13 @@ def embedding_floor(cfg: FederateConfig, reps: int = 5) -> dict[str, Any]:
 
     from fedcond.distill.dm import DMConfig  # noqa: PLC0415
     from fedcond.distill.matching import embedding_chunk  # noqa: PLC0415
-    from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
-    from fedcond.federated.partition import cached_partitions  # noqa: PLC0415
+    from fedcond.federated.data_cache import federated_data  # noqa: PLC0415
+    from fedcond.federated.partition import run_partitions  # noqa: PLC0415
     from fedcond.models import get_model  # noqa: PLC0415
     from fedcond.precision import DTYPES  # noqa: PLC0415
 
-    data = get_dataset(cfg.dataset, cfg.data_dir)
-    parts = cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
-                              cfg.classes_per_client, cfg.seed)
+    data = federated_data(cfg)
+    parts = run_partitions(cfg)
     _, config = cfg.distill_config()
     batch_real = int(getattr(config, "batch_real", DMConfig.batch_real))
     labels = data.train_labels.cpu()
@@ -146,17 +145,16 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
 
     from fedcond.distill import get_distiller  # noqa: PLC0415
     from fedcond.federated.client_training import client_seed, distill_partition  # noqa: PLC0415
-    from fedcond.federated.data_cache import get_dataset  # noqa: PLC0415
-    from fedcond.federated.partition import cached_partitions  # noqa: PLC0415
+    from fedcond.federated.data_cache import federated_data  # noqa: PLC0415
+    from fedcond.federated.partition import run_partitions  # noqa: PLC0415
     from fedcond.simulations.usage import TreeUsage  # noqa: PLC0415
 
     torch.set_num_threads(max(1, cfg.client_threads))  # as the ClientApp does
     load_before = os.getloadavg()
     start = time.perf_counter()
     with TreeUsage() as usage:
-        data = get_dataset(cfg.dataset, cfg.data_dir)
-        parts = cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
-                                  cfg.classes_per_client, cfg.seed)
+        data = federated_data(cfg)
+        parts = run_partitions(cfg)
         setup = time.perf_counter() - start
         seed = [client_seed(cfg, pid, server_round=1) for pid in range(cfg.num_clients)]
         deadline = start + args.cell_timeout if args.cell_timeout > 0 else None

@@ -36,7 +36,7 @@ from fedcond.federated.checkpoint import (
 )
 from fedcond.federated.comms import CommLedger, metered_grid
 from fedcond.federated.config import FederateConfig
-from fedcond.federated.data_cache import get_dataset
+from fedcond.federated.data_cache import federated_data, federated_validation
 from fedcond.federated.events import ClientReplied, OnEvent, RoundFinished
 from fedcond.federated.records import model_to_record, new_model
 from fedcond.federated.server_training import evaluate_arrays
@@ -57,10 +57,12 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
     from fedcond.strategies import build_strategy  # noqa: PLC0415
     from fedcond.strategies.resumed import FromRound, load_strategy_state, strategy_state  # noqa: PLC0415
 
-    data = get_dataset(cfg.dataset, cfg.data_dir, cfg.normalize)
+    data = federated_data(cfg)
+    validation = federated_validation(cfg)
     ledger = CommLedger()
     strategy = build_strategy(cfg, data, ledger, expected_nodes)
     accuracy: dict[int, float] = {}
+    val_accuracy: dict[int, float] = {}
     times: dict[int, float] = {}
     folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     saved = load_latest(folder, cfg) if folder is not None else None
@@ -69,6 +71,7 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
     if saved is not None:
         done, elapsed = saved.server_round, max(saved.seconds.values(), default=0.0)
         accuracy.update(saved.accuracy)
+        val_accuracy.update(saved.val_accuracy)
         times.update(saved.seconds)
         ledger.rounds.update(saved.ledger.rounds)
         load_strategy_state(strategy, saved.strategy_tensors, saved.strategy_json)
@@ -83,11 +86,12 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
         server_round = local_round + done
         if local_round == 0 and done:  # the checkpointed model: its accuracy is known
             return MetricRecord({"accuracy": accuracy[done]})
-        accuracy[server_round] = evaluate_arrays(data, cfg, arrays)
+        measured = evaluate_arrays(data, cfg, arrays, validation)
+        accuracy[server_round], val_accuracy[server_round] = measured["accuracy"], measured["val_accuracy"]
         times[server_round] = time.perf_counter() - start
         if server_round > 0:
             finish_round(server_round, arrays)
-        return MetricRecord({"accuracy": accuracy[server_round]})
+        return MetricRecord(measured)
 
     def finish_round(server_round: int, arrays: Any) -> None:
         if folder is not None:
@@ -95,7 +99,8 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
             save_round(folder, cfg, RoundState(
                 server_round=server_round, model=arrays.to_torch_state_dict(), accuracy=dict(accuracy),
                 seconds=dict(times), ledger=ledger, strategy_tensors=tensors, strategy_json=state,
-                python_random=python_random_state(), torch_random=torch.get_rng_state()))
+                python_random=python_random_state(), torch_random=torch.get_rng_state(),
+                val_accuracy=dict(val_accuracy)))
         if on_event is not None:
             up = sum(ledger.round_totals(r)[0] for r in range(1, server_round + 1))
             down = sum(ledger.round_totals(r)[1] for r in range(1, server_round + 1))
@@ -112,7 +117,7 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
         runner = FromRound(strategy, done) if done else strategy
         runner.start(grid=metered, initial_arrays=initial, num_rounds=remaining,
                      train_config=ConfigRecord(), evaluate_fn=evaluate_fn, timeout=cfg.round_timeout)
-    record = build_record(cfg, ledger, accuracy, times, strategy)
+    record = build_record(cfg, ledger, accuracy, times, strategy, val_accuracy)
     log(INFO, "%s: final accuracy %.4f, upload %d bytes, download %d bytes", cfg.name,
         record["final_accuracy"], record["upload_bytes"], record["download_bytes"])
     if on_result is not None:
@@ -125,15 +130,21 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
 
 
 def build_record(cfg: FederateConfig, ledger: CommLedger, accuracy: dict[int, float], times: dict[int, float],
-                 strategy: Any) -> dict[str, Any]:
-    """The per-strategy entry of results.json: rounds with cumulative bytes, and losses."""
+                 strategy: Any, val_accuracy: dict[int, float] | None = None) -> dict[str, Any]:
+    """The per-strategy entry of results.json: rounds with cumulative bytes, and losses.
+
+    ``selected_round`` is the round of the best validation accuracy (the earliest of equals),
+    ``selected_accuracy`` the test accuracy there: what a report gives for the run. The test
+    accuracy of every round is kept for the curves, never maximised over."""
+    val_accuracy = val_accuracy or {}
     rounds, up, down = [], 0, 0
     for r in range(1, cfg.effective_rounds + 1):
         ru, rd = ledger.round_totals(r)
         up, down = up + ru, down + rd
         lost = ledger.lost(r)
         rounds.append({
-            "round": r, "accuracy": accuracy.get(r), "upload_bytes": up, "download_bytes": down,
+            "round": r, "accuracy": accuracy.get(r), "val_accuracy": val_accuracy.get(r),
+            "upload_bytes": up, "download_bytes": down,
             "round_upload_bytes": ru, "round_download_bytes": rd, "seconds": times.get(r),
             "clients_seconds": ledger.client_seconds.get(r),  # sending to last reply (None if resumed)
             "clients_sampled": len(ledger.rounds.get(r, {})), "clients_lost": len(lost),
@@ -145,12 +156,27 @@ def build_record(cfg: FederateConfig, ledger: CommLedger, accuracy: dict[int, fl
            "initial_accuracy": accuracy.get(0), "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
            "upload_bytes": up, "download_bytes": down, "rounds": rounds,
            "clients_lost_total": sum(r["clients_lost"] for r in rounds), "name": cfg.name,
-           "precision": cfg.resolved_precision()}  # what ran here (clients resolve "auto" on their device)
+           "precision": cfg.resolved_precision(),  # what ran here (clients resolve "auto" on their device)
+           # the training recipe of this run's learner (the server's on sets for FedCond, else the clients')
+           "recipe": (cfg.server_recipe if hasattr(strategy, "provenance") else cfg.recipe).to_json(),
+           **selected_round(rounds)}
     if hasattr(strategy, "provenance"):
         out.update({"method": cfg.method, "ipc": cfg.ipc, "storage_dtype": cfg.storage_dtype})
         out["pool_provenance"] = strategy.provenance()
         out["rejections"] = strategy.rejections
     return out
+
+
+def selected_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round a run is reported at: the best validation accuracy (the earliest of equals),
+    with its validation and test accuracies and its cumulative bytes."""
+    scored = [r for r in rounds if r.get("val_accuracy") is not None]
+    if not scored:
+        return {"selected_round": None, "selected_accuracy": None, "selected_val_accuracy": None}
+    best = max(scored, key=lambda r: (r["val_accuracy"], -r["round"]))
+    return {"selected_round": best["round"], "selected_accuracy": best["accuracy"],
+            "selected_val_accuracy": best["val_accuracy"], "selected_upload_bytes": best["upload_bytes"],
+            "selected_download_bytes": best["download_bytes"]}
 
 
 def _client_order(client: dict[str, Any]) -> tuple[int, int]:
@@ -171,7 +197,7 @@ def make_server_app(overrides: dict[str, Any] | None = None,
         try:
             cfg = FederateConfig.from_run_config(context.run_config, overrides)
             if expected_nodes is None:  # launched by Flower (flwr run, a SuperLink): check before any work
-                launched_by_flower(grid, cfg)
+                cfg = launched_by_flower(grid, cfg)
         except FedcondError as err:  # the user's to fix: one line first, then Flower ends the run as failed
             log(ERROR, "error: %s", err)
             if Path(sys.argv[0]).name in FLOWER_RUN_PROCESSES:
@@ -186,15 +212,20 @@ def make_server_app(overrides: dict[str, Any] | None = None,
     return app
 
 
-def launched_by_flower(grid: Grid, cfg: FederateConfig) -> None:
+def launched_by_flower(grid: Grid, cfg: FederateConfig) -> FederateConfig:
     """Explain the run-config keys this run ignores, and check that the federation has
-    ``num-clients`` SuperNodes (:mod:`fedcond.simulations.federation`)."""
+    ``num-clients`` SuperNodes (:mod:`fedcond.simulations.federation`); ``num-clients`` 0
+    becomes the federation's size. Returns the settings the run uses."""
+    from dataclasses import replace  # noqa: PLC0415  (only Flower's launch resolves the size)
+
     from fedcond.simulations.federation import check_federation, ignored_settings  # noqa: PLC0415
 
     for note in ignored_settings(cfg):
         log(WARNING, "note: %s", note)
     size = check_federation(grid, cfg, log=lambda text: log(INFO, "%s", text))
-    log(INFO, "%s: %d SuperNodes, one per partition (num-clients = %d)", cfg.name, size, cfg.num_clients)
+    given = "" if cfg.num_clients else ", the federation's size"
+    log(INFO, "%s: %d SuperNodes, one per partition (num-clients = %d%s)", cfg.name, size, size, given)
+    return replace(cfg, num_clients=size)
 
 
 app = make_server_app()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fedcond.errors import FedcondError
-from fedcond.federated.config import RUN_CONFIG_NONE, FederateConfig, run_config_key
+from fedcond.federated.config import FLWR_RUN_DEFAULTS, RUN_CONFIG_NONE, FederateConfig, run_config_key
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((ROOT / "configs").glob("federated_*.toml"))
@@ -43,7 +43,7 @@ def test_every_field_is_a_run_setting():
 
 def test_pyproject_run_config_equals_the_dataclass_defaults():
     table = app_config()
-    defaults = FederateConfig()
+    defaults = dataclasses.replace(FederateConfig(), **FLWR_RUN_DEFAULTS)  # flwr run: num-clients = the federation's
     expected = defaults.to_run_config()
     assert sorted(table) == sorted(run_config_key(f.name) for f in run_settings())
     assert sorted(table) == sorted(expected), "keys differ between pyproject.toml and FederateConfig"
@@ -159,13 +159,20 @@ def test_method_options_are_checked_against_the_method():
         FederateConfig(method_options="lr_images=0.5")
 
 
-def test_server_augment_follows_the_images_and_rejects_unknown_families():
+def test_one_recipe_reaches_every_learner_and_an_unequal_one_is_refused_unless_asked_for():
     from fedcond.augment import DEFAULT_STRATEGY, parse_strategy
 
     cfg = FederateConfig()
-    assert cfg.server_augmenter(1).families == parse_strategy("crop_scale_rotate")  # no flips on digits
-    assert cfg.server_augmenter(3).families == parse_strategy(DEFAULT_STRATEGY)
-    assert FederateConfig(server_augment="none").server_augmenter(1) is None
-    assert FederateConfig(server_augment="crop").server_augmenter(3).families == ("crop",)
+    assert cfg.server_recipe == cfg.recipe and set(cfg.learner_recipes().values()) == {cfg.recipe}
+    assert cfg.recipe.augmenter(1).families == parse_strategy("crop_scale_rotate")  # no flips on digits
+    assert cfg.recipe.augmenter(3).families == parse_strategy(DEFAULT_STRATEGY)
+    off = FederateConfig(augment="none")
+    assert off.recipe.augmenter(1) is None and off.server_recipe.augmenter(1) is None and off.recipe_notes == []
+    # augmentation on one side and off the other: refused, unless asked for by name, then reported first
+    with pytest.raises(FedcondError, match="different recipes"):
+        FederateConfig(augment="none", server_augment="auto")
+    unequal = FederateConfig(augment="none", server_augment="crop", unequal_recipe=True)
+    assert unequal.server_recipe.augmenter(3).families == ("crop",) and unequal.recipe.augmenter(3) is None
+    assert unequal.recipe_notes and unequal.recipe_notes[0].startswith("UNEQUAL RECIPES")
     with pytest.raises(FedcondError, match="DSA strategy"):
-        FederateConfig(server_augment="crop_wobble")
+        FederateConfig(augment="crop_wobble")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.references import (
+    HERDING,
+    HERDING_MOSAIC,
     RANDOM_REAL,
     RANDOM_REAL_MOSAIC,
     STORAGE_DTYPE,
@@ -15,8 +17,9 @@ from fedcond.federated.references import (
 def test_fedcond_brings_its_references_and_the_baselines_none():
     cfg = FederateConfig(method="dm", storage_dtype="float32", storage_dtypes="float32,float16,uint8")
     runs = plan_runs(cfg, ["fedcond", "fedavg"])
-    assert [r.name for r in runs] == ["fedcond", "fedavg", "fedcond-float16", "fedcond-uint8", RANDOM_REAL]
-    assert [r.kind for r in runs] == [None, None, STORAGE_DTYPE, STORAGE_DTYPE, RANDOM_REAL]
+    assert [r.name for r in runs] == ["fedcond", "fedavg", "fedcond-float16", "fedcond-uint8", RANDOM_REAL, HERDING]
+    assert [r.kind for r in runs] == [None, None, STORAGE_DTYPE, STORAGE_DTYPE, RANDOM_REAL, HERDING]
+    assert runs[5].cfg.method == "herding" and runs[5].cfg.ipc == cfg.ipc and runs[5].cfg.dp_epsilon == 0
     assert runs[3].cfg.storage_dtype == "uint8" and runs[3].cfg.method == "dm"
     random_real = runs[4].cfg
     # same bytes as FedCond: same ipc and storage dtype, one upload, random real images
@@ -29,7 +32,9 @@ def test_fedcond_brings_its_references_and_the_baselines_none():
     assert [r.name for r in plan_runs(cfg, ["fedavg", "fedprox"])] == ["fedavg", "fedprox"]
     # FedCond on random images is its own random reference; one dtype means no dtype runs
     alone = FederateConfig(method="random", storage_dtypes="float32")
-    assert [r.name for r in plan_runs(alone, ["fedcond"])] == ["fedcond"]
+    assert [r.name for r in plan_runs(alone, ["fedcond"])] == ["fedcond", HERDING]
+    assert [r.name for r in plan_runs(FederateConfig(method="herding", storage_dtypes="float32"), ["fedcond"])] == [
+        "fedcond", RANDOM_REAL]
 
 
 def test_mosaic_fedcond_is_also_judged_against_random_real_mosaics():
@@ -37,8 +42,10 @@ def test_mosaic_fedcond_is_also_judged_against_random_real_mosaics():
                          storage_dtype="uint8")
     runs = plan_runs(cfg, ["fedcond"])
     assert [(r.name, r.kind) for r in runs] == [
-        ("fedcond", None), (RANDOM_REAL, RANDOM_REAL), (f"{RANDOM_REAL}-f2", RANDOM_REAL_MOSAIC)
+        ("fedcond", None), (RANDOM_REAL, RANDOM_REAL), (f"{RANDOM_REAL}-f2", RANDOM_REAL_MOSAIC),
+        (HERDING, HERDING), (f"{HERDING}-f2", HERDING_MOSAIC),
     ]
+    assert runs[4].cfg.method == "herding" and runs[4].cfg.method_option_values == {"factor": 2}
     plain, mosaic = runs[1].cfg, runs[2].cfg
     assert plain.method_option_values == {} and mosaic.method_option_values == {"factor": 2}
     assert (mosaic.method, mosaic.ipc, mosaic.storage_dtype) == ("random", cfg.ipc, "uint8")

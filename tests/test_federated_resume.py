@@ -21,7 +21,8 @@ from fedcond.federated.config import FederateConfig
 from fedcond.federated.events import RoundFinished, RunFinished, RunStarted
 
 CFG = FederateConfig(dataset="digits", num_clients=3, partition="dirichlet", alpha=0.5, rounds=3, method="random",
-                     ipc=2, iterations=5, server_epochs=5, local_epochs=1, lr=0.05, seed=2, storage_dtypes="float32")
+                     ipc=2, iterations=5, server_epochs=5, local_epochs=1, lr=0.05, seed=2, storage_dtypes="float32",
+                     herding_reference=False)
 STRATEGIES = ["fedcond-iterative", "fedadam"]
 
 

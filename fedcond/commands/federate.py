@@ -14,6 +14,7 @@ from fedcond.commands.common import (
     console,
     existing_file,
     existing_folder,
+    known_dataset,
     parse_options,
     progress_bar,
     user_errors,
@@ -40,12 +41,14 @@ class RunProgress:
     ServerApp's threads, and rich's progress display takes updates from either.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, private: bool = False) -> None:
+        self._private = private  # a DP experiment: no timings on the console (they grow with the private data)
         self._stack = ExitStack()
         self._update: Callable[..., None] | None = None
         self._done = 0
         self._rounds, self._round, self._round_start = 1, 0, 0
         self._phase = ""
+        self._elapsed: dict[str, float] = {}  # each run's cumulative seconds at its last finished round
 
     def __call__(self, event: Any) -> None:
         from fedcond.federated.events import (  # noqa: PLC0415
@@ -78,16 +81,20 @@ class RunProgress:
             acc = f"{event.accuracy:.4f}" if event.accuracy is not None else "-"
             console.print(f"  {event.name} round {event.server_round}/{event.num_rounds}: acc {acc}, "
                           f"up {event.upload_bytes / 2**20:.3f} MiB, {event.clients_ok} ok, "
-                          f"{event.clients_lost} lost, {event.seconds:.0f} s", overflow="ellipsis", no_wrap=True)
+                          f"{event.clients_lost} lost, {self._round_time(event) if not self._private else 'DP'}",
+                          overflow="ellipsis", no_wrap=True)
             if self._update is not None and event.server_round < event.num_rounds:
                 self._update(self._done, round=f"{event.server_round + 1}/{event.num_rounds}", now="clients at work")
         elif isinstance(event, RunFinished):
             self.close()
             r = event.record
             source = " (finished before: from its checkpoint)" if event.from_checkpoint else ""
-            console.print(f"[bold]{event.name}[/]: accuracy {r['final_accuracy']:.4f}, upload "
+            chosen = (f"test accuracy {r['selected_accuracy']:.4f} at round {r['selected_round']} (best validation)"
+                      if r.get("selected_round") is not None else f"accuracy {r['final_accuracy']:.4f}")
+            console.print(f"[bold]{event.name}[/]: {chosen}, upload "
                           f"{r['upload_bytes'] / 2**20:.3f} MiB, lost {r['clients_lost_total']} client-rounds, "
-                          f"{r.get('wall_seconds', 0):.0f} s{source}")
+                          f"{'DP' if self._private else format(r.get('wall_seconds', 0), '.0f') + ' s'}{source}"
+                          f"{achieved_privacy(r)}")
         elif isinstance(event, ReferenceProgress):
             if event.phase != self._phase:  # a new phase: its own bar
                 self.close()
@@ -111,9 +118,27 @@ class RunProgress:
                               f"{ref['centralised_distill_ipc']}: accuracy {ref['centralised_distill_accuracy']:.4f}, "
                               f"{ref['centralised_distill_seconds']:.0f} s{source}")
 
+    def _round_time(self, event: Any) -> str:
+        """The round's own duration and the run's time so far ("round 3 s, 25 s elapsed"):
+        the event's seconds are cumulative since the run began (its first round, if resumed)."""
+        earlier = self._elapsed.get(event.name, 0.0 if event.server_round == 1 else None)
+        self._elapsed[event.name] = event.seconds
+        own = f"round {event.seconds - earlier:.0f} s, " if earlier is not None else ""
+        return f"{own}{event.seconds:.0f} s elapsed"
+
     def close(self) -> None:
         self._stack.close()
         self._update = None
+
+
+def achieved_privacy(record: dict[str, Any]) -> str:
+    """", DP (epsilon, delta) = (...)" for a run whose every pooled client set carries a DP
+    guarantee: the largest client's (each image reaches the server through one client's set)."""
+    pool = record.get("pool_provenance") or []
+    if not pool or any(p.get("epsilon") is None for p in pool):
+        return ""
+    return (f", DP (epsilon, delta) = ({max(p['epsilon'] for p in pool):.4g}, "
+            f"{max(p['delta'] for p in pool):.3g}) achieved, the largest client's")
 
 
 @user_errors
@@ -167,9 +192,22 @@ def command(
     server_epochs: Optional[int] = typer.Option(
         None, "--server-epochs", help="FedCond server epochs on the pooled sets", show_default=_default("server_epochs")
     ),
+    augment: Optional[str] = typer.Option(
+        None, "--augment", help="the recipe's augmentation for every learner (clients, server, upper bound): auto, "
+                                "none or DSA families such as crop_flip", show_default=_default("augment"),
+    ),
     server_augment: Optional[str] = typer.Option(
-        None, "--server-augment", help="DSA families of that training, e.g. crop_scale_rotate; none or auto",
+        None, "--server-augment", help="the server's training alone: recipe (the same as --augment), or another "
+                                       "augmentation, which needs --unequal-recipe",
         show_default=_default("server_augment"),
+    ),
+    unequal_recipe: Optional[bool] = typer.Option(
+        None, "--unequal-recipe", help="allow learners that train differently (the report says so in its first lines)",
+    ),
+    val_fraction: Optional[float] = typer.Option(
+        None, "--val-fraction", help="share of the training images held out as the validation split that picks "
+                                     "the reported round (never trained on, never the test split)",
+        show_default=_default("val_fraction"),
     ),
     fail_fraction: Optional[float] = typer.Option(
         None, "--fail-fraction", help="fraction of clients failing each round (seeded)",
@@ -195,11 +233,22 @@ def command(
         help="also run FedCond with random real images at the same bytes",
         show_default=_default("random_reference"),
     ),
+    herding_reference: Optional[bool] = typer.Option(
+        None,
+        "--herding-reference/--no-herding-reference",
+        help="also run FedCond with herding's real images at the same bytes",
+        show_default=_default("herding_reference"),
+    ),
     dp_epsilon: Optional[float] = typer.Option(
         None, "--dp-epsilon", help="FedCond clients distill with dp-dm at this epsilon (one-shot; 0: no DP)",
         show_default=_default("dp_epsilon"),
     ),
     dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="their delta", show_default=_default("dp_delta")),
+    dp_non_private: Optional[bool] = typer.Option(
+        None, "--dp-non-private/--dp-private-only", help="with --dp-epsilon: also run and write what is not DP "
+        "(FedAvg/FedProx, references uploading real images, the upper bound, exact histograms, bytes, timings), "
+        "apart in OUT/non_private/", show_default=_default("dp_non_private"),
+    ),
     dp_epsilons: Optional[str] = typer.Option(
         None,
         "--dp-epsilons",
@@ -245,6 +294,9 @@ def command(
     cfg = FederateConfig.from_toml(config, **given) if config is not None else FederateConfig(**given)
     if option:  # validated against the method's config class: unknown keys are one-line errors
         cfg = cfg.with_method_options(parse_options(option))
+    if cfg.num_clients == 0:  # a flwr run config's "the federation's size": this command makes its own federation
+        raise FedcondError("num-clients = 0 (flwr run: the federation's size) cannot size the simulation fedcond "
+                           f"federate starts: give --num-clients N (default {FederateConfig.num_clients})")
     names = cfg.strategy_names
     if reference not in ("none", "full", "distill"):
         raise FedcondError(f"--reference must be none, full or distill, got {reference!r}")
@@ -252,6 +304,7 @@ def command(
         raise FedcondError(f"--rounds {rounds} has no effect: one-shot FedCond runs exactly one round; add a strategy "
                            "that runs rounds (fedavg, fedprox, fedadam, fedcond-iterative) or --mode iterative, "
                            "or drop --rounds")
+    known_dataset(cfg.dataset)  # before the header: a misspelt name prints nothing else
     if client_gpus > 0:
         import torch  # noqa: PLC0415
 
@@ -270,15 +323,15 @@ def command(
         import shutil  # noqa: PLC0415
 
         shutil.rmtree(out / "checkpoints")
-    progress = RunProgress()
+    progress = RunProgress(private=cfg.dp_epsilon > 0)
     try:
         result = run_experiment(cfg, names, out, backend_config(client_cpus, client_gpus), reference, progress)
     finally:
         progress.close()
     typer.echo(result["table"])
     extra = f", {result['epsilon_plot']}" if result.get("epsilon_plot") else ""
-    typer.echo(
-        f"wrote {out / 'results.json'}, {out / 'accuracy_vs_bytes.png'}{extra}, {out / 'results.md'}, "
-        f"{out / 'label_histogram.png'}, {out / 'flower.log'}"
-    )
+    rest = (f"{out / 'label_histogram.png'}, {out / 'flower.log'}" if not cfg.dp_epsilon > 0 else
+            f"{out / 'flower.log'} (DP: every file but flower.log and checkpoints/ is DP output; the non-DP parts "
+            f"{'are in ' + str(out / 'non_private') if cfg.dp_non_private else 'were not run (--dp-non-private)'})")
+    typer.echo(f"wrote {out / 'results.json'}, {out / 'accuracy_vs_bytes.png'}{extra}, {out / 'results.md'}, {rest}")
 

@@ -57,6 +57,7 @@ class RoundState:
     strategy_json: dict[str, Any] = field(default_factory=dict)
     python_random: Any = None
     torch_random: torch.Tensor | None = None
+    val_accuracy: dict[int, float] = field(default_factory=dict)  # on the run's validation split
 
 
 def result_settings(cfg: FederateConfig) -> dict[str, Any]:
@@ -88,6 +89,7 @@ def save_round(folder: Path, cfg: FederateConfig, state: RoundState) -> None:
     write_json(folder / f"round-{k}.json", {
         "format": FORMAT, "round": k,
         "accuracy": {str(r): a for r, a in state.accuracy.items()},
+        "val_accuracy": {str(r): a for r, a in state.val_accuracy.items()},
         "seconds": {str(r): s for r, s in state.seconds.items()},
         "ledger": {str(r): [vars(c) for c in clients.values()] for r, clients in state.ledger.rounds.items()},
         "python_random": state.python_random, "strategy": state.strategy_json,
@@ -115,6 +117,7 @@ def load_latest(folder: Path, cfg: FederateConfig) -> RoundState | None:
         server_round=k,
         model={n.removeprefix("model/"): t for n, t in tensors.items() if n.startswith("model/")},
         accuracy={int(r): a for r, a in meta["accuracy"].items()},
+        val_accuracy={int(r): a for r, a in meta.get("val_accuracy", {}).items()},
         seconds={int(r): s for r, s in meta["seconds"].items()},
         ledger=ledger,
         strategy_tensors={n.removeprefix("strategy/"): t for n, t in tensors.items() if n.startswith("strategy/")},

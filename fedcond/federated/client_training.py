@@ -6,8 +6,9 @@
   ``feddm_rho`` each iteration), refining the set the client made in the previous round
   (from fresh real images in the first). With ``dp_epsilon`` > 0 the distiller is dp-dm
   (``FederateConfig.client_method``): the set then records the client's (ε, δ).
-- FedAvg / FedProx / FedAdam clients call :func:`local_train`: plain SGD for a few local
-  epochs, with FedProx's proximal term ``mu/2 * ||w - w_global||^2`` when ``mu > 0``.
+- FedAvg / FedProx / FedAdam clients call :func:`local_train`: SGD with the comparison's
+  recipe (:mod:`fedcond.recipe`, augmentation included) for a few local epochs, with
+  FedProx's proximal term ``mu/2 * ||w - w_global||^2`` when ``mu > 0``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fedcond.data import ImageDataset
 from fedcond.distill import DistillInputs, get_distiller
 from fedcond.federated.config import FederateConfig
 from fedcond.precision import autocast
+from fedcond.recipe import Recipe
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import classification_loss
 
@@ -65,16 +67,22 @@ def local_train(
     generator: torch.Generator,
     proximal_mu: float = 0.0,
     precision: str = "float32",
+    recipe: Recipe | None = None,
 ) -> float:
-    """FedAvg/FedProx local update in place: SGD (momentum 0.9) for ``epochs``; mean loss.
+    """FedAvg/FedProx local update in place: SGD for ``epochs`` with the comparison's
+    ``recipe`` (momentum, weight decay, the augmentation of every mini-batch; default
+    :class:`fedcond.recipe.Recipe`'s); mean loss. The rate stays constant within the call:
+    the rounds are FedAvg's schedule.
 
     The proximal anchor is a copy of the weights at entry (the received global model),
     taken before any step, as FedProx prescribes. ``precision`` (resolved, see
     :mod:`fedcond.precision`): ``bfloat16`` runs the forward pass under autocast, in
     channels-last layout on a CPU; the weights and the proximal term stay float32.
     """
+    recipe = recipe or Recipe()
+    augment = recipe.augmenter(images.shape[1]) if images.dim() == 4 else None
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     model.train()
     channels_last = precision == "bfloat16" and images.device.type == "cpu" and images.dim() == 4
     if channels_last:
@@ -86,8 +94,11 @@ def local_train(
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
+            x = images[idx] if augment is None else augment(images[idx], generator)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(precision, images.device):
-                logits = model(images[idx])
+                logits = model(x)
             loss = classification_loss(logits.float(), labels[idx])
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))

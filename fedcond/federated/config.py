@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcond.errors import FedcondError
+from fedcond.recipe import Recipe, check_same_recipe
 
 PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedcond", "fedcond-iterative", "fedavg", "fedprox", "fedadam")
@@ -29,6 +30,10 @@ _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 # Fields whose None ("the method's own default") travels in Flower's run config, which holds
 # scalars only, as this value (never a valid setting of the field itself).
 RUN_CONFIG_NONE = {"iterations": 0}
+# Where flwr run's app config ([tool.flwr.app.config]) differs from the dataclass: num-clients = 0
+# is the federation's size, resolved from the SuperNodes the ServerApp finds (fedcond.simulations.
+# federation) and from each SuperNode's num-partitions; fedcond federate simulates 10 unless told.
+FLWR_RUN_DEFAULTS = {"num_clients": 0}
 
 
 @dataclass
@@ -42,7 +47,7 @@ class FederateConfig:
 
     dataset: str = "digits"
     data_dir: str = ""  # "" = default location / download
-    num_clients: int = 10
+    num_clients: int = 10  # fedcond federate's; flwr run's default is 0, the federation's size (FLWR_RUN_DEFAULTS)
     partition: str = "dirichlet"
     alpha: float = 0.5
     classes_per_client: int = 2  # pathological partition
@@ -64,6 +69,7 @@ class FederateConfig:
     # `fedcond federate` reruns FedCond once per other dtype here (float32, float16, uint8)
     storage_dtypes: str = "float32,float16,uint8"
     random_reference: bool = True  # `fedcond federate`: also FedCond with random real images
+    herding_reference: bool = True  # `fedcond federate`: also FedCond with herding's real images
     max_payload_bytes: int = 16 * 2**20  # server-side cap on one reply
     # Differential privacy: > 0 makes FedCond clients distill with dp-dm at this epsilon
     # (one-shot mode; method dm or dp-dm); each client's spent epsilon is recorded.
@@ -71,6 +77,10 @@ class FederateConfig:
     dp_delta: float = 1e-5
     # `fedcond federate` reruns FedCond once per other epsilon here (accuracy against epsilon)
     dp_epsilons: str = ""
+    # `fedcond federate` under DP: also run and write what is not DP (FedAvg/FedProx/FedAdam, the
+    # references that upload real images, the upper bound, exact histograms, bytes and timings),
+    # apart in OUT/non_private/ (fedcond.federated.dp_folder). Off: OUT holds DP output only.
+    dp_non_private: bool = False
     # The data's normalisation (fedcond.data.load_dataset's normalize): "" = the data set's
     # default, which with DP becomes "public" (digits' default is computed from the private
     # images); "MEAN:STD" for ImageFolder data under DP.
@@ -91,11 +101,20 @@ class FederateConfig:
     # FedCond server: training the global model on the pooled sets
     server_epochs: int = 150
     server_lr_train: float = 0.01
-    # DSA families applied to each mini-batch of that training ("none": no augmentation;
-    # "auto": crop_scale_rotate for one-channel images, DSA's default set for colour). On
-    # digits (10 clients, IPC 1) it lifts DM's pool from 0.896 to 0.950 and random real
-    # images from 0.924 to 0.971: few images need it, whatever made them.
-    server_augment: str = "auto"
+    # The training recipe of every learner of the comparison (fedcond.recipe): SGD with momentum
+    # 0.9 and weight decay 5e-4, and this DSA augmentation of every mini-batch — FedAvg/FedProx
+    # local training, the server's training on sets (FedCond and its controls) and the upper
+    # bound alike ("none": no augmentation; "auto": crop_scale_rotate for one-channel images,
+    # DSA's default set for colour).
+    augment: str = "auto"
+    # The server's training alone: "recipe" (= augment). Another value makes the comparison's
+    # learners train differently, refused unless unequal_recipe asks for it by name.
+    server_augment: str = "recipe"
+    unequal_recipe: bool = False
+    # Share of the training images held out (per class, seeded by seed) before partitioning: the
+    # validation split on which the server picks the reported round, grids pick their winner
+    # and the upper bound its plateau. The test split is never used to choose anything.
+    val_fraction: float = 0.1
     # centralised upper bound (`fedcond federate`): trained until the held-out loss plateaus
     central_max_epochs: int = 100
     central_patience: int = 5
@@ -114,8 +133,9 @@ class FederateConfig:
     checkpoint_dir: str = ""  # a checkpoint after every round; a rerun resumes ("" = none)
 
     def __post_init__(self) -> None:
-        if self.num_clients < 1:
-            raise FedcondError(f"--num-clients must be >= 1, got {self.num_clients}")
+        if self.num_clients < 0:  # 0: the federation's size (flwr run; see FLWR_RUN_DEFAULTS)
+            raise FedcondError(f"--num-clients must be >= 1 (or 0 in a flwr run config: the federation's size), "
+                               f"got {self.num_clients}")
         if self.partition not in PARTITIONS:
             raise FedcondError(f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         if self.alpha <= 0:
@@ -151,10 +171,9 @@ class FederateConfig:
         bad = [d for d in (self.storage_dtype, *self.storage_dtype_names) if d not in STORAGE_DTYPES]
         if bad:
             raise FedcondError(f"unknown storage dtype {', '.join(bad)}: use {', '.join(STORAGE_DTYPES)}")
-        if self.server_augment not in ("auto", "none"):
-            from fedcond.augment import parse_strategy  # noqa: PLC0415
-
-            parse_strategy(self.server_augment)
+        if not 0 < self.val_fraction < 0.5:
+            raise FedcondError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
+        self.recipe_notes = check_same_recipe(self.learner_recipes(), self.unequal_recipe)
         if self.central_max_epochs < 1 or self.central_patience < 1:
             raise FedcondError("central-max-epochs and central-patience must be >= 1")
         if self.precision not in PRECISIONS:
@@ -163,6 +182,8 @@ class FederateConfig:
             raise FedcondError("round-timeout must be > 0 and server-threads >= 0")
         if self.dp_epsilon < 0 or any(e <= 0 for e in self.dp_epsilon_values) or not 0 < self.dp_delta < 1:
             raise FedcondError("--dp-epsilon must be >= 0 (0: no DP), --dp-epsilons > 0 and --dp-delta in (0, 1)")
+        if self.dp_non_private and not self.dp_epsilon > 0:
+            raise FedcondError("--dp-non-private is for --dp-epsilon runs (without DP nothing is private); drop it")
         if self.dp_epsilon > 0 or self.dp_epsilon_values:
             if self.method not in ("dm", "dp-dm"):
                 raise FedcondError(f"--dp-epsilon makes FedCond clients distill with dp-dm; use --method dm or "
@@ -178,15 +199,20 @@ class FederateConfig:
         self.distill_config()  # unknown method or method option: fail here, not in a client
 
     # ------------------------------------------------------------------ derived
-    def server_augmenter(self, channels: int):
-        """The batch augmentation of the server's training on the pool (see ``server_augment``)."""
-        if self.server_augment == "none":
-            return None
-        from fedcond.augment import DEFAULT_STRATEGY, DSA  # noqa: PLC0415
+    @property
+    def recipe(self) -> Recipe:
+        """The training recipe of the clients' local training and the upper bound (``augment``)."""
+        return Recipe(augment=self.augment)
 
-        if self.server_augment == "auto":
-            return DSA("crop_scale_rotate" if channels == 1 else DEFAULT_STRATEGY)
-        return DSA(self.server_augment)
+    @property
+    def server_recipe(self) -> Recipe:
+        """The recipe of the server's training on sets: :attr:`recipe` unless ``server_augment`` differs."""
+        return self.recipe if self.server_augment == "recipe" else Recipe(augment=self.server_augment)
+
+    def learner_recipes(self) -> dict[str, Recipe]:
+        """Each kind of learner of this comparison with its recipe (for checks and reports)."""
+        return {"FedAvg/FedProx clients": self.recipe, "upper bound": self.recipe,
+                "server training on sets (FedCond and its controls)": self.server_recipe}
 
     def resolved_precision(self, device: str | None = None) -> str:
         """``precision`` as it runs on ``device`` (default: the run's): float32 or bfloat16."""

@@ -21,6 +21,7 @@ the grid, excluded from ``deflate`` by Flower itself) is not part of the payload
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -47,11 +48,19 @@ def message_nbytes(message: Any) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
+# The parts of a set's method config that travel: what the server reads (a DP client's stated
+# guarantee). The rest (a method's hyper-parameters, hundreds of bytes for DM) stays with the
+# client: it would make a distilled upload cost more than its real-image controls (2 % on digits).
+WIRE_CONFIG_KEYS = ("privacy",)
+
+
 def set_to_records(sset: SyntheticSet) -> tuple[Any, Any]:
-    """``(ArrayRecord, ConfigRecord)`` carrying ``sset`` in its storage dtype (validated first)."""
+    """``(ArrayRecord, ConfigRecord)`` carrying ``sset`` in its storage dtype (validated first),
+    its method config cut to :data:`WIRE_CONFIG_KEYS`."""
     from flwr.app import ArrayRecord, ConfigRecord  # noqa: PLC0415
 
     sset.validate()
+    sset = replace(sset, config={k: sset.config[k] for k in WIRE_CONFIG_KEYS if k in sset.config})
     labels = sset.labels.detach().cpu()
     labels = labels.float().contiguous() if sset.soft_labels else labels.contiguous()
     arrays = ArrayRecord({"images": sset._stored_images(), "labels": labels})

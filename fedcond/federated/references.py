@@ -11,6 +11,11 @@ A number of bytes or an accuracy means little alone. ``fedcond federate`` theref
   FedCond sends multi-formation mosaics (``-o factor=k``), also ``random-real-f<k>``:
   random real images tiled into the same mosaics, so the gap is what distillation buys
   beyond the formation itself;
+- **herding** (``herding``, and ``herding-f<k>`` in FedCond's mosaics): the same protocol with
+  each client sending the ``ipc`` images per class that herding picks (Welling, 2009: the
+  images whose running mean best matches the class mean in the embedding), the stronger
+  real-image control; random real images and herding are trained by the server with the
+  same recipe as FedCond's sets, and their bytes match FedCond's within 1 % (a test checks);
 - **storage dtypes** (``fedcond-<dtype>``): FedCond again with its sets sent in each other
   dtype of ``storage_dtypes`` (float16 halves the bytes, uint8 quarters them); its clients
   re-encode the sets the FedCond run distilled instead of distilling again
@@ -54,11 +59,15 @@ from fedcond.federated.config import FederateConfig
 from fedcond.federated.events import OnEvent, ReferenceFinished, ReferenceProgress
 from fedcond.federated.records import new_model
 from fedcond.federated.server_training import train_on_pool
+from fedcond.recipe import Recipe
 from fedcond.runinfo import write_json
 from fedcond.train import accuracy, classification_loss
 
+RANDOM_METHOD = "random"
 RANDOM_REAL = "random-real"
 RANDOM_REAL_MOSAIC = "random-real-mosaic"
+HERDING = "herding"
+HERDING_MOSAIC = "herding-mosaic"
 STORAGE_DTYPE = "storage-dtype"
 DP_EPSILON = "dp-epsilon"
 
@@ -68,7 +77,8 @@ class PlannedRun:
     """One simulation of the comparison: a strategy asked for, or a reference (``kind``)."""
 
     cfg: FederateConfig
-    kind: str | None = None  # None | "random-real" | "random-real-mosaic" | "storage-dtype" | "dp-epsilon"
+    # None | "random-real" | "random-real-mosaic" | "herding" | "herding-mosaic" | "storage-dtype" | "dp-epsilon"
+    kind: str | None = None
     of: str | None = None  # the strategy a reference belongs to
 
     @property
@@ -96,16 +106,18 @@ def plan_runs(cfg: FederateConfig, strategies: Sequence[str]) -> list[PlannedRun
         if eps != cfg.dp_epsilon:
             runs.append(PlannedRun(replace(base, dp_epsilon=eps, dp_epsilons="", run_name=f"{fedcond}-eps{eps:g}"),
                                    DP_EPSILON, fedcond))
-    if cfg.random_reference and cfg.method != "random":
-        # Random real images are the no-privacy control: never DP, whatever FedCond's epsilon.
-        random_cfg = replace(cfg.for_strategy("fedcond"), mode="oneshot", method="random", method_options="",
-                             run_name=RANDOM_REAL, dp_epsilon=0.0, dp_epsilons="")
-        runs.append(PlannedRun(random_cfg, RANDOM_REAL, fedcond))
-        factor = int(cfg.method_option_values.get("factor", 1))
-        if factor > 1:
-            mosaic_cfg = replace(random_cfg, method_options=json.dumps({"factor": factor}),
-                                 run_name=f"{RANDOM_REAL}-f{factor}")
-            runs.append(PlannedRun(mosaic_cfg, RANDOM_REAL_MOSAIC, fedcond))
+    factor = int(cfg.method_option_values.get("factor", 1))
+    for method, wanted, kind, mosaic_kind in ((RANDOM_METHOD, cfg.random_reference, RANDOM_REAL, RANDOM_REAL_MOSAIC),
+                                              (HERDING, cfg.herding_reference, HERDING, HERDING_MOSAIC)):
+        if not wanted or cfg.method == method:  # the method itself: it would be the same run
+            continue
+        # Real-image selections are the no-privacy controls: never DP, whatever FedCond's epsilon.
+        control = replace(cfg.for_strategy("fedcond"), mode="oneshot", method=method, method_options="",
+                          run_name=kind, dp_epsilon=0.0, dp_epsilons="")
+        runs.append(PlannedRun(control, kind, fedcond))
+        if factor > 1:  # the same formation as FedCond's sets, so the gap is what distillation buys
+            mosaic = replace(control, method_options=json.dumps({"factor": factor}), run_name=f"{kind}-f{factor}")
+            runs.append(PlannedRun(mosaic, mosaic_kind, fedcond))
     return runs
 
 
@@ -187,11 +199,15 @@ def train_to_plateau(
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
     checkpoint: Path | None = None,
     fingerprint: str = "",
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    recipe: Recipe | None = None,
 ) -> Plateau:
     """Train ``model`` in place until the held-out loss plateaus; keep its best weights.
 
-    SGD (momentum 0.9, weight decay 5e-4, as the evaluation protocol) on ``1 - val_fraction``
-    of the examples; after ``patience`` epochs without a lower held-out loss the learning
+    SGD with ``recipe``'s momentum, weight decay and augmentation (default: no augmentation,
+    the evaluation protocol's SGD) on ``1 - val_fraction`` of the examples, or on all of them
+    when ``validation`` (images, labels: a split held out elsewhere, e.g. a federated run's)
+    is given; after ``patience`` epochs without a lower held-out loss the learning
     rate drops tenfold, and after ``max_decays`` drops the next plateau ends training. The
     held-out loss, not accuracy, decides: on small sets held-out accuracy reaches 100 %
     early and then cannot tell better weights from worse. ``on_epoch(epoch, max_epochs,
@@ -204,17 +220,26 @@ def train_to_plateau(
     epoch with the result of an uninterrupted run. A file of other settings is overwritten.
     """
     started = time.perf_counter()
+    recipe = recipe or Recipe(augment="none")
+    augment = recipe.augmenter(images.shape[1])
     n = labels.shape[0]
     order = torch.randperm(n, generator=generator)
-    n_val = max(1, int(n * val_fraction))
-    val, fit = order[:n_val], order[n_val:]
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    if validation is None:
+        n_val = max(1, int(n * val_fraction))
+        val, fit = order[:n_val], order[n_val:]
+        val_images, val_labels = images[val], labels[val]
+    else:
+        fit, (val_images, val_labels) = order, validation
+        val_fraction = 0.0  # not used: the settings below name the given split's size instead
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     best = (float("inf"), 0, {k: v.clone() for k, v in model.state_dict().items()})
     waited = decays = epoch = 0
     finished, earlier_seconds = False, 0.0
-    settings = json.dumps({"n": n, "val_fraction": val_fraction, "max_epochs": max_epochs, "patience": patience,
-                           "max_decays": max_decays, "lr": lr, "batch_size": batch_size, "caller": fingerprint},
-                          sort_keys=True)
+    settings = {"n": n, "val_fraction": val_fraction, "max_epochs": max_epochs, "patience": patience,
+                "max_decays": max_decays, "lr": lr, "batch_size": batch_size, "caller": fingerprint}
+    if validation is not None or recipe != Recipe(augment="none"):  # older checkpoints lack these keys
+        settings.update(validation=int(val_labels.shape[0]), recipe=recipe.to_json())
+    settings = json.dumps(settings, sort_keys=True)
     saved = _load_plateau(checkpoint, settings, order) if checkpoint is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -229,11 +254,12 @@ def train_to_plateau(
         shuffled = fit[torch.randperm(fit.shape[0], generator=generator)]
         for start in range(0, shuffled.shape[0], batch_size):
             idx = shuffled[start : start + batch_size]
-            loss = classification_loss(model(images[idx]), labels[idx])
+            x = images[idx] if augment is None else augment(images[idx], generator)
+            loss = classification_loss(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        val_loss = _mean_loss(model, images[val], labels[val])
+        val_loss = _mean_loss(model, val_images, val_labels)
         if val_loss < best[0]:
             best, waited = (val_loss, epoch, {k: v.clone() for k, v in model.state_dict().items()}), 0
         else:
@@ -256,7 +282,7 @@ def train_to_plateau(
             on_epoch(epoch, max_epochs, {"val_loss": val_loss, "lr_drops": decays})
     model.load_state_dict(best[2])
     return Plateau(epochs=epoch, best_epoch=best[1], val_loss=best[0],
-                   val_accuracy=accuracy(model, images[val], labels[val]), lr_decays=decays,
+                   val_accuracy=accuracy(model, val_images, val_labels), lr_decays=decays,
                    seconds=earlier_seconds + time.perf_counter() - started)
 
 
@@ -271,20 +297,27 @@ def centralised_reference(data: ImageDataset, cfg: FederateConfig, total_ipc: in
     pooled size). Progress goes to ``on_event`` as :class:`ReferenceProgress`. With
     ``checkpoint_dir`` the upper bound's training saves every epoch there and a killed run
     goes on from its last epoch."""
+    from fedcond.federated.data_cache import federated_validation  # noqa: PLC0415  (loads data: only here)
+
     emit = on_event or (lambda event: None)
     model = new_model(data, cfg)
+    validation = federated_validation(cfg)
     run = train_to_plateau(model, data.train_images, data.train_labels, torch.Generator().manual_seed(cfg.seed),
                            max_epochs=cfg.central_max_epochs, patience=cfg.central_patience,
                            on_epoch=lambda e, n, m: emit(ReferenceProgress("upper bound", e, n, m)),
                            checkpoint=checkpoint_dir / UPPER_BOUND_CHECKPOINT if checkpoint_dir else None,
-                           fingerprint=json.dumps(reference_inputs(cfg), sort_keys=True))
+                           fingerprint=json.dumps(reference_inputs(cfg), sort_keys=True),
+                           validation=validation, recipe=cfg.recipe)
     out: dict[str, Any] = {"full_data_accuracy": accuracy(model, data.test_images, data.test_labels),
                            "full_data_epochs": run.epochs, "full_data_seconds": run.seconds,
                            "full_data_best_epoch": run.best_epoch, "full_data_val_loss": run.val_loss,
                            "full_data_val_accuracy": run.val_accuracy, "full_data_lr_decays": run.lr_decays,
-                           "full_data_protocol": "train to plateau: 10% of train held out, SGD lr 0.01 batch 64, "
+                           "full_data_recipe": cfg.recipe.to_json(),
+                           "full_data_protocol": f"train to plateau on the run's validation split "
+                                                 f"({cfg.val_fraction:.0%} of train, never trained on), "
+                                                 f"{cfg.recipe.describe(data.channels)}, lr 0.01 batch 64, "
                                                  f"lr/10 after {cfg.central_patience} epochs without a lower "
-                                                 "held-out loss (twice), best held-out weights"}
+                                                 "validation loss (twice), best validation weights"}
     if total_ipc:
         start = time.perf_counter()
         # distill_partition's work, with a progress callback: the same distiller and config
@@ -306,12 +339,13 @@ def reference_inputs(cfg: FederateConfig, total_ipc: int | None = None) -> dict[
     """Every setting the centralised reference depends on, and nothing else: changing the
     strategies, rounds or clients' work keeps the upper bound; the distillation reference
     also depends on the method's settings and the server's training."""
-    keys = ["dataset", "data_dir", "normalize", "model", "seed", "central_max_epochs", "central_patience"]
+    keys = ["dataset", "data_dir", "normalize", "model", "seed", "central_max_epochs", "central_patience",
+            "augment", "val_fraction"]
     if total_ipc:
         keys += ["method", "method_options", "iterations", "dp_epsilon", "dp_delta", "storage_dtype",
                  "server_epochs", "server_lr_train", "server_augment"]
     settings = cfg.to_json()  # as run: iterations resolved to the method's own when not set
-    return {"format": 1, **{k: settings[k] for k in keys}, "total_ipc": total_ipc or None}
+    return {"format": 2, **{k: settings[k] for k in keys}, "total_ipc": total_ipc or None}
 
 
 def cached_reference(folder: Path | None, data: ImageDataset, cfg: FederateConfig, total_ipc: int | None = None,

@@ -32,26 +32,55 @@ def _mib(n: int | float) -> float:
 
 
 def _row(run: dict[str, Any], raw_bytes: int | None) -> str:
-    acc = run.get("final_accuracy")
-    share = f"{run['upload_bytes'] / raw_bytes:.2%}" if raw_bytes else "-"
+    chosen, acc, val = run.get("selected_round"), run.get("selected_accuracy"), run.get("selected_val_accuracy")
+    if chosen is None:  # a record from before validation-selected rounds: its last round, said so
+        chosen, acc, val = f"{len(run['rounds'])} (last)", run.get("final_accuracy"), None
+    up = run.get("selected_upload_bytes", run["upload_bytes"])
+    down = run.get("selected_download_bytes", run["download_bytes"])
+    share = f"{up / raw_bytes:.2%}" if raw_bytes else "-"
+    val_text = f"{val:.4f}" if val is not None else "-"
     return (
-        f"| {run.get('name', run['strategy'])} | {len(run['rounds'])} | {acc:.4f} | {_mib(run['upload_bytes']):.3f} | "
-        f"{_mib(run['download_bytes']):.3f} | {_mib(run['upload_bytes'] + run['download_bytes']):.3f} | {share} | "
-        f"{run.get('clients_lost_total', 0)} |"
+        f"| {run.get('name', run['strategy'])} | {len(run['rounds'])} | {chosen} | {val_text} | {acc:.4f} | "
+        f"{_mib(up):.3f} | {_mib(down):.3f} | {_mib(up + down):.3f} | {share} | {run.get('clients_lost_total', 0)} |"
     )
 
 
+def recipe_lines(cfg: Any, channels: int) -> list[str]:
+    """The report's first lines: any unequal-recipe warning, then the recipe and what each
+    learner tunes, and the validation protocol (``cfg``: the comparison's FederateConfig)."""
+    lines = [f"**{note}**" for note in cfg.recipe_notes]
+    server = cfg.server_recipe.describe(channels)
+    lines += [
+        f"Training recipe of every learner: {cfg.recipe.describe(channels)}"
+        + ("." if cfg.server_recipe == cfg.recipe else f"; the server's training on sets: {server}."),
+        f"- FedAvg/FedProx clients: lr {cfg.lr:g}, {cfg.local_epochs} local epochs a round, batch {cfg.batch_size}"
+        + (f", FedProx mu {cfg.proximal_mu:g}" if "fedprox" in cfg.strategy_names else "") + ".",
+        f"- Server training on sets (FedCond and its controls): lr {cfg.server_lr_train:g}, {cfg.server_epochs} "
+        "epochs, batch 256.",
+        "- Upper bound: lr 0.01, batch 64, to its validation plateau.",
+        f"Validation: {cfg.val_fraction:.0%} of each class of the training images, held out before partitioning "
+        "(no client holds them). Each run is reported at its round of best validation accuracy, with the test "
+        "accuracy of that round; bytes are counted up to that round. The test split chooses nothing.",
+        "",
+    ]
+    return lines
+
+
 def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None = None,
-                   reference_runs: list[dict[str, Any]] | None = None, raw_bytes: int | None = None) -> str:
-    """One row per strategy (then per reference run): rounds, final accuracy, cumulative
-    upload/download MiB, upload as a share of uploading the raw data, losses; then the
+                   reference_runs: list[dict[str, Any]] | None = None, raw_bytes: int | None = None,
+                   preamble: Sequence[str] = ()) -> str:
+    """``preamble`` (:func:`recipe_lines`), then one row per strategy (then per reference run):
+    rounds run, the round chosen on validation, its validation and test accuracy, cumulative
+    upload/download MiB to it, upload as a share of uploading the raw data, losses; then the
     raw-data bytes and the centralised references in words."""
-    head = ["| {} | rounds | final accuracy | upload MiB | download MiB | total MiB | upload / raw data "
-            "| clients lost |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines = [head[0].format("strategy"), head[1], *(_row(r, raw_bytes) for r in runs)]
+    head = ["| {} | rounds | reported round (best validation) | validation accuracy | test accuracy | upload MiB "
+            "| download MiB | total MiB | upload / raw data | clients lost |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [*preamble, head[0].format("strategy"), head[1], *(_row(r, raw_bytes) for r in runs)]
     if reference_runs:
-        lines += ["", "References (FedCond's controls, same partitions):", "",
+        lines += ["", "References (FedCond's controls, same partitions, same server recipe):", "",
                   head[0].format("reference"), head[1], *(_row(r, raw_bytes) for r in reference_runs)]
+        lines += _byte_match_lines(runs, reference_runs)
     lines.append("")
     if raw_bytes:
         lines.append(f"Raw data: every client uploading its whole partition once (uint8 pixels) is "
@@ -69,6 +98,20 @@ def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None 
                 f"(the pooled size): accuracy {reference['centralised_distill_accuracy']:.4f}."
             )
     return "\n".join(lines) + "\n"
+
+
+def _byte_match_lines(runs: list[dict[str, Any]], reference_runs: list[dict[str, Any]]) -> list[str]:
+    """Whether each real-image control uploaded FedCond's bytes within 1 % (labels and metadata counted)."""
+    fedcond = next((r for r in runs if r.get("pool_provenance") is not None), None)
+    controls = [r for r in reference_runs if str(r.get("name", "")).startswith(("random-real", "herding"))]
+    if fedcond is None or not controls or not fedcond["upload_bytes"]:
+        return []
+    parts = []
+    for r in controls:
+        ratio = r["upload_bytes"] / fedcond["upload_bytes"] - 1
+        parts.append(f"{r['name']} {ratio:+.2%}" + ("" if abs(ratio) <= 0.01 else " (NOT within 1 %)"))
+    return ["", f"Controls' upload against {fedcond.get('name', 'fedcond')}'s (every byte of the message: images, "
+                f"labels, metadata): {', '.join(parts)}."]
 
 
 def _finish_log_x_plot(fig: Any, ax: Any, path: Path, xlabel: str, reference: dict[str, Any] | None) -> Path:
@@ -98,59 +141,90 @@ def _points(run: dict[str, Any]) -> list[tuple[float, float]]:
 def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: dict[str, Any] | None = None,
                            reference_runs: list[dict[str, Any]] | None = None, raw_bytes: int | None = None,
                            title: str = "") -> Path:
-    """Two panels under ``title`` (data set, clients, partition, seed).
+    """Two panels under ``title`` (data set, clients, partition, seed), drawn to be read at
+    the width a README shows them (about 900 pixels).
 
     Left: accuracy after each round against cumulative upload in MiB, log x: strategies as
-    lines, reference runs as open markers, the raw-data upload as a vertical line and the
-    centralised upper bound as a horizontal one. Right: every run's final accuracy, zoomed,
-    one row each with its value and upload written beside its name — one-shot runs are
-    single points that sit within a fraction of a point of each other and of the upper
-    bound, which the left panel cannot separate.
+    lines, reference runs as open markers (white inside, so a line behind one does not run
+    through it), the raw-data upload as a vertical line and the centralised upper bound as
+    a horizontal one. A run of one point (one-shot FedCond, its references) is named by a
+    label with a leader line, fanned out into free space: such points sit within a fraction
+    of a point of each other and would hide one another's markers. Right: every run's final
+    accuracy, zoomed, one row each with its value and upload written beside its dot.
     """
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, (ax, final) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, final) = plt.subplots(1, 2, figsize=(11, 4.9), gridspec_kw={"width_ratios": [3, 2]})
     rows: list[tuple[str, float, int, str]] = []  # (label, final accuracy, upload bytes, colour)
+    singles: list[tuple[str, float, float, str]] = []  # one-point runs: (label, MiB, accuracy, colour)
     for run in runs:
         pts = _points(run)
         if pts:
             xs, ys = zip(*pts)
-            (line,) = ax.plot(xs, ys, marker="o", label=run.get("name", run["strategy"]))
-            rows.append((run.get("name", run["strategy"]), ys[-1], run["upload_bytes"], line.get_color()))
+            name = run.get("name", run["strategy"])
+            (line,) = ax.plot(xs, ys, marker="o", markersize=6, zorder=4, label=name if len(pts) > 1 else "_")
+            rows.append((name, ys[-1], run["upload_bytes"], line.get_color()))
+            if len(pts) == 1:
+                singles.append((name, xs[0], ys[0], line.get_color()))
     markers = iter("sD^v<>ph")
     for run in reference_runs or []:
         pts = _points(run)
         if pts:
             xs, ys = zip(*pts)
             name = run.get("name", run["strategy"])
-            (line,) = ax.plot(xs, ys, marker=next(markers, "o"), markersize=7, linestyle=":",
-                              markerfacecolor="none", label=f"{name} (reference)")
+            (line,) = ax.plot(xs, ys, marker=next(markers, "o"), markersize=10, linestyle=":", markeredgewidth=1.5,
+                              markerfacecolor="white", zorder=3,
+                              label=f"{name} (reference)" if len(pts) > 1 else "_")
             rows.append((f"{name} (ref.)", ys[-1], run["upload_bytes"], line.get_color()))
+            if len(pts) == 1:
+                singles.append((f"{name} (ref.)", xs[0], ys[0], line.get_color()))
     upper = reference.get("full_data_accuracy") if reference else None
     if raw_bytes:
-        ax.axvline(raw_bytes / MIB, color="black", linestyle="-.", linewidth=1,
+        ax.axvline(raw_bytes / MIB, color="black", linestyle="-.", linewidth=1, zorder=2,
                    label=f"upload of the raw data ({raw_bytes / MIB:.3f} MiB)")
     if upper is not None:
-        ax.axhline(upper, color="grey", linestyle="--", label=f"centralised upper bound ({upper:.4f})")
+        ax.axhline(upper, color="grey", linestyle="--", zorder=2, label=f"centralised upper bound ({upper:.4f})")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, not 10^-1
     ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_two_and_five))
-    ax.set_xlabel("cumulative upload of all clients, MiB (2^20 bytes; log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.tick_params(labelsize=9)
+    ax.set_xlabel("cumulative upload of all clients, MiB (2^20 bytes; log scale)", fontsize=9)
+    ax.set_ylabel("test accuracy", fontsize=9)
+    ax.grid(True, which="both", alpha=0.25, zorder=0)
+    _label_single_points(ax, singles)
+    ax.legend(fontsize=8, loc="best", framealpha=0.95)
     ax.set_title("accuracy against bytes uploaded", fontsize=10)
     _final_accuracy_panel(final, rows, upper)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(w_pad=1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _label_single_points(ax: Any, singles: list[tuple[str, float, float, str]]) -> None:
+    """Name each one-point run by a label in its colour, stacked beneath and to the right of
+    the points with a leader line to its marker: the labels never overlap each other, and
+    ordered by upload (largest first, the top label) the leader lines do not cross."""
+    if not singles:
+        return
+    import math  # noqa: PLC0415
+
+    lo, hi = ax.get_xlim()
+    span = math.log10(hi) - math.log10(lo)
+    right = max((math.log10(x) - math.log10(lo)) / span for _, x, _, _ in singles)
+    column = min(right + 0.1, 0.55)  # axes fraction: right of the rightmost point, clear of the right edge
+    for i, (name, x, y, colour) in enumerate(sorted(singles, key=lambda s: -s[1])):
+        ax.annotate(f"{name}: {y:.4f}", xy=(x, y), xytext=(column, 0.80 - 0.075 * i), textcoords="axes fraction",
+                    fontsize=8.5, color=colour, va="center", zorder=5,
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.9},
+                    arrowprops={"arrowstyle": "-", "color": colour, "linewidth": 0.8, "shrinkA": 0, "shrinkB": 6,
+                                "relpos": (0.0, 0.5)})  # from the label's left end: it passes left of the others
 
 
 def _two_and_five(value: float, _: Any = None) -> str:
@@ -164,48 +238,61 @@ def _two_and_five(value: float, _: Any = None) -> str:
 
 
 def _final_accuracy_panel(ax: Any, rows: list[tuple[str, float, int, str]], upper: float | None) -> None:
-    """Final accuracy per run as dots on a zoomed axis, best at the top, values in the labels."""
+    """Final accuracy per run as dots on a zoomed axis, best at the top: the run's name as
+    its row label, its value and upload beside the dot (on the side with room), and the
+    upper bound as a line labelled on a white ground at the bottom, clear of the gridlines."""
     if not rows:
         ax.set_axis_off()
         return
     rows = sorted(rows, key=lambda r: r[1])
-    for y, (_, acc, _, colour) in enumerate(rows):
-        ax.plot([acc], [y], marker="o", markersize=8, color=colour)
     values = [r[1] for r in rows] + ([upper] if upper is not None else [])
-    pad = max(0.002, 0.1 * (max(values) - min(values)))
-    ax.set_xlim(min(values) - pad, max(values) + pad)
-    ax.set_ylim(-0.6, len(rows) - 0.4)
-    ax.set_yticks(range(len(rows)), [f"{name}: {acc:.4f} at {nbytes / MIB:.3f} MiB"
-                                     for name, acc, nbytes, _ in rows], fontsize=8)
+    pad = max(0.002, 0.12 * (max(values) - min(values)))
+    left, right = min(values) - pad, max(values) + pad
+    ax.set_xlim(left, right)
+    ax.set_ylim(-0.9 if upper is not None else -0.6, len(rows) - 0.4)
+    middle = (left + right) / 2
+    for y, (_, acc, nbytes, colour) in enumerate(rows):
+        ax.plot([acc], [y], marker="o", markersize=8, color=colour, zorder=4)
+        text = f"{acc:.4f} at {nbytes / MIB:.3f} MiB"
+        offset = -9 if acc > middle else 9  # toward the middle: the text never leaves the panel
+        ax.annotate(text, xy=(acc, y), xytext=(offset, 0), textcoords="offset points", fontsize=8.5, va="center",
+                    ha="right" if offset < 0 else "left", zorder=5)
+    ax.set_yticks(range(len(rows)), [name for name, _, _, _ in rows], fontsize=8.5)
+    ax.yaxis.tick_right()  # names at the outer edge: no blank gap between the panels
+    ax.tick_params(axis="x", labelsize=9)
     if upper is not None:
-        ax.axvline(upper, color="grey", linestyle="--")
-        ax.text(upper, len(rows) - 0.45, " upper bound", color="grey", fontsize=8, va="top", ha="right",
-                rotation=90)
-    ax.set_xlabel("final test accuracy (zoomed)")
-    ax.grid(True, axis="x", alpha=0.3)
+        ax.axvline(upper, color="grey", linestyle="--", zorder=2)
+        ax.text(upper, -0.75, f"upper bound {upper:.4f} ", color="grey", fontsize=8.5, va="center", ha="right",
+                zorder=5, bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"})
+    ax.set_xlabel("final test accuracy (zoomed)", fontsize=9)
+    ax.grid(True, axis="x", alpha=0.25, zorder=0)
     ax.set_title("final accuracy: value at upload", fontsize=10)
 
 
 def plot_label_histogram(hist: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> Path:
-    """Stacked bars: images of each class held by each client."""
+    """Stacked bars: images of each class held by each client, every client id ticked, the
+    colours' legend titled."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     n = len(hist)
-    fig, ax = plt.subplots(figsize=(max(6.0, min(0.25 * n, 20.0)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, min(0.25 * n, 20.0)), 3.8))
     bottom = [0] * n
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for c, name in enumerate(classes):
         heights = [row[c] for row in hist]
         ax.bar(range(n), heights, bottom=bottom, color=cmap(c % cmap.N), label=str(name), width=0.85)
         bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xticks(range(n), [str(i) for i in range(n)], fontsize=8 if n <= 40 else 6, rotation=0 if n <= 40 else 90)
+    ax.set_xlim(-0.6, n - 0.4)
     ax.set_xlabel("client (partition id)")
     ax.set_ylabel("training images")
     ax.set_title(title)
     if len(classes) <= 20:
-        ax.legend(ncol=min(10, len(classes)), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+        ax.legend(ncol=min(10, len(classes)), fontsize=7, title="class", title_fontsize=8, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

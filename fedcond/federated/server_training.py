@@ -1,10 +1,12 @@
 """The server's torch work: the global model, training it on pooled sets, testing it.
 
-All strategies share :func:`evaluate_arrays` (central evaluation on the real test split
-after every round), so accuracies are comparable. FedCond's server trains the global model
+All strategies share :func:`evaluate_arrays` (central evaluation on the run's validation
+split, which picks the reported round, and on the real test split, after every round), so
+accuracies are comparable. FedCond's server trains the global model
 on the pooled synthetic sets with the evaluation protocol (:func:`train_on_pool`, i.e.
-``train_model``: SGD, momentum 0.9, weight decay 5e-4, lr / 10 at half the epochs, each
-mini-batch augmented as ``server_augment`` says). The global model's architecture is
+``train_model`` with the comparison's recipe, :mod:`fedcond.recipe`: SGD, momentum 0.9,
+weight decay 5e-4, lr / 10 at half the epochs, each mini-batch augmented as every
+learner's). The global model's architecture is
 :func:`fedcond.federated.records.new_model`, which clients build too.
 """
 
@@ -22,10 +24,15 @@ from fedcond.synthetic import SyntheticSet
 from fedcond.train import accuracy, train_model
 
 
-def evaluate_arrays(data: ImageDataset, cfg: FederateConfig, arrays: Any) -> float:
-    """Test accuracy (fraction) of the model held in ``arrays`` (a flwr ArrayRecord)."""
+def evaluate_arrays(data: ImageDataset, cfg: FederateConfig, arrays: Any,
+                    validation: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """Accuracies (fractions) of the model held in ``arrays`` (a flwr ArrayRecord): ``accuracy``
+    on the test split and, given ``validation`` (images, labels), ``val_accuracy`` on it."""
     model = load_record(new_model(data, cfg), arrays)
-    return accuracy(model, data.test_images, data.test_labels)
+    out = {"accuracy": accuracy(model, data.test_images, data.test_labels)}
+    if validation is not None:
+        out["val_accuracy"] = accuracy(model, *validation)
+    return out
 
 
 def pool_sets(sets: list[SyntheticSet]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,10 +53,11 @@ def pool_sets(sets: list[SyntheticSet]) -> tuple[torch.Tensor, torch.Tensor]:
 def train_on_pool(
     model: nn.Module, sets: list[SyntheticSet], cfg: FederateConfig, server_round: int
 ) -> nn.Module:
-    """Train ``model`` in place on the pooled sets with the evaluation protocol, in the run's
-    precision (``cfg.precision`` resolved on ``cfg.device``)."""
+    """Train ``model`` in place on the pooled sets with the comparison's recipe
+    (:attr:`FederateConfig.server_recipe`), in the run's precision (``cfg.precision``
+    resolved on ``cfg.device``)."""
     images, labels = pool_sets(sets)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + server_round)
     return train_model(model, images, labels, cfg.server_epochs, lr=cfg.server_lr_train,
-                       batch_size=256, generator=gen, augment=cfg.server_augmenter(images.shape[1]),
-                       precision=cfg.resolved_precision())
+                       batch_size=256, generator=gen, precision=cfg.resolved_precision(),
+                       **cfg.server_recipe.train_kwargs(images.shape[1]))
