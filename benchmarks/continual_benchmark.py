@@ -2,10 +2,16 @@
 
 Two steps, each writing benchmarks/results/continual_<benchmark>_<step>.{json,md}:
 
-    # 1. tune the baselines on the grids below, at every memory size (seed 0); resumable
+    # 1. tune the baselines on the grids below, at every memory size (seed 0), scored on the
+    #    validation share of each experience's training data (never the test set); resumable
     python benchmarks/continual_benchmark.py tune --benchmark split-digits
-    # 2. the comparison with the tuned values, every memory size, 3 seeds; resumable
+    # 2. the comparison with the chosen values, every memory size, 3 seeds, scored once on test; resumable
     python benchmarks/continual_benchmark.py compare --benchmark split-digits
+
+Both steps train on the same data (each experience's training images less the validation
+share, ``--validation``) with one recipe (``--augment``: every strategy's batches and memory
+training). A grid winner on an edge is extended one step beyond it (``--extend-edges`` rounds);
+an edge still hit is named in the results with the reason it stopped.
 
 SplitMNIST / SplitCIFAR-10 read the shared mirror: ``--data-dir /work/shared/data``.
 What was run on the 2-core CPU for SplitMNIST (full data, ConvNet, 1 epoch/experience)::
@@ -46,10 +52,13 @@ from config_options import add_config_options, command_help  # noqa: E402  (benc
 from fedcond.commands.common import parse_options  # noqa: E402
 from fedcond.commands.continual import command as continual_command  # noqa: E402
 from fedcond.continual.benchmarks import benchmark_defaults, default_model, make_benchmark  # noqa: E402
-from fedcond.continual.report import summarize, write_report  # noqa: E402
+from fedcond.continual.report import gains, summarize, write_report  # noqa: E402
 from fedcond.continual.runner import ContinualConfig, run_comparison  # noqa: E402
-from fedcond.continual.strategies import DISTILLED_MODES, MEMORY_STRATEGIES  # noqa: E402
+from fedcond.continual.strategies import BUFFER_STRATEGIES, MEMORY_STRATEGIES  # noqa: E402
+from fedcond.continual.tuning import SCORE, edges, extend, require_validation, winner  # noqa: E402
+from fedcond.recipe import Recipe  # noqa: E402
 from fedcond.runinfo import resolve_device, run_record, shell_command  # noqa: E402
+from fedcond.stats import Spread  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # The grids every baseline is tuned over, at every memory size (recorded with the results).
@@ -59,28 +68,34 @@ GRID = {"lr": [0.003, 0.01, 0.03, 0.1], "epochs": [1, 5, 10, 20]}
 ICARL_GRID = {"lr": [0.01, 0.03, 0.1], "epochs": [5, 20]}
 MEM_BATCH = [64]  # tried at replay's best (lr, epochs); None = the training batch size (32)
 # Avalanche's memory strategies, each tuned: the library's memory strategies but fedcond's own
-BASELINES = tuple(s for s in MEMORY_STRATEGIES if s not in DISTILLED_MODES)
-BUFFER_GRID = {"buffer_lr": [0.01, 0.03, 0.1], "buffer_epochs": [100, 300], "buffer_augment": ["", "crop_scale_rotate"]}
+BASELINES = tuple(s for s in MEMORY_STRATEGIES if s not in BUFFER_STRATEGIES)
+# the memory training's epochs and rate (its augmentation is the recipe's, as every strategy's)
+BUFFER_GRID = {"buffer_lr": [0.01, 0.03, 0.1], "buffer_epochs": [100, 300]}
+RESULT_KEYS = (SCORE, "validation_forgetting", "final_average_accuracy", "forgetting")
 
 
-def _points(strategy: str) -> list[dict]:
-    if strategy == "gdumb":
-        return [dict(zip(BUFFER_GRID, v)) for v in itertools.product(*BUFFER_GRID.values())]
-    grid = ICARL_GRID if strategy == "icarl" else GRID
-    return [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
+def _grid(strategy: str) -> dict:
+    return dict(BUFFER_GRID if strategy == "gdumb" else ICARL_GRID if strategy == "icarl" else GRID)
 
 
 def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
     """Seed 0, every memory size: the grids above for the baselines; naive and joint (the
     bounds, tuned so that the upper bound is as high as the grid makes it) once, as memory 0.
+    Every point is scored on ``bench``'s validation stream (refused otherwise): the test
+    images are not in it. A winner on an edge of its grid gets the next value beyond that
+    edge, at its other settings, up to ``args.extend_edges`` times; what still sits on an edge
+    is recorded in ``saved["edges"]`` with the reason it stopped.
 
     Resumable: every finished point is in ``saved["grid"]`` (written after each) and is
     not run again."""
+    require_validation(bench)
     rows = saved.setdefault("grid", [])
-    for r in rows:  # rows from before augmentation was a grid dimension trained without it
-        if r["strategy"] == "gdumb":
-            r.setdefault("buffer_augment", "")
+    dropped = [r for r in rows if SCORE not in r]
+    if dropped:  # rows of an older tuner were scored on the test stream: never choose with them
+        print(f"dropping {len(dropped)} tuning rows scored on the test stream (older tuner)", flush=True)
+        rows[:] = [r for r in rows if SCORE in r]
     done = {_point_key(r): r for r in rows}
+    saved["edges"] = {}
 
     def run(strategy: str, mem: int, point: dict) -> dict:
         key = {"strategy": strategy, "mem_size": mem, **point}
@@ -89,9 +104,10 @@ def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
             return done[tag]
         # a memory-free strategy runs at memory 0 whatever mem_sizes says (it must name one)
         cfg = ContinualConfig(strategies=(strategy,), mem_sizes=(mem or args.mem_list[0],), seeds=(0,),
-                              model=args.model, batch_size=args.batch_size, **{k: v for k, v in point.items()})
+                              model=args.model, batch_size=args.batch_size, recipe=args.recipe,
+                              precision=args.precision, **{k: v for k, v in point.items()})
         r = run_comparison(bench, cfg, Path(args.scratch) / "tune" / f"{strategy}_{mem}_{len(rows)}", device)[0]
-        rows.append({**key, "final_average_accuracy": r["final_average_accuracy"], "forgetting": r["forgetting"]})
+        rows.append({**key, SCORE: r["final_average_accuracy"], "validation_forgetting": r["forgetting"]})
         done[tag] = rows[-1]
         print(rows[-1], flush=True)
         args.save(saved)
@@ -101,17 +117,34 @@ def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
         for strategy in args.tune_strategies:
             if strategy not in MEMORY_STRATEGIES and mem != args.mem_list[0]:
                 continue  # naive / joint hold no memory: tuned once, as memory 0
-            for point in _points(strategy):
-                run(strategy, mem if strategy in MEMORY_STRATEGIES else 0, point)
+            at = mem if strategy in MEMORY_STRATEGIES else 0
+            grid = _grid(strategy)
+            for point in [dict(zip(grid, v)) for v in itertools.product(*grid.values())]:
+                run(strategy, at, point)
+            for round_ in range(args.extend_edges + 1):
+                own = [r for r in rows if r["strategy"] == strategy and r["mem_size"] == at
+                       and "batch_size_mem" not in r]
+                grid = {k: sorted({r[k] for r in own}) for k in grid}
+                best = winner(own)
+                hit = edges(best, grid)
+                if not hit:
+                    break
+                if round_ == args.extend_edges:
+                    saved["edges"].setdefault(strategy, {})[str(at)] = [
+                        f"{dim} at its {side} edge {best[dim]}: stopped after --extend-edges {args.extend_edges} "
+                        "round(s) (CPU budget)" for dim, side in hit]
+                    break
+                wider, stopped = extend(grid, hit)
+                if stopped:
+                    saved["edges"].setdefault(strategy, {})[str(at)] = stopped
+                added = [(dim, v) for dim in grid for v in wider[dim] if v not in grid[dim]]
+                if not added:
+                    break
+                for dim, value in added:  # the winner's other settings, one step past the edge
+                    run(strategy, at, {k: (value if k == dim else best[k]) for k in grid})
             if strategy == "replay":
-                top = max(
-                    (
-                        r
-                        for r in rows
-                        if r["strategy"] == "replay" and r["mem_size"] == mem and "batch_size_mem" not in r
-                    ),
-                    key=lambda r: r["final_average_accuracy"],
-                )
+                top = winner([r for r in rows if r["strategy"] == "replay" and r["mem_size"] == mem
+                              and "batch_size_mem" not in r])
                 for b in MEM_BATCH:
                     run("replay", mem, {"lr": top["lr"], "epochs": top["epochs"], "batch_size_mem": b})
     saved["best"] = best_points(rows)
@@ -120,37 +153,32 @@ def tune(args: argparse.Namespace, bench, device, saved: dict) -> dict:
 
 def _point_key(row: dict) -> str:
     """A tuning row's identity: strategy, memory and grid point (not its results)."""
-    return json.dumps(
-        {k: v for k, v in row.items() if k not in ("final_average_accuracy", "forgetting")}, sort_keys=True
-    )
+    return json.dumps({k: v for k, v in row.items() if k not in RESULT_KEYS}, sort_keys=True)
 
 
 def best_points(rows: list[dict]) -> dict:
-    """{strategy: {memory: best settings}} from the tuning rows."""
-    best: dict = {}
+    """{strategy: {memory: settings}}: each one's validation argmax (never a test score)."""
+    groups: dict = {}
     for r in rows:
-        cur = best.setdefault(r["strategy"], {}).get(str(r["mem_size"]))
-        if cur is None or r["final_average_accuracy"] > cur["final_average_accuracy"]:
-            best[r["strategy"]][str(r["mem_size"])] = r
+        groups.setdefault(r["strategy"], {}).setdefault(str(r["mem_size"]), []).append(r)
     return {
-        s: {
-            m: {k: v for k, v in r.items() if k not in ("strategy", "mem_size", "final_average_accuracy", "forgetting")}
-            for m, r in ms.items()
-        }
-        for s, ms in best.items()
+        s: {m: {k: v for k, v in winner(rs).items() if k not in ("strategy", "mem_size", *RESULT_KEYS)}
+            for m, rs in ms.items()}
+        for s, ms in groups.items()
     }
 
 
 def run_settings(tuned: dict, strategies: tuple[str, ...], mem: int, defaults: dict) -> dict[str, dict]:
     """Each strategy's settings at memory ``mem`` from the tune step's ``best``: a baseline its
     own best point; naive and joint their own (tuned once, as memory 0) or else replay's
-    lr/epochs; the distilled strategies replay's lr/epochs (their buffer is not tuned).
+    lr/epochs; the memories of the plugin (distilled and its random / herding controls) replay's
+    lr/epochs (their memory training is not tuned: the plugin's defaults).
     Replay untuned at ``mem``: the benchmark's ``defaults`` (e.g. SplitMNIST's 1 epoch, lr 0.01)."""
     replay = tuned.get("replay", {}).get(str(mem), {"lr": defaults["lr"], "epochs": defaults["epochs"]})
     replay = {k: replay[k] for k in ("lr", "epochs")}
     settings = {s: v[str(mem)] for s, v in tuned.items() if str(mem) in v and s in strategies}
     for s in strategies:
-        if s.startswith("distilled"):
+        if s in BUFFER_STRATEGIES:
             settings[s] = dict(replay)
         elif s not in MEMORY_STRATEGIES:
             settings[s] = tuned.get(s, {}).get("0") or dict(replay)
@@ -173,10 +201,15 @@ def compare(args: argparse.Namespace, bench, device, saved: dict) -> dict:
     for that memory. Ours are not tuned: the plugin's defaults (evaluation-protocol
     recipe on the buffer), replay's tuned lr/epochs while an experience trains."""
     tuned = tuned_points(Path(args.tuned)) if args.tuned else {}
+    # which chosen points sat on an edge of their grid (a tune file's own record; a compare file's copy)
+    if args.tuned:
+        told = json.loads(Path(args.tuned).read_text())
+        saved["tuned_edges"] = told.get("edges", told.get("tuned_edges", {}))
     strategies = tuple(args.strategies.split(","))
     # runs of earlier invocations (other strategies or seeds) stay in the results file
+    # not a file from an older runner, nor runs from before one recipe and a validation split (unfair)
     runs_by_key = {(r["strategy"], r["mem_size"], r["seed"]): r for r in saved.get("runs", [])
-                   if "settings" in r and "forgetting" in r}  # not a file from an older runner
+                   if "forgetting" in r and "recipe" in r.get("settings", {})}
     for mem in args.mem_list:
         overrides = run_settings(tuned, strategies, mem, benchmark_defaults(bench.name))
         # naive / joint hold no memory: they run once, with the first memory size
@@ -246,24 +279,28 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
         "",
         *([result["note"], ""] if result.get("note") else []),
     ]
+    recipe = record.get("recipe")
+    if recipe:
+        lines += [f"Recipe of every strategy: {Recipe.from_json(recipe).describe(record.get('channels'))}; "
+                  f"validation share {record.get('validation')} of each experience's training images, held out of "
+                  "training in both steps.", ""]
     if step == "tune":
-        lines += ["| strategy | memory | settings | final avg acc | forgetting |", "|---|---|---|---|---|"]
+        lines += ["Every point is scored on the validation stream (the test images are not in the tuner's "
+                  "benchmark); the winner is the validation argmax.", "",
+                  "| strategy | memory | settings | validation acc | validation forgetting |", "|---|---|---|---|---|"]
         for r in result["grid"]:
-            point = ", ".join(
-                f"{k} {v}"
-                for k, v in r.items()
-                if k not in ("strategy", "mem_size", "final_average_accuracy", "forgetting")
-            )
-            lines.append(
-                f"| {r['strategy']} | {r['mem_size']} | {point} | {r['final_average_accuracy']:.3f} | "
-                f"{r['forgetting']:.3f} |"
-            )
-        lines += ["", "Best per memory:", ""]
+            point = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("strategy", "mem_size", *RESULT_KEYS))
+            lines.append(f"| {r['strategy']} | {r['mem_size']} | {point} | {r[SCORE]:.3f} | "
+                         f"{r['validation_forgetting']:.3f} |")
+        lines += ["", "Chosen per memory (validation argmax):", ""]
         lines += [f"- {s} memory {m}: " + ", ".join(f"{k} {v}" for k, v in p.items())
                   for s, ms in result.get("best", best_points(result["grid"])).items() for m, p in ms.items()]
+        lines += edge_lines(result.get("edges", {}))
     else:
         runs = result.get("runs", [])
-        lines += ["| strategy | memory | seeds | final avg acc (mean ± std) | forgetting | distill s / experience | "
+        lines += ["Test accuracy, measured once per run for the setting chosen on validation. Mean ± sample std "
+                  "(95 % t interval of the mean, n seeds).", "",
+                  "| strategy | memory | seeds | final avg acc | forgetting | distill s / experience | "
                   "wall min / run | peak RSS GiB |",
                   "|---|---|---|---|---|---|---|---|"]
         for s in sorted(result["summary"], key=lambda s: (s["mem_size"], s["strategy"])):
@@ -274,18 +311,45 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
             wall = f"{statistics.fmean(walls) / 60:.1f}" if walls else ""
             peaks = [r["peak_rss_mib"] for r in own if r.get("peak_rss_mib")]  # runs from before it was recorded: blank
             peak = f"{max(peaks) / 1024:.1f}" if peaks else ""
+            acc = (Spread(**s["final_average_accuracy_spread"]).format() if "final_average_accuracy_spread" in s
+                   else f"{s['final_average_accuracy_mean']:.3f} ± {s['final_average_accuracy_std']:.3f}")
             lines.append(
-                f"| {s['strategy']} | {s['mem_size']} | {len(s['seeds'])} | {s['final_average_accuracy_mean']:.3f} ± "
-                f"{s['final_average_accuracy_std']:.3f} | {s['forgetting_mean']:.3f} ± {s['forgetting_std']:.3f} | "
-                f"{cost} | {wall} | {peak} |"
+                f"| {s['strategy']} | {s['mem_size']} | {len(s['seeds'])} | {acc} | "
+                f"{s['forgetting_mean']:.3f} ± {s['forgetting_std']:.3f} | {cost} | {wall} | {peak} |"
             )
         lines += ["", *goal_lines(result["summary"])]
-        lines += ["", "Baselines: each memory size's best point of the tuning grid (seed 0; the `_tune.md` file "
-                  "beside this one; naive and joint: their own tuned point where the grid has one, else replay's); the "
-                  "distilled strategies: the plugin's defaults, not tuned, with replay's tuned lr/epochs while an "
-                  "experience trains."]
+        lines += gain_lines(runs)
+        notes = {s["strategy"]: s["on_purpose"] for s in result["summary"] if s.get("on_purpose")}
+        if notes:
+            lines += ["", "Where a method differs from the others on purpose:", ""]
+            lines += [f"- {n}" for n in notes.values()]
+        lines += ["", "Baselines: each memory size's validation-chosen point of the tuning grid (seed 0; the "
+                  "`_tune.md` file beside this one; naive and joint: their own chosen point where the grid has one, "
+                  "else replay's); the plugin's memories (distilled and its random / herding controls, same mode, "
+                  "budget and formation): the plugin's memory training, not tuned, with replay's chosen lr/epochs "
+                  "while an experience trains."]
+        lines += edge_lines(result.get("tuned_edges", {}))
         lines += [f"\n![{name}]({Path(path).name})" for name, path in result.get("pictures", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def edge_lines(found: dict) -> list[str]:
+    """The grid winners still on an edge of their grid, and why the grid stopped there."""
+    items = [f"- {s} memory {m}: {why}" for s, ms in found.items() for m, whys in ms.items() for why in whys]
+    return ["", "Winners on an edge of their grid:", "", *items] if items else []
+
+
+def gain_lines(runs: list[dict]) -> list[str]:
+    """The distilled memories' gains: mean of per-seed paired differences with its 95 % interval."""
+    found = gains(runs)
+    if not found:
+        return []
+    out = ["", "Gains of the distilled memories (points; mean of per-seed paired differences, 95 % interval; "
+           "holds: interval above 0):", "", "| memory | distilled | over | gain | holds |", "|---|---|---|---|---|"]
+    for g in sorted(found, key=lambda g: (g["mem_size"], g["strategy"], -g["gain"]["mean"])):
+        out.append(f"| {g['mem_size']} | {g['strategy']} | {g['over']} | "
+                   f"{Spread(**g['gain']).format(scale=100, spec='.1f')} | {'yes' if g['holds'] else 'no'} |")
+    return out
 
 
 def goal_lines(summary: list[dict]) -> list[str]:
@@ -296,7 +360,7 @@ def goal_lines(summary: list[dict]) -> list[str]:
     joint = acc.get(("joint", 0))
     rows = []
     for mem in sorted({m for (_, m) in acc if m > 0}):
-        ours = [(a, s) for (s, m), a in acc.items() if m == mem and s.startswith("distilled")]
+        ours = [(a, s) for (s, m), a in acc.items() if m == mem and s.startswith("distilled")]  # not the controls
         replay = acc.get(("replay", mem))
         if not ours or replay is None:
             continue
@@ -322,22 +386,26 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--train-fraction", type=float, default=1.0)
     p.add_argument("--model", default=None)
-    p.add_argument("--tune-strategies", default="replay,gdumb,icarl")
+    p.add_argument("--tune-strategies", default="replay,gdumb,icarl,der,der++,joint")
+    p.add_argument("--augment", default="auto",
+                   help="the recipe's augmentation, every strategy's (auto, none or DSA families such as crop_flip)")
+    p.add_argument("--validation", type=float, default=0.1,
+                   help="share of each experience's training images held out: tune scores it, compare leaves it out")
+    p.add_argument("--extend-edges", type=int, default=1,
+                   help="rounds of extending a grid past an edge its winner sits on (then the edge is reported)")
     p.add_argument("--grid-lr", default=None, help="comma list replacing GRID's learning rates (smaller CPU runs)")
     p.add_argument("--grid-epochs", default=None, help="comma list replacing GRID's epochs per experience")
     p.add_argument("--mem-batch", default=None, help="comma list replacing MEM_BATCH ('' = none)")
     p.add_argument("--grid-buffer-lr", default=None, help="comma list replacing BUFFER_GRID's learning rates")
     p.add_argument("--grid-buffer-epochs", default=None, help="comma list replacing BUFFER_GRID's epochs")
     p.add_argument(
-        "--grid-buffer-augment", default=None, help="comma list replacing BUFFER_GRID's augmentations ('' = none)"
-    )
-    p.add_argument(
         "--tuned", default=None,
         help="tune step's JSON, or a compare step's (the points its runs used) (default: "
         "results/continual_<benchmark>_tune.json if present)"
     )
     p.add_argument(
-        "--strategies", default="naive,joint,replay,gdumb,icarl,distilled-replay,distilled-finetune,distilled-mix"
+        "--strategies", default="naive,joint,replay,gdumb,icarl,der,der++,distilled-replay,distilled-finetune,"
+        "random-replay,random-finetune,herding-replay,herding-finetune"
     )
     p.add_argument("--mem-sizes", default="10,20,50,100,200")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 of the comparison")
@@ -362,11 +430,16 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.model = args.model or default_model(args.benchmark)
-    bench = make_benchmark(args.benchmark, data_dir=args.data_dir, train_fraction=args.train_fraction)
+    # tune: the validation share is the evaluation stream, the test images are not loaded into it;
+    # compare: the same share is held out of training and the test stream is scored
+    bench = make_benchmark(args.benchmark, data_dir=args.data_dir, train_fraction=args.train_fraction,
+                           validation=args.validation, evaluate_on="validation" if args.step == "tune" else "test")
+    args.recipe = Recipe(augment=args.augment)
     stem = args.stem = args.out_stem or f"continual_{bench.name}" + (
         f"_frac{args.train_fraction:g}" if args.train_fraction < 1 else ""
     )
     args.shared = {k: getattr(args, k) for k in shared}
+    args.shared["recipe"] = args.recipe
     if args.option:
         args.shared["distill_options"] = parse_options(args.option)
     if args.step == "compare" and args.tuned is None and (RESULTS / f"{stem}_tune.json").exists():
@@ -380,8 +453,6 @@ def main() -> None:
         MEM_BATCH[:] = [int(v) for v in args.mem_batch.split(",") if v]
     if args.grid_buffer_lr:
         BUFFER_GRID["buffer_lr"] = [float(v) for v in args.grid_buffer_lr.split(",")]
-    if args.grid_buffer_augment is not None:
-        BUFFER_GRID["buffer_augment"] = args.grid_buffer_augment.split(",")
     if args.grid_buffer_epochs:
         BUFFER_GRID["buffer_epochs"] = [int(v) for v in args.grid_buffer_epochs.split(",")]
     args.tune_strategies = args.tune_strategies.split(",")
@@ -399,7 +470,9 @@ def main() -> None:
     def save(result: dict) -> None:
         # the command as a shell takes it back: "python" first, empty and spaced values quoted
         record = run_record(device, command=shell_command(sys.argv, drop=("--note",)), benchmark=bench.name,
-                            wall_time_s=earlier + time.perf_counter() - start,
+                            wall_time_s=earlier + time.perf_counter() - start, recipe=args.recipe.to_json(),
+                            channels=bench.data.image_shape[0], validation=args.validation,
+                            evaluated_on=bench.evaluated_on,
                             args={k: v for k, v in vars(args).items() if k != "save"})
         path.write_text(json.dumps({**result, **record}, indent=1, default=str) + "\n")
         (RESULTS / f"{stem}_{args.step}.md").write_text(markdown(result, args.step, record["command"], record))

@@ -24,7 +24,8 @@ from fedcond.commands.common import (
 )
 from fedcond.errors import FedcondError
 
-_BENCH_KEYS = {"benchmark", "data_dir", "task_incremental", "train_fraction", "device", "seed"}
+_BENCH_KEYS = {"benchmark", "data_dir", "task_incremental", "train_fraction", "device", "seed", "validation",
+               "evaluate_on"}
 
 
 @user_errors
@@ -40,8 +41,9 @@ def command(
         None,
         "--strategies",
         "-s",
-        help="comma list of naive, replay, gdumb, icarl, der, distilled-replay, distilled-finetune, distilled-mix, "
-        "joint",
+        help="comma list of naive, replay, gdumb, icarl, der, der++, joint, and the plugin's memories "
+        "distilled-replay, distilled-finetune, distilled-mix with their controls random-* and herding-* (same "
+        "plugin, mode and formation: random-finetune, herding-finetune, ...)",
     ),
     mem_size: Optional[str] = typer.Option(
         None, "--mem-size", "-M", help="memory in images; a comma list runs each size and plots accuracy vs memory"
@@ -84,8 +86,21 @@ def command(
     buffer_lr: Optional[float] = typer.Option(
         None, "--buffer-lr", help="SGD learning rate of that training (default 0.01)"
     ),
-    buffer_augment: Optional[str] = typer.Option(
-        None, "--buffer-augment", help="DSA families of that training, '' for none (default crop_scale_rotate)"
+    augment: Optional[str] = typer.Option(
+        None, "--augment", help="the recipe's augmentation, on every strategy's training batches and memory training: "
+                                "auto (default: DSA crop_scale_rotate on one channel, DSA's colour set otherwise), "
+                                "none, or DSA families such as crop_flip"
+    ),
+    unequal_recipe: bool = typer.Option(
+        False, "--unequal-recipe", help="allow strategies with different recipes (a per-strategy override of "
+                                        "augment/momentum/weight_decay in a config); reports then say so first"
+    ),
+    validation: Optional[float] = typer.Option(
+        None, "--validation", help="share of each experience's training images held out for validation (default 0.1)"
+    ),
+    evaluate_on: Optional[str] = typer.Option(
+        None, "--evaluate-on", help="test (default) or validation: score on the held-out share, the test images "
+                                    "unread (every tuning choice)"
     ),
     model: Optional[str] = typer.Option(
         None, "--model", help="network of every strategy and of distillation (default: convnet)"
@@ -128,7 +143,8 @@ def command(
         "rebalance": rebalance,
         "buffer_epochs": buffer_epochs,
         "buffer_lr": buffer_lr,
-        "buffer_augment": buffer_augment,
+        "validation": validation,
+        "evaluate_on": evaluate_on,
         "model": model,
         "train_fraction": train_fraction,
         "device": device,
@@ -140,6 +156,14 @@ def command(
     values.update({k: v for k, v in flags.items() if v is not None})
     if task_incremental:
         values["task_incremental"] = True
+    if unequal_recipe:
+        values["unequal_recipe"] = True
+    recipe = dict(values.get("recipe", {}))  # a [continual.recipe] table; the flag wins
+    if "augment" in values or augment is not None:
+        recipe["augment"] = augment if augment is not None else values.pop("augment")
+    values.pop("augment", None)
+    if recipe:
+        values["recipe"] = recipe
     if option:
         values["distill_options"] = {**values.get("distill_options", {}), **parse_options(option)}
     if threads is not None and threads < 1:
@@ -180,7 +204,11 @@ def _run(values: dict[str, Any], out: Path) -> None:
         torch.set_num_threads(threads or 1)
     bench = make_benchmark(bench_args.get("benchmark", "split-digits"), data_dir=bench_args.get("data_dir"),
                            task_incremental=bool(bench_args.get("task_incremental", False)),
-                           train_fraction=float(bench_args.get("train_fraction", 1.0)), seed=seed)
+                           train_fraction=float(bench_args.get("train_fraction", 1.0)), seed=seed,
+                           validation=float(bench_args.get("validation", 0.1)),
+                           evaluate_on=str(bench_args.get("evaluate_on", "test")))
+    for line in cfg.recipe_warnings:
+        console.print(f"[bold red]{line}[/]")
     total = len(plan(cfg))
     console.print(
         f"[bold]continual[/] {bench.name}: {bench.n_experiences} experiences, {total} runs "
@@ -205,22 +233,18 @@ def _run(values: dict[str, Any], out: Path) -> None:
         runs = run_comparison(bench, cfg, out, dev, on_run, on_experience)
     record = run_record(dev, benchmark=bench.name, task_incremental=bench.task_incremental,
                         train_images=int(bench.data.train_images.shape[0]), config=_jsonable(cfg),
+                        evaluated_on=bench.evaluated_on, validation=bench.validation,
                         wall_time_s=time.perf_counter() - start)
-    paths = write_report(runs, out, record)
-    _print_table(runs)
+    paths = write_report(runs, out, record, recipe_warnings=cfg.recipe_warnings)
+    _print_table(runs, cfg.recipe_warnings)
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-def _print_table(runs: list[dict[str, Any]]) -> None:
-    from fedcond.continual.report import summarize  # noqa: PLC0415
+def _print_table(runs: list[dict[str, Any]], warnings: list[str]) -> None:
+    from fedcond.continual.report import report_lines  # noqa: PLC0415
 
-    typer.echo(f"{'strategy':<18}{'memory':>7}{'final avg acc':>16}{'forgetting':>14}")
-    for s in summarize(runs):
-        typer.echo(
-            f"{s['strategy']:<18}{s['mem_size']:>7}{s['final_average_accuracy_mean']:>10.3f} ± "
-            f"{s['final_average_accuracy_std']:.3f}"
-            f"{s['forgetting_mean']:>8.3f} ± {s['forgetting_std']:.3f}"
-        )
+    for line in report_lines(runs, warnings):
+        typer.echo(line)
 
 
 def _list(text: str | None, kind: type, flag: str) -> list[Any] | None:

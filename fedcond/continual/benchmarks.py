@@ -10,10 +10,18 @@ Names: ``split-digits`` (default, scikit-learn digits, offline), ``split-mnist``
 ``split-fashion-mnist``, ``split-cifar10`` — 5 experiences of 2 classes each, classes in
 their natural order (0-1, 2-3, ...). ``task_incremental=True`` gives each experience its
 own task label (the task-incremental variant); class ids stay global.
+
+Validation, never test, for every choice: ``validation`` carves a seeded, class-stratified
+share of the training images (so of each experience's) out of the training stream. With
+``evaluate_on="validation"`` the scenario's evaluation stream is that held-out share and the
+test images are not in the benchmark at all: a tuner built on it cannot see them. With
+``evaluate_on="test"`` (the reported run) the same share is still left out of training, so a
+setting chosen on validation runs on exactly the data it was chosen with.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -53,8 +61,10 @@ class Benchmark:
 
     name: str
     scenario: Any  # avalanche NCScenario: train_stream / test_stream
-    data: ImageDataset
+    data: ImageDataset  # its train split is the training stream's images (the validation share removed)
     task_incremental: bool
+    evaluated_on: str = "test"  # what the scenario's test stream holds: "test" or "validation"
+    validation: float = 0.0  # share of each class's training images held out for validation
 
     @property
     def n_experiences(self) -> int:
@@ -96,6 +106,8 @@ def make_benchmark(
     train_fraction: float = 1.0,
     seed: int = 0,
     data: ImageDataset | None = None,
+    validation: float = 0.0,
+    evaluate_on: str = "test",
 ) -> Benchmark:
     """Build a split benchmark by name.
 
@@ -107,6 +119,10 @@ def make_benchmark(
             (smaller CPU runs); the test split is always complete.
         seed: seed of that subsampling.
         data: an already loaded ImageDataset (skips loading; ``name`` is then only a label).
+        validation: share of each class's training images carved out (seeded by ``seed``;
+            0: none); they never train.
+        evaluate_on: ``"test"`` (the test split) or ``"validation"`` (the carved share; the
+            test images are then not in the benchmark).
     """
     key = canonical_name(name)
     if data is None:
@@ -115,15 +131,35 @@ def make_benchmark(
         raise FedcondError(f"{data.num_classes} classes do not split into {n_experiences} equal experiences")
     if not 0 < train_fraction <= 1:
         raise FedcondError(f"train fraction must be in (0, 1], got {train_fraction}")
+    if evaluate_on not in ("test", "validation"):
+        raise FedcondError(f"evaluate_on must be 'test' or 'validation', got {evaluate_on!r}")
+    if not 0 <= validation < 1 or (evaluate_on == "validation" and validation == 0):
+        raise FedcondError(f"validation share must be in [0, 1) (> 0 to evaluate on it), got {validation}")
     if train_fraction < 1:
         data = data.subset(stratified_indices(data.train_labels, train_fraction, seed))
+    if validation > 0:
+        data, held_out = split_validation(data, validation, seed)
+        if evaluate_on == "validation":  # the test images leave the benchmark: nothing can be chosen on them
+            data = dataclasses.replace(data, test_images=held_out[0], test_labels=held_out[1])
     train = as_classification_dataset(_Tensors(data.train_images, data.train_labels))
     test = as_classification_dataset(_Tensors(data.test_images, data.test_labels))
     scenario = nc_benchmark(
         train, test, n_experiences=n_experiences, task_labels=task_incremental,
         shuffle=False, fixed_class_order=list(range(data.num_classes)),
     )
-    return Benchmark(name=key, scenario=scenario, data=data, task_incremental=task_incremental)
+    return Benchmark(name=key, scenario=scenario, data=data, task_incremental=task_incremental,
+                     evaluated_on=evaluate_on, validation=validation)
+
+
+def split_validation(data: ImageDataset, share: float, seed: int) -> tuple[ImageDataset, tuple[torch.Tensor, ...]]:
+    """``data`` without a seeded ``share`` of each class's training images, and those images
+    and labels. The draw depends on ``seed`` only (10 ** 6 + seed: not the subsampling's draw)."""
+    held = stratified_indices(data.train_labels, share, 10**6 + seed)
+    keep = torch.ones(data.train_labels.numel(), dtype=torch.bool)
+    keep[held] = False
+    rest = torch.nonzero(keep).flatten()
+    return (dataclasses.replace(data, train_images=data.train_images[rest], train_labels=data.train_labels[rest]),
+            (data.train_images[held], data.train_labels[held]))
 
 
 def stratified_indices(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:

@@ -1,9 +1,13 @@
 """Results of a continual comparison: results.json, accuracy-matrix plots, accuracy vs memory.
 
-``results.json`` is ``{"runs": [...], "summary": [...], ...}``: one ``runs`` entry per
-(strategy, memory, seed) with ``final_average_accuracy``, ``forgetting`` (fractions) and
-``accuracy_matrix`` (row i: accuracy on every test experience after training experience
-i); ``summary`` has mean and std over seeds per (strategy, memory).
+``results.json`` is ``{"recipe_warnings": [...], "runs": [...], "summary": [...], "gains": [...],
+...}``: ``recipe_warnings`` comes first and is non-empty only when the user asked for
+unequal recipes (``--unequal-recipe``); one ``runs`` entry per (strategy, memory, seed) with
+``final_average_accuracy``, ``forgetting`` (fractions) and ``accuracy_matrix`` (row i:
+accuracy on every test experience after training experience i); ``summary`` per (strategy,
+memory): mean, sample std and 95 % interval over seeds (:mod:`fedcond.stats`) and the recipe
+that trained it; ``gains``: each distilled memory against every other strategy at its memory,
+the mean of per-seed paired differences with its interval.
 """
 
 from __future__ import annotations
@@ -12,24 +16,87 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from fedcond.continual.strategies import DISTILLED_MODES, ON_PURPOSE
+from fedcond.recipe import Recipe
+from fedcond.stats import paired_gain, spread
+
+
+def _recipe_line(run: dict[str, Any]) -> str:
+    """The recipe a run trained with, as one line (older results files: unknown)."""
+    settings = run.get("settings") or {}
+    recipe = settings.get("recipe")
+    if not isinstance(recipe, dict):
+        return "recipe not recorded"
+    return Recipe.from_json(recipe).describe(settings.get("channels"))
+
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds of final average accuracy and forgetting, per (strategy, memory)."""
+    """Per (strategy, memory): final average accuracy and forgetting over seeds (mean, sample
+    std: 0.0 for one seed, and ``*_spread`` with the 95 % interval), and the recipe."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["strategy"], r["mem_size"]), []).append(r)
     out = []
     for (strategy, mem), rs in groups.items():
-        acc = [r["final_average_accuracy"] for r in rs]
-        fgt = [r["forgetting"] for r in rs]
+        acc = spread([r["final_average_accuracy"] for r in rs])
+        fgt = spread([r["forgetting"] for r in rs])
         out.append({
             "strategy": strategy, "mem_size": mem, "seeds": [r.get("seed") for r in rs],
-            "final_average_accuracy_mean": statistics.fmean(acc),
-            "final_average_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-            "forgetting_mean": statistics.fmean(fgt),
-            "forgetting_std": statistics.stdev(fgt) if len(fgt) > 1 else 0.0,
+            "final_average_accuracy_mean": acc.mean,
+            "final_average_accuracy_std": acc.std or 0.0,
+            "final_average_accuracy_spread": acc.to_json(),
+            "forgetting_mean": fgt.mean,
+            "forgetting_std": fgt.std or 0.0,
+            "recipe": _recipe_line(rs[0]),
+            **({"on_purpose": ON_PURPOSE[strategy]} if strategy in ON_PURPOSE else {}),
         })
     return out
+
+
+def gains(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each distilled memory's gain over every other strategy at its memory size (controls
+    and baselines): the spread of per-seed paired differences over the seeds both ran."""
+    acc = {(r["strategy"], r["mem_size"], r["seed"]): r["final_average_accuracy"] for r in runs
+           if "final_average_accuracy" in r}
+    cells = sorted({(s, m) for s, m, _ in acc})
+    out = []
+    for treated, mem in cells:
+        if treated not in DISTILLED_MODES:
+            continue
+        for other, other_mem in cells:
+            if other_mem != mem or other == treated:
+                continue
+            seeds = sorted(s for (a, m, s) in acc if (a, m) == (treated, mem) and (other, mem, s) in acc)
+            if not seeds:
+                continue
+            gain = paired_gain([acc[treated, mem, s] for s in seeds], [acc[other, mem, s] for s in seeds])
+            out.append({"strategy": treated, "over": other, "mem_size": mem, "seeds": seeds, "gain": gain.to_json(),
+                        "holds": gain.above_zero})
+    return out
+
+
+def report_lines(runs: list[dict[str, Any]], recipe_warnings: list[str] = ()) -> list[str]:
+    """The printed report: any unequal-recipe warning first, then each (strategy, memory)
+    with its spread over seeds and its recipe, then the distilled memories' paired gains."""
+    from fedcond.stats import Spread  # noqa: PLC0415  (a summary's stored spread back as one)
+
+    lines = [*recipe_warnings]
+    lines.append(f"{'strategy':<19}{'memory':>7}  {'final avg acc: mean ± sample std (95 % CI, n)':<50}"
+                 f"{'forgetting':>16}  recipe")
+    for s in summarize(runs):
+        acc = Spread(**s["final_average_accuracy_spread"]).format()
+        note = f"; {s['on_purpose']}" if "on_purpose" in s else ""
+        lines.append(f"{s['strategy']:<19}{s['mem_size']:>7}  {acc:<50}{s['forgetting_mean']:>8.3f} ± "
+                     f"{s['forgetting_std']:.3f}  {s['recipe']}{note}")
+    found = gains(runs)
+    if found:
+        lines += ["", "gains of the distilled memories (mean of per-seed paired differences, points; holds: "
+                  "interval above 0)"]
+        for g in found:
+            text = Spread(**g["gain"]).format(scale=100, spec=".1f")
+            lines.append(f"  {g['strategy']} over {g['over']} at memory {g['mem_size']}: {text}"
+                         f"{'  holds' if g['holds'] else ''}")
+    return lines
 
 
 def mean_matrix(runs: list[dict[str, Any]]) -> list[list[float]]:
@@ -103,8 +170,9 @@ def plot_accuracy_vs_memory(summary: list[dict[str, Any]], path: Path, title: st
     return path
 
 
-def write_report(runs: list[dict[str, Any]], out_dir: Path, record: dict[str, Any]) -> dict[str, Path]:
-    """Write results.json and the plots; return the paths written.
+def write_report(runs: list[dict[str, Any]], out_dir: Path, record: dict[str, Any],
+                 recipe_warnings: list[str] = ()) -> dict[str, Path]:
+    """Write results.json (``recipe_warnings`` its first key) and the plots; return the paths written.
 
     ``accuracy_matrix.png`` has one panel per strategy (mean over seeds, at the largest
     memory size); ``accuracy_vs_memory.png`` is drawn when several memory sizes were run.
@@ -113,7 +181,9 @@ def write_report(runs: list[dict[str, Any]], out_dir: Path, record: dict[str, An
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs)
-    paths = {"results": write_json(out_dir / "results.json", {**record, "runs": runs, "summary": summary})}
+    results = {"recipe_warnings": list(recipe_warnings), **record, "runs": runs, "summary": summary,
+               "gains": gains(runs)}
+    paths = {"results": write_json(out_dir / "results.json", results)}
     panels = []
     for strategy in dict.fromkeys(r["strategy"] for r in runs):
         rs = [r for r in runs if r["strategy"] == strategy]

@@ -7,8 +7,8 @@ Two kinds of files in the output folder:
 - ``checkpoints/<tag>.pt``: after every finished experience of a run whose state fedcond
   can capture (``naive`` and the distilled strategies: model weights, the distilled
   buffer, the plugin's generators, torch's and Python's global RNG, the accuracy rows so
-  far). A later start restores it and trains the next experience, so nothing finished is
-  recomputed and the results equal an uninterrupted run's. Avalanche's own buffers
+  far, the batch augmentation's generator). A later start restores it and trains the next
+  experience, so nothing finished is recomputed and the results equal an uninterrupted run's. Avalanche's own buffers
   (``replay``, ``gdumb``, ``icarl``, ``der``) hold datasets rather than tensors; those runs resume
   at run granularity. Loading never unpickles code (``torch.load(weights_only=True)``).
 """
@@ -25,6 +25,7 @@ import torch
 
 from fedcond.continual.buffer import DistilledBuffer
 from fedcond.continual.plugin import DistilledReplayPlugin
+from fedcond.continual.strategies import BatchAugmentation
 from fedcond.runinfo import write_bytes_atomic, write_json
 
 
@@ -87,7 +88,7 @@ def can_checkpoint(strategy: Any) -> bool:
     def capturable(p: Any) -> bool:
         if isinstance(p, DistilledReplayPlugin):
             return isinstance(p.storage_policy, DistilledBuffer)  # a user's own policy: no state_dict
-        return isinstance(p, (EvaluationPlugin, PeriodicEval, Clock))
+        return isinstance(p, (EvaluationPlugin, PeriodicEval, Clock, BatchAugmentation))  # augmentation: its draws
 
     return all(capturable(p) for p in strategy.plugins)
 
@@ -95,8 +96,9 @@ def can_checkpoint(strategy: Any) -> bool:
 def capture(strategy: Any) -> dict[str, Any]:
     """The state a resumed run needs: model, distilled plugins, global RNGs."""
     plugins = [p.state_dict() for p in strategy.plugins if isinstance(p, DistilledReplayPlugin)]
+    augment = [p.generator.get_state() for p in strategy.plugins if isinstance(p, BatchAugmentation)]
     clock = {k: v for k, v in vars(strategy.clock).items() if isinstance(v, int)}
-    return {"model": strategy.model.state_dict(), "plugins": plugins, "clock": clock,
+    return {"model": strategy.model.state_dict(), "plugins": plugins, "augment": augment, "clock": clock,
             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
 
 
@@ -106,6 +108,9 @@ def restore(strategy: Any, state: dict[str, Any]) -> None:
     mine = [p for p in strategy.plugins if isinstance(p, DistilledReplayPlugin)]
     for plugin, saved in zip(mine, state["plugins"]):
         plugin.load_state_dict(saved)
+    augmenters = [p for p in strategy.plugins if isinstance(p, BatchAugmentation)]
+    for plugin, saved in zip(augmenters, state.get("augment", [])):
+        plugin.generator.set_state(saved)
     for key, value in state["clock"].items():
         setattr(strategy.clock, key, value)
     torch.set_rng_state(state["torch_rng"])

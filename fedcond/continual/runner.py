@@ -21,7 +21,7 @@ import statistics
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -39,18 +39,25 @@ from fedcond.continual.strategies import MEMORY_STRATEGIES, STRATEGIES, Strategy
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
 from fedcond.precision import check_precision, resolve_precision
+from fedcond.recipe import Recipe, check_same_recipe
 
-OVERRIDABLE = ("lr", "epochs", "batch_size_mem", "buffer_epochs", "buffer_lr", "buffer_augment")
+RECIPE_FIELDS = ("augment", "momentum", "weight_decay", "schedule")  # an override of one makes the recipes unequal
+OVERRIDABLE = ("lr", "epochs", "batch_size_mem", "buffer_epochs", "buffer_lr", "der_alpha", "der_beta", *RECIPE_FIELDS)
 
 
 @dataclass
 class ContinualConfig:
     """One comparison: which strategies, memories and seeds, and the shared training settings.
 
-    ``overrides`` holds per-strategy tuned values, e.g. ``{"gdumb": {"epochs": 10}}``
-    (keys in ``OVERRIDABLE``); everything else is shared. ``buffer_epochs`` / ``buffer_lr``
-    are the recipe of the strategies that train on their memory alone (gdumb,
-    distilled-replay, distilled-finetune).
+    ``recipe`` (:class:`fedcond.recipe.Recipe`) trains every strategy: its momentum and
+    weight decay in every optimiser, its augmentation on every training mini-batch and in
+    the training on a memory. ``overrides`` holds per-strategy tuned values, e.g.
+    ``{"gdumb": {"epochs": 10}}`` (keys in ``OVERRIDABLE``); everything else is shared.
+    An override of a recipe field (``augment``, ``momentum``, ``weight_decay``, ``schedule``)
+    gives that strategy another recipe: refused unless ``unequal_recipe``, and then
+    ``recipe_warnings`` holds the lines a report puts first. ``buffer_epochs`` /
+    ``buffer_lr`` are the epochs and rate of the strategies that train on their memory
+    (gdumb, ``*-replay``, ``*-finetune``).
     """
 
     strategies: tuple[str, ...] = ("naive", "replay", "distilled-replay")
@@ -68,12 +75,16 @@ class ContinualConfig:
     rebalance: str = "nested"
     buffer_epochs: int = 300
     buffer_lr: float = 0.01
-    buffer_augment: str = "crop_scale_rotate"
+    recipe: Recipe = field(default_factory=Recipe)
+    unequal_recipe: bool = False  # allow per-strategy recipe overrides (reports then say so first)
     precision: str = "auto"  # every strategy's training and the distillation (fedcond.precision)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recipe_warnings: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         check_precision(self.precision, "--precision")
+        if not isinstance(self.recipe, Recipe):  # a TOML table or a results file's record
+            self.recipe = Recipe.from_json(self.recipe)
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown or not self.strategies:
             raise FedcondError(f"unknown strategy {', '.join(unknown) or '(none)'}: use any of {', '.join(STRATEGIES)}")
@@ -81,23 +92,33 @@ class ContinualConfig:
             raise FedcondError("--mem-size must be one or more integers >= 1")
         if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
             raise FedcondError("epochs and batch size must be >= 1 and lr > 0")
-        BufferTraining(epochs=self.buffer_epochs, lr=self.buffer_lr, augment=self.buffer_augment)  # fail before any run
+        BufferTraining(epochs=self.buffer_epochs, lr=self.buffer_lr)  # fail before any run
         for name, values in self.overrides.items():
             bad = set(values) - set(OVERRIDABLE)
             if name not in STRATEGIES or bad:
                 raise FedcondError(
                     f"override for {name!r} {sorted(bad)}: only {', '.join(OVERRIDABLE)} of a known strategy"
                 )
+        self.recipe_warnings = check_same_recipe(self.recipes(), allow_unequal=self.unequal_recipe)
+
+    def recipe_of(self, strategy: str) -> Recipe:
+        """The recipe ``strategy`` trains with: the shared one, with any recipe field it overrides."""
+        own = {k: v for k, v in self.overrides.get(strategy, {}).items() if k in RECIPE_FIELDS}
+        return replace(self.recipe, **own) if own else self.recipe
+
+    def recipes(self) -> dict[str, Recipe]:
+        """Every compared strategy's recipe (one and the same unless overridden)."""
+        return {s: self.recipe_of(s) for s in self.strategies}
 
     def settings(self, strategy: str, mem_size: int, seed: int, bench: Benchmark) -> StrategySettings:
         """The resolved settings of one run (shared values, then the strategy's overrides)."""
         base = dict(name=strategy, mem_size=mem_size, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
                     batch_size_mem=self.batch_size_mem, method=self.method, ipc=self.ipc, iterations=self.iterations,
                     distill_model=self.model, distill_options=dict(self.distill_options), rebalance=self.rebalance,
-                    buffer_epochs=self.buffer_epochs, buffer_lr=self.buffer_lr, buffer_augment=self.buffer_augment,
-                    precision=self.precision, num_classes=bench.data.num_classes, mean=bench.data.mean,
-                    std=bench.data.std, seed=seed)
-        base.update(self.overrides.get(strategy, {}))
+                    buffer_epochs=self.buffer_epochs, buffer_lr=self.buffer_lr, recipe=self.recipe_of(strategy),
+                    channels=bench.data.image_shape[0], precision=self.precision,
+                    num_classes=bench.data.num_classes, mean=bench.data.mean, std=bench.data.std, seed=seed)
+        base.update({k: v for k, v in self.overrides.get(strategy, {}).items() if k not in RECIPE_FIELDS})
         return StrategySettings(**base)
 
 
@@ -119,7 +140,7 @@ def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_d
     i is trained, evaluated and checkpointed.
     """
     tag = run_tag(settings)
-    recorded = _recorded_settings(settings)
+    recorded = _recorded_settings(settings, bench)
     store = RunStore(out_dir)
     torch.manual_seed(settings.seed)  # Avalanche's loaders shuffle with the global generator
     c, h, w = bench.data.image_shape
@@ -233,8 +254,11 @@ def run_tag(settings: StrategySettings) -> str:
     return f"{settings.name}_m{settings.mem_size}_s{settings.seed}"
 
 
-def _recorded_settings(settings: StrategySettings) -> dict[str, Any]:
-    return json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k not in ("mean", "std")}, default=str))
+def _recorded_settings(settings: StrategySettings, bench: Benchmark) -> dict[str, Any]:
+    """The run's settings as recorded (and compared on resume), with the data it was scored on."""
+    values = {k: v for k, v in asdict(settings).items() if k not in ("mean", "std")}
+    values.update(evaluated_on=bench.evaluated_on, validation=bench.validation)
+    return json.loads(json.dumps(values, default=str))
 
 
 def forgetting(rows: list[list[float]]) -> float:
@@ -275,7 +299,7 @@ def run_comparison(bench: Benchmark, config: ContinualConfig, out_dir: Path, dev
     for i, (strategy, mem, seed) in enumerate(runs):
         settings = config.settings(strategy, mem, seed, bench)
         settings.precision = resolve_precision(settings.precision, device)  # recorded as it runs, never "auto"
-        recorded = _recorded_settings(settings)
+        recorded = _recorded_settings(settings, bench)
         entry = store.finished(run_tag(settings), recorded)
         if entry is None:
             entry = next((k for k in known_runs if same_settings(k.get("settings"), recorded)), None)
