@@ -2,13 +2,18 @@
 
 Nothing fedcond-specific but the plugin's arguments: Avalanche's benchmark (its own MNIST
 loader and transforms), Avalanche's model, Avalanche's ``Naive`` strategy and metrics.
-Compared at equal memory with Avalanche's own ``ReplayPlugin``, both timed in the same
-run (wall and CPU seconds of the whole script: training, the plugin's work, evaluation)::
+Compared at equal memory with Avalanche's own ``ReplayPlugin`` and with the plugin's own
+control, the same plugin holding random real images (``method="random"``), all timed in the
+same run (wall and CPU seconds of the whole script: training, the plugin's work, evaluation).
+One recipe (``--augment``, :class:`fedcond.recipe.Recipe`) trains every cell: SGD with its
+momentum and weight decay, its augmentation on every training batch of Naive (a
+``BatchAugmentation`` plugin beside the replay plugin) and in the plugin's memory training::
 
-    python benchmarks/continual_avalanche_user.py --data-dir /work/shared/data --mem-size 20 --seeds 0,1
+    python benchmarks/continual_avalanche_user.py --data-dir /work/shared/data --mem-size 20 --seeds 0,1,2
 
 writes benchmarks/results/continual_avalanche_user.{json,md}: ``DistilledReplayPlugin(mem_size=20)``
-with its default arguments beside ``ReplayPlugin(mem_size=20)``. With ``--variants`` it
+with its default arguments (DM), the same plugin with ``method="random"`` and
+``ReplayPlugin(mem_size=20)``; gains are per-seed paired differences with 95 % intervals. With ``--variants`` it
 draws the plugin's accuracy against its seconds instead (the cost sweep that chose the
 defaults), into continual_plugin_cost.{json,md,png}::
 
@@ -46,7 +51,10 @@ from avalanche.training.supervised import Naive  # noqa: E402
 
 from fedcond.continual.buffer_training import BufferTraining  # noqa: E402
 from fedcond.continual.plugin import DistilledReplayPlugin  # noqa: E402
+from fedcond.continual.strategies import BatchAugmentation  # noqa: E402
+from fedcond.recipe import Recipe  # noqa: E402
 from fedcond.runinfo import run_record  # noqa: E402
+from fedcond.stats import paired_gain, spread  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 VARIANT_KEYS = ("iterations", "batch_real", "precision", "model", "method", "rebalance", "buffer_epochs", "lr_images")
@@ -81,28 +89,45 @@ def parse_variant(text: str) -> dict[str, Any]:
     return out
 
 
-def make_plugin(variant: dict[str, Any], mem: int, seed: int) -> DistilledReplayPlugin:
-    """The plugin with the variant's arguments (only those given; the rest are its defaults)."""
+PLUGINS = ("replay", "distilled-replay", "random-replay")  # the user-script comparison's cells
+
+
+def make_plugin(variant: dict[str, Any], mem: int, seed: int, recipe: Recipe | None = None) -> DistilledReplayPlugin:
+    """The plugin with the variant's arguments (only those given; the rest are its defaults);
+    with a ``recipe``, its memory training is the recipe's (MNIST: one channel)."""
     kwargs = {k: variant[k] for k in ("iterations", "batch_real", "precision", "model", "method", "rebalance")
               if k in variant}
     if "lr_images" in variant:
         kwargs["distill_options"] = {"lr_images": variant["lr_images"]}
-    if "buffer_epochs" in variant:
-        kwargs["buffer_training"] = BufferTraining(epochs=variant["buffer_epochs"])
+    epochs = int(variant.get("buffer_epochs", 300))
+    if recipe is not None:
+        kwargs["buffer_training"] = BufferTraining.from_recipe(recipe, 1, epochs=epochs)
+    elif "buffer_epochs" in variant:
+        kwargs["buffer_training"] = BufferTraining(epochs=epochs)
     return DistilledReplayPlugin(mem_size=mem, seed=seed, **kwargs)
 
 
 def run(plugin_name: str, mem: int, seed: int, root: Path, epochs: int, lr: float,
-        variant: dict[str, Any] | None = None) -> dict:
-    """Train SimpleMLP on SplitMNIST with one plugin; final average accuracy over experiences."""
+        variant: dict[str, Any] | None = None, recipe: Recipe | None = None) -> dict:
+    """Train SimpleMLP on SplitMNIST with one plugin; final average accuracy over experiences.
+    With a ``recipe``: SGD with its momentum and weight decay and its augmentation on every
+    training batch, whichever the plugin (the fair path); without: the user's plain script."""
     torch.manual_seed(seed)
     bench = SplitMNIST(n_experiences=5, seed=seed, dataset_root=str(root))
     model = SimpleMLP(num_classes=10)
-    plugin = (make_plugin(variant or {}, mem, seed) if plugin_name == "distilled-replay"
+    if plugin_name == "random-replay":  # the plugin's control: random real images, same mode and budget
+        variant = {**(variant or {}), "method": "random"}
+    plugin = (make_plugin(variant or {}, mem, seed, recipe) if plugin_name != "replay"
               else ReplayPlugin(mem_size=mem))
+    plugins: list[Any] = [plugin]
+    momentum, weight_decay = (0.9, 0.0) if recipe is None else (recipe.momentum, recipe.weight_decay)
+    augment = recipe.augment_strategy(1) if recipe is not None else None
+    if augment is not None:
+        plugins.append(BatchAugmentation(augment, seed=seed + 2))
     evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
-    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
-                     train_mb_size=32, train_epochs=epochs, plugins=[plugin], evaluator=evaluator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    strategy = Naive(model=model, optimizer=optimizer, train_mb_size=32, train_epochs=epochs, plugins=plugins,
+                     evaluator=evaluator)
     start, cpu = time.perf_counter(), time.process_time()
     with warnings.catch_warnings(record=True):  # Avalanche's own deprecation notices
         for exp in bench.train_stream:
@@ -112,9 +137,11 @@ def run(plugin_name: str, mem: int, seed: int, root: Path, epochs: int, lr: floa
     accs = [float(v) for k, v in metrics.items() if k.startswith("Top1_Acc_Exp/eval_phase/test_stream")]
     out = {"plugin": plugin_name, "mem_size": mem, "seed": seed, "final_average_accuracy": statistics.fmean(accs),
            "experience_accuracies": accs, "wall_time_s": wall, "cpu_time_s": cpu}
-    if plugin_name == "distilled-replay":
+    if plugin_name != "replay":
         out["distill_seconds"] = sum(plugin.storage_policy.distill_seconds)
         out["settings"] = plugin.settings()
+    if recipe is not None:
+        out["recipe"] = recipe.to_json()
     return out
 
 
@@ -131,17 +158,21 @@ def _bf16_flags() -> str:
 
 
 def user_script(args: argparse.Namespace, root: Path) -> None:
-    """Replay beside the plugin with its defaults, per seed (the README's comparison)."""
+    """Replay beside the plugin with its defaults and its random-real control, per seed (the
+    README's comparison), all with one recipe."""
     path = RESULTS / "continual_avalanche_user.json"
     saved = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    recipe = Recipe(augment=args.augment)
+    # cells of another recipe (or of the script before it had one) are not this comparison's
+    saved["runs"] = [r for r in saved["runs"] if r.get("recipe") == recipe.to_json()]
     for _ in range(args.repeat):  # replay and the plugin alternate, so both see the same load
         for seed in [int(s) for s in args.seeds.split(",")]:
-            for name in ("replay", "distilled-replay"):
+            for name in PLUGINS:
                 cell = next((r for r in saved["runs"] if (r["plugin"], r["mem_size"], r["seed"])
                              == (name, args.mem_size, seed)), None)
                 if cell is not None and len(cell.get("repeats", [cell])) >= args.repeat:
                     continue
-                result = run(name, args.mem_size, seed, root, args.epochs, args.lr)
+                result = run(name, args.mem_size, seed, root, args.epochs, args.lr, recipe=recipe)
                 if cell is None:
                     cell = {**result, "repeats": []}
                     saved["runs"].append(cell)
@@ -161,32 +192,40 @@ def user_script(args: argparse.Namespace, root: Path) -> None:
         f"Device: {saved.get('device_name', '')}; CPU flags: {saved.get('cpu_flags', '')}; versions "
         f"{saved.get('versions', '')}",
         "",
-        "`DistilledReplayPlugin(mem_size=M)` with its default arguments against Avalanche's "
-        "`ReplayPlugin(mem_size=M)`; seconds are the whole script (training, the plugin's work, evaluation), "
-        "both timed in this run, one thread; with repeats (replay and the plugin alternating), the fastest "
-        "repeat of each (the machine is shared), all repeats in the JSON.",
+        "`DistilledReplayPlugin(mem_size=M)` with its default arguments (distilled-replay: DM), the same plugin "
+        "with `method=\"random\"` (random-replay: random real images, same mode and budget) and Avalanche's "
+        "`ReplayPlugin(mem_size=M)`, every cell trained with one recipe: "
+        f"{Recipe(augment=args.augment).describe(1)} (Naive's SGD, a batch augmentation plugin on every training "
+        "batch, and the plugin's memory training). Seconds are the whole script (training, the plugin's work, "
+        "evaluation), timed in this run, one thread; with repeats, the fastest repeat of each (the machine is "
+        "shared), all repeats in the JSON. Accuracy: mean ± sample std (95 % t interval, n seeds).",
         "",
-        "| plugin | memory | seeds | final avg acc (mean ± std) | wall s (per seed) | CPU s (per seed) |",
+        "| plugin | memory | seeds | final avg acc | wall s (per seed) | CPU s (per seed) |",
         "|---|---|---|---|---|---|",
     ]
     groups: dict = {}
     for r in saved["runs"]:
         groups.setdefault((r["plugin"], r["mem_size"]), []).append(r)
     for (name, mem), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        accs = [r["final_average_accuracy"] for r in rs]
-        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        rs = sorted(rs, key=lambda r: r["seed"])
+        acc = spread([r["final_average_accuracy"] for r in rs]).format()
         walls = " / ".join(f"{r['wall_time_s']:.0f}" for r in rs)
         cpus = " / ".join(f"{r['cpu_time_s']:.0f}" for r in rs if "cpu_time_s" in r)
-        lines.append(f"| {name} | {mem} | {len(accs)} | {statistics.fmean(accs):.3f} ± {std:.3f} | {walls} | {cpus} |")
+        lines.append(f"| {name} | {mem} | {len(rs)} | {acc} | {walls} | {cpus} |")
     by_seed = {(r["plugin"], r["seed"]): r for r in saved["runs"] if r["mem_size"] == args.mem_size}
-    for seed in sorted({r["seed"] for r in saved["runs"]}):
-        mine, theirs = by_seed.get(("distilled-replay", seed)), by_seed.get(("replay", seed))
-        if mine and theirs and "cpu_time_s" in theirs:
-            lines.append(f"| seed {seed}: plugin / replay | | | "
-                         f"{mine['final_average_accuracy'] - theirs['final_average_accuracy']:+.3f} | "
-                         f"{mine['wall_time_s'] / theirs['wall_time_s']:.1f}x | "
-                         f"{mine['cpu_time_s'] / theirs['cpu_time_s']:.1f}x |")
-    settings = next((r["settings"] for r in saved["runs"] if "settings" in r), None)
+    lines += ["", "| gain (paired over seeds) | final avg acc, points | x wall (per seed) | x CPU (per seed) |",
+              "|---|---|---|---|"]
+    for treated, control in (("distilled-replay", "replay"), ("distilled-replay", "random-replay"),
+                             ("random-replay", "replay")):
+        seeds = sorted(s for (p, s) in by_seed if p == treated and (control, s) in by_seed)
+        if not seeds:
+            continue
+        mine, theirs = [by_seed[treated, s] for s in seeds], [by_seed[control, s] for s in seeds]
+        gain = paired_gain([r["final_average_accuracy"] for r in mine], [r["final_average_accuracy"] for r in theirs])
+        walls = " / ".join(f"{a['wall_time_s'] / b['wall_time_s']:.1f}" for a, b in zip(mine, theirs))
+        cpus = " / ".join(f"{a['cpu_time_s'] / b['cpu_time_s']:.1f}" for a, b in zip(mine, theirs))
+        lines.append(f"| {treated} over {control} | {gain.format(scale=100, spec='.1f')} | {walls} | {cpus} |")
+    settings = next((r["settings"] for r in saved["runs"] if r["plugin"] == "distilled-replay"), None)
     if settings:
         lines += ["", f"The plugin's defaults, as they ran: `{json.dumps(settings, sort_keys=True)}`"]
     for note in saved.get("notes", []):
@@ -328,6 +367,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variants", default=None, help="semicolon list of plugin variants: the cost sweep")
     p.add_argument("--repeat", type=int, default=1, help="user script: time every cell this many times (fastest kept)")
+    p.add_argument("--augment", default="auto",
+                   help="user script: the recipe's augmentation for every cell (auto: DSA crop_scale_rotate on MNIST; "
+                   "none)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     root = mnist_root(args.data_dir, args.cache)

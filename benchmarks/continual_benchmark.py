@@ -398,6 +398,10 @@ def main() -> None:
     p.add_argument("--mem-batch", default=None, help="comma list replacing MEM_BATCH ('' = none)")
     p.add_argument("--grid-buffer-lr", default=None, help="comma list replacing BUFFER_GRID's learning rates")
     p.add_argument("--grid-buffer-epochs", default=None, help="comma list replacing BUFFER_GRID's epochs")
+    p.add_argument("--grid-buffer-augment", default=None,
+                   help="retired (issue 38): the memory training's augmentation is the recipe's (--augment), every "
+                   "strategy's; accepted so that older results pages' commands parse, refused unless it names the "
+                   "recipe's augmentation")
     p.add_argument(
         "--tuned", default=None,
         help="tune step's JSON, or a compare step's (the points its runs used) (default: "
@@ -435,6 +439,11 @@ def main() -> None:
     bench = make_benchmark(args.benchmark, data_dir=args.data_dir, train_fraction=args.train_fraction,
                            validation=args.validation, evaluate_on="validation" if args.step == "tune" else "test")
     args.recipe = Recipe(augment=args.augment)
+    recipe_augment = args.recipe.augment_strategy(bench.data.image_shape[0]) or ""
+    if args.grid_buffer_augment is not None and set(args.grid_buffer_augment.split(",")) != {recipe_augment}:
+        raise SystemExit(f"--grid-buffer-augment {args.grid_buffer_augment!r}: augmentation is no grid dimension "
+                         f"since issue 38; every strategy trains with the recipe's ({recipe_augment or 'none'}, "
+                         "--augment)")
     stem = args.stem = args.out_stem or f"continual_{bench.name}" + (
         f"_frac{args.train_fraction:g}" if args.train_fraction < 1 else ""
     )

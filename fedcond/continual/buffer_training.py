@@ -12,6 +12,7 @@ pure and shared by :class:`~fedcond.continual.plugin.DistilledReplayPlugin` (mod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +45,13 @@ class BufferTraining:
     batch_size: int = 256
     augment: str = "crop_scale_rotate"
     lr_decay_at_half: bool = True
+
+    @classmethod
+    def from_recipe(cls, recipe: Any, channels: int, epochs: int = 300, lr: float = 0.01) -> "BufferTraining":
+        """The memory training of a :class:`fedcond.recipe.Recipe` (its momentum, weight decay,
+        augmentation for ``channels``-channel images and schedule) for ``epochs`` at ``lr``."""
+        return cls(epochs=epochs, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                   augment=recipe.augment_strategy(channels) or "", lr_decay_at_half=recipe.schedule == "step-half")
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:

@@ -135,9 +135,7 @@ def build_strategy(settings: StrategySettings, model: nn.Module, evaluator: Any,
 
 def memory_training(s: StrategySettings, recipe: Recipe) -> BufferTraining:
     """The recipe of training on a memory (gdumb, the plugin's retrain / finetune)."""
-    return BufferTraining(epochs=s.buffer_epochs, lr=s.buffer_lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay, augment=recipe.augment_strategy(s.channels) or "",
-                          lr_decay_at_half=recipe.schedule == "step-half")
+    return BufferTraining.from_recipe(recipe, s.channels, epochs=s.buffer_epochs, lr=s.buffer_lr)
 
 
 def _build(s: StrategySettings, recipe: Recipe, model: nn.Module, opt: torch.optim.Optimizer,
