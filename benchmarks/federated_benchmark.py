@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import json
 import shutil
-import statistics
 import sys
 import threading
 import time
@@ -56,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also wh
 from config_options import add_config_options, command_help
 from fedcond.federated.config import FederateConfig
 from fedcond.runinfo import device_description, package_versions, shell_command
+from fedcond.stats import paired_gain, spread
 
 
 class PeakMemory:
@@ -95,6 +95,11 @@ RUN_ONLY_SETTINGS = {"data_dir", "device", "client_threads", "server_threads", "
 # so a longer upper bound (--central-max-epochs) retrains it alone
 UPPER_BOUND_ONLY_SETTINGS = {"central_max_epochs", "central_patience"}
 CELL_KINDS = ("fedcond", "grid", "fedavg", "fedprox", "iterative", "upper-bound")
+
+
+# The real-image controls of a FedCond cell (its reference runs) and their labels in the summary.
+CONTROLS = (("random-real", "random_real"), ("random-real-mosaic", "random_real_mosaic"),
+            ("herding", "herding"), ("herding-mosaic", "herding_mosaic"))
 
 
 def cell_kind(name: str) -> str:
@@ -271,13 +276,34 @@ def traffic(record: dict[str, Any]) -> int:
     return record["upload_bytes"] + record.get("download_bytes", 0)
 
 
+def reported(run: dict[str, Any]) -> float:
+    """A run's test accuracy at its validation-selected round (records from before validation: the last
+    round's), never a maximum of test accuracies."""
+    chosen = run.get("selected_accuracy")
+    return run["final_accuracy"] if chosen is None else chosen
+
+
 def plateau(run: dict[str, Any], tolerance: float) -> dict[str, Any]:
-    """A run's best accuracy and the cumulative upload, download and traffic (their sum) of
-    its first round within ``tolerance`` of it."""
-    best = max(r["accuracy"] for r in run["rounds"])
-    reach = next(r for r in run["rounds"] if r["accuracy"] >= best - tolerance)
-    return {"accuracy": best, "round": reach["round"], "upload_bytes": reach["upload_bytes"],
+    """A run's plateau, chosen on validation: the test accuracy of its best validation round, and the
+    cumulative upload, download and traffic (their sum) of its first round within ``tolerance`` of that
+    validation accuracy. Records without validation accuracies fall back on test (said in ``chosen_on``)."""
+    key = "val_accuracy" if all(r.get("val_accuracy") is not None for r in run["rounds"]) else "accuracy"
+    best = max(run["rounds"], key=lambda r: (r[key], -r["round"]))
+    reach = next(r for r in run["rounds"] if r[key] >= best[key] - tolerance)
+    return {"accuracy": best["accuracy"], "val_accuracy": best.get("val_accuracy"), "best_round": best["round"],
+            "chosen_on": "validation" if key == "val_accuracy" else "test (an old record)",
+            "round": reach["round"], "upload_bytes": reach["upload_bytes"],
             "download_bytes": reach.get("download_bytes", 0), "traffic_bytes": traffic(reach)}
+
+
+def grid_edges(grid: list[dict[str, Any]], best: dict[str, Any]) -> list[str]:
+    """Which edges of the grid its winner sits on (a winner on an edge may have a better point beyond it)."""
+    edges = []
+    for key, label in (("lr", "learning rate"), ("local_epochs", "local epochs")):
+        values = sorted({g[key] for g in grid})
+        if len(values) > 1 and best[key] in (values[0], values[-1]):
+            edges.append(f"{label} {best[key]:g} ({'lowest' if best[key] == values[0] else 'highest'} of the grid)")
+    return edges
 
 
 def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, Any]:
@@ -300,30 +326,18 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
             continue
         ours = [r for r in cell["runs"] if r["strategy"].startswith("fedcond")]
         for run in ours:
-            random = next((r for r in cell.get("reference_runs", []) if r.get("reference") == "random-real"), None)
-            row = {"cell": name, "ipc": run.get("ipc"), "rounds": len(run["rounds"]), "accuracy": run["final_accuracy"],
+            acc = reported(run)
+            row = {"cell": name, "ipc": run.get("ipc"), "rounds": len(run["rounds"]), "accuracy": acc,
                    "upload_bytes": run["upload_bytes"]}
-            if random is not None:
-                row.update(
-                    {
-                        "random_real_accuracy": random["final_accuracy"],
-                        "random_real_upload_bytes": random["upload_bytes"],
-                        "gain_over_random_real_pts": 100 * (run["final_accuracy"] - random["final_accuracy"]),
-                    }
-                )
-            mosaic = next(
-                (r for r in cell.get("reference_runs", []) if r.get("reference") == "random-real-mosaic"), None
-            )
-            if mosaic is not None:  # multi-formation cells: random real images in the same mosaics
-                row.update(
-                    {
-                        "random_real_mosaic_accuracy": mosaic["final_accuracy"],
-                        "gain_over_random_real_mosaic_pts": 100 * (run["final_accuracy"] - mosaic["final_accuracy"]),
-                    }
-                )
+            for kind, label in CONTROLS:  # real images in FedCond's place: plain, and in its mosaics
+                control = next((r for r in cell.get("reference_runs", []) if r.get("reference") == kind), None)
+                if control is not None:
+                    row.update({f"{label}_accuracy": reported(control),
+                                f"{label}_upload_bytes": control["upload_bytes"],
+                                f"gain_over_{label}_pts": 100 * (acc - reported(control))})
             row["traffic_bytes"] = traffic(run)
             if avg is not None:
-                row.update({"below_fedavg_plateau_pts": 100 * (avg["accuracy"] - run["final_accuracy"]),
+                row.update({"below_fedavg_plateau_pts": 100 * (avg["accuracy"] - acc),
                             "upload_fraction_of_fedavg_to_plateau": run["upload_bytes"] / avg["upload_bytes"],
                             "traffic_fraction_of_fedavg_to_plateau": row["traffic_bytes"] / avg["traffic_bytes"]})
                 row["within_1pt_at_tenth_bytes"] = (row["below_fedavg_plateau_pts"] <= 1.0
@@ -331,8 +345,9 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
                 # CIFAR-10's goal (issue 27): within 3 points at a tenth of FedAvg's traffic, both ways, in
                 # any round (an iterative run's later rounds may cost more than the tenth its earlier ones fit)
                 budget = 0.1 * avg["traffic_bytes"]
-                best = max((r for r in run["rounds"] if traffic(r) <= budget), key=lambda r: r["accuracy"],
-                           default=None)
+                # the round is chosen on validation, like every reported round
+                best = max((r for r in run["rounds"] if traffic(r) <= budget),
+                           key=lambda r: (r.get("val_accuracy") or 0.0, -r["round"]), default=None)
                 best_below = None if best is None else 100 * (avg["accuracy"] - best["accuracy"])
                 if len(run["rounds"]) > 1:
                     row["traffic_budget_bytes"] = budget
@@ -343,7 +358,7 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
                     row["below_fedavg_plateau_pts"] <= 3.0 and row["traffic_fraction_of_fedavg_to_plateau"] <= 0.1
                 ) or (best_below is not None and best_below <= 3.0)
             # communication to the same accuracy: FedAvg's first round at least as accurate as this cell
-            match = next((r for r in fedavg_rounds if r["accuracy"] >= run["final_accuracy"]), None)
+            match = next((r for r in fedavg_rounds if r["accuracy"] >= acc), None)
             if match is not None:
                 row.update({"fedavg_round_to_match": match["round"], "fedavg_traffic_to_match_bytes": traffic(match)})
             rows.append(row)
@@ -422,22 +437,28 @@ def write_report(report: dict[str, Any], out: Path) -> None:
             s = entry["summary"]
             lines += [f"### {seed_key}", ""]
             if "fedavg_grid" in entry:
+                edges = entry.get("fedavg_grid_edges") or []
                 lines += [
                     "FedAvg grid ("
                     + str(entry["tune_rounds"])
-                    + " rounds, final accuracy): "
+                    + " rounds; best validation accuracy, which picks the winner): "
                     + ", ".join(
-                        f"lr {g['lr']} x {g['local_epochs']} ep: {g['final_accuracy']:.4f}"
+                        f"lr {g['lr']} x {g['local_epochs']} ep: "
+                        + (f"{g['val_accuracy']:.4f}" if g.get("val_accuracy") is not None else "n/a")
                         for g in entry["fedavg_grid"]
-                    ),
+                    )
+                    + (f". The winner sits on the grid's edge: {'; '.join(edges)}; extend the grid beyond it "
+                       "(--grid-lr, --grid-epochs) to settle it." if edges else ". The winner is inside the grid."),
                     "",
                 ]
             for name in ("fedavg", "fedprox"):
                 if f"{name}_plateau" in s:
                     p = s[f"{name}_plateau"]
                     down = f" and {p['download_bytes'] / mb:.1f} MiB downloaded" if "download_bytes" in p else ""
-                    lines.append(f"- {name} plateau {p['accuracy']:.4f}, reached in round {p['round']} "
-                                 f"after {p['upload_bytes'] / mb:.1f} MiB uploaded{down}")
+                    chosen = f"best validation in round {p['best_round']}" if "best_round" in p else "best round"
+                    lines.append(f"- {name} plateau {p['accuracy']:.4f} (test accuracy at its {chosen}), within "
+                                 f"the tolerance in round {p['round']} after {p['upload_bytes'] / mb:.1f} MiB "
+                                 f"uploaded{down}")
             if entry.get("upper_bound"):
                 ub = entry["upper_bound"]
                 minutes = ub["full_data_seconds"] / 60
@@ -453,16 +474,17 @@ def write_report(report: dict[str, Any], out: Path) -> None:
             lines += [
                 "",
                 "| FedCond cell | IPC | rounds | accuracy | upload MiB | random real (same bytes) | gain pts "
-                "| random real mosaics (same bytes) | gain pts | below FedAvg plateau pts | share of FedAvg upload "
+                "| random real mosaics (same bytes) | gain pts | herding (same bytes) | gain pts "
+                "| herding mosaics | gain pts | below FedAvg plateau pts | share of FedAvg upload "
                 "| share of FedAvg traffic (up + down) |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for r in s.get("fedcond", []):
+                controls = "".join(f"| {_cell(r, f'{label}_accuracy', '.4f')} "
+                                   f"| {_cell(r, f'gain_over_{label}_pts', '+.1f')} " for _, label in CONTROLS)
                 lines.append(
                     f"| {r['cell']} | {r['ipc']} | {r['rounds']} | {r['accuracy']:.4f} | {r['upload_bytes'] / mb:.3f} "
-                    f"| {_cell(r, 'random_real_accuracy', '.4f')} | {_cell(r, 'gain_over_random_real_pts', '+.1f')} "
-                    f"| {_cell(r, 'random_real_mosaic_accuracy', '.4f')} "
-                    f"| {_cell(r, 'gain_over_random_real_mosaic_pts', '+.1f')} "
+                    f"{controls}"
                     f"| {_cell(r, 'below_fedavg_plateau_pts', '.2f')} "
                     f"| {_cell(r, 'upload_fraction_of_fedavg_to_plateau', '.4f')} "
                     f"| {_cell(r, 'traffic_fraction_of_fedavg_to_plateau', '.4f')} |"
@@ -498,26 +520,27 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                 for n, c in entry["cells"].items()), ""]
         seeds = list(finished.values())
         if len(seeds) > 1:
-            lines += [f"Over the {len(seeds)} seeds (mean ± std over the seeds each line names):", ""]
+            lines += [f"Over the {len(seeds)} seeds: mean ± sample std (95 % t interval of the mean); a gain is the "
+                      "mean of the per-seed paired differences with its interval, and holds when the interval is "
+                      "above zero:", ""]
             for cell_name in sorted({r["cell"] for e in seeds for r in e["summary"].get("fedcond", [])}):
                 rows = [r for e in seeds for r in e["summary"].get("fedcond", []) if r["cell"] == cell_name]
-                refs = "; ".join(
-                    f"{label} {_mean_std([r[key] for r in rows if key in r])}, paired gain "
-                    f"{_mean_std([r[gain] for r in rows if gain in r], '+.1f')} pts"
-                    for label, key, gain in (
-                        ("random real", "random_real_accuracy", "gain_over_random_real_pts"),
-                        ("random real mosaics", "random_real_mosaic_accuracy", "gain_over_random_real_mosaic_pts"),
-                    )
-                    if any(key in r for r in rows)
-                )
-                notes = "; ".join([*([refs] if refs else []), _seeds(len(rows))])
-                lines.append(f"- {cell_name}: {_mean_std([r['accuracy'] for r in rows])} ({notes})")
+                refs = []
+                for kind, label in CONTROLS:
+                    paired = [r for r in rows if f"{label}_accuracy" in r]
+                    if paired:
+                        gain = paired_gain([r["accuracy"] for r in paired], [r[f"{label}_accuracy"] for r in paired])
+                        refs.append(f"{kind} {spread([r[f'{label}_accuracy'] for r in paired]).format()}, paired "
+                                    f"gain {gain.format(scale=100, spec='+.1f')} pts"
+                                    + (" (holds)" if gain.above_zero else " (not shown)"))
+                lines.append(f"- {cell_name}: {spread([r['accuracy'] for r in rows]).format()}"
+                             + "".join(f"; {ref}" for ref in refs))
             for name in ("fedavg", "fedprox"):
                 plats = [e["summary"][f"{name}_plateau"] for e in seeds if f"{name}_plateau" in e["summary"]]
                 if plats:
                     spent = sorted({f"{p['upload_bytes'] / mb:.0f}" for p in plats}, key=float)
-                    lines.append(f"- {name} plateau: {_mean_std([p['accuracy'] for p in plats])} after "
-                                 f"{'–'.join(dict.fromkeys([spent[0], spent[-1]]))} MiB ({_seeds(len(plats))})")
+                    lines.append(f"- {name} plateau: {spread([p['accuracy'] for p in plats]).format()} after "
+                                 f"{'–'.join(dict.fromkeys([spent[0], spent[-1]]))} MiB uploaded")
             lines.append("")
         lines += [f"![{alpha}](federated_{report['dataset']}_{alpha.replace('=', '')}.png)", ""]
         plot(report, alpha, out / f"federated_{report['dataset']}_{alpha.replace('=', '')}.png")
@@ -531,15 +554,6 @@ def _cell(row: dict[str, Any], key: str, spec: str) -> str:
 
 def _seeds(n: int) -> str:
     return f"{n} seed" + ("" if n == 1 else "s")
-
-
-def _mean_std(values: list[float], spec: str = ".4f") -> str:
-    if not values:
-        return "n/a"
-    if len(values) == 1:  # one seed has no spread to show
-        return format(values[0], spec)
-    std = statistics.stdev(values)
-    return f"{format(statistics.mean(values), spec)} ± {format(std, spec.lstrip('+'))}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -665,12 +679,15 @@ def main(argv: list[str] | None = None) -> None:
                             ["fedavg"],
                         )
                         if c is not None:
-                            final = c["runs"][0]["final_accuracy"]
-                            grid.append({"lr": lr, "local_epochs": ep, "final_accuracy": final})
+                            run = c["runs"][0]
+                            grid.append({"lr": lr, "local_epochs": ep, "final_accuracy": run["final_accuracy"],
+                                         "val_accuracy": run.get("selected_val_accuracy")})
                 if grid:
-                    best = max(grid, key=lambda g: g["final_accuracy"])
+                    # the winner is chosen on validation; a grid cell of an old record without it cannot be
+                    best = max(grid, key=lambda g: g["val_accuracy"] if g["val_accuracy"] is not None else -1.0)
                     tuned[alpha] = (best["lr"], best["local_epochs"])
-                    entry.update({"fedavg_grid": grid, "tune_rounds": args.tune_rounds})
+                    entry.update({"fedavg_grid": grid, "tune_rounds": args.tune_rounds,
+                                  "fedavg_grid_edges": grid_edges(grid, best)})
                 elif {"fedavg", "fedprox"} & kinds:
                     raise SystemExit(f"alpha {alpha}: no FedAvg grid cell finished; run with --cells including grid")
             if alpha in tuned:  # without a grid (--cells fedcond on a fresh scratch) FedCond's cells go on alone

@@ -40,7 +40,7 @@ class Spread:
         mean = f"{self.mean * scale:{spec}}"
         if self.std is None:
             return f"{mean} (n = 1, no interval)"
-        return (f"{mean} ± {self.std * scale:{spec}} (95 % CI {self.low * scale:{spec}} to "
+        return (f"{mean} ± {self.std * scale:{spec.lstrip('+')}} (95 % CI {self.low * scale:{spec}} to "
                 f"{self.high * scale:{spec}}, n = {self.n})")
 
 

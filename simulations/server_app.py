@@ -176,7 +176,7 @@ def selected_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     best = max(scored, key=lambda r: (r["val_accuracy"], -r["round"]))
     return {"selected_round": best["round"], "selected_accuracy": best["accuracy"],
             "selected_val_accuracy": best["val_accuracy"], "selected_upload_bytes": best["upload_bytes"],
-            "selected_download_bytes": best["download_bytes"]}
+            "selected_download_bytes": best.get("download_bytes", 0)}
 
 
 def _client_order(client: dict[str, Any]) -> tuple[int, int]:

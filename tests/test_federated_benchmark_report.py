@@ -14,11 +14,14 @@ def _load():
 
 
 def _run(strategy: str, accuracies: list[float], mb_per_round: float, reference: str | None = None,
-         name: str | None = None, ipc: int | None = None) -> dict:
-    rounds = [{"round": i + 1, "accuracy": a, "upload_bytes": (i + 1) * mb_per_round * 2**20}
-              for i, a in enumerate(accuracies)]
+         name: str | None = None, ipc: int | None = None, val: list[float] | None = None) -> dict:
+    """A run's record; its validation accuracies are ``val`` (default: the test accuracies)."""
+    rounds = [{"round": i + 1, "accuracy": a, "val_accuracy": v, "upload_bytes": (i + 1) * mb_per_round * 2**20}
+              for i, (a, v) in enumerate(zip(accuracies, val or accuracies))]
+    from fedcond.simulations.server_app import selected_round
+
     run = {"strategy": strategy, "rounds": rounds, "final_accuracy": accuracies[-1],
-           "upload_bytes": rounds[-1]["upload_bytes"], "ipc": ipc}
+           "upload_bytes": rounds[-1]["upload_bytes"], "ipc": ipc, **selected_round(rounds)}
     if reference:
         run.update({"reference": reference, "name": name})
     return run
@@ -69,6 +72,18 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
            "2.4 MiB up + down, 1.00 pts below the plateau; goal (within 3 pts) met" in md
     assert "- FedAvg reaches fedcond_ipc1's 0.9000 in round 1, after 10.0 MiB up + down; fedcond_ipc1 sends " \
            "0.10 MiB (1.0 % of it)" in md
+
+
+def test_the_plateau_and_the_grid_winner_are_chosen_on_validation_never_on_test():
+    bench = _load()
+    # test accuracy peaks in round 2, validation in round 4: the plateau is round 4's test accuracy
+    run = _run("fedavg", [0.90, 0.99, 0.93, 0.95], 10.0, val=[0.80, 0.85, 0.88, 0.91])
+    plateau = bench.plateau(run, 0.005)
+    assert (plateau["accuracy"], plateau["best_round"], plateau["chosen_on"]) == (0.95, 4, "validation")
+    grid = [{"lr": 0.01, "local_epochs": 1, "val_accuracy": 0.9}, {"lr": 0.05, "local_epochs": 2, "val_accuracy": 0.8},
+            {"lr": 0.01, "local_epochs": 2, "val_accuracy": 0.7}, {"lr": 0.05, "local_epochs": 1, "val_accuracy": 0.6}]
+    assert bench.grid_edges(grid, grid[0]) == ["learning rate 0.01 (lowest of the grid)",
+                                               "local epochs 1 (lowest of the grid)"]
 
 
 def test_report_command_runs_every_cell_and_pastes_into_a_shell():
@@ -142,8 +157,9 @@ def test_fedcond_cells_alone_run_every_seed_without_a_fedavg_grid(tmp_path, monk
     report = json.loads((tmp_path / "out" / "federated_digits.json").read_text())
     assert set(report["settings"]["alpha=0.5"]) == {"seed=0", "seed=1"}
     md = (tmp_path / "out" / "federated_digits.md").read_text()
-    assert "- fedcond_ipc1: 0.9000 ± 0.0000 (random real 0.8000 ± 0.0000, paired gain +10.0 ± 0.0 pts; 2 seeds)" in md
-    assert "- fedcond_ipc1_f2: 0.9000 ± 0.0000 (2 seeds)" in md  # no references: no empty clause
+    assert ("- fedcond_ipc1: 0.900 ± 0.000 (95 % CI 0.900 to 0.900, n = 2); random-real 0.800 ± 0.000 (95 % CI "
+            "0.800 to 0.800, n = 2), paired gain +10.0 ± 0.0 (95 % CI +10.0 to +10.0, n = 2) pts (holds)") in md
+    assert "- fedcond_ipc1_f2: 0.900 ± 0.000 (95 % CI 0.900 to 0.900, n = 2)\n" in md  # no references: no empty clause
     with pytest.raises(SystemExit, match="no FedAvg grid cell finished"):
         bench.main([*common, "--cells", "fedavg"])
 
@@ -162,8 +178,8 @@ def test_over_the_seeds_fedavg_and_fedprox_plateaus_with_their_bytes(tmp_path):
     bench.write_report(report, tmp_path)
     md = (tmp_path / "federated_toy.md").read_text()
     # plateaus reached in round 3 (30 MiB) and round 2 (20 MiB); FedProx ran on one seed only
-    assert "- fedavg plateau: 0.9850 ± 0.0071 after 20–30 MiB (2 seeds)" in md
-    assert "- fedprox plateau: 0.9800 after 20 MiB (1 seed)" in md
+    assert "- fedavg plateau: 0.985 ± 0.007 (95 % CI 0.921 to 1.049, n = 2) after 20–30 MiB uploaded" in md
+    assert "- fedprox plateau: 0.980 (n = 1, no interval) after 20 MiB uploaded" in md
 
 
 def test_the_settings_come_from_federate_config(tmp_path, monkeypatch):
