@@ -32,10 +32,11 @@ holds exactly the strategies asked for, as before.
 
 The upper bound is trained to convergence, not for a fixed budget: a fixed 20 epochs at
 batch 256 left it below FedAvg on digits (0.969 against 0.976), which says nothing about
-either. :func:`train_to_plateau` holds out part of the train split, divides the learning
-rate by 10 whenever the held-out loss stops improving, stops after the last decay stops
-helping, and keeps the weights of the best held-out loss. The test split is never used
-to choose anything. It reports every epoch (``on_event``: the console shows a bar), and
+either. :func:`train_to_plateau` trains on the clients' data with the comparison's recipe
+(augmentation included), measures the run's validation split (held out before partitioning,
+:mod:`fedcond.federated.data_cache`), divides the learning rate by 10 whenever the validation
+loss stops improving, stops after the last decay stops helping, and keeps the weights of the
+best validation loss. The test split is never used to choose anything. It reports every epoch (``on_event``: the console shows a bar), and
 :func:`cached_reference` keeps it in the checkpoint folder under its inputs, so the same
 comparison run again reads it back instead of training it again. While it trains, the
 trainer's whole state is saved there after every epoch, so a killed run loses at most one
