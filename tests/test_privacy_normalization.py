@@ -64,3 +64,32 @@ def test_image_folder_data_need_explicit_constants_under_dp(tmp_path, monkeypatc
     assert len(refused.stderr.strip().splitlines()) == 1
     given = runner.invoke(app, [*args, "--normalize", "0.5,0.5,0.5:0.25,0.25,0.25", "--out", str(tmp_path / "ok")])
     assert given.exit_code == 0, given.output
+
+
+def test_given_constants_fix_an_image_folders_channels_whatever_its_images(tmp_path, monkeypatch):
+    # Automatic: grey images stored as RGB collapse to one channel, until one colour image
+    # arrives (the output's shape depends on one example). Given constants fix the count.
+    monkeypatch.setenv("FEDCOND_CACHE", str(tmp_path / "cache"))
+    grey = tmp_path / "grey"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (grey / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((8, 8), 40 * i + 10, dtype=np.uint8)).convert("RGB").save(
+                    grey / split / cls / f"{i}.png")
+    assert load_dataset(str(grey)).channels == 1
+    colour = tmp_path / "colour"
+    import shutil
+
+    shutil.copytree(grey, colour)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+        colour / "train" / "a" / "2.png")
+    assert load_dataset(str(colour)).channels == 3  # one image changed the shape of everything
+    for folder in (grey, colour):
+        one = load_dataset(str(folder), normalize="0.5:0.5")
+        three = load_dataset(str(folder), normalize="0.5,0.5,0.5:0.5,0.5,0.5")
+        assert one.channels == 1 and three.channels == 3
+    auto, one = load_dataset(str(grey)), load_dataset(str(grey), normalize="0.5:0.5")
+    assert torch.allclose(one.denormalize(one.train_images), auto.denormalize(auto.train_images), atol=1e-5)
+    with pytest.raises(FedcondError, match="1 or 3 channels"):
+        load_dataset(str(grey), normalize="0.5,0.5:0.5,0.5")
