@@ -89,11 +89,14 @@ def test_der_augments_its_replayed_rows_as_well(bench):
                                              if m.training else None)
     stream = bench.scenario.train_stream
     strategy.train(stream[0])
+    seen.clear()
     strategy.train(stream[1])
+    # a memory smaller than the training batch still replays: the memory batch is capped at the memory
+    assert strategy.batch_size_mem == 10 and max(len(x) for x in seen) == 16 + 10
     memory = {tuple(x.flatten().tolist()) for x, *_ in strategy.storage_policy.buffer}
     replayed = seen[-1][: strategy.batch_size_mem]
-    # no replayed row reaches the model as stored (the crop moves it)
-    assert not any(tuple(x.flatten().tolist()) in memory for x in replayed)
+    # replayed rows reach the model moved by the crop (a draw may shift by 0 pixels: most, not all)
+    assert sum(tuple(x.flatten().tolist()) in memory for x in replayed) < len(replayed) / 2
 
 
 def test_an_unequal_recipe_is_refused_unless_asked_for_by_name(bench):

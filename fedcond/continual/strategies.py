@@ -158,7 +158,10 @@ def _build(s: StrategySettings, recipe: Recipe, model: nn.Module, opt: torch.opt
         return ICaRL(feature_extractor=_Embed(model), classifier=model.classifier, optimizer=opt,
                      memory_size=s.mem_size, buffer_transform=None, fixed_memory=True, **common)
     if s.name in ("der", "der++"):
-        return _DER(model=model, optimizer=opt, criterion=ce, mem_size=s.mem_size, batch_size_mem=s.batch_size_mem,
+        # Avalanche's DER replays only while its memory holds a whole memory batch (its default: the
+        # training batch), so a memory smaller than the batch would never replay: cap the batch at it
+        mem_batch = s.batch_size_mem or min(s.batch_size, s.mem_size)
+        return _DER(model=model, optimizer=opt, criterion=ce, mem_size=s.mem_size, batch_size_mem=mem_batch,
                     alpha=s.der_alpha, beta=s.der_beta if s.name == "der++" else 0.0, **common)
     if s.name == "replay":
         policy = ClassBalancedBuffer(max_size=s.mem_size, adaptive_size=True)
