@@ -84,7 +84,7 @@ def check_federation(grid: Any, cfg: FederateConfig, log: Any = None) -> int:
     """The federation's size, which must equal ``num-clients`` unless that is 0 (then it is
     the federation's size): a ``FedcondError`` saying how to make them agree otherwise."""
     size = federation_size(grid, cfg, log)
-    if size == cfg.num_clients or (cfg.num_clients == 0 and size > 0):
+    if size > 0 and cfg.num_clients in (0, size):
         return size
     if size == 0:
         raise FedcondError("the federation has no SuperNode: start some (a local simulation starts 2, or "
