@@ -27,8 +27,20 @@ def test_tables_say_mib_and_mean_it():
     table = markdown_table([_run("fedcond", [0.99], 192_389)], {"full_data_accuracy": 0.996, "full_data_epochs": 9},
                            [_run("random-real", [0.98], 192_389)], raw_bytes=100_000)
     assert "| upload MiB |" in table and " MB" not in table
-    assert "| fedcond | 1 | 0.9900 | 0.183 |" in table
+    assert "| fedcond | 1 | 1 (last) | - | 0.9900 | 0.183 |" in table  # an old record: its last round, said so
     assert "0.095 MiB (100,000 bytes" in table
+
+
+def test_the_table_reports_the_validation_round_and_its_bytes_not_the_best_test_round():
+    from fedcond.simulations.server_app import selected_round
+
+    run = _run("fedavg", [0.90, 0.97, 0.95], 1_000_000)
+    for r, val in zip(run["rounds"], [0.80, 0.85, 0.91]):
+        r["val_accuracy"] = val
+    run.update(selected_round(run["rounds"]))
+    table = markdown_table([run])
+    # round 2 has the best test accuracy; validation picks round 3, and bytes count to it
+    assert "| fedavg | 3 | 3 | 0.9100 | 0.9500 | 2.861 | 2.861 | 5.722 |" in table
 
 
 def test_plot_has_title_and_both_panels(tmp_path):
