@@ -58,6 +58,7 @@ def train_model(
     on_epoch: Callable[[int, float], None] | None = None,
     temperature: float = 1.0,
     precision: str = "float32",
+    extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place with SGD on (images, labels); return it.
 
@@ -73,6 +74,8 @@ def train_model(
             (weights, optimiser state and images stay float32; :mod:`fedcond.precision`), on
             a CPU in channels-last layout, oneDNN's fast one for bfloat16 (the model is
             handed back in the contiguous layout). Resolve ``auto`` before calling.
+        extra_loss: a term added to every mini-batch's loss, given its logits (float32) and
+            labels (FedAF's server adds its distillation to the clients' soft labels).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -106,6 +109,8 @@ def train_model(
             with autocast(precision, device):
                 logits = model(x)
             loss = classification_loss(logits.float(), y, temperature)  # the loss in float32 either way
+            if extra_loss is not None:
+                loss = loss + extra_loss(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -15,7 +15,13 @@ A client whose set carries a DP guarantee (``--dp-epsilon``) says nothing exact 
 data in the reply: no exact ``num-examples`` (the noisy total of its release instead) and
 no ``distill-seconds`` (its time grows with its data's size).
 
-Iterative FedCond clients keep their last set in Flower's node state for the next
+FedDM and FedAF clients (strategies ``feddm``, ``fedaf``) take the same path as iterative
+FedCond's; a FedAF client also reads the server's global knowledge from the message and
+replies with its soft labels (:mod:`fedcond.federated.fedaf`). Every distilling client
+reports ``distill-cpu-seconds``: the CPU time of its distillation this round (the thread's
+with one torch thread, else the process's), beside the bytes it uploads.
+
+Iterative FedCond, FedDM and FedAF clients keep their last set in Flower's node state for the next
 round. That state lives only as long as the federation: when the run checkpoints
 (``checkpoint-dir``), each client also keeps its set in ``<checkpoint-dir>/clients/``
 under its partition and round, and after a restart refines the newest one from before
@@ -41,8 +47,10 @@ from fedcond.federated.partition import run_partitions
 from fedcond.federated.records import (
     ARRAYRECORD_KEY,
     CONFIGRECORD_KEY,
+    KNOWLEDGE_KEY,
     SET_ARRAYS_KEY,
     SET_META_KEY,
+    SOFT_LABELS_KEY,
     load_record,
     message_nbytes,
     model_to_record,
@@ -75,23 +83,26 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
     from fedcond.federated.client_training import client_seed, distill_partition  # noqa: PLC0415
 
     data = _local_data(cfg, pid)
-    global_model, previous = None, None
+    global_model, previous, knowledge = None, None, None
+    if KNOWLEDGE_KEY in msg.content.array_records:  # FedAF's global knowledge (from round 2 on)
+        record = msg.content[KNOWLEDGE_KEY]
+        knowledge = tuple(torch.from_numpy(record[k].numpy().copy()) for k in ("logits", "classes"))
     if msg.content[CONFIGRECORD_KEY]["mode"] == "iterative":  # refine against the global model
         global_model = load_record(new_model(data, cfg), msg.content[ARRAYRECORD_KEY])
         if PREVIOUS_SET in context.state.array_records:
             previous = set_from_records(context.state[PREVIOUS_SET], context.state[PREVIOUS_META])
         elif cfg.checkpoint_dir:  # a restarted federation: node state is gone, the client's file is not
             previous = _kept_set(cfg, pid, server_round)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_clock()
     # One-shot sets are kept per client: a storage-dtype reference re-encodes them (set_reuse).
     sset = load_kept_set(cfg, pid) if global_model is None else None
     reused = sset is not None
     if sset is None:
         sset = distill_partition(data, cfg, seed=client_seed(cfg, pid, server_round), global_model=global_model,
-                                 previous=previous)
+                                 previous=previous, knowledge=knowledge)
         if global_model is None:
             keep_set(cfg, pid, sset)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, _cpu_clock() - cpu_start
     arrays, meta = set_to_records(sset)
     if global_model is not None:  # keep it for the next round's refinement (node-local state)
         context.state[PREVIOUS_SET], context.state[PREVIOUS_META] = arrays, meta
@@ -104,21 +115,33 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
         bad[0].fill_(float("nan"))
         arrays = ArrayRecord({"images": bad.contiguous(), "labels": sset.labels.contiguous()})
     metrics = MetricRecord({"partition-id": pid, "num-images": sset.num_images, "reused-set": int(reused),
-                            **_size_and_time(data, sset, seconds)})
+                            **_size_and_time(data, sset, seconds, cpu_seconds)})
     content = RecordDict({SET_ARRAYS_KEY: arrays, SET_META_KEY: meta})
+    if cfg.strategy == "fedaf":  # the received model's class-mean logits on the client's real images
+        from fedcond.federated.fedaf import class_mean_logits  # noqa: PLC0415
+
+        logits, counts = class_mean_logits(global_model, data.train_images, data.train_labels, data.num_classes)
+        content[SOFT_LABELS_KEY] = ArrayRecord({"logits": logits.contiguous(), "counts": counts.contiguous()})
     metrics["payload-bytes"] = message_nbytes(content)  # what this reply's records weigh
     content["metrics"] = metrics
     return content
 
 
-def _size_and_time(data: ImageDataset, sset: SyntheticSet, seconds: float) -> dict[str, float]:
+def _cpu_clock() -> float:
+    """CPU seconds so far of this client's work: its thread's with one torch thread (a simulation
+    may run other clients in other threads of the process), else the whole process's."""
+    return time.thread_time() if torch.get_num_threads() == 1 else time.process_time()
+
+
+def _size_and_time(data: ImageDataset, sset: SyntheticSet, seconds: float, cpu_seconds: float) -> dict[str, float]:
     """What a reply says of the client's data size and its work: exact for a set without
     DP; for a DP set only the noisy total of its release (DP output, what the server may
     weight by), and no time, since both the exact count and the time grow with the
     private data's size outside the guarantee."""
     privacy = sset.config.get("privacy")
     if privacy is None:
-        return {"num-examples": int(data.train_images.shape[0]), "distill-seconds": seconds}
+        return {"num-examples": int(data.train_images.shape[0]), "distill-seconds": seconds,
+                "distill-cpu-seconds": cpu_seconds}
     return {"num-examples": max(0.0, float(sum(privacy["noisy_class_sizes"])))}
 
 
@@ -167,7 +190,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         server_round = int(config["server-round"])
         if cfg.fail_mode == "raise" and injected_failure(cfg, server_round, pid):
             raise RuntimeError(f"injected failure (client {pid}, round {server_round})")
-        if cfg.strategy.startswith("fedcond"):
+        if cfg.distills:  # FedCond, FedDM, FedAF
             content = _fedcond_reply(msg, context, cfg, pid, server_round)
         else:
             content = _fedavg_reply(msg, cfg, pid, server_round)

@@ -39,6 +39,7 @@ from fedcond.federated.partition import label_histogram, run_partitions
 from fedcond.federated.references import cached_reference, plan_runs, raw_data_upload
 from fedcond.federated.report import (
     annotate_privacy,
+    distill_cost_lines,
     markdown_table,
     plot_accuracy_vs_bytes,
     plot_accuracy_vs_epsilon,
@@ -133,6 +134,9 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
                            title=experiment_title(cfg))
     table = markdown_table(runs, ref, reference_runs, raw["upload_bytes"],
                            preamble=recipe_lines(cfg, federated_data(cfg).channels))
+    cost = distill_cost_lines(runs)
+    if cost:
+        table += "\n" + cost
     privacy = privacy_table(runs + reference_runs)
     if privacy:
         table += "\n" + privacy

@@ -1,4 +1,5 @@
-"""Server strategies, by name: FedCond (ours) and Flower's FedAvg, FedProx and FedAdam.
+"""Server strategies, by name: FedCond (ours), FedDM and FedAF (distilled, as published) and
+Flower's FedAvg, FedProx and FedAdam.
 
 The baselines are Flower's own classes, unchanged; communication is metered by the grid
 (``fedcond.federated.comms``), so no strategy needs to know it is being measured.
@@ -40,6 +41,14 @@ def build_strategy(cfg: FederateConfig, data: ImageDataset, ledger: CommLedger,
         from fedcond.strategies.fedcond import FedCond  # noqa: PLC0415
 
         return FedCond(data, cfg, ledger, **common)
+    if cfg.strategy == "feddm":
+        from fedcond.strategies.feddm import FedDM  # noqa: PLC0415
+
+        return FedDM(data, cfg, ledger, **common)
+    if cfg.strategy == "fedaf":
+        from fedcond.strategies.fedaf import FedAF  # noqa: PLC0415
+
+        return FedAF(data, cfg, ledger, **common)
     from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx  # noqa: PLC0415
 
     base = {**common, "fraction_evaluate": 0.0, "min_evaluate_nodes": 0, "train_metrics_aggr_fn": drop_ids}

@@ -60,6 +60,7 @@ class PoolEntry:
     partition_id: int | None
     server_round: int
     nbytes: int
+    extra: dict[str, torch.Tensor] | None = None  # what a method uploads beside the set (FedAF's soft labels)
 
     def provenance(self) -> dict[str, Any]:
         # epsilon / delta: the DP guarantee the client's set records (None: no DP). The server
@@ -143,6 +144,7 @@ class FedCond(FedAvg):
                 continue
             try:
                 sset, size = self.check_reply(msg)
+                extra = self.check_extra(msg, sset)
             except InvalidSyntheticSet as err:
                 rejected += 1
                 log(WARNING, "round %d: rejected the reply of client %d: %s", server_round, node, err)
@@ -154,7 +156,8 @@ class FedCond(FedAvg):
             pid = next(
                 (int(m["partition-id"]) for m in msg.content.metric_records.values() if "partition-id" in m), None
             )
-            self.pool[f"p{pid}" if pid is not None else f"n{node}"] = PoolEntry(sset, node, pid, server_round, size)
+            self.pool[f"p{pid}" if pid is not None else f"n{node}"] = PoolEntry(sset, node, pid, server_round, size,
+                                                                             extra)
         log(INFO, "round %d: %d sets accepted, %d rejected, %d clients failed; pool holds %d sets",
             server_round, accepted, rejected, failed, len(self.pool))
         epsilons = [e["epsilon"] for e in self.provenance() if e["epsilon"] is not None]
@@ -165,11 +168,19 @@ class FedCond(FedAvg):
                                 "pool-images": sum(e.sset.num_images for e in self.pool.values())})
         if not self.pool:
             return None, metrics
+        return self.train_global(server_round), metrics
+
+    def check_extra(self, message: Message, sset: SyntheticSet) -> dict[str, torch.Tensor] | None:
+        """What a reply carries beside its set, validated (``InvalidSyntheticSet`` if bad); FedCond: nothing."""
+        return None
+
+    def train_global(self, server_round: int, extra_loss: Any = None) -> ArrayRecord:
+        """The global model trained on the pool (continuing from the one sent when iterative)."""
         model = new_model(self.data, self.cfg)
         if self.iterative and self.global_arrays is not None:
             load_record(model, self.global_arrays)  # FedDM: keep improving the global model
-        train_on_pool(model, [e.sset for e in self.pool.values()], self.cfg, server_round)
-        return model_to_record(model), metrics
+        train_on_pool(model, [e.sset for e in self.pool.values()], self.cfg, server_round, extra_loss)
+        return model_to_record(model)
 
     def provenance(self) -> list[dict[str, Any]]:
         """Where every pooled set came from (client, round, size, classes)."""
@@ -179,15 +190,18 @@ class FedCond(FedAvg):
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The pool (each set serialised, as it would be saved) and the rejections."""
         tensors = {f"pool/{key}": tensor_of_bytes(e.sset.to_bytes()) for key, e in self.pool.items()}
+        tensors.update({f"extra/{key}/{name}": t for key, e in self.pool.items()
+                        for name, t in (e.extra or {}).items()})
         entries = [{"key": key, "node_id": e.node_id, "partition_id": e.partition_id, "round": e.server_round,
-                    "nbytes": e.nbytes} for key, e in self.pool.items()]
+                    "nbytes": e.nbytes, "extra": sorted(e.extra or {})} for key, e in self.pool.items()]
         return tensors, {"pool": entries, "rejections": self.rejections}
 
     def load_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         """Restore what :meth:`state` gave (pool order included: it is the training order)."""
         self.pool = {
             e["key"]: PoolEntry(SyntheticSet.from_bytes(tensors[f"pool/{e['key']}"].numpy().tobytes()), e["node_id"],
-                                e["partition_id"], e["round"], e["nbytes"])
+                                e["partition_id"], e["round"], e["nbytes"],
+                                {n: tensors[f"extra/{e['key']}/{n}"] for n in e["extra"]} if e.get("extra") else None)
             for e in state["pool"]
         }
         self.rejections = list(state["rejections"])

@@ -163,7 +163,7 @@ def command(
         show_default=_default("classes_per_client"),
     ),
     strategies: Optional[str] = typer.Option(
-        None, "--strategies", help="comma list: fedcond, fedcond-iterative, fedavg, fedprox, fedadam",
+        None, "--strategies", help="comma list: fedcond, fedcond-iterative, feddm, fedaf, fedavg, fedprox, fedadam",
         show_default=_default("strategies"),
     ),
     rounds: Optional[int] = typer.Option(
@@ -302,7 +302,8 @@ def command(
         raise FedcondError(f"--reference must be none, full or distill, got {reference!r}")
     if rounds is not None and all(cfg.for_strategy(s).effective_rounds == 1 for s in names) and rounds != 1:
         raise FedcondError(f"--rounds {rounds} has no effect: one-shot FedCond runs exactly one round; add a strategy "
-                           "that runs rounds (fedavg, fedprox, fedadam, fedcond-iterative) or --mode iterative, "
+                           "that runs rounds (fedavg, fedprox, fedadam, fedcond-iterative, feddm, fedaf) or --mode "
+                           "iterative, "
                            "or drop --rounds")
     known_dataset(cfg.dataset)  # before the header: a misspelt name prints nothing else
     if client_gpus > 0:

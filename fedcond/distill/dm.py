@@ -84,6 +84,7 @@ from fedcond.sampling import ClassSampler
 from fedcond.synthetic import SyntheticSet
 
 REAL_PRECISIONS = DTYPES  # the published name of the precisions DM knows
+PERTURBATIONS = ("relative", "ball")  # DMConfig.perturb
 
 
 def dm_loss(
@@ -135,8 +136,11 @@ class DMConfig(IterativeConfig):
     # a smaller step than the images: at 1.0 labels on digits flip class within 10 iterations.
     lr_labels: float = 0.1
     # With an ``embed_model``: every iteration matches in a copy of it whose parameters p
-    # get Gaussian noise of std rho * mean|p| (FedDM's perturbation); 0 = the model as given.
+    # get Gaussian noise of std rho * mean|p| (``perturb = "relative"``); 0 = the model as given.
     rho: float = 0.0
+    # How ``rho`` perturbs the embed model: "relative" (above), or "ball": one random direction
+    # over all parameters at once, scaled to L2 norm rho (FedDM's ball of radius rho, Xiong et al.).
+    perturb: str = "relative"
     # Multi-formation (fedcond.formation): each stored image is a factor x factor mosaic of
     # smaller images, matched (and trained on) one tile at a time; same bytes, factor**2
     # times the images. Real init fills every tile with its own real image.
@@ -169,6 +173,8 @@ class DMConfig(IterativeConfig):
             self.precision = self.real_precision
         if self.rho < 0:
             raise FedcondError(f"rho must be >= 0, got {self.rho}")
+        if self.perturb not in PERTURBATIONS:
+            raise FedcondError(f"perturb must be one of {', '.join(PERTURBATIONS)}, got {self.perturb!r}")
         if self.trained_networks < 0 or self.train_steps < 1 or self.train_batch < 1:
             raise FedcondError("trained_networks must be >= 0, train_steps and train_batch >= 1")
         if not isinstance(self.factor, int) or self.factor < 1:
@@ -283,7 +289,7 @@ class DMStep:
             net.requires_grad_(False)
             self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
         elif config.rho > 0:
-            self.net = perturbed(self.embed_model, config.rho, generator, reuse=self.net)
+            self.net = perturbed(self.embed_model, config.rho, generator, reuse=self.net, kind=config.perturb)
         return self.net if self.net is not None else self.embed_model  # type: ignore[return-value]
 
     def assignment(self) -> torch.Tensor:
@@ -295,6 +301,12 @@ class DMStep:
         probs = repeat_per_tile(torch.softmax(label_logits, dim=1), self.config.factor)
         return syn_assignment(self.batches.syn_rows, self.run.sampler.num_rows, probs, self.run.sampler.classes)
 
+    def regulariser(self, net: nn.Module, tiles: torch.Tensor) -> torch.Tensor | None:
+        """A term added to DM's loss this iteration (None: DM's loss alone), given the
+        iteration's network and the synthetic images (tiles, classes ``self.syn_class``),
+        before augmentation. A method built on DM's loop overrides it (FedAF's knowledge matching)."""
+        return None
+
     def __call__(self, _: int) -> torch.Tensor:
         state = self.run.state
         net = self.network()
@@ -302,6 +314,9 @@ class DMStep:
                                       self.generator)
         loss = dm_loss(net.embed, real, self.real_weights, syn, self.assignment(), self.chunk, self.batches.slots,
                        self.real_dtype)
+        extra = self.regulariser(net, decode(state.images, self.config.factor))
+        if extra is not None:
+            loss = loss + extra
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
@@ -347,15 +362,26 @@ def trained_pool(config: DMConfig, dataset: ImageDataset, generator: torch.Gener
 
 
 @torch.no_grad()
-def perturbed(model: nn.Module, rho: float, generator: torch.Generator, reuse: nn.Module | None = None) -> nn.Module:
-    """A copy of ``model`` whose every parameter p is p + N(0, 1) * rho * mean|p| (no gradients).
+def perturbed(model: nn.Module, rho: float, generator: torch.Generator, reuse: nn.Module | None = None,
+              kind: str = "relative") -> nn.Module:
+    """A copy of ``model`` with perturbed parameters (no gradients).
 
-    ``reuse`` (an earlier copy of the same model) is overwritten instead of copying anew.
+    ``kind`` "relative": every parameter p is p + N(0, 1) * rho * mean|p|; "ball": all
+    parameters move together by one Gaussian direction scaled to L2 norm rho (a point on the
+    sphere of radius rho around the model: FedDM's neighbourhood, where in the millions of
+    dimensions of a network nearly all of a ball's volume lies). ``reuse`` (an earlier copy of
+    the same model) is overwritten instead of copying anew.
     """
     net = reuse if reuse is not None else copy.deepcopy(model).requires_grad_(False)
-    for p, q in zip(model.parameters(), net.parameters()):
-        noise = to_device(torch.randn(p.shape, generator=generator), p.device)
-        q.copy_(p + noise * rho * p.abs().mean())
+    params = list(zip(model.parameters(), net.parameters()))
+    noises = [to_device(torch.randn(p.shape, generator=generator), p.device) for p, _ in params]
+    if kind == "ball":
+        norm = torch.sqrt(sum((n.float() ** 2).sum() for n in noises))
+        scales = [rho / norm.clamp_min(1e-12)] * len(params)
+    else:
+        scales = [rho * p.abs().mean() for p, _ in params]
+    for (p, q), noise, scale in zip(params, noises, scales):
+        q.copy_(p + noise * scale)
     return net
 
 

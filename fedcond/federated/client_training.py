@@ -2,10 +2,13 @@
 
 - FedCond clients call :func:`distill_partition`: any registered Distiller (DM by
   default) on the client's own images, or — in iterative mode — FedDM: the DM distiller
-  matching class-mean embeddings under the received global model (perturbed by
-  ``feddm_rho`` each iteration), refining the set the client made in the previous round
-  (from fresh real images in the first). With ``dp_epsilon`` > 0 the distiller is dp-dm
-  (``FederateConfig.client_method``): the set then records the client's (ε, δ).
+  matching class-mean embeddings under the received global model (perturbed each iteration:
+  within FedDM's ball for strategy ``feddm``, by ``feddm_rho`` for ``fedcond-iterative``),
+  refining the set the client made in the previous round (from fresh real images in the
+  first); for strategy ``fedaf``, FedAF's collaborative condensation
+  (:func:`fedcond.federated.fedaf.condense`: the same, plus the knowledge matching). With
+  ``dp_epsilon`` > 0 the distiller is dp-dm (``FederateConfig.client_method``): the set then
+  records the client's (ε, δ).
 - FedAvg / FedProx / FedAdam clients call :func:`local_train`: SGD with the comparison's
   recipe (:mod:`fedcond.recipe`, augmentation included) for a few local epochs, with
   FedProx's proximal term ``mu/2 * ||w - w_global||^2`` when ``mu > 0``.
@@ -37,16 +40,25 @@ def distill_partition(
     seed: int,
     global_model: nn.Module | None = None,
     previous: SyntheticSet | None = None,
+    knowledge: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> SyntheticSet:
     """Condense a client's partition (``data``'s train split) into a SyntheticSet.
 
     With ``global_model`` (iterative mode), FedDM: DM in that model's feature space, with
-    the ``feddm_*`` settings (:meth:`FederateConfig.feddm_config`), starting from
-    ``previous`` when the client has a set from an earlier round.
+    the strategy's settings (:meth:`FederateConfig.feddm_config`), starting from
+    ``previous`` when the client has a set from an earlier round; for strategy ``fedaf``
+    also FedAF's knowledge matching to ``knowledge`` (the server's, from round 2 on).
     """
     generator = torch.Generator().manual_seed(seed)
     if global_model is not None:
         embed_model = global_model.to(cfg.device).eval()  # the global model as it is, dropout and BN frozen
+        if cfg.strategy == "fedaf":
+            from fedcond.federated.fedaf import condense  # noqa: PLC0415
+
+            sset = condense(data, cfg.feddm_config(), generator, torch.device(cfg.device), embed_model, previous,
+                            knowledge, cfg.fedaf_lambda_local)
+            sset.storage_dtype = cfg.storage_dtype
+            return sset
         inputs = DistillInputs(initial=previous, embed_model=embed_model)
         sset = get_distiller("dm").distill(data, cfg.feddm_config(), generator, torch.device(cfg.device), inputs=inputs)
         sset.method = "feddm"

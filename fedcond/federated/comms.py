@@ -44,6 +44,9 @@ class ClientRound:
     status: str = "dropped"  # ok | failed | rejected | dropped
     reason: str = ""
     partition_id: int | None = None
+    # CPU seconds of the client's distillation this round, as its reply states (distilling
+    # strategies without DP; None otherwise): the compute beside the bytes
+    distill_cpu_seconds: float | None = None
 
 
 @dataclass
@@ -197,11 +200,14 @@ def short_reason(reason: str) -> str:
 
 
 def _note_partition(entry: ClientRound, reply: Any) -> None:
-    """Record the client's partition id when its reply's MetricRecord carries one."""
+    """Record the client's partition id (and distillation CPU seconds) when its reply's
+    MetricRecord carries them."""
     try:
         for record in reply.content.metric_records.values():
             if "partition-id" in record:
                 entry.partition_id = int(record["partition-id"])
+            if "distill-cpu-seconds" in record:
+                entry.distill_cpu_seconds = float(record["distill-cpu-seconds"])
     except (AttributeError, TypeError, ValueError):
         pass
 

@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from fedcond.errors import FedcondError
+from fedcond.federated.method_settings import FedAFSettings, FedDMSettings
 from fedcond.recipe import Recipe, check_same_recipe
 
 PARTITIONS = ("iid", "dirichlet", "pathological")
-STRATEGIES = ("fedcond", "fedcond-iterative", "fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedcond", "fedcond-iterative", "feddm", "fedaf", "fedavg", "fedprox", "fedadam")
+# Strategies whose clients upload distilled sets (the server pools them: strategies.fedcond.FedCond)
+DISTILLED = ("fedcond", "fedcond-iterative", "feddm", "fedaf")
+# ... of which these send the global model every round and refine the clients' sets against it
+REFINING = ("fedcond-iterative", "feddm", "fedaf")
 MODES = ("oneshot", "iterative")
 PRECISIONS = ("auto", "float32", "bfloat16")  # fedcond.precision's (not imported: this module stays torch-free)
 # Method options that FederateConfig sets itself (``-o ipc=3`` would fight ``ipc``).
@@ -91,6 +96,14 @@ class FederateConfig:
     feddm_batch_real: int = 256  # real images per class per step
     feddm_rho: float = 0.01  # relative weight perturbation of the received model
     # FedAvg / FedProx / FedAdam clients
+    # Strategy feddm (FedDM as published, fedcond.federated.method_settings.FedDMSettings): the L2
+    # radius around the received model's weights in which every matching iteration draws its network
+    feddm_radius: float = FedDMSettings.rho
+    # Strategy fedaf (FedAF, FedAFSettings): the clients' knowledge-matching weight, the server's
+    # distillation weight and the soft labels' temperature
+    fedaf_lambda_local: float = FedAFSettings.lambda_local
+    fedaf_lambda_global: float = FedAFSettings.lambda_global
+    fedaf_temperature: float = FedAFSettings.temperature
     # tuned on digits (benchmarks/results/federated_digits.md: 5 local epochs won the grid at Dirichlet 0.5 and
     # 0.1, lr 0.1 at 0.1 and 0.05 at 0.5)
     local_epochs: int = 5
@@ -167,6 +180,14 @@ class FederateConfig:
             raise FedcondError("feddm-lr-images must be > 0, feddm-momentum-images in [0, 1), "
                                "feddm-batch-real >= 1 and feddm-rho >= 0")
         from fedcond.synthetic import STORAGE_DTYPES  # noqa: PLC0415
+        if self.feddm_radius < 0 or self.fedaf_lambda_local < 0 or self.fedaf_lambda_global < 0:
+            raise FedcondError("feddm-radius, fedaf-lambda-local and fedaf-lambda-global must be >= 0")
+        if self.fedaf_temperature <= 0:
+            raise FedcondError(f"fedaf-temperature must be > 0, got {self.fedaf_temperature}")
+        refining = [s for s in (self.strategy, *self.strategy_names) if s in ("feddm", "fedaf")]
+        if refining and self.method != "dm":
+            raise FedcondError(f"{refining[0]} condenses with DM (its paper's method); --method {self.method} is "
+                               "for fedcond and fedcond-iterative")
 
         bad = [d for d in (self.storage_dtype, *self.storage_dtype_names) if d not in STORAGE_DTYPES]
         if bad:
@@ -188,9 +209,9 @@ class FederateConfig:
             if self.method not in ("dm", "dp-dm"):
                 raise FedcondError(f"--dp-epsilon makes FedCond clients distill with dp-dm; use --method dm or "
                                    f"dp-dm, not {self.method!r}")
-            if self.effective_mode == "iterative" or "fedcond-iterative" in self.strategy_names:
-                raise FedcondError("--dp-epsilon works with one-shot FedCond: every iterative round would spend "
-                                   "the budget again")
+            if self.effective_mode == "iterative" or any(s in REFINING for s in self.strategy_names):
+                raise FedcondError("--dp-epsilon works with one-shot FedCond: every round of fedcond-iterative, "
+                                   "feddm or fedaf would spend the budget again")
             if not self.normalize:  # every run of the experiment alike, the non-private references too
                 self.normalize = "public"
             if self.normalize == "train":
@@ -278,15 +299,29 @@ class FederateConfig:
                               settings={**budget, "precision": self.precision}, reserved=OWN_METHOD_SETTINGS)
 
     def feddm_config(self):
-        """DM's settings for iterative FedCond's refinement against the global model (FedDM):
-        ipc, model, iterations (None: DM's own) and the ``feddm_*`` fields; no augmentation,
-        no checkpoints."""
+        """DM's settings for refining a client's set against the global model, by strategy:
+
+        - ``feddm``: FedDM as published (:class:`FedDMSettings`): iterations (None: the paper's),
+          every iteration's network on the sphere of radius ``feddm_radius`` around the model;
+          the images' step and real batch are DM's own (its paper's);
+        - ``fedaf``: FedAF's condensation (:class:`FedAFSettings`' iterations and radius, DM's own
+          step and batch); its knowledge-matching term is added by :mod:`fedcond.federated.fedaf`;
+        - ``fedcond-iterative`` (and FedCond in iterative mode): iterations (None: DM's own) and
+          the ``feddm_*`` fields (relative Gaussian noise).
+
+        No augmentation, no checkpoints."""
         from fedcond.distill.dm import DMConfig  # noqa: PLC0415
+        common = {"ipc": self.ipc, "model": self.model, "dsa": False, "checkpoint_dir": None,
+                  "precision": self.precision}
+        if self.strategy in ("feddm", "fedaf"):
+            own = FedDMSettings() if self.strategy == "feddm" else FedAFSettings()
+            rho = self.feddm_radius if self.strategy == "feddm" else own.rho
+            return DMConfig(**common, iterations=self.iterations or own.iterations, rho=rho, perturb="ball")
 
         iterations = {} if self.iterations is None else {"iterations": self.iterations}
-        return DMConfig(ipc=self.ipc, model=self.model, **iterations, lr_images=self.feddm_lr_images,
+        return DMConfig(**common, **iterations, lr_images=self.feddm_lr_images,
                         momentum_images=self.feddm_momentum_images, batch_real=self.feddm_batch_real,
-                        rho=self.feddm_rho, dsa=False, checkpoint_dir=None, precision=self.precision)
+                        rho=self.feddm_rho)
 
     @property
     def client_iterations(self) -> int | None:
@@ -299,8 +334,14 @@ class FederateConfig:
 
     @property
     def effective_mode(self) -> str:
-        """``fedcond-iterative`` is FedCond in iterative mode; other names keep ``mode``."""
-        return "iterative" if self.strategy == "fedcond-iterative" else self.mode
+        """``fedcond-iterative``, ``feddm`` and ``fedaf`` refine sets against the model every
+        round (iterative); other names keep ``mode``."""
+        return "iterative" if self.strategy in REFINING else self.mode
+
+    @property
+    def distills(self) -> bool:
+        """Whether this run's clients upload distilled sets (FedCond, FedDM, FedAF)."""
+        return self.strategy in DISTILLED
 
     @property
     def effective_rounds(self) -> int:

@@ -39,6 +39,10 @@ CONFIGRECORD_KEY = "config"
 # What a FedCond client sends back: its synthetic set and the set's metadata.
 SET_ARRAYS_KEY = "synthetic"
 SET_META_KEY = "synthetic-meta"
+# What FedAF adds (fedcond.federated.fedaf): the server's global knowledge beside the model, the
+# client's soft labels beside its set.
+KNOWLEDGE_KEY = "fedaf-knowledge"  # {"logits": (C, C) float32, "classes": (K,) int64}
+SOFT_LABELS_KEY = "fedaf-soft-labels"  # {"logits": (C, C) float32, "counts": (C,) int64}
 
 
 def message_nbytes(message: Any) -> int:

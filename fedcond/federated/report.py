@@ -100,9 +100,28 @@ def markdown_table(runs: list[dict[str, Any]], reference: dict[str, Any] | None 
     return "\n".join(lines) + "\n"
 
 
+def distill_cost_lines(runs: list[dict[str, Any]]) -> str:
+    """Markdown: each distilling run's distillation CPU-seconds per client, round by round (the
+    mean over the clients whose reply states it), beside its bytes; "" when no run states any."""
+    lines = []
+    for run in runs:
+        per_round = []
+        for rnd in run["rounds"]:
+            values = [c["distill_cpu_seconds"] for c in rnd.get("clients", [])
+                      if c.get("distill_cpu_seconds") is not None]
+            per_round.append(f"{sum(values) / len(values):.2f}" if values else "-")
+        if any(v != "-" for v in per_round):
+            lines.append(f"- {run.get('name', run['strategy'])}: {', '.join(per_round)}")
+    if not lines:
+        return ""
+    return ("Distillation CPU-seconds per client per round (mean over the clients that replied; rounds 1, 2, ...):"
+            "\n\n" + "\n".join(lines) + "\n")
+
+
 def _byte_match_lines(runs: list[dict[str, Any]], reference_runs: list[dict[str, Any]]) -> list[str]:
     """Whether each real-image control uploaded FedCond's bytes within 1 % (labels and metadata counted)."""
-    fedcond = next((r for r in runs if r.get("pool_provenance") is not None), None)
+    ours = [r for r in runs if r.get("pool_provenance") is not None]  # FedCond's controls, not FedDM's or FedAF's
+    fedcond = next((r for r in ours if str(r.get("strategy", "")).startswith("fedcond")), None)
     controls = [r for r in reference_runs if str(r.get("name", "")).startswith(("random-real", "herding"))]
     if fedcond is None or not controls or not fedcond["upload_bytes"]:
         return []

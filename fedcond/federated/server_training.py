@@ -12,7 +12,7 @@ learner's). The global model's architecture is
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -51,13 +51,15 @@ def pool_sets(sets: list[SyntheticSet]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_on_pool(
-    model: nn.Module, sets: list[SyntheticSet], cfg: FederateConfig, server_round: int
+    model: nn.Module, sets: list[SyntheticSet], cfg: FederateConfig, server_round: int,
+    extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on the pooled sets with the comparison's recipe
     (:attr:`FederateConfig.server_recipe`), in the run's precision (``cfg.precision``
-    resolved on ``cfg.device``)."""
+    resolved on ``cfg.device``); ``extra_loss`` (logits, labels) is added to every
+    mini-batch's loss (FedAF's distillation term)."""
     images, labels = pool_sets(sets)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + server_round)
     return train_model(model, images, labels, cfg.server_epochs, lr=cfg.server_lr_train,
                        batch_size=256, generator=gen, precision=cfg.resolved_precision(),
-                       **cfg.server_recipe.train_kwargs(images.shape[1]))
+                       extra_loss=extra_loss, **cfg.server_recipe.train_kwargs(images.shape[1]))
