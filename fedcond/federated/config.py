@@ -95,7 +95,6 @@ class FederateConfig:
     feddm_momentum_images: float = 0.5
     feddm_batch_real: int = 256  # real images per class per step
     feddm_rho: float = 0.01  # relative weight perturbation of the received model
-    # FedAvg / FedProx / FedAdam clients
     # Strategy feddm (FedDM as published, fedcond.federated.method_settings.FedDMSettings): the L2
     # radius around the received model's weights in which every matching iteration draws its network
     feddm_radius: float = FedDMSettings.rho
@@ -104,6 +103,7 @@ class FederateConfig:
     fedaf_lambda_local: float = FedAFSettings.lambda_local
     fedaf_lambda_global: float = FedAFSettings.lambda_global
     fedaf_temperature: float = FedAFSettings.temperature
+    # FedAvg / FedProx / FedAdam clients
     # tuned on digits (benchmarks/results/federated_digits.md: 5 local epochs won the grid at Dirichlet 0.5 and
     # 0.1, lr 0.1 at 0.1 and 0.05 at 0.5)
     local_epochs: int = 5
@@ -179,7 +179,6 @@ class FederateConfig:
         ):
             raise FedcondError("feddm-lr-images must be > 0, feddm-momentum-images in [0, 1), "
                                "feddm-batch-real >= 1 and feddm-rho >= 0")
-        from fedcond.synthetic import STORAGE_DTYPES  # noqa: PLC0415
         if self.feddm_radius < 0 or self.fedaf_lambda_local < 0 or self.fedaf_lambda_global < 0:
             raise FedcondError("feddm-radius, fedaf-lambda-local and fedaf-lambda-global must be >= 0")
         if self.fedaf_temperature <= 0:
@@ -188,6 +187,7 @@ class FederateConfig:
         if refining and self.method != "dm":
             raise FedcondError(f"{refining[0]} condenses with DM (its paper's method); --method {self.method} is "
                                "for fedcond and fedcond-iterative")
+        from fedcond.synthetic import STORAGE_DTYPES  # noqa: PLC0415
 
         bad = [d for d in (self.storage_dtype, *self.storage_dtype_names) if d not in STORAGE_DTYPES]
         if bad:
@@ -311,13 +311,13 @@ class FederateConfig:
 
         No augmentation, no checkpoints."""
         from fedcond.distill.dm import DMConfig  # noqa: PLC0415
+
         common = {"ipc": self.ipc, "model": self.model, "dsa": False, "checkpoint_dir": None,
                   "precision": self.precision}
         if self.strategy in ("feddm", "fedaf"):
             own = FedDMSettings() if self.strategy == "feddm" else FedAFSettings()
             rho = self.feddm_radius if self.strategy == "feddm" else own.rho
             return DMConfig(**common, iterations=self.iterations or own.iterations, rho=rho, perturb="ball")
-
         iterations = {} if self.iterations is None else {"iterations": self.iterations}
         return DMConfig(**common, **iterations, lr_images=self.feddm_lr_images,
                         momentum_images=self.feddm_momentum_images, batch_real=self.feddm_batch_real,
