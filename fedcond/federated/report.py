@@ -157,6 +157,14 @@ def _points(run: dict[str, Any]) -> list[tuple[float, float]]:
             if r["accuracy"] is not None and r["upload_bytes"] > 0]
 
 
+def _reported(run: dict[str, Any]) -> tuple[float, int]:
+    """A run's test accuracy at its validation-chosen round and the upload to it (an old record: its last)."""
+    if run.get("selected_accuracy") is None:
+        last = [r for r in run["rounds"] if r.get("accuracy") is not None][-1]
+        return run.get("final_accuracy", last["accuracy"]), run["upload_bytes"]
+    return run["selected_accuracy"], run.get("selected_upload_bytes", run["upload_bytes"])
+
+
 def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: dict[str, Any] | None = None,
                            reference_runs: list[dict[str, Any]] | None = None, raw_bytes: int | None = None,
                            title: str = "") -> Path:
@@ -168,8 +176,9 @@ def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: di
     through it), the raw-data upload as a vertical line and the centralised upper bound as
     a horizontal one. A run of one point (one-shot FedCond, its references) is named by a
     label with a leader line, fanned out into free space: such points sit within a fraction
-    of a point of each other and would hide one another's markers. Right: every run's final
-    accuracy, zoomed, one row each with its value and upload written beside its dot.
+    of a point of each other and would hide one another's markers. Right: every run's
+    reported accuracy (the test accuracy of its best validation round), zoomed, one row each
+    with its value and the upload to that round written beside its dot.
     """
     import matplotlib  # noqa: PLC0415
 
@@ -177,7 +186,7 @@ def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: di
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, (ax, final) = plt.subplots(1, 2, figsize=(11, 4.9), gridspec_kw={"width_ratios": [3, 2]})
-    rows: list[tuple[str, float, int, str]] = []  # (label, final accuracy, upload bytes, colour)
+    rows: list[tuple[str, float, int, str]] = []  # (label, reported accuracy, upload bytes to it, colour)
     singles: list[tuple[str, float, float, str]] = []  # one-point runs: (label, MiB, accuracy, colour)
     for run in runs:
         pts = _points(run)
@@ -185,7 +194,7 @@ def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: di
             xs, ys = zip(*pts)
             name = run.get("name", run["strategy"])
             (line,) = ax.plot(xs, ys, marker="o", markersize=6, zorder=4, label=name if len(pts) > 1 else "_")
-            rows.append((name, ys[-1], run["upload_bytes"], line.get_color()))
+            rows.append((name, *_reported(run), line.get_color()))
             if len(pts) == 1:
                 singles.append((name, xs[0], ys[0], line.get_color()))
     markers = iter("sD^v<>ph")
@@ -197,7 +206,7 @@ def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: di
             (line,) = ax.plot(xs, ys, marker=next(markers, "o"), markersize=10, linestyle=":", markeredgewidth=1.5,
                               markerfacecolor="white", zorder=3,
                               label=f"{name} (reference)" if len(pts) > 1 else "_")
-            rows.append((f"{name} (ref.)", ys[-1], run["upload_bytes"], line.get_color()))
+            rows.append((f"{name} (ref.)", *_reported(run), line.get_color()))
             if len(pts) == 1:
                 singles.append((f"{name} (ref.)", xs[0], ys[0], line.get_color()))
     upper = reference.get("full_data_accuracy") if reference else None
@@ -257,7 +266,7 @@ def _two_and_five(value: float, _: Any = None) -> str:
 
 
 def _final_accuracy_panel(ax: Any, rows: list[tuple[str, float, int, str]], upper: float | None) -> None:
-    """Final accuracy per run as dots on a zoomed axis, best at the top: the run's name as
+    """Reported accuracy per run as dots on a zoomed axis, best at the top: the run's name as
     its row label, its value and upload beside the dot (on the side with room), and the
     upper bound as a line labelled on a white ground at the bottom, clear of the gridlines."""
     if not rows:
@@ -283,9 +292,9 @@ def _final_accuracy_panel(ax: Any, rows: list[tuple[str, float, int, str]], uppe
         ax.axvline(upper, color="grey", linestyle="--", zorder=2)
         ax.text(upper, -0.75, f"upper bound {upper:.4f} ", color="grey", fontsize=8.5, va="center", ha="right",
                 zorder=5, bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"})
-    ax.set_xlabel("final test accuracy (zoomed)", fontsize=9)
+    ax.set_xlabel("test accuracy at the best validation round (zoomed)", fontsize=9)
     ax.grid(True, axis="x", alpha=0.25, zorder=0)
-    ax.set_title("final accuracy: value at upload", fontsize=10)
+    ax.set_title("reported accuracy: value at upload", fontsize=10)
 
 
 def plot_label_histogram(hist: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> Path:
