@@ -430,6 +430,11 @@ def write_report(report: dict[str, Any], out: Path) -> None:
              "peak memory of the "
              f"process tree: {report['peak_memory_bytes'] / 2**30:.2f} GiB (the most over every invocation that "
              "wrote this report)", ""]
+    precisions = sorted({r["precision"] for setting in report["settings"].values() for e in setting.values()
+                         for c in e["cells"].values() for r in c.get("runs", []) if r.get("precision")})
+    if len(precisions) > 1:  # one comparison, one arithmetic: cells from machines that picked differently
+        lines += [f"**MIXED PRECISION: the cells ran in {' and '.join(precisions)}; rerun them with one "
+                  "--precision before comparing their wall times or their accuracies.**", ""]
     for alpha, setting in report["settings"].items():
         lines += [f"## {alpha}", ""]
         finished = {k: e for k, e in setting.items() if "summary" in e}  # seeds with at least one finished cell

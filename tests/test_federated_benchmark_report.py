@@ -67,6 +67,10 @@ def test_report_shows_each_cells_references_and_skips_unfinished_seeds(tmp_path)
     assert (tmp_path / "federated_toy_alpha0.5.png").stat().st_size > 0
     # a cell finished by a resumed invocation says its wall time is only the resumed part
     assert "fedavg 2.0 bfloat16 (after resuming)" in md
+    assert "MIXED PRECISION" not in md  # only FedAvg's cell names its arithmetic here
+    cells["fedcond_ipc1"]["runs"][0]["precision"] = "float32"
+    bench.write_report(report, tmp_path)
+    assert "**MIXED PRECISION: the cells ran in bfloat16 and float32" in (tmp_path / "federated_toy.md").read_text()
     # the iterative run's last round sends 3.6 MiB, over a tenth of FedAvg's 30 MiB: its round 2 fits
     assert "- fedcond-iterative within a tenth of FedAvg's traffic to its plateau (3.0 MiB): round 2, 0.9800 after " \
            "2.4 MiB up + down, 1.00 pts below the plateau; goal (within 3 pts) met" in md
