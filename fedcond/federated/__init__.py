@@ -25,12 +25,14 @@ One FedCond round, file by file, in the order a reader follows it:
 Around the round (none needed to follow it):
 
     partition.py, data_cache.py   which images a client holds: flwr-datasets partitioners, the
-                                  data set loaded once per process
+                                  data set loaded once per process, the validation split held
+                                  out before partitioning (it picks every reported round)
     comms.py                      the metered Grid: bytes down and up per client per round, lost clients
     checkpoint.py                 per-round checkpoints of a run (with strategies/resumed.py: FromRound,
                                   continuing after the last finished round)
     references.py                 the runs a comparison plans, and its controls: raw-data bytes, random
-                                  real images, storage dtypes, the centralised upper bound
+                                  real and herding images, storage dtypes, the centralised upper bound
+    (fedcond/recipe.py)           the one training recipe every learner of a comparison uses
     set_reuse.py                  a client's one-shot set kept on disk, re-encoded (not distilled again)
                                   for the storage-dtype references
     events.py                     typed progress events (for the CLI's progress display)
