@@ -281,7 +281,8 @@ def markdown(result: dict, step: str, command: str, record: dict) -> str:
     ]
     recipe = record.get("recipe")
     if recipe:
-        lines += [f"Recipe of every strategy: {Recipe.from_json(recipe).describe(record.get('channels'))}; "
+        lines += [f"Recipe of every strategy: {Recipe.from_json(recipe).describe(record.get('channels'))} (the "
+                  "schedule is that of training from scratch on a memory; an experience's training keeps its rate); "
                   f"validation share {record.get('validation')} of each experience's training images, held out of "
                   "training in both steps.", ""]
     if step == "tune":
