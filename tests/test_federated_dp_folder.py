@@ -51,11 +51,13 @@ def test_a_sweep_states_the_sum_of_its_releases():
 
 def test_a_dp_run_keeps_no_timings():
     run = {"wall_seconds": 3.0, "cpu_seconds": 2.0, "peak_memory": {"rss_bytes": 1},
-           "rounds": [{"round": 1, "seconds": 1.5, "clients_seconds": 1.0, "accuracy": 0.5}]}
+           "rounds": [{"round": 1, "seconds": 1.5, "clients_seconds": 1.0, "accuracy": 0.5,
+                       "clients": [{"node_id": 1, "distill_cpu_seconds": 2.0}]}]}
     strip_timings(run)
     assert run["wall_seconds"] is None and run["cpu_seconds"] is None and run["peak_memory"] is None
     assert run["rounds"][0]["seconds"] is None and run["rounds"][0]["clients_seconds"] is None
     assert run["rounds"][0]["accuracy"] == 0.5 and "withheld" in run["timings"]
+    assert run["rounds"][0]["clients"][0]["distill_cpu_seconds"] is None
 
 
 def _numbers_named(tree, names):
@@ -85,7 +87,8 @@ def test_the_folder_holds_dp_output_only_and_the_rest_apart_when_asked(tmp_path)
     for key in ("raw_data", "raw_data_upload_bytes", "peak_memory", "cpu_seconds"):
         assert key not in saved
     assert "wall_time_s" not in saved["record"]
-    timings = ("seconds", "clients_seconds", "wall_seconds", "cpu_seconds", "wall_time_s", "peak_memory")
+    timings = ("seconds", "clients_seconds", "wall_seconds", "cpu_seconds", "wall_time_s", "peak_memory",
+               "distill_seconds", "distill_cpu_seconds")
     assert list(_numbers_named(saved, timings)) == []
     combined = saved["privacy"]["combined"]
     assert 10.5 < combined["epsilon"] <= 11.0 and len(combined["releases"]) == 2

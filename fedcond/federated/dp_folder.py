@@ -71,6 +71,9 @@ def strip_timings(run: dict[str, Any]) -> dict[str, Any]:
         for key in ROUND_TIMINGS:
             if key in r:
                 r[key] = None
+        for client in r.get("clients", []):  # a DP client reports no time; none is kept if one did
+            if client.get("distill_cpu_seconds") is not None:
+                client["distill_cpu_seconds"] = None
     for key in RUN_TIMINGS:
         if key in run:
             run[key] = None
