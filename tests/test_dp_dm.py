@@ -210,3 +210,11 @@ def test_dp_dm_beats_random_noise_by_a_wide_margin(digits_public):
     noise_acc = evaluate_synthetic(noise, digits_public, config, runs=1).mean
     assert dp_acc > noise_acc + 0.4, (dp_acc, noise_acc)
     assert dp_acc > 0.7, dp_acc
+
+
+def test_a_dp_distill_prints_no_exact_size_or_time(tmp_path, digits):
+    result = runner.invoke(app, ["distill", "--dataset", "digits", "--method", "dp-dm", "--ipc", "1", "-n", "2",
+                                 "-o", "bank_size=1", "--out", str(tmp_path / "dp")])
+    assert result.exit_code == 0, result.output
+    assert "private number of train images" in result.output
+    assert str(digits.train_images.shape[0]) not in result.output and " s\n" not in result.output
