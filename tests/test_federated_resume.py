@@ -40,7 +40,8 @@ def _run(out, on_event=None):
 def _comparable(path, approx_bytes=False):
     """results.json without wall times, node ids and what the machine measured (CPU time,
     memory); byte counts as ``pytest.approx`` if asked."""
-    measured = ("wall_seconds", "seconds", "clients_seconds", "cpu_seconds", "peak_memory", "node_id", "record")
+    measured = ("wall_seconds", "seconds", "clients_seconds", "cpu_seconds", "distill_cpu_seconds", "peak_memory",
+                "node_id", "record")
 
     def strip(value, key=""):
         if isinstance(value, dict):
