@@ -39,7 +39,8 @@ def test_a_hundred_digits_clients_run_with_progress_and_peak_memory(tmp_path):
     from fedcond.simulations.runner import backend_config
 
     cfg = FederateConfig(dataset="digits", num_clients=100, partition="dirichlet", alpha=0.5, ipc=1, iterations=2,
-                         server_epochs=1, storage_dtypes="float32", random_reference=False, seed=0)
+                         server_epochs=1, storage_dtypes="float32", random_reference=False, herding_reference=False,
+                         seed=0)
     events = []
     result = run_experiment(cfg, ["fedcond"], tmp_path, backend_config(1.0, 0.0, 2), reference="none",
                             on_event=events.append)

@@ -79,7 +79,9 @@ def test_results_json_schema(experiment):
     for name in ("accuracy_vs_bytes.png", "results.md", "label_histogram.png", "label_histogram.json"):
         assert (out / name).stat().st_size > 0
     hist = json.loads((out / "label_histogram.json").read_text())["histogram"]
-    assert len(hist) == 4 and sum(map(sum, hist)) == 1347
+    # the clients hold the training images but the validation split, held out before partitioning
+    assert len(hist) == 4 and sum(map(sum, hist)) + data["validation"]["images"] == 1347
+    assert data["validation"]["images"] == 136 and data["validation"]["fraction"] == 0.1
 
 
 def test_flower_log_is_a_file_without_the_deprecation(experiment):
@@ -95,7 +97,8 @@ def test_results_json_holds_the_references(experiment):
     data = json.loads((out / "results.json").read_text())
     assert [r["strategy"] for r in data["runs"]] == ["fedcond-iterative", "fedavg"]  # the contract is unchanged
     refs = {r["name"]: r for r in data["reference_runs"]}
-    assert set(refs) == {"fedcond-iterative-uint8", "random-real"}
+    assert set(refs) == {"fedcond-iterative-uint8", "random-real", "herding"}
+    assert refs["herding"]["method"] == "herding" and refs["herding"]["reference"] == "herding"
     mine = next(r for r in data["runs"] if r["strategy"] == "fedcond-iterative")
     uint8, random_real = refs["fedcond-iterative-uint8"], refs["random-real"]
     assert uint8["storage_dtype"] == "uint8" and uint8["reference"] == "storage-dtype" and len(uint8["rounds"]) == 2
@@ -104,7 +107,7 @@ def test_results_json_holds_the_references(experiment):
     # uint8 pixels take a quarter of float32's bytes (labels and headers aside)
     assert uint8["upload_bytes"] < 0.6 * mine["upload_bytes"]
     raw = data["raw_data_upload_bytes"]
-    assert raw == data["raw_data"]["upload_bytes"] and raw > 1347 * 64
+    assert raw == data["raw_data"]["upload_bytes"] and raw > (1347 - 136) * 64  # the validation split held out
     assert 0 < data["reference"]["full_data_accuracy"] <= 1 and data["reference"]["full_data_epochs"] <= 3
     table = (out / "results.md").read_text()
     assert "random-real" in table and "Raw data" in table and "upper bound" in table

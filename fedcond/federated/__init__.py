@@ -35,6 +35,8 @@ Around the round (none needed to follow it):
     (fedcond/recipe.py)           the one training recipe every learner of a comparison uses
     set_reuse.py                  a client's one-shot set kept on disk, re-encoded (not distilled again)
                                   for the storage-dtype references
+    dp_folder.py                  a --dp-epsilon experiment's folder: DP runs only, the rest apart and named
+    method_settings.py, fedaf.py  FedDM's and FedAF's own settings (paper defaults); FedAF's torch work
     events.py                     typed progress events (for the CLI's progress display)
     report.py                     results.json, the accuracy-vs-bytes plot, the markdown table
     simulations/federation.py     what the ServerApp checks when ``flwr run`` launches it

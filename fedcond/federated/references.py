@@ -36,11 +36,12 @@ either. :func:`train_to_plateau` trains on the clients' data with the comparison
 (augmentation included), measures the run's validation split (held out before partitioning,
 :mod:`fedcond.federated.data_cache`), divides the learning rate by 10 whenever the validation
 loss stops improving, stops after the last decay stops helping, and keeps the weights of the
-best validation loss. The test split is never used to choose anything. It reports every epoch (``on_event``: the console shows a bar), and
-:func:`cached_reference` keeps it in the checkpoint folder under its inputs, so the same
-comparison run again reads it back instead of training it again. While it trains, the
-trainer's whole state is saved there after every epoch, so a killed run loses at most one
-epoch (on CIFAR-10 an epoch is minutes of CPU, the whole an hour or more).
+best validation loss. The test split is never used to choose anything. It reports every
+epoch (``on_event``: the console shows a bar), and :func:`cached_reference` keeps it in the
+checkpoint folder under its inputs, so the same comparison run again reads it back instead
+of training it again. While it trains, the trainer's whole state is saved there after every
+epoch, so a killed run loses at most one epoch (on CIFAR-10 an epoch is minutes of CPU, the
+whole an hour or more).
 """
 
 from __future__ import annotations
