@@ -150,11 +150,23 @@ def load_dataset(
             fedcond looked and how to fix it), or ``normalize`` is malformed or has no
             public constants for this data set.
     """
-    dataset = _load(name, data_dir, download)
+    # Given constants fix an ImageFolder's channel count (one per value), not its images: the
+    # automatic greyscale collapse depends on every image, which a DP run must not let it do.
+    dataset = _load(name, data_dir, download, _given_channels(normalize))
     return renormalized(dataset, normalize).to(device)
 
 
-def _load(name: str, data_dir: str | os.PathLike | None, download: bool | None) -> ImageDataset:
+def _given_channels(normalize: Normalize) -> int | None:
+    """The channel count ``MEAN:STD`` (or a (mean, std) pair) names, else None."""
+    if isinstance(normalize, (tuple, list)) and len(normalize) == 2:
+        return len(normalize[0])
+    if isinstance(normalize, str) and normalize.count(":") == 1:
+        return len(normalize.split(":")[0].split(","))
+    return None
+
+
+def _load(name: str, data_dir: str | os.PathLike | None, download: bool | None,
+          channels: int | None = None) -> ImageDataset:
     """The data set with its default normalisation."""
     key = name.lower().replace("_", "-")
     if key == "digits":
@@ -165,7 +177,7 @@ def _load(name: str, data_dir: str | os.PathLike | None, download: bool | None) 
             download = data_dir is None
         dataset = _load_torchvision(key, root, download)
     elif Path(name).exists():
-        dataset = _load_image_folder(Path(name))
+        dataset = _load_image_folder(Path(name), channels)
     else:
         raise FedcondError(
             f"unknown dataset {name!r}: use one of {', '.join(DATASET_NAMES)} "
@@ -390,11 +402,14 @@ def _renormalised(ds: ImageDataset, name: str, mean: tuple[float, ...], std: tup
     )
 
 
-def _load_image_folder(path: Path) -> ImageDataset:
-    """Read ``train/<class>/*`` and ``test/<class>/*`` (a folder or a .tar.gz of one)."""
+def _load_image_folder(path: Path, channels: int | None = None) -> ImageDataset:
+    """Read ``train/<class>/*`` and ``test/<class>/*`` (a folder or a .tar.gz of one), with
+    ``channels`` channels (1: greyscale, 3: RGB) or, when None, 1 if every image is grey."""
+    if channels not in (None, 1, 3):
+        raise FedcondError(f"an ImageFolder has 1 or 3 channels; --normalize gives {channels} values")
     stat = path.stat()
     digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cache = default_cache_dir() / "folders" / f"{digest}.npz"
+    cache = default_cache_dir() / "folders" / f"{digest}{f'-{channels}ch' if channels else ''}.npz"
     name = path.name.split(".")[0]
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
@@ -416,8 +431,8 @@ def _load_image_folder(path: Path) -> ImageDataset:
             tree = subdirs[0]
     if not (tree / "train").is_dir() or not (tree / "test").is_dir():
         raise FedcondError(f"{path} is not an ImageFolder tree: expected train/<class>/* and test/<class>/*")
-    x_tr, y_tr, classes = _read_split(tree / "train", None)
-    x_te, y_te, _ = _read_split(tree / "test", classes)
+    x_tr, y_tr, classes = _read_split(tree / "train", None, channels)
+    x_te, y_te, _ = _read_split(tree / "test", classes, channels)
     cache.parent.mkdir(parents=True, exist_ok=True)
     # a per-process temporary name: two runs started together both build the cache (last one wins)
     tmp = f"{cache}.{os.getpid()}.tmp.npz"
@@ -426,7 +441,8 @@ def _load_image_folder(path: Path) -> ImageDataset:
     return _normalised(name, x_tr, y_tr, x_te, y_te, classes)
 
 
-def _read_split(split: Path, classes: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _read_split(split: Path, classes: tuple[str, ...] | None,
+                channels: int | None = None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     from PIL import Image  # noqa: PLC0415  (only this loader needs it)
 
     found = tuple(sorted(d.name for d in split.iterdir() if d.is_dir()))
@@ -448,6 +464,8 @@ def _read_split(split: Path, classes: tuple[str, ...] | None) -> tuple[np.ndarra
         raise FedcondError(f"images under {split} differ in size ({sorted(shapes)[:3]}...); resize them first")
     # Contiguous, so statistics reduce in the same order whether decoded now or read from cache.
     x = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-    if np.allclose(x[:, 0], x[:, 1]) and np.allclose(x[:, 1], x[:, 2]):
-        x = np.ascontiguousarray(x[:, :1])  # grayscale stored as RGB
+    if channels == 1 or (channels is None and np.allclose(x[:, 0], x[:, 1]) and np.allclose(x[:, 1], x[:, 2])):
+        # grayscale stored as RGB (None: found so in every image); asked for 1: ITU-R 601 luma, as PIL's "L"
+        x = np.ascontiguousarray(x[:, :1] if channels is None else
+                                 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3], dtype=np.float32)
     return x, np.array(labels, dtype=np.int64), found

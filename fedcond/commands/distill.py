@@ -97,7 +97,8 @@ def command(
     if private and data.normalization == "train":
         raise FedcondError(f"{method} refuses normalisation computed from the private training images "
                            "(--normalize train): use --normalize public or MEAN:STD")
-    console.print(f"[bold]{method}[/] on {data.name}: {data.train_images.shape[0]} train images, "
+    size = "private number of" if private else data.train_images.shape[0]  # DP: the exact size is not output
+    console.print(f"[bold]{method}[/] on {data.name}: {size} train images, "
                   f"{data.num_classes} classes, shape {data.image_shape}, device {dev}")
     stamps: list[tuple[float, int]] = []
     if dev.type == "cuda":
@@ -135,7 +136,7 @@ def command(
         record["timings"] = "not recorded for a DP run: they depend on the private data's size"
     write_json(out / "run.json", record)
     typer.echo(f"wrote {out / 'synthetic.safetensors'} ({sset.num_images} images, {nbytes} bytes), "
-               f"{out / 'run.json'}, {out / 'grid.png'} in {wall:.1f} s")
+               f"{out / 'run.json'}, {out / 'grid.png'}" + ("" if private else f" in {wall:.1f} s"))
     if "privacy" in sset.config:
         typer.echo(privacy_line(sset.config["privacy"]))
 

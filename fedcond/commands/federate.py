@@ -67,7 +67,8 @@ class RunProgress:
             total = event.num_rounds * event.num_clients
             resumed = f" (resuming at round {event.first_round})" if event.first_round > 1 else ""
             self._update = self._stack.enter_context(progress_bar(f"{event.name}{resumed}", total))
-            self._update(self._done, round=event.first_round)
+            # Nothing moves until the first client replies (a FedCond client distills first): say what goes on.
+            self._update(self._done, round=event.first_round, now="clients at work, the bar moves as they reply")
         elif isinstance(event, ClientReplied) and self._update is not None:
             if event.server_round != self._round:  # the first reply of a round: count its sampled clients
                 self._round, self._round_start = event.server_round, self._done

@@ -85,6 +85,7 @@ class FederateConfig:
     # `fedcond federate` under DP: also run and write what is not DP (FedAvg/FedProx/FedAdam, the
     # references that upload real images, the upper bound, exact histograms, bytes and timings),
     # apart in OUT/non_private/ (fedcond.federated.dp_folder). Off: OUT holds DP output only.
+    # Without DP it changes nothing (the references' non-DP runs carry it along).
     dp_non_private: bool = False
     # The data's normalisation (fedcond.data.load_dataset's normalize): "" = the data set's
     # default, which with DP becomes "public" (digits' default is computed from the private
@@ -203,8 +204,6 @@ class FederateConfig:
             raise FedcondError("round-timeout must be > 0 and server-threads >= 0")
         if self.dp_epsilon < 0 or any(e <= 0 for e in self.dp_epsilon_values) or not 0 < self.dp_delta < 1:
             raise FedcondError("--dp-epsilon must be >= 0 (0: no DP), --dp-epsilons > 0 and --dp-delta in (0, 1)")
-        if self.dp_non_private and not self.dp_epsilon > 0:
-            raise FedcondError("--dp-non-private is for --dp-epsilon runs (without DP nothing is private); drop it")
         if self.dp_epsilon > 0 or self.dp_epsilon_values:
             if self.method not in ("dm", "dp-dm"):
                 raise FedcondError(f"--dp-epsilon makes FedCond clients distill with dp-dm; use --method dm or "
