@@ -99,3 +99,24 @@ def test_a_run_known_from_a_results_file_is_taken_only_with_its_settings(bench, 
     assert runs[0] == earlier[0] and runs[1]["settings"]["seed"] == 1 and runs[1]["settings"]["lr"] == 0.01
     assert set(seen) == {"naive_m0_s1"}  # only seed 1 trained
     assert json.loads((tmp_path / "fresh" / "runs" / "naive_m0_s0.json").read_text()) == earlier[0]
+
+
+def test_a_resumed_run_appends_to_its_logs_and_never_overwrites_them(tmp_path):
+    """Avalanche's CSVLogger opens its files for writing: a resumed run gets its own folder, and the
+    text log keeps every earlier line under a marker."""
+    from fedcond.continual.runner import open_run_log
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with open_run_log(logs, "replay_m20_s0") as (text, csv_folder):
+        assert csv_folder == logs / "replay_m20_s0" and text.tell() == 0
+        text.write("experience 0 trained\n")
+        csv_folder.mkdir()
+        (csv_folder / "eval_results.csv").write_text("first run\n")
+    for n in (1, 2):
+        with open_run_log(logs, "replay_m20_s0") as (text, csv_folder):
+            assert csv_folder == logs / "replay_m20_s0" / f"resumed-{n}"
+            csv_folder.mkdir()
+    log = (logs / "replay_m20_s0.txt").read_text()
+    assert log.startswith("experience 0 trained\n") and log.count("=== resumed ") == 2
+    assert (logs / "replay_m20_s0" / "eval_results.csv").read_text() == "first run\n"

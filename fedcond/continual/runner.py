@@ -131,6 +131,26 @@ def plan(config: ContinualConfig) -> list[tuple[str, int, int]]:
     return runs
 
 
+@contextmanager
+def open_run_log(logs: Path, tag: str) -> Iterator[tuple[Any, Path]]:
+    """The run's text log (appended to: a resumed run starts with a marker line, after what the
+    earlier invocations wrote) and a folder for Avalanche's CSV logs, which open their files
+    for writing: a resumed run gets its own ``resumed-<n>`` subfolder, so nothing an earlier
+    invocation logged is overwritten."""
+    csv_folder = logs / tag
+    if any(csv_folder.glob("*.csv")):
+        n = 1
+        while (csv_folder / f"resumed-{n}").exists():
+            n += 1
+        csv_folder = csv_folder / f"resumed-{n}"
+    with open(logs / f"{tag}.txt", "a") as text_log:
+        if text_log.tell() > 0:
+            text_log.write(f"\n=== resumed {time.strftime('%Y-%m-%d %H:%M:%S')}: the lines below are this "
+                           f"invocation's (CSV logs in {csv_folder.relative_to(logs)}) ===\n")
+            text_log.flush()
+        yield text_log, csv_folder
+
+
 def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_dir: Path,
             device: torch.device, on_experience: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Train and evaluate one strategy; return its ``runs`` entry for results.json.
@@ -148,11 +168,11 @@ def run_one(bench: Benchmark, settings: StrategySettings, model_name: str, out_d
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     joint = settings.name == "joint"
-    with open(logs / f"{tag}.txt", "a") as text_log:
+    with open_run_log(logs, tag) as (text_log, csv_folder):
         evaluator = EvaluationPlugin(
             accuracy_metrics(experience=True, stream=True),
             forgetting_metrics(experience=True, stream=True),
-            loggers=[TextLogger(text_log), CSVLogger(log_folder=str(logs / tag))],
+            loggers=[TextLogger(text_log), CSVLogger(log_folder=str(csv_folder))],
         )
         strategy = build_strategy(settings, model, evaluator, device)
         checkpointing = not joint and can_checkpoint(strategy)
