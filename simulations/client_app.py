@@ -41,6 +41,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedcond.data import ImageDataset
+from fedcond.federated.client_progress import progress_writer
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import federated_data
 from fedcond.federated.partition import run_partitions
@@ -98,8 +99,10 @@ def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int
     sset = load_kept_set(cfg, pid) if global_model is None else None
     reused = sset is not None
     if sset is None:
+        # with a checkpoint folder, the distillation's progress goes there for the console to show
+        progress = [progress_writer(cfg.checkpoint_dir, pid, server_round)] if cfg.checkpoint_dir else None
         sset = distill_partition(data, cfg, seed=client_seed(cfg, pid, server_round), global_model=global_model,
-                                 previous=previous, knowledge=knowledge)
+                                 previous=previous, knowledge=knowledge, callbacks=progress)
         if global_model is None:
             keep_set(cfg, pid, sset)
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_clock() - cpu_start

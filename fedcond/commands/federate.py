@@ -41,8 +41,12 @@ class RunProgress:
     ServerApp's threads, and rich's progress display takes updates from either.
     """
 
-    def __init__(self, private: bool = False) -> None:
+    def __init__(self, private: bool = False, checkpoints: Path | None = None) -> None:
         self._private = private  # a DP experiment: no timings on the console (they grow with the private data)
+        # where each run's clients write their distillation progress (fedcond.federated.client_progress)
+        self._checkpoints = checkpoints
+        self._watch: tuple[Any, Any] | None = None  # (thread, stop event) polling that progress
+        self._current: tuple[str, int, int, int] = ("", 0, 0, 1)  # run, round, replies, sampled: what the poll reads
         self._stack = ExitStack()
         self._update: Callable[..., None] | None = None
         self._done = 0
@@ -69,9 +73,13 @@ class RunProgress:
             self._update = self._stack.enter_context(progress_bar(f"{event.name}{resumed}", total))
             # Nothing moves until the first client replies (a FedCond client distills first): say what goes on.
             self._update(self._done, round=event.first_round, now="clients at work, the bar moves as they reply")
+            self._current = (event.name, event.first_round, 0, event.num_clients)
+            if self._checkpoints is not None:
+                self._watch_clients(self._checkpoints / event.name)
         elif isinstance(event, ClientReplied) and self._update is not None:
             if event.server_round != self._round:  # the first reply of a round: count its sampled clients
                 self._round, self._round_start = event.server_round, self._done
+            self._current = (event.name, event.server_round, event.replied, event.sampled)
             self._done = self._round_start + event.replied
             total = self._round_start + event.sampled * (self._rounds - event.server_round + 1)
             # After the round's last reply the server works alone (FedCond trains on the pool): say so.
@@ -85,6 +93,7 @@ class RunProgress:
                           f"{event.clients_lost} lost, {self._round_time(event) if not self._private else 'DP'}",
                           overflow="ellipsis", no_wrap=True)
             if self._update is not None and event.server_round < event.num_rounds:
+                self._current = (event.name, event.server_round + 1, 0, self._current[3])
                 self._update(self._done, round=f"{event.server_round + 1}/{event.num_rounds}", now="clients at work")
         elif isinstance(event, RunFinished):
             self.close()
@@ -127,7 +136,34 @@ class RunProgress:
         own = f"round {event.seconds - earlier:.0f} s, " if earlier is not None else ""
         return f"{own}{event.seconds:.0f} s elapsed"
 
+    poll_s = 2.0  # seconds between two looks at the clients' progress files
+
+    def _watch_clients(self, folder: Path) -> None:
+        """Poll the run's client progress files while its bar is up: how many clients distill
+        this round and how far, on average, they have got (they reply only when done)."""
+        import threading  # noqa: PLC0415  (only runs with a checkpoint folder watch clients)
+
+        from fedcond.federated.client_progress import read_progress  # noqa: PLC0415
+
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(self.poll_s):
+                update, (_, server_round, replied, sampled) = self._update, self._current
+                state = read_progress(folder, server_round)
+                if update is not None and state is not None and replied < sampled:
+                    update(self._done, now=f"clients distilling: {state['clients']} started, "
+                                           f"{state['fraction']:.0%} of their iterations done")
+
+        thread = threading.Thread(target=poll, name="client-progress", daemon=True)
+        thread.start()
+        self._watch = (thread, stop)
+
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch[1].set()
+            self._watch[0].join()
+            self._watch = None
         self._stack.close()
         self._update = None
 
@@ -325,7 +361,7 @@ def command(
         import shutil  # noqa: PLC0415
 
         shutil.rmtree(out / "checkpoints")
-    progress = RunProgress(private=cfg.dp_epsilon > 0)
+    progress = RunProgress(private=cfg.dp_epsilon > 0, checkpoints=out / "checkpoints")
     try:
         result = run_experiment(cfg, names, out, backend_config(client_cpus, client_gpus), reference, progress)
     finally:

@@ -21,6 +21,7 @@ from torch import nn
 
 from fedcond.data import ImageDataset
 from fedcond.distill import DistillInputs, get_distiller
+from fedcond.distill.base import Callbacks
 from fedcond.federated.config import FederateConfig
 from fedcond.precision import autocast
 from fedcond.recipe import Recipe
@@ -41,8 +42,10 @@ def distill_partition(
     global_model: nn.Module | None = None,
     previous: SyntheticSet | None = None,
     knowledge: tuple[torch.Tensor, torch.Tensor] | None = None,
+    callbacks: Callbacks = None,
 ) -> SyntheticSet:
-    """Condense a client's partition (``data``'s train split) into a SyntheticSet.
+    """Condense a client's partition (``data``'s train split) into a SyntheticSet, reporting
+    the distillation's progress to ``callbacks`` (one-shot and FedDM).
 
     With ``global_model`` (iterative mode), FedDM: DM in that model's feature space, with
     the strategy's settings (:meth:`FederateConfig.feddm_config`), starting from
@@ -60,11 +63,12 @@ def distill_partition(
             sset.storage_dtype = cfg.storage_dtype
             return sset
         inputs = DistillInputs(initial=previous, embed_model=embed_model)
-        sset = get_distiller("dm").distill(data, cfg.feddm_config(), generator, torch.device(cfg.device), inputs=inputs)
+        sset = get_distiller("dm").distill(data, cfg.feddm_config(), generator, torch.device(cfg.device), callbacks,
+                                           inputs=inputs)
         sset.method = "feddm"
     else:
         distiller, config = cfg.distill_config()
-        sset = distiller.distill(data, config, generator, torch.device(cfg.device))
+        sset = distiller.distill(data, config, generator, torch.device(cfg.device), callbacks)
     sset.storage_dtype = cfg.storage_dtype
     return sset
 
