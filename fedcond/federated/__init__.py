@@ -38,6 +38,7 @@ Around the round (none needed to follow it):
     dp_folder.py                  a --dp-epsilon experiment's folder: DP runs only, the rest apart and named
     method_settings.py, fedaf.py  FedDM's and FedAF's own settings (paper defaults); FedAF's torch work
     events.py                     typed progress events (for the CLI's progress display)
+    client_progress.py            how far each client's distillation has got, through files (the console polls)
     report.py                     results.json, the accuracy-vs-bytes plot, the markdown table
     simulations/federation.py     what the ServerApp checks when ``flwr run`` launches it
     simulations/runner.py         each planned run through Flower's simulation engine; resumes runs
