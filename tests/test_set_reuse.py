@@ -13,10 +13,13 @@ from fedcond.federated.set_reuse import kept_set_path, set_key
 
 def _reply(cfg: FederateConfig, pid: int = 0):
     """A one-shot FedCond client's reply, in process (the ClientApp's own function)."""
+    from flwr.app import ConfigRecord, RecordDict
+
     from fedcond.federated.records import CONFIGRECORD_KEY
     from fedcond.simulations.client_app import _fedcond_reply
 
-    msg = SimpleNamespace(content={CONFIGRECORD_KEY: {"mode": "oneshot"}})
+    # the train message's content as Flower delivers it (the client looks for FedAF's knowledge in it too)
+    msg = SimpleNamespace(content=RecordDict({CONFIGRECORD_KEY: ConfigRecord({"mode": "oneshot"})}))
     return _fedcond_reply(msg, None, cfg, pid, 1)
 
 
