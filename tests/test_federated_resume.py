@@ -120,3 +120,19 @@ def test_a_run_given_more_rounds_continues_the_shorter_one(tmp_path):
     assert _comparable(tmp_path / "extended/results.json") == _comparable(
         tmp_path / "whole/results.json", approx_bytes=True
     )
+
+
+def test_a_checkpoint_older_than_a_new_setting_resumes_while_the_setting_keeps_its_default(tmp_path):
+    """A setting fedcond gained after a checkpoint was written changes nothing at its default."""
+    import pytest
+
+    from fedcond.errors import FedcondError
+    from fedcond.federated.checkpoint import check_settings, result_settings
+
+    now = result_settings(CFG)
+    older = {k: v for k, v in now.items() if k != "val_fraction"}  # written before val_fraction existed
+    check_settings(tmp_path, older, now)
+    from dataclasses import replace
+
+    with pytest.raises(FedcondError, match="val_fraction"):
+        check_settings(tmp_path, older, result_settings(replace(CFG, val_fraction=0.2)))

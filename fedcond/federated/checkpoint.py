@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,11 @@ FORMAT = 1
 NOT_RESULT_SETTINGS = ("client_threads", "server_threads", "round_timeout", "out_dir", "checkpoint_dir", "device")
 # Settings a later run may raise: it continues from the last round checkpointed (see the docstring).
 EXTENDABLE_SETTINGS = ("rounds",)
+
+
+_MISSING = object()
+# Each setting's default: one a checkpoint predates (fedcond gained it later) is the same run at it.
+_DEFAULTS = {f.name: f.default for f in fields(FederateConfig) if f.default is not MISSING}
 
 
 @dataclass
@@ -69,6 +74,8 @@ def check_settings(folder: Path, saved: dict[str, Any], now: dict[str, Any]) -> 
     """A ``FedcondError`` naming the first differing setting, if ``saved != now`` beyond
     :data:`EXTENDABLE_SETTINGS`."""
     for key in sorted(set(saved) | set(now)):
+        if key not in saved and now.get(key) == _DEFAULTS.get(key, _MISSING):
+            continue  # a setting added since the checkpoint was written, at its default: the run is the same
         if key not in EXTENDABLE_SETTINGS and saved.get(key) != now.get(key):
             raise FedcondError(f"{folder} holds checkpoints of a different run ({key}: {saved.get(key)!r} there, "
                                f"{now.get(key)!r} now); delete that folder to start over "
