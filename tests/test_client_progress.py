@@ -11,14 +11,14 @@ from fedcond.federated.client_progress import progress_writer, read_progress
 
 def test_a_client_writes_its_progress_at_most_once_a_second_and_always_its_last_step(tmp_path):
     write = progress_writer(str(tmp_path), partition_id=3, server_round=2, every_s=60.0)
-    write(0, 100, {})
-    write(1, 100, {})  # within the minute: not written
+    write(10, 100, {})  # distillers report the iterations done
+    write(20, 100, {})  # within the minute: not written
     path = tmp_path / "progress" / "partition-3.json"
-    assert json.loads(path.read_text()) == {"round": 2, "step": 1, "total": 100}
-    write(99, 100, {})  # the last step is always written
+    assert json.loads(path.read_text()) == {"round": 2, "step": 10, "total": 100}
+    write(100, 100, {})  # the last step is always written
     assert json.loads(path.read_text())["step"] == 100
-    progress_writer(str(tmp_path), partition_id=4, server_round=2)(49, 100, {})
-    progress_writer(str(tmp_path), partition_id=5, server_round=1)(9, 10, {})  # an earlier round: not counted
+    progress_writer(str(tmp_path), partition_id=4, server_round=2)(50, 100, {})
+    progress_writer(str(tmp_path), partition_id=5, server_round=1)(10, 10, {})  # an earlier round: not counted
     state = read_progress(tmp_path, server_round=2)
     assert state == {"clients": 2, "fraction": 0.75}
     assert read_progress(tmp_path, server_round=3) is None
@@ -38,7 +38,7 @@ def test_the_console_shows_how_far_the_clients_have_got_before_they_reply(tmp_pa
     monkeypatch.setattr(federate.RunProgress, "poll_s", 0.05)
     display = federate.RunProgress(checkpoints=tmp_path)
     display(RunStarted("fedcond", 1, 10))
-    progress_writer(str(tmp_path / "fedcond"), partition_id=0, server_round=1)(29, 100, {})
+    progress_writer(str(tmp_path / "fedcond"), partition_id=0, server_round=1)(30, 100, {})
     deadline = time.monotonic() + 10
     while not any("distilling" in u.get("now", "") for u in updates) and time.monotonic() < deadline:
         time.sleep(0.05)

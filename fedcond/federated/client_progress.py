@@ -21,19 +21,20 @@ PROGRESS_FOLDER = "progress"
 
 def progress_writer(checkpoint_dir: str, partition_id: int, server_round: int,
                     every_s: float = 1.0) -> Callable[[int, int, dict[str, float]], None]:
-    """A distillation progress callback ``fn(iteration, total, metrics)`` writing this client's file."""
+    """A distillation progress callback ``fn(done, total, metrics)`` (the iterations finished, as
+    fedcond's distillers report them) writing this client's file."""
     path = Path(checkpoint_dir) / PROGRESS_FOLDER / f"partition-{partition_id}.json"
     last = [0.0]
 
-    def write(iteration: int, total: int, _metrics: dict[str, float]) -> None:
+    def write(done: int, total: int, _metrics: dict[str, float]) -> None:  # done: iterations finished (1-based)
         now = time.monotonic()
-        if now - last[0] < every_s and iteration + 1 < total:
+        if now - last[0] < every_s and done < total:
             return
         last[0] = now
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"round": server_round, "step": iteration + 1, "total": total}))
+            tmp.write_text(json.dumps({"round": server_round, "step": done, "total": total}))
             os.replace(tmp, path)
         except OSError:  # progress is a courtesy: never fail a client over it
             pass
