@@ -89,8 +89,9 @@ def test_warm_start_refines_the_previous_rounds_set(monkeypatch, task_identity):
     seen = []
     real = client_training.distill_partition
 
-    def spy(data, cfg, seed, global_model=None, previous=None, knowledge=None):
-        sset = real(data, cfg, seed, global_model=global_model, previous=previous, knowledge=knowledge)
+    def spy(data, cfg, seed, global_model=None, previous=None, knowledge=None, callbacks=None):
+        sset = real(data, cfg, seed, global_model=global_model, previous=previous, knowledge=knowledge,
+                    callbacks=callbacks)
         seen.append((previous, sset))
         return sset
 
