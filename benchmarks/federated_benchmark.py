@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also wh
 
 from config_options import add_config_options, command_help
 from fedcond.federated.config import FederateConfig
+from fedcond.federated.method_settings import FedAFSettings, FedDMSettings
 from fedcond.runinfo import device_description, package_versions, shell_command
 from fedcond.stats import paired_gain, spread
 
@@ -94,7 +95,9 @@ RUN_ONLY_SETTINGS = {"data_dir", "device", "client_threads", "server_threads", "
 # the upper bound's own settings: every other cell runs without the centralised reference (reference="none"),
 # so a longer upper bound (--central-max-epochs) retrains it alone
 UPPER_BOUND_ONLY_SETTINGS = {"central_max_epochs", "central_patience"}
-CELL_KINDS = ("fedcond", "grid", "fedavg", "fedprox", "iterative", "upper-bound")
+CELL_KINDS = ("fedcond", "grid", "fedavg", "fedprox", "iterative", "feddm", "fedaf", "upper-bound")
+# The cells of distillation strategies that run several rounds (their rows beside one-shot FedCond's)
+REFINING_CELLS = ("fedcond-iterative", "feddm", "fedaf")
 
 
 # The real-image controls of a FedCond cell (its reference runs) and their labels in the summary.
@@ -264,10 +267,24 @@ def reproducing_command(argv: list[str]) -> str:
 
 
 def _slim(record: dict[str, Any]) -> dict[str, Any]:
-    """A run's record without per-client detail (kept in the cell's own results.json)."""
+    """A run's record without per-client detail (kept in the cell's own results.json), but with each
+    round's mean distillation CPU-seconds per client (``distill_cpu_seconds``: None where no client
+    stated it, e.g. FedAvg), which the report sets beside the bytes."""
     out = {k: v for k, v in record.items() if k not in ("pool_provenance", "rejections")}
-    out["rounds"] = [{k: v for k, v in r.items() if k not in ("clients", "lost")} for r in record["rounds"]]
+    out["rounds"] = []
+    for r in record["rounds"]:
+        slim = {k: v for k, v in r.items() if k not in ("clients", "lost")}
+        values = [c["distill_cpu_seconds"] for c in r.get("clients", []) if c.get("distill_cpu_seconds") is not None]
+        slim["distill_cpu_seconds"] = sum(values) / len(values) if values else None
+        out["rounds"].append(slim)
     return out
+
+
+def distill_cpu_per_client_round(run: dict[str, Any]) -> float | None:
+    """A run's distillation CPU-seconds per client and round: the mean over its rounds of each round's
+    mean over the clients (None when no round states it: a record from before clients reported it)."""
+    values = [r["distill_cpu_seconds"] for r in run["rounds"] if r.get("distill_cpu_seconds") is not None]
+    return sum(values) / len(values) if values else None
 
 
 def traffic(record: dict[str, Any]) -> int:
@@ -306,13 +323,61 @@ def grid_edges(grid: list[dict[str, Any]], best: dict[str, Any]) -> list[str]:
     return edges
 
 
+def curve_at(run: dict[str, Any], budget: float) -> dict[str, Any] | None:
+    """What a run offers within ``budget`` bytes of traffic (up + down): its round of best validation
+    accuracy among those whose cumulative traffic fits (the earliest on ties; test accuracy where a record
+    has no validation), or None when not even its first round fits."""
+    fits = [r for r in run["rounds"] if traffic(r) <= budget]
+    if not fits:
+        return None
+    key = "val_accuracy" if all(r.get("val_accuracy") is not None for r in fits) else "accuracy"
+    return max(fits, key=lambda r: (r[key], -r["round"]))
+
+
+def against_fedavg_curve(run: dict[str, Any], fedavg: dict[str, Any], plateau_traffic: float) -> dict[str, Any]:
+    """Whether ``run``'s curve lies on or above FedAvg's at every traffic budget up to FedAvg's plateau.
+
+    Both curves are step functions of the budget (:func:`curve_at`: at each budget the round chosen on
+    validation among those that fit), compared at every budget where either steps, from FedAvg's first
+    round on (before it FedAvg has nothing to compare). ``max_shortfall_pts``: the largest distance below
+    FedAvg (0 when never below), at ``worst_budget_bytes``; a run with no round within a budget where FedAvg
+    has one is below by FedAvg's whole accuracy there."""
+    budgets = sorted({traffic(r) for r in [*fedavg["rounds"], *run["rounds"]] if traffic(r) <= plateau_traffic})
+    worst, at = 0.0, None
+    for budget in budgets:
+        theirs, ours = curve_at(fedavg, budget), curve_at(run, budget)
+        if theirs is None:
+            continue
+        gap = 100 * (theirs["accuracy"] - (ours["accuracy"] if ours is not None else 0.0))
+        if gap > worst:
+            worst, at = gap, budget
+    return {"on_or_above_fedavg_curve": worst <= 0.0, "max_shortfall_pts": worst, "worst_budget_bytes": at}
+
+
+def selected_traffic(run: dict[str, Any]) -> tuple[int, int]:
+    """Cumulative (upload, download) bytes at a run's validation-selected round (old records: the last)."""
+    chosen = next((r for r in run["rounds"] if r["round"] == run.get("selected_round")), None)
+    if chosen is not None:
+        return chosen["upload_bytes"], chosen.get("download_bytes", 0)
+    if run.get("selected_upload_bytes") is not None:
+        return run["selected_upload_bytes"], run.get("selected_download_bytes") or 0
+    return run["upload_bytes"], run.get("download_bytes", 0)
+
+
 def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, Any]:
-    """Goal checks of one (alpha, seed): FedCond against FedAvg's plateau and random real."""
+    """Goal checks of one (alpha, seed): every distillation cell (one-shot FedCond, its iterative mode,
+    FedDM, FedAF) against FedAvg's validation-selected plateau and, for one-shot FedCond, its controls.
+
+    Each row is taken at the cell's validation-selected round: its test accuracy, its cumulative bytes up
+    and down, its distillation CPU-seconds per client and round; then the traffic FedAvg needs to reach that
+    accuracy and the issue's goals: within 1 point of the plateau at <= 10 % of FedAvg's traffic to it
+    (``within_1pt_at_tenth_traffic``, in any round that fits the tenth: ``best_round_within_tenth_traffic``),
+    and a curve on or above FedAvg's up to its plateau (:func:`against_fedavg_curve`)."""
     out: dict[str, Any] = {}
     runs = {
         c: r
         for c, cell in cells.items()
-        if c in ("fedavg", "fedprox", "fedcond-iterative")
+        if c in ("fedavg", "fedprox")
         for r in cell.get("runs", [])
     }
     for name in ("fedavg", "fedprox"):
@@ -322,41 +387,53 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
     fedavg_rounds = runs["fedavg"]["rounds"] if "fedavg" in runs else []
     rows = []
     for name, cell in cells.items():
-        if not name.startswith("fedcond"):
+        if not (name.startswith("fedcond") or name in REFINING_CELLS):
             continue
-        ours = [r for r in cell["runs"] if r["strategy"].startswith("fedcond")]
+        ours = [r for r in cell["runs"] if r["strategy"].startswith("fedcond") or r["strategy"] in REFINING_CELLS]
         for run in ours:
             acc = reported(run)
-            row = {"cell": name, "ipc": run.get("ipc"), "rounds": len(run["rounds"]), "accuracy": acc,
-                   "upload_bytes": run["upload_bytes"]}
+            up, down = selected_traffic(run)
+            row = {"cell": name, "strategy": run["strategy"], "ipc": run.get("ipc"), "rounds": len(run["rounds"]),
+                   "selected_round": run.get("selected_round", len(run["rounds"])), "accuracy": acc,
+                   "upload_bytes": up, "download_bytes": down, "traffic_bytes": up + down,
+                   "distill_cpu_seconds_per_client_round": distill_cpu_per_client_round(run)}
             for kind, label in CONTROLS:  # real images in FedCond's place: plain, and in its mosaics
                 control = next((r for r in cell.get("reference_runs", []) if r.get("reference") == kind), None)
                 if control is not None:
                     row.update({f"{label}_accuracy": reported(control),
                                 f"{label}_upload_bytes": control["upload_bytes"],
                                 f"gain_over_{label}_pts": 100 * (acc - reported(control))})
-            row["traffic_bytes"] = traffic(run)
             if avg is not None:
                 row.update({"below_fedavg_plateau_pts": 100 * (avg["accuracy"] - acc),
-                            "upload_fraction_of_fedavg_to_plateau": run["upload_bytes"] / avg["upload_bytes"],
+                            "upload_fraction_of_fedavg_to_plateau": up / avg["upload_bytes"],
                             "traffic_fraction_of_fedavg_to_plateau": row["traffic_bytes"] / avg["traffic_bytes"]})
                 row["within_1pt_at_tenth_bytes"] = (row["below_fedavg_plateau_pts"] <= 1.0
                                                     and row["upload_fraction_of_fedavg_to_plateau"] <= 0.1)
-                # CIFAR-10's goal (issue 27): within 3 points at a tenth of FedAvg's traffic, both ways, in
-                # any round (an iterative run's later rounds may cost more than the tenth its earlier ones fit)
+                # the goals hold in any round that fits the traffic (a refining run's later rounds may cost more
+                # than the tenth its earlier ones fit), the round chosen on validation like every reported round
                 budget = 0.1 * avg["traffic_bytes"]
-                # the round is chosen on validation, like every reported round
-                best = max((r for r in run["rounds"] if traffic(r) <= budget),
-                           key=lambda r: (r.get("val_accuracy") or 0.0, -r["round"]), default=None)
+                best = curve_at(run, budget)
                 best_below = None if best is None else 100 * (avg["accuracy"] - best["accuracy"])
-                if len(run["rounds"]) > 1:
-                    row["traffic_budget_bytes"] = budget
-                    row["best_round_within_tenth_traffic"] = None if best is None else {
-                        "round": best["round"], "accuracy": best["accuracy"], "traffic_bytes": traffic(best),
-                        "below_fedavg_plateau_pts": best_below}
-                row["within_3pt_at_tenth_traffic"] = (
-                    row["below_fedavg_plateau_pts"] <= 3.0 and row["traffic_fraction_of_fedavg_to_plateau"] <= 0.1
-                ) or (best_below is not None and best_below <= 3.0)
+                row["traffic_budget_bytes"] = budget
+                row["best_round_within_tenth_traffic"] = None if best is None else {
+                    "round": best["round"], "accuracy": best["accuracy"], "traffic_bytes": traffic(best),
+                    "below_fedavg_plateau_pts": best_below}
+                at_selected = row["traffic_fraction_of_fedavg_to_plateau"] <= 0.1
+                # CIFAR-10's earlier goal (issue 27): within 3 points at a tenth of FedAvg's traffic
+                row["within_3pt_at_tenth_traffic"] = (row["below_fedavg_plateau_pts"] <= 3.0 and at_selected) or (
+                    best_below is not None and best_below <= 3.0)
+                # issue 39's: within 1 point at a tenth; short by how many points, and what traffic it took
+                row["within_1pt_at_tenth_traffic"] = (row["below_fedavg_plateau_pts"] <= 1.0 and at_selected) or (
+                    best_below is not None and best_below <= 1.0)
+                if not row["within_1pt_at_tenth_traffic"]:
+                    row["short_of_1pt_at_tenth_pts"] = (best_below if best_below is not None else 100 * avg[
+                        "accuracy"]) - 1.0
+                    near = next((r for r in run["rounds"] if 100 * (avg["accuracy"] - curve_at(run, traffic(r))[
+                        "accuracy"]) <= 1.0), None)
+                    row["traffic_fraction_to_within_1pt"] = (None if near is None
+                                                             else traffic(near) / avg["traffic_bytes"])
+                if "fedavg" in runs:
+                    row.update(against_fedavg_curve(run, runs["fedavg"], avg["traffic_bytes"]))
             # communication to the same accuracy: FedAvg's first round at least as accurate as this cell
             match = next((r for r in fedavg_rounds if r["accuracy"] >= acc), None)
             if match is not None:
@@ -366,53 +443,133 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
     return out
 
 
+def plot_series(setting: dict[str, Any]) -> dict[str, list[list[tuple[float, float]]]]:
+    """Every strategy's curve in one alpha's seeds: label -> one list of (cumulative traffic in MiB, test
+    accuracy) per round for each seed that ran it (grid cells and the upper bound left out)."""
+    series: dict[str, list[list[tuple[float, float]]]] = {}
+    for entry in setting.values():
+        drawn = set()
+        for name, cell in entry.get("cells", {}).items():
+            if name.startswith("fedavg_lr") or name == "upper-bound":
+                continue
+            for run in [*cell.get("runs", []), *cell.get("reference_runs", [])]:
+                label = run.get("name", run["strategy"]) if run.get("reference") else run["strategy"]
+                if name.startswith("fedcond_ipc"):
+                    # the cell's formation ("f2") belongs to FedCond's own run; references carry theirs in their name
+                    formation = "" if run.get("reference") else name.removeprefix(f"fedcond_ipc{run.get('ipc')}")
+                    label = f"{label} (IPC {run.get('ipc')}{formation.replace('_', ' ')})"
+                # One curve per label and seed: each mosaic cell also runs plain random real images at the same
+                # bytes, beside the plain cell's own; the table lists both.
+                if label in drawn:
+                    continue
+                drawn.add(label)
+                series.setdefault(label, []).append([(traffic(r) / 2**20, r["accuracy"]) for r in run["rounds"]])
+    return series
+
+
+def band(curves: list[list[tuple[float, float]]]) -> dict[str, list[float]]:
+    """The seeds' curves of one strategy as one: per round (those every seed ran) the mean traffic, the mean
+    accuracy and its 95 % t interval over seeds (``low``/``high`` equal the mean with one seed)."""
+    n = min(len(c) for c in curves)
+    out: dict[str, list[float]] = {"x": [], "y": [], "low": [], "high": []}
+    for i in range(n):
+        sp = spread([c[i][1] for c in curves])
+        out["x"].append(sum(c[i][0] for c in curves) / len(curves))
+        out["y"].append(sp.mean)
+        out["low"].append(sp.mean if sp.low is None else sp.low)
+        out["high"].append(sp.mean if sp.high is None else sp.high)
+    return out
+
+
 def plot(report: dict[str, Any], alpha: str, path: Path) -> None:
-    """Accuracy against cumulative traffic, uploads plus downloads (log scale), for every run of one alpha's
-    first seed: iterative FedCond and FedAvg pay for the models they send to clients as well."""
+    """Accuracy against cumulative traffic, uploads plus downloads (log scale), for one alpha: every strategy
+    a curve over its rounds (mean over seeds, with the 95 % t band over seeds where two or more ran it), every
+    one-shot cell a point with its 95 % interval as error bars."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     setting = report["settings"].get(alpha, {})
-    seed_key = next(iter(setting), None)
-    if seed_key is None:
+    series = plot_series(setting)
+    if not series:
         return
-    cells = setting[seed_key]["cells"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    raw, drawn = None, set()
-    for name, cell in cells.items():
-        if name.startswith("fedavg_lr") or name == "upper-bound":
+    seeds = max(len(c) for c in series.values())
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, curves in series.items():
+        b = band(curves)
+        if len(b["x"]) == 1:  # one-shot: a point, its interval as an error bar
+            err = [[b["y"][0] - b["low"][0]], [b["high"][0] - b["y"][0]]]
+            ax.errorbar(b["x"], b["y"], yerr=err, fmt="o", capsize=3, label=f"{label} (n = {len(curves)})")
             continue
-        raw = cell.get("raw_data_upload_bytes", raw)
-        for run in [*cell.get("runs", []), *cell.get("reference_runs", [])]:
-            label = run.get("name", run["strategy"]) if run.get("reference") else run["strategy"]
-            if name.startswith("fedcond_ipc"):
-                # the cell's formation ("f2") belongs to FedCond's own run; references carry theirs in their name
-                formation = "" if run.get("reference") else name.removeprefix(f"fedcond_ipc{run.get('ipc')}")
-                label = f"{label} (IPC {run.get('ipc')}{formation.replace('_', ' ')})"
-            xs = [traffic(r) / 2**20 for r in run["rounds"]]
-            ys = [r["accuracy"] for r in run["rounds"]]
-            # One line per label: each mosaic cell also runs plain random real images at the same bytes,
-            # beside the plain cell's own (0.521 and 0.519 at alpha 0.5); the table lists both.
-            if label in drawn:
-                continue
-            drawn.add(label)
-            ax.plot(xs, ys, marker="o" if len(xs) == 1 else ".", linestyle="-" if len(xs) > 1 else "none", label=label)
+        (line,) = ax.plot(b["x"], b["y"], marker=".", label=f"{label} (n = {len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(b["x"], b["low"], b["high"], color=line.get_color(), alpha=0.2, linewidth=0)
+    entries = list(setting.values())
+    raw = next((c.get("raw_data_upload_bytes") for e in entries for c in e.get("cells", {}).values()
+                if c.get("raw_data_upload_bytes")), None)
     if raw:
         ax.axvline(raw / 2**20, color="grey", linestyle="--", label="raw training data")
-    ub = setting[seed_key].get("upper_bound")
-    if ub:
-        ax.axhline(ub["full_data_accuracy"], color="black", linestyle=":", label="all data, one place")
+    uppers = [e["upper_bound"]["full_data_accuracy"] for e in entries if e.get("upper_bound")]
+    if uppers:
+        ax.axhline(sum(uppers) / len(uppers), color="black", linestyle=":", label="all data, one place")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative traffic, up + down (MiB = 2^20 bytes, log scale)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"{report['dataset']}, {report['num_clients']} clients, Dirichlet {alpha.split('=')[1]} ({seed_key})")
+    ax.set_title(f"{report['dataset']}, {report['num_clients']} clients, Dirichlet {alpha.split('=')[1]} "
+                 f"(mean over up to {_seeds(seeds)}; band, bars: 95 % t interval)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def distillation_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown table of every distillation cell at its validation-selected round: accuracy, cumulative
+    traffic, distillation CPU-seconds per client and round, FedAvg's traffic to the same accuracy, the goals."""
+    if not rows:
+        return []
+    mb = 2**20
+    lines = ["| distillation cell | strategy | selected round / rounds | accuracy | MiB up + down at that round "
+             "| distill CPU-s per client per round | below FedAvg plateau pts | share of FedAvg traffic to plateau "
+             "| FedAvg MiB to this accuracy | within 1 pt at <= 10 % traffic | curve on/above FedAvg's |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        cpu = r.get("distill_cpu_seconds_per_client_round")
+        match = r.get("fedavg_traffic_to_match_bytes")
+        one, curve = r.get("within_1pt_at_tenth_traffic"), r.get("on_or_above_fedavg_curve")
+        cpu_text = "not recorded" if cpu is None else f"{cpu:.1f}"
+        match_text = f"{match / mb:.1f}" if match is not None else "never" if "below_fedavg_plateau_pts" in r else "–"
+        one_text = "–" if one is None else "met" if one else f"short {r['short_of_1pt_at_tenth_pts']:.2f} pts"
+        curve_text = "–" if curve is None else "yes" if curve else f"below by up to {r['max_shortfall_pts']:.2f} pts"
+        lines.append(
+            f"| {r['cell']} | {r.get('strategy', '')} | {r.get('selected_round', r['rounds'])} / {r['rounds']} "
+            f"| {r['accuracy']:.4f} | {r['traffic_bytes'] / mb:.3f} | {cpu_text} "
+            f"| {_cell(r, 'below_fedavg_plateau_pts', '.2f')} "
+            f"| {_cell(r, 'traffic_fraction_of_fedavg_to_plateau', '.4f')} | {match_text} | {one_text} | {curve_text} |"
+        )
+    return [*lines, ""]
+
+
+def goal_sentence(row: dict[str, Any]) -> str:
+    """Issue 39's goals for one row, in words: within 1 point of FedAvg's plateau at <= 10 % of its traffic,
+    and a curve on or above FedAvg's up to its plateau; when short, by how much."""
+    mb = 2**20
+    if row["within_1pt_at_tenth_traffic"]:
+        first = "within 1 pt of FedAvg's plateau at <= 10 % of its traffic: met"
+    else:
+        need = row.get("traffic_fraction_to_within_1pt")
+        first = (f"within 1 pt of FedAvg's plateau at <= 10 % of its traffic: short by "
+                 f"{row['short_of_1pt_at_tenth_pts']:.2f} pts at the tenth; "
+                 + ("no round comes within 1 pt" if need is None
+                    else f"within 1 pt after {100 * need:.1f} % of FedAvg's traffic"))
+    if "on_or_above_fedavg_curve" not in row:
+        return first
+    if row["on_or_above_fedavg_curve"]:
+        return first + "; curve on or above FedAvg's at every budget up to its plateau: yes"
+    return (first + f"; curve on or above FedAvg's up to its plateau: no, up to {row['max_shortfall_pts']:.2f} pts "
+            f"below (at {row['worst_budget_bytes'] / mb:.1f} MiB)")
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
@@ -485,6 +642,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for r in s.get("fedcond", []):
+                if not r["cell"].startswith("fedcond_ipc"):  # the controls belong to the one-shot cells
+                    continue
                 controls = "".join(f"| {_cell(r, f'{label}_accuracy', '.4f')} "
                                    f"| {_cell(r, f'gain_over_{label}_pts', '+.1f')} " for _, label in CONTROLS)
                 lines.append(
@@ -494,11 +653,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                     f"| {_cell(r, 'upload_fraction_of_fedavg_to_plateau', '.4f')} "
                     f"| {_cell(r, 'traffic_fraction_of_fedavg_to_plateau', '.4f')} |"
                 )
-            matched = [r for r in s.get("fedcond", []) if "fedavg_traffic_to_match_bytes" in r]
-            if matched:
-                lines.append("")
+            lines += ["", *distillation_table(s.get("fedcond", []))]
             for r in s.get("fedcond", []):
-                if "best_round_within_tenth_traffic" not in r:
+                if r["rounds"] < 2 or "best_round_within_tenth_traffic" not in r:
                     continue
                 b, budget = r["best_round_within_tenth_traffic"], r["traffic_budget_bytes"]
                 lines.append(
@@ -508,7 +665,12 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                        f"down, {b['below_fedavg_plateau_pts']:.2f} pts below the plateau")
                     + f"; goal (within 3 pts) {'met' if r['within_3pt_at_tenth_traffic'] else 'not met'}"
                 )
-            for r in matched:
+            for r in s.get("fedcond", []):
+                if "within_1pt_at_tenth_traffic" in r:
+                    lines.append(f"- {r['cell']}: {goal_sentence(r)}")
+            for r in s.get("fedcond", []):
+                if "fedavg_traffic_to_match_bytes" not in r:
+                    continue
                 lines.append(
                     f"- FedAvg reaches {r['cell']}'s {r['accuracy']:.4f} in round {r['fedavg_round_to_match']}, after "
                     f"{r['fedavg_traffic_to_match_bytes'] / mb:.1f} MiB up + down; {r['cell']} sends "
@@ -599,10 +761,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid-epochs", default="1,2")
     parser.add_argument("--iterative-rounds", type=int, default=0, help="iterative FedCond cell rounds (0: none)")
     parser.add_argument("--iterative-ipc", type=int, default=FederateConfig.ipc)
+    # FedDM and FedAF (issue 39): their settings are FederateConfig's, whose defaults are their papers'
+    add_config_options(
+        parser, FederateConfig, ["feddm_radius", "fedaf_lambda_local", "fedaf_lambda_global", "fedaf_temperature"],
+        helps=command_help(federate))
+    for name, paper in (("feddm", FedDMSettings), ("fedaf", FedAFSettings)):
+        parser.add_argument(f"--{name}-rounds", type=int, default=0, help=f"{name} cell rounds (0: no cell)")
+        parser.add_argument(f"--{name}-ipc", type=int, default=FederateConfig.ipc, help=f"{name} images per class")
+        parser.add_argument(f"--{name}-iterations", type=int, default=None,
+                            help=f"{name} clients' matching iterations per round (default: the paper's "
+                                 f"{paper.iterations})")
     parser.add_argument("--upper-bound", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--plateau-tolerance", type=float, default=0.005)
     parser.add_argument(
-        "--cells", default="fedcond,grid,fedavg,fedprox,iterative,upper-bound",
+        "--cells", default=",".join(CELL_KINDS),
         help="kinds (or names) of cell to run; a finished cell of another kind is still read back into the "
         "report (e.g. more seeds for the FedCond cells alone: --cells fedcond; one cell: --cells fedcond_ipc1_f2; "
         "--cells '' only rebuilds the report from finished cells)",
@@ -722,6 +894,16 @@ def main(argv: list[str] | None = None) -> None:
                     ),
                     ["fedcond-iterative"],
                 )
+            for name in ("feddm", "fedaf"):  # the published distillation strategies, each its paper's settings
+                if getattr(args, f"{name}_rounds") > 0:
+                    # strategy named: its config (and the cell's record) resolves iterations to the paper's
+                    cell(name, dataclasses.replace(
+                        base, strategy=name, strategies=name, rounds=getattr(args, f"{name}_rounds"),
+                        ipc=getattr(args, f"{name}_ipc"), iterations=getattr(args, f"{name}_iterations"),
+                        random_reference=False,
+                        **{k: getattr(args, k) for k in ("feddm_radius", "fedaf_lambda_local", "fedaf_lambda_global",
+                                                         "fedaf_temperature")},
+                    ), [name])
             upper_folder = args.scratch / f"upper-bound_seed{seed}"
             if args.upper_bound and restore_upper_bound(earlier, f"alpha={alpha}", f"seed={seed}", base, upper_folder):
                 print(f"alpha {alpha} seed {seed}: upper bound read from {previous}", flush=True)
