@@ -732,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
     shared = add_config_options(
         parser, FederateConfig,
         ["dataset", "data_dir", "num_clients", "method", "method_options", "iterations", "server_epochs",
-         "storage_dtype", "proximal_mu", "central_max_epochs", "device", "round_timeout"],
+         "storage_dtype", "proximal_mu", "central_max_epochs", "device", "round_timeout", "train_per_class"],
         # the benchmark's own: the server trains its pool longer, clients upload uint8, the upper bound is
         # capped, and a round may take hours (ten CIFAR-10 clients distilling one after another on a CPU)
         defaults={"server_epochs": 300, "storage_dtype": "uint8", "central_max_epochs": 30,

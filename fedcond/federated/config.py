@@ -129,6 +129,9 @@ class FederateConfig:
     # validation split on which the server picks the reported round, grids pick their winner
     # and the upper bound its plateau. The test split is never used to choose anything.
     val_fraction: float = 0.1
+    # A reduced run (a CPU check of a large data set): this many training images per class, drawn
+    # with the seed after the validation split (fedcond.federated.data_cache); 0 = all of them.
+    train_per_class: int = 0
     # centralised upper bound (`fedcond federate`): trained until the held-out loss plateaus
     central_max_epochs: int = 100
     central_patience: int = 5
@@ -195,6 +198,8 @@ class FederateConfig:
             raise FedcondError(f"unknown storage dtype {', '.join(bad)}: use {', '.join(STORAGE_DTYPES)}")
         if not 0 < self.val_fraction < 0.5:
             raise FedcondError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.train_per_class < 0:
+            raise FedcondError(f"--train-per-class must be >= 0 (0: every image), got {self.train_per_class}")
         self.recipe_notes = check_same_recipe(self.learner_recipes(), self.unequal_recipe)
         if self.central_max_epochs < 1 or self.central_patience < 1:
             raise FedcondError("central-max-epochs and central-patience must be >= 1")

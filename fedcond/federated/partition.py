@@ -134,16 +134,18 @@ def stored_partitions(
 @functools.lru_cache(maxsize=8)
 def cached_partitions(
     dataset: str, data_dir: str, num_clients: int, scheme: str, alpha: float, classes_per_client: int, seed: int,
-    val_fraction: float = 0.0,
+    val_fraction: float = 0.0, train_per_class: int = 0,
 ) -> tuple[torch.Tensor, ...]:
     """Partitions of a named data set, once per process (ClientApps call this per message),
     read from the cache folder when any process stored them (:func:`stored_partitions`).
 
     With ``val_fraction`` > 0 they split the train split without the run's validation images
-    (:func:`fedcond.federated.data_cache.federated_data`), and index into that."""
+    (:func:`fedcond.federated.data_cache.federated_data`; ``train_per_class`` > 0: its per-class
+    subsample), and index into that."""
     from fedcond.federated.data_cache import _split, get_dataset  # noqa: PLC0415  (loads data only when asked)
 
-    data = _split(dataset, data_dir, "", val_fraction, seed)[0] if val_fraction > 0 else get_dataset(dataset, data_dir)
+    data = (_split(dataset, data_dir, "", val_fraction, seed, train_per_class)[0] if val_fraction > 0
+            else get_dataset(dataset, data_dir))
     return tuple(stored_partitions(data.train_labels, num_clients, scheme, alpha, classes_per_client, seed))
 
 
@@ -151,7 +153,7 @@ def run_partitions(cfg) -> tuple[torch.Tensor, ...]:
     """The partitions of a run's clients (``cfg``: a FederateConfig), indices into
     :func:`fedcond.federated.data_cache.federated_data`."""
     return cached_partitions(cfg.dataset, cfg.data_dir, cfg.num_clients, cfg.partition, cfg.alpha,
-                             cfg.classes_per_client, cfg.seed, cfg.val_fraction)
+                             cfg.classes_per_client, cfg.seed, cfg.val_fraction, cfg.train_per_class)
 
 
 def label_histogram(labels: torch.Tensor, parts: Sequence[torch.Tensor], num_classes: int) -> list[list[int]]:

@@ -347,7 +347,9 @@ def reference_inputs(cfg: FederateConfig, total_ipc: int | None = None) -> dict[
         keys += ["method", "method_options", "iterations", "dp_epsilon", "dp_delta", "storage_dtype",
                  "server_epochs", "server_lr_train", "server_augment"]
     settings = cfg.to_json()  # as run: iterations resolved to the method's own when not set
-    return {"format": 2, **{k: settings[k] for k in keys}, "total_ipc": total_ipc or None}
+    # a reduced run's subsample; absent when 0, so the inputs of full runs stored before it stay equal
+    reduced = {"train_per_class": settings["train_per_class"]} if settings.get("train_per_class") else {}
+    return {"format": 2, **{k: settings[k] for k in keys}, **reduced, "total_ipc": total_ipc or None}
 
 
 def cached_reference(folder: Path | None, data: ImageDataset, cfg: FederateConfig, total_ipc: int | None = None,
