@@ -49,6 +49,7 @@ from avalanche.models import SimpleMLP  # noqa: E402
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin  # noqa: E402
 from avalanche.training.supervised import Naive  # noqa: E402
 
+from fedcond.continual.buffer import DistillSpec  # noqa: E402
 from fedcond.continual.buffer_training import BufferTraining  # noqa: E402
 from fedcond.continual.plugin import DistilledReplayPlugin  # noqa: E402
 from fedcond.continual.strategies import BatchAugmentation  # noqa: E402
@@ -93,12 +94,14 @@ PLUGINS = ("replay", "distilled-replay", "random-replay")  # the user-script com
 
 
 def make_plugin(variant: dict[str, Any], mem: int, seed: int, recipe: Recipe | None = None) -> DistilledReplayPlugin:
-    """The plugin with the variant's arguments (only those given; the rest are its defaults);
-    with a ``recipe``, its memory training is the recipe's (MNIST: one channel)."""
-    kwargs = {k: variant[k] for k in ("iterations", "batch_real", "precision", "model", "method", "rebalance")
-              if k in variant}
+    """The plugin with the variant's arguments (only those given; the rest are its defaults):
+    its distillation's in the buffer's spec; with a ``recipe``, its memory training is the
+    recipe's (MNIST: one channel)."""
+    spec = {k: variant[k] for k in ("iterations", "batch_real", "precision", "model", "method", "rebalance")
+            if k in variant}
     if "lr_images" in variant:
-        kwargs["distill_options"] = {"lr_images": variant["lr_images"]}
+        spec["options"] = {"lr_images": variant["lr_images"]}
+    kwargs: dict[str, Any] = {"spec": DistillSpec(seed=seed, **spec)}
     epochs = int(variant.get("buffer_epochs", 300))
     if recipe is not None:
         kwargs["buffer_training"] = BufferTraining.from_recipe(recipe, 1, epochs=epochs)

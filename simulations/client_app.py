@@ -42,7 +42,7 @@ from flwr.clientapp import ClientApp
 
 from fedcond.data import ImageDataset
 from fedcond.federated.client_progress import progress_writer
-from fedcond.federated.config import FederateConfig
+from fedcond.federated.config import AppConfig
 from fedcond.federated.data_cache import federated_data
 from fedcond.federated.partition import run_partitions
 from fedcond.federated.records import (
@@ -66,21 +66,21 @@ PREVIOUS_SET = "fedcond-previous-set"
 PREVIOUS_META = "fedcond-previous-meta"
 
 
-def injected_failure(cfg: FederateConfig, server_round: int, partition_id: int) -> bool:
+def injected_failure(cfg: AppConfig, server_round: int, partition_id: int) -> bool:
     """Whether this client fails this round (seeded by run seed, round and partition)."""
     if cfg.fail_fraction <= 0:
         return False
     return random.Random(f"{cfg.seed}:{server_round}:{partition_id}").random() < cfg.fail_fraction
 
 
-def _local_data(cfg: FederateConfig, partition_id: int):
+def _local_data(cfg: AppConfig, partition_id: int):
     parts = run_partitions(cfg)
     if not 0 <= partition_id < len(parts):
         raise ValueError(f"partition-id {partition_id} outside [0, {len(parts)}): check num-clients in the run config")
     return federated_data(cfg).subset(parts[partition_id], name=cfg.dataset)
 
 
-def _fedcond_reply(msg: Message, context: Context, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:
+def _fedcond_reply(msg: Message, context: Context, cfg: AppConfig, pid: int, server_round: int) -> RecordDict:
     from fedcond.federated.client_training import client_seed, distill_partition  # noqa: PLC0415
 
     data = _local_data(cfg, pid)
@@ -148,7 +148,7 @@ def _size_and_time(data: ImageDataset, sset: SyntheticSet, seconds: float, cpu_s
     return {"num-examples": max(0.0, float(sum(privacy["noisy_class_sizes"])))}
 
 
-def _kept_set(cfg: FederateConfig, pid: int, server_round: int) -> SyntheticSet | None:
+def _kept_set(cfg: AppConfig, pid: int, server_round: int) -> SyntheticSet | None:
     """The newest set this client kept on disk in a round before ``server_round``."""
     folder = Path(cfg.checkpoint_dir) / "clients"
     rounds = [int(p.stem.rsplit("-", 1)[1]) for p in folder.glob(f"partition-{pid}-round-*.safetensors")]
@@ -156,7 +156,7 @@ def _kept_set(cfg: FederateConfig, pid: int, server_round: int) -> SyntheticSet 
     return SyntheticSet.load(folder / f"partition-{pid}-round-{max(earlier)}.safetensors") if earlier else None
 
 
-def _fedavg_reply(msg: Message, cfg: FederateConfig, pid: int, server_round: int) -> RecordDict:
+def _fedavg_reply(msg: Message, cfg: AppConfig, pid: int, server_round: int) -> RecordDict:
     from fedcond.federated.client_training import client_seed, local_train  # noqa: PLC0415
 
     data = _local_data(cfg, pid)
@@ -177,7 +177,7 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg = FederateConfig.from_run_config(context.run_config, overrides)
+        cfg = AppConfig.from_run_config(context.run_config, overrides)
         torch.set_num_threads(max(1, cfg.client_threads))
         pid = int(context.node_config["partition-id"])
         partitions = int(context.node_config.get("num-partitions", cfg.num_clients))

@@ -35,7 +35,7 @@ from fedcond.federated.checkpoint import (
     set_python_random_state,
 )
 from fedcond.federated.comms import CommLedger, metered_grid
-from fedcond.federated.config import FederateConfig
+from fedcond.federated.config import AppConfig
 from fedcond.federated.data_cache import federated_data, federated_validation
 from fedcond.federated.events import ClientReplied, OnEvent, RoundFinished
 from fedcond.federated.records import model_to_record, new_model
@@ -45,7 +45,7 @@ from fedcond.federated.server_training import evaluate_arrays
 FLOWER_RUN_PROCESSES = ("flwr-simulation", "flwr-serverapp")
 
 
-def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, Any]], None] | None = None,
+def run_server(grid: Grid, cfg: AppConfig, on_result: Callable[[dict[str, Any]], None] | None = None,
                on_event: OnEvent | None = None, expected_nodes: int | None = None) -> dict[str, Any]:
     """Run ``cfg.strategy`` on ``grid``; return the run's record (see module docstring).
 
@@ -129,7 +129,7 @@ def run_server(grid: Grid, cfg: FederateConfig, on_result: Callable[[dict[str, A
     return record
 
 
-def build_record(cfg: FederateConfig, ledger: CommLedger, accuracy: dict[int, float], times: dict[int, float],
+def build_record(cfg: AppConfig, ledger: CommLedger, accuracy: dict[int, float], times: dict[int, float],
                  strategy: Any, val_accuracy: dict[int, float] | None = None) -> dict[str, Any]:
     """The per-strategy entry of results.json: rounds with cumulative bytes, and losses.
 
@@ -195,7 +195,7 @@ def make_server_app(overrides: dict[str, Any] | None = None,
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            cfg = FederateConfig.from_run_config(context.run_config, overrides)
+            cfg = AppConfig.from_run_config(context.run_config, overrides)
             if expected_nodes is None:  # launched by Flower (flwr run, a SuperLink): check before any work
                 cfg = launched_by_flower(grid, cfg)
         except FedcondError as err:  # the user's to fix: one line first, then Flower ends the run as failed
@@ -212,7 +212,7 @@ def make_server_app(overrides: dict[str, Any] | None = None,
     return app
 
 
-def launched_by_flower(grid: Grid, cfg: FederateConfig) -> FederateConfig:
+def launched_by_flower(grid: Grid, cfg: AppConfig) -> AppConfig:
     """Explain the run-config keys this run ignores, and check that the federation has
     ``num-clients`` SuperNodes (:mod:`fedcond.simulations.federation`); ``num-clients`` 0
     becomes the federation's size. Returns the settings the run uses."""

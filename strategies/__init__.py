@@ -11,7 +11,7 @@ from typing import Any
 
 from fedcond.data import ImageDataset
 from fedcond.federated.comms import CommLedger
-from fedcond.federated.config import FederateConfig
+from fedcond.federated.config import AppConfig
 from fedcond.federated.records import ARRAYRECORD_KEY, CONFIGRECORD_KEY
 
 
@@ -24,7 +24,7 @@ def drop_ids(records: list[Any], weighted_by_key: str) -> Any:
     return MetricRecord({k: v for k, v in out.items() if k != "partition-id"})
 
 
-def build_strategy(cfg: FederateConfig, data: ImageDataset, ledger: CommLedger,
+def build_strategy(cfg: AppConfig, data: ImageDataset, ledger: CommLedger,
                    expected_nodes: int | None = None) -> Any:
     """The strategy named by ``cfg.strategy`` with the run's sampling fraction.
 
@@ -37,18 +37,24 @@ def build_strategy(cfg: FederateConfig, data: ImageDataset, ledger: CommLedger,
     common = {"fraction_train": cfg.fraction, "min_train_nodes": max(1, int(nodes * cfg.fraction)),
               "min_available_nodes": nodes,
               "arrayrecord_key": ARRAYRECORD_KEY, "configrecord_key": CONFIGRECORD_KEY}  # what clients read
-    if cfg.strategy.startswith("fedcond"):
+    if cfg.distills:  # the servers that pool distilled sets: FedCond's, with what each reads of the settings
+        from fedcond.federated.server_training import pool_trainer  # noqa: PLC0415  (torch, for these servers)
+
+        pooled = {**common, "ipc": cfg.ipc, "max_payload_bytes": cfg.max_payload_bytes, "ledger": ledger,
+                  "iterative": cfg.effective_mode == "iterative", "method": cfg.method,
+                  "iterations": cfg.client_iterations}
+        if cfg.strategy == "feddm":
+            from fedcond.strategies.feddm import FedDM  # noqa: PLC0415
+
+            return FedDM(data, pool_trainer(data, cfg), **pooled, radius=cfg.feddm_radius)
+        if cfg.strategy == "fedaf":
+            from fedcond.strategies.fedaf import FedAF  # noqa: PLC0415
+
+            return FedAF(data, pool_trainer(data, cfg), **pooled, lambda_global=cfg.fedaf_lambda_global,
+                         temperature=cfg.fedaf_temperature, lambda_local=cfg.fedaf_lambda_local)
         from fedcond.strategies.fedcond import FedCond  # noqa: PLC0415
 
-        return FedCond(data, cfg, ledger, **common)
-    if cfg.strategy == "feddm":
-        from fedcond.strategies.feddm import FedDM  # noqa: PLC0415
-
-        return FedDM(data, cfg, ledger, **common)
-    if cfg.strategy == "fedaf":
-        from fedcond.strategies.fedaf import FedAF  # noqa: PLC0415
-
-        return FedAF(data, cfg, ledger, **common)
+        return FedCond(data, pool_trainer(data, cfg), **pooled)
     from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx  # noqa: PLC0415
 
     base = {**common, "fraction_evaluate": 0.0, "min_evaluate_nodes": 0, "train_metrics_aggr_fn": drop_ids}

@@ -49,7 +49,7 @@ def _built(config, bench):
 def test_the_recipe_reaches_every_continual_learner(bench, augment):
     """Every strategy's optimiser has the recipe's momentum and weight decay; every one gets the
     recipe's augmentation on its training batches, and the memory learners in their memory training."""
-    from fedcond.continual.plugin import DistilledReplayPlugin
+    from fedcond.continual.plugin import DistilledFinetunePlugin
     from fedcond.continual.runner import ContinualConfig
     from fedcond.continual.strategies import STRATEGIES, BatchAugmentation
 
@@ -61,7 +61,7 @@ def test_the_recipe_reaches_every_continual_learner(bench, augment):
         augmenters = [p for p in strategy.plugins if isinstance(p, BatchAugmentation)]
         assert [a.augment for a in augmenters] == ([] if augment == "none" else ["crop"]), name
         for plugin in strategy.plugins:
-            if isinstance(plugin, DistilledReplayPlugin):
+            if isinstance(plugin, DistilledFinetunePlugin):  # the plugins that train on the memory
                 memory = plugin.buffer_training
                 assert (memory.momentum, memory.weight_decay) == (0.8, 1e-3)
                 assert memory.augment == ("" if augment == "none" else "crop")
@@ -196,12 +196,12 @@ def test_grid_edges_are_found_and_extended_within_limits():
 
 
 def test_controls_run_in_the_same_plugin_mode_and_formation(bench):
-    from fedcond.continual.plugin import DistilledReplayPlugin
+    from fedcond.continual.plugin import DistilledMixPlugin
     from fedcond.continual.runner import ContinualConfig
 
     names = ("distilled-finetune", "random-finetune", "herding-finetune", "distilled-replay", "random-replay")
     config = ContinualConfig(strategies=names, mem_sizes=(10,), distill_options={"factor": 2, "lr_images": 3.0})
-    plugins = {n: next(p for p in s.plugins if isinstance(p, DistilledReplayPlugin))
+    plugins = {n: next(p for p in s.plugins if isinstance(p, DistilledMixPlugin))  # every distilled plugin
                for n, s in _built(config, bench).items()}
     assert {n: p.storage_policy.spec.method for n, p in plugins.items()} == {
         "distilled-finetune": "dm", "random-finetune": "random", "herding-finetune": "herding",

@@ -1,4 +1,5 @@
-"""DistilledReplayPlugin inside Avalanche's Naive on a tiny benchmark built here."""
+"""The distilled plugins (one per mode, sharing a DistilledBuffer storage policy) inside
+Avalanche's Naive on a tiny benchmark built here."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ from avalanche.benchmarks.utils.data_loader import ReplayDataLoader  # noqa: E40
 from avalanche.core import SupervisedPlugin  # noqa: E402
 from avalanche.training.supervised import Naive  # noqa: E402
 
-from fedcond.continual.plugin import DistilledReplayPlugin  # noqa: E402
+from fedcond.continual.buffer import DistilledBuffer, DistillSpec  # noqa: E402
+from fedcond.continual.buffer_training import BufferTraining, train_on_memory  # noqa: E402
+from fedcond.continual.plugin import (  # noqa: E402
+    DistilledFinetunePlugin,
+    DistilledMixPlugin,
+    DistilledReplayPlugin,
+    distilled_plugin,
+)
 from fedcond.models import get_model  # noqa: E402
 from fedcond.train import soft_cross_entropy  # noqa: E402
 
@@ -73,8 +81,8 @@ def _train(bench, plugins):
 
 
 def test_plugin_replays_distilled_buffer_with_naive(tiny):
-    plugin, sizes = DistilledReplayPlugin(mem_size=8, batch_size_mem=8, method="herding", mode="replay",
-                                          distill_options={"feature_epochs": 1}), _BatchSizes()
+    spec = DistillSpec(method="herding", options={"feature_epochs": 1})
+    plugin, sizes = DistilledMixPlugin(mem_size=8, batch_size_mem=8, spec=spec), _BatchSizes()
     strategy = _train(tiny, [plugin, sizes])
     buf = plugin.storage_policy
     assert len(buf.buffer) == 8 and buf.class_counts() == {(0, c): 2 for c in range(4)}
@@ -86,8 +94,9 @@ def test_plugin_replays_distilled_buffer_with_naive(tiny):
 
 
 def test_soft_label_buffer_adds_soft_target_loss(tiny):
-    plugin = DistilledReplayPlugin(mem_size=4, batch_size_mem=3, method="dm", iterations=2, soft_weight=0.5,
-                                   distill_options={"learn_labels": True, "dsa": False}, seed=7, num_classes=10)
+    spec = DistillSpec(iterations=2, options={"learn_labels": True, "dsa": False}, seed=7)
+    plugin = DistilledMixPlugin(mem_size=4, batch_size_mem=3, soft_weight=0.5,
+                                storage_policy=DistilledBuffer(4, spec, num_classes=10))
     model = get_model("convnet-bn", 1, 10, (8, 8), seed=0)
     plugin.storage_policy.post_adapt(SimpleNamespace(device="cpu"), tiny.train_stream[0])
     buf = plugin.storage_policy
@@ -106,8 +115,8 @@ def test_soft_label_buffer_adds_soft_target_loss(tiny):
 def test_default_retrain_mode_learns_from_the_buffer_alone(tiny):
     """``retrain``: after each experience the model restarts from its initial weights and
     trains on the balanced distilled buffer, so the first experience is kept."""
-    plugin = DistilledReplayPlugin(mem_size=4, method="dm", iterations=20, num_classes=10,
-                                   distill_options={"dsa": False}, model="convnet-bn")
+    spec = DistillSpec(iterations=20, options={"dsa": False}, model="convnet-bn")
+    plugin = DistilledReplayPlugin(mem_size=4, storage_policy=DistilledBuffer(4, spec, num_classes=10))
     assert plugin.mode == "retrain"
     sizes = _BatchSizes()
     strategy = _train(tiny, [plugin, sizes])
@@ -120,8 +129,8 @@ def test_default_retrain_mode_learns_from_the_buffer_alone(tiny):
 def test_batch_norm_learner_learns_from_distilled_replay(tiny):
     """Mixed-batch replay of DM images into a batch-norm ConvNet keeps the old classes
     (before the fix DM images drifted to 4-5x the real pixel scale and replay was useless)."""
-    plugin = DistilledReplayPlugin(mem_size=8, batch_size_mem=8, method="dm", iterations=30, num_classes=10,
-                                   distill_options={"dsa": False}, model="convnet-bn", mode="replay")
+    spec = DistillSpec(iterations=30, options={"dsa": False}, model="convnet-bn")
+    plugin = DistilledMixPlugin(mem_size=8, batch_size_mem=8, storage_policy=DistilledBuffer(8, spec, num_classes=10))
     strategy = _train(tiny, [plugin])
     naive = _train(tiny, [])
     assert _exp0_accuracy(strategy.model, tiny) > _exp0_accuracy(naive.model, tiny) + 0.3
@@ -133,7 +142,7 @@ def test_plugin_in_a_users_avalanche_script_with_avalanches_own_model(tiny):
 
     torch.manual_seed(0)
     model = SimpleMLP(num_classes=10, input_size=64, hidden_size=128)
-    plugin = DistilledReplayPlugin(mem_size=8, method="dm", iterations=20, distill_options={"dsa": False})
+    plugin = DistilledReplayPlugin(mem_size=8, spec=DistillSpec(iterations=20, options={"dsa": False}))
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
                      train_mb_size=16, train_epochs=3, plugins=[plugin], evaluator=None)
     for exp in tiny.train_stream:
@@ -152,7 +161,7 @@ def test_bad_mode_is_a_user_error():
     from fedcond.errors import FedcondError
 
     with pytest.raises(FedcondError, match="mode must be one of"):
-        DistilledReplayPlugin(mem_size=4, mode="gdumb")
+        distilled_plugin("gdumb", mem_size=4)
 
 
 def test_plugin_in_bfloat16_distills_and_trains_in_bfloat16_and_records_it(tiny, monkeypatch):
@@ -174,8 +183,8 @@ def test_plugin_in_bfloat16_distills_and_trains_in_bfloat16_and_records_it(tiny,
     model = SimpleMLP(num_classes=10, input_size=64, hidden_size=128)
     outputs = []
     model.features.register_forward_hook(lambda m, i, o: outputs.append(o.dtype))
-    plugin = DistilledReplayPlugin(mem_size=8, iterations=10, precision="bfloat16", distill_options={"dsa": False},
-                                   buffer_training=buffer_training.BufferTraining(epochs=30))
+    spec = DistillSpec(iterations=10, precision="bfloat16", options={"dsa": False})
+    plugin = DistilledReplayPlugin(mem_size=8, spec=spec, buffer_training=buffer_training.BufferTraining(epochs=30))
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
                      train_mb_size=16, train_epochs=1, plugins=[plugin], evaluator=None)
     for exp in tiny.train_stream:
@@ -195,4 +204,100 @@ def test_plugin_precision_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
     assert DistilledReplayPlugin(mem_size=4).settings()["precision"] == "bfloat16"
     with pytest.raises(FedcondError, match="precision must be one of"):
-        DistilledReplayPlugin(mem_size=4, precision="fp16")
+        DistilledReplayPlugin(mem_size=4, spec=DistillSpec(precision="fp16"))
+
+
+# ---------------------------------------------------------------- one storage policy, one plugin per mode
+def _run_one(bench, plugin, experiences=1):
+    torch.manual_seed(0)
+    model = get_model("convnet-bn", 1, 10, (8, 8), seed=0)
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                     train_mb_size=16, train_epochs=2, plugins=[plugin], evaluator=None)
+    for exp in list(bench.train_stream)[:experiences]:
+        strategy.train(exp)
+    return strategy.model
+
+
+def _policy(method="random", **options):
+    spec = DistillSpec(method=method, iterations=3 if method == "dm" else None, precision="float32",
+                       options=({"dsa": False} if method == "dm" else {}) | options, seed=5)
+    return DistilledBuffer(8, spec, num_classes=10)
+
+
+RECIPE = BufferTraining(epochs=3, augment="crop_scale_rotate")
+
+
+def test_each_mode_is_its_own_plugin_adding_hooks_to_the_one_before():
+    plugins = {m: distilled_plugin(m, mem_size=8, storage_policy=_policy(), buffer_training=RECIPE)
+               for m in ("replay", "finetune", "retrain")}
+    assert [type(p) for p in plugins.values()] == [DistilledMixPlugin, DistilledFinetunePlugin, DistilledReplayPlugin]
+    assert {m: p.mode for m, p in plugins.items()} == {m: m for m in plugins}
+    assert isinstance(plugins["retrain"], DistilledFinetunePlugin)
+    assert isinstance(plugins["finetune"], DistilledMixPlugin)
+    # the mix plugin trains on no memory, so it reports no recipe for it; the others report theirs
+    assert "buffer_training" not in plugins["replay"].settings()
+    assert plugins["finetune"].settings()["buffer_training"]["epochs"] == plugins["retrain"].buffer_training.epochs == 3
+    assert DistilledReplayPlugin(mem_size=8, seed=4).storage_policy.spec == DistillSpec(seed=4)  # the README's default
+    with pytest.raises(Exception, match="not both"):
+        DistilledMixPlugin(mem_size=8, storage_policy=_policy(), spec=DistillSpec())
+
+
+def test_every_mode_fills_the_same_buffer_from_one_spec(tiny):
+    """The storage policy decides what is kept, the plugin only when it is used: DM distills
+    into the same tensors whether the plugin replays, fine-tunes or retrains (before or after
+    the experience trains)."""
+    held = []
+    for mode in ("replay", "finetune", "retrain"):
+        plugin = distilled_plugin(mode, mem_size=8, storage_policy=_policy("dm"), buffer_training=RECIPE)
+        _run_one(tiny, plugin, experiences=2)
+        held.append(plugin.storage_policy)
+    assert all(torch.equal(b.images, held[0].images) and torch.equal(b.targets, held[0].targets) for b in held[1:])
+    assert held[0].class_counts() == {(0, c): 2 for c in range(4)}
+
+
+def test_finetune_is_mix_then_training_on_the_memory(tiny):
+    """DistilledFinetunePlugin = DistilledMixPlugin + the memory training after the experience
+    (from the weights the experience left, its own generator seeded seed + 1): bit for bit."""
+    mix = DistilledMixPlugin(mem_size=8, storage_policy=_policy())
+    finetune = DistilledFinetunePlugin(mem_size=8, storage_policy=_policy(), buffer_training=RECIPE)
+    mixed, tuned = _run_one(tiny, mix), _run_one(tiny, finetune)
+    assert not all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), tuned.state_dict().values()))
+    policy = mix.storage_policy
+    train_on_memory(mixed, policy.images, policy.targets, RECIPE, torch.Generator().manual_seed(5 + 1))
+    assert all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), tuned.state_dict().values()))
+
+
+def test_retrain_restarts_from_the_initial_weights_then_trains_on_the_memory(tiny):
+    """DistilledReplayPlugin discards what the experience's training did: its model is the
+    initial one trained on the memory alone, bit for bit."""
+    retrain = DistilledReplayPlugin(mem_size=8, storage_policy=_policy(), buffer_training=RECIPE)
+    model = _run_one(tiny, retrain)
+    fresh = get_model("convnet-bn", 1, 10, (8, 8), seed=0)
+    policy = retrain.storage_policy
+    train_on_memory(fresh, policy.images, policy.targets, RECIPE, torch.Generator().manual_seed(5 + 1))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+@pytest.mark.parametrize("cls", [DistilledMixPlugin, DistilledFinetunePlugin, DistilledReplayPlugin])
+def test_the_policy_stays_within_its_memory_budget_in_bytes(tiny, cls, factor):
+    """Whatever plugin uses it, the policy never holds more than ``mem_size`` stored images'
+    bytes (a mosaic counts once, though replay trains on its four tiles)."""
+    from dataclasses import replace
+
+    plugin = cls(mem_size=8, storage_policy=_policy(factor=factor))
+    torch.manual_seed(0)
+    model = get_model("convnet-bn", 1, 10, (8, 8), seed=0)
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_mb_size=16,
+                     train_epochs=1, plugins=[plugin], evaluator=None)
+    for exp in tiny.train_stream:
+        if cls is not DistilledMixPlugin:
+            plugin.buffer_training = BufferTraining(epochs=1, augment="")
+        strategy.train(exp)
+        policy = plugin.storage_policy
+        stored = policy.synthetic_set()
+        assert stored.images.shape[0] == sum(policy.class_counts().values()) <= 8
+        assert len(policy.buffer) == stored.images.shape[0] * factor**2
+        full = replace(stored, images=torch.zeros(8, 1, 8, 8), labels=torch.arange(8) % 4)
+        assert policy.nbytes <= full.nbytes
+        assert stored.images.numel() * stored.images.element_size() <= 8 * 64 * 4

@@ -3,7 +3,9 @@
 - :mod:`~fedcond.continual.budget`      per-class quotas and sub-selection (pure rules)
 - :mod:`~fedcond.continual.experience`  an Avalanche experience -> tensors / ImageDataset
 - :mod:`~fedcond.continual.buffer`      ``DistilledBuffer`` storage policy (``ExemplarsBuffer``)
-- :mod:`~fedcond.continual.plugin`      ``DistilledReplayPlugin`` (a ``ReplayPlugin``)
+- :mod:`~fedcond.continual.plugin`      the plugins that use it, one per mode (each a ``ReplayPlugin``):
+                                        ``DistilledReplayPlugin`` (default), ``DistilledFinetunePlugin``,
+                                        ``DistilledMixPlugin``
 - :mod:`~fedcond.continual.benchmarks`  split-digits / SplitMNIST / SplitFashionMNIST / SplitCIFAR-10
 - :mod:`~fedcond.continual.strategies`  the compared Avalanche templates
 - :mod:`~fedcond.continual.runner`      strategies x memories x seeds with EvaluationPlugin
@@ -21,6 +23,17 @@ warnings.filterwarnings("ignore", message="no QP solver found", category=UserWar
 
 from fedcond.continual.benchmarks import make_benchmark  # noqa: E402  (after the filter)
 from fedcond.continual.buffer import DistilledBuffer, DistillSpec  # noqa: E402
-from fedcond.continual.plugin import DistilledReplayPlugin  # noqa: E402
+from fedcond.continual.plugin import (  # noqa: E402
+    DistilledFinetunePlugin,
+    DistilledMixPlugin,
+    DistilledReplayPlugin,
+)
 
-__all__ = ["DistillSpec", "DistilledBuffer", "DistilledReplayPlugin", "make_benchmark"]
+__all__ = [
+    "DistillSpec",
+    "DistilledBuffer",
+    "DistilledFinetunePlugin",
+    "DistilledMixPlugin",
+    "DistilledReplayPlugin",
+    "make_benchmark",
+]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from fedcond.continual.buffer import DistilledBuffer
-from fedcond.continual.plugin import DistilledReplayPlugin
+from fedcond.continual.plugin import DistilledMixPlugin
 from fedcond.continual.strategies import BatchAugmentation
 from fedcond.runinfo import write_bytes_atomic, write_json
 
@@ -86,7 +86,7 @@ def can_checkpoint(strategy: Any) -> bool:
     # Evaluation and periodic evaluation keep no state between experiences that results use;
     # the clock's counters are saved with the rest.
     def capturable(p: Any) -> bool:
-        if isinstance(p, DistilledReplayPlugin):
+        if isinstance(p, DistilledMixPlugin):  # the base of every distilled plugin
             return isinstance(p.storage_policy, DistilledBuffer)  # a user's own policy: no state_dict
         return isinstance(p, (EvaluationPlugin, PeriodicEval, Clock, BatchAugmentation))  # augmentation: its draws
 
@@ -95,7 +95,7 @@ def can_checkpoint(strategy: Any) -> bool:
 
 def capture(strategy: Any) -> dict[str, Any]:
     """The state a resumed run needs: model, distilled plugins, global RNGs."""
-    plugins = [p.state_dict() for p in strategy.plugins if isinstance(p, DistilledReplayPlugin)]
+    plugins = [p.state_dict() for p in strategy.plugins if isinstance(p, DistilledMixPlugin)]
     augment = [p.generator.get_state() for p in strategy.plugins if isinstance(p, BatchAugmentation)]
     clock = {k: v for k, v in vars(strategy.clock).items() if isinstance(v, int)}
     return {"model": strategy.model.state_dict(), "plugins": plugins, "augment": augment, "clock": clock,
@@ -105,7 +105,7 @@ def capture(strategy: Any) -> dict[str, Any]:
 def restore(strategy: Any, state: dict[str, Any]) -> None:
     """Put a :func:`capture`\\ d state back into a freshly built strategy."""
     strategy.model.load_state_dict(state["model"])
-    mine = [p for p in strategy.plugins if isinstance(p, DistilledReplayPlugin)]
+    mine = [p for p in strategy.plugins if isinstance(p, DistilledMixPlugin)]
     for plugin, saved in zip(mine, state["plugins"]):
         plugin.load_state_dict(saved)
     augmenters = [p for p in strategy.plugins if isinstance(p, BatchAugmentation)]

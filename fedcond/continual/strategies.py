@@ -4,12 +4,14 @@
 buffer, the same balancing as ours), ``gdumb``, ``icarl``, ``der`` and ``der++`` (Avalanche's
 ``DER``, dark experience replay: replays stored logits, weighed by ``der_alpha``; ``der++``
 adds the stored labels' cross-entropy, weighed by ``der_beta``, as in Buzzega et al. 2020),
-``joint`` (upper bound) and the memories of :class:`DistilledReplayPlugin` in one of its modes:
-``*-replay`` (the plugin's ``retrain``: train a fresh model on the memory after each
-experience), ``*-finetune`` (the same training from the current weights) and ``*-mix``
-(classic replay: memory images mixed into every mini-batch, nothing after), where ``*`` is
-``distilled`` (the distillation ``method``) or one of its controls, ``random`` (random real
-images) and ``herding``: the same plugin, mode, budget and formation (the mosaic ``factor``),
+``joint`` (upper bound) and the distilled memories (:mod:`fedcond.continual.plugin`: one
+:class:`~fedcond.continual.buffer.DistilledBuffer` storage policy, used by one of three plugins):
+``*-replay`` (``DistilledReplayPlugin``, mode ``retrain``: train a fresh model on the memory
+after each experience), ``*-finetune`` (``DistilledFinetunePlugin``: the same training from
+the current weights) and ``*-mix`` (``DistilledMixPlugin``: classic replay, memory images
+mixed into every mini-batch, nothing after), where ``*`` is ``distilled`` (the distillation
+``method``) or one of its controls, ``random`` (random real images) and ``herding``: a policy
+of the same budget and formation (the mosaic ``factor``) in the same plugin,
 so a distilled memory's gain stands beside what real images in the same place give.
 
 One recipe (:class:`fedcond.recipe.Recipe`) trains every one of them: SGD with the recipe's
@@ -35,10 +37,11 @@ from avalanche.training.storage_policy import ClassBalancedBuffer
 from avalanche.training.supervised import DER, GDumb, ICaRL, JointTraining, Naive
 from torch import nn
 
+from fedcond.continual.buffer import DistilledBuffer, DistillSpec
 from fedcond.continual.buffer_training import BufferTraining
-from fedcond.continual.plugin import DistilledReplayPlugin
+from fedcond.continual.plugin import distilled_plugin
 from fedcond.errors import FedcondError
-from fedcond.precision import autocast, resolve_precision
+from fedcond.precision import DEFAULT_PRECISION, autocast, resolve_precision
 from fedcond.recipe import Recipe
 
 DISTILLED_MODES = {"distilled-replay": "retrain", "distilled-finetune": "finetune", "distilled-mix": "replay"}
@@ -93,7 +96,7 @@ class StrategySettings:
     distill_model: str = "convnet"
     distill_options: dict[str, Any] | None = None
     # every strategy's training and the distillation (fedcond.precision; the runner records it resolved)
-    precision: str = "auto"
+    precision: str = DEFAULT_PRECISION
     rebalance: str = "nested"
     num_classes: int | None = None
     mean: tuple[float, ...] | None = None
@@ -171,12 +174,12 @@ def _build(s: StrategySettings, recipe: Recipe, model: nn.Module, opt: torch.opt
     options = dict(s.distill_options or {})
     if method != s.method:  # a control: the distilled memory's formation (mosaic factor), nothing of its method
         options = {k: v for k, v in options.items() if k == "factor"}
-    plugin = DistilledReplayPlugin(
-        mem_size=s.mem_size, batch_size_mem=s.batch_size_mem, method=method, ipc=s.ipc,
-        iterations=s.iterations if method == s.method else None, model=s.distill_model, distill_options=options,
-        rebalance=s.rebalance, num_classes=s.num_classes, mean=s.mean, std=s.std, seed=s.seed,
-        mode=BUFFER_STRATEGIES[s.name], precision=precision, buffer_training=memory_training(s, recipe),
-    )
+    # The memory is the storage policy; the mode picks the plugin that uses it (controls included)
+    spec = DistillSpec(method=method, ipc=s.ipc, iterations=s.iterations if method == s.method else None,
+                       precision=precision, model=s.distill_model, options=options, rebalance=s.rebalance, seed=s.seed)
+    policy = DistilledBuffer(s.mem_size, spec, num_classes=s.num_classes, mean=s.mean, std=s.std)
+    plugin = distilled_plugin(BUFFER_STRATEGIES[s.name], mem_size=s.mem_size, batch_size_mem=s.batch_size_mem,
+                              storage_policy=policy, buffer_training=memory_training(s, recipe), seed=s.seed)
     return Naive(model=model, optimizer=opt, criterion=ce, plugins=[plugin], **common)
 
 

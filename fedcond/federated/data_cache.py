@@ -21,7 +21,7 @@ import functools
 import torch
 
 from fedcond.data import ImageDataset, load_dataset
-from fedcond.federated.config import FederateConfig
+from fedcond.federated.config import AppConfig
 
 
 @functools.lru_cache(maxsize=4)
@@ -69,13 +69,13 @@ def _split(name: str, data_dir: str, normalize: str, fraction: float, seed: int,
     return train, held
 
 
-def federated_data(cfg: FederateConfig) -> ImageDataset:
+def federated_data(cfg: AppConfig) -> ImageDataset:
     """The run's data set: the train split without the validation images (with ``train_per_class``
     > 0 only that many of each class, :func:`train_subset_indices`), and the whole test split."""
     return _split(cfg.dataset, cfg.data_dir, cfg.normalize, cfg.val_fraction, cfg.seed, cfg.train_per_class)[0]
 
 
-def federated_validation(cfg: FederateConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def federated_validation(cfg: AppConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's validation images and labels (held out of the train split before partitioning)."""
     held = _split(cfg.dataset, cfg.data_dir, cfg.normalize, cfg.val_fraction, cfg.seed)[1]
     return held.train_images, held.train_labels
