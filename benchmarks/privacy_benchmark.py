@@ -3,7 +3,7 @@
 One cell per kind of set, all at the same IPC: random real images, DM from real images
 (DM's default), DM from noise, DP-DM at epsilon 1 and 10 (delta 1e-5; the default ``release``
 mechanism), and DP-DM with the ``iterate`` mechanism at the same epsilons (which mechanism
-measures better). Each cell distills the set, then audits it (:func:`fedcond.privacy.audit.audit_set`):
+measures better). Each cell distills the set, then audits it (:func:`fedcond.audit.set_audit.audit_set`):
 near-copy share, loss-attack membership AUC and TPR at 1 % FPR on models trained with the
 evaluation protocol — whose test accuracy is the set's accuracy. Membership is reported per
 member group, never mixed: 2,000 random training images (the same group for every set),
@@ -40,11 +40,11 @@ from typing import Any
 
 import torch
 
+from fedcond.audit.set_audit import AuditConfig, audit_set
 from fedcond.commands.common import parse_options
 from fedcond.data import load_dataset
 from fedcond.distill import get_distiller
 from fedcond.evaluate import EvalConfig
-from fedcond.privacy.audit import AuditConfig, audit_set
 from fedcond.runinfo import package_versions, run_record, write_json
 
 # cell -> (method, options); DP cells get --dp-option, DM cells --dm-option.

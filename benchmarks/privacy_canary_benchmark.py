@@ -4,10 +4,10 @@ One cell per (kind of set, audit seed): random real images, DM from real images 
 default), DM from noise, DP-DM (δ 1e-5, ``release``) at ε = 1, 10 and 100 and with its
 noise switched off (a broken mechanism: the stated ε is 1, the release carries no noise),
 the DP-DM kinds also with crafted canaries (``-crafted``: random-pixel images). Each cell
-is one canary audit (:func:`fedcond.privacy.canary.canary_audit`): ``--canaries`` canaries,
+is one canary audit (:func:`fedcond.audit.canary.canary_audit`): ``--canaries`` canaries,
 each kept with probability 1/2, are the whole training set the method sees; every attack
 that applies is scored on the same run (black-box on the set file; white-box decoding and
-inner product on DP-DM's released noisy sums, :mod:`fedcond.privacy.whitebox`), each
+inner product on DP-DM's released noisy sums, :mod:`fedcond.audit.whitebox`), each
 giving ``epsilon_lower_bound`` at 95 % confidence by itself (Steinke, Nasr & Jagielski
 2023) and its own ceiling (what it proves if every canary it can single out is right).
 The headline ``empirical_epsilon_lower_bound`` is white-box decoding where the method
@@ -36,10 +36,10 @@ from unittest import mock
 
 import torch
 
+from fedcond.audit.canary import CanaryConfig, canary_audit
 from fedcond.commands.common import parse_options
 from fedcond.data import load_dataset
 from fedcond.distill import make_distiller
-from fedcond.privacy.canary import CanaryConfig, canary_audit
 from fedcond.privacy.noise import SecretNoise
 from fedcond.runinfo import package_versions, run_record, write_json
 

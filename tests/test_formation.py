@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from fedcond.audit.set_audit import audit_set
 from fedcond.continual.buffer import DistillSpec
 from fedcond.distill import DistillInputs, get_distiller
 from fedcond.distill.coreset import fill_mosaics
@@ -11,7 +12,6 @@ from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, evaluate_synthetic
 from fedcond.federated.server_training import pool_sets
 from fedcond.formation import check_factor, decode, encode, repeat_per_tile
-from fedcond.privacy.audit import audit_set
 from fedcond.synthetic import InvalidSyntheticSet, SyntheticSet
 
 

@@ -134,6 +134,50 @@ def test_the_library_never_imports_the_flower_adapter():
     assert sideways == set()
 
 
+# The package's layers, lowest first (the README's layout):
+# the core, the DP primitives, the methods, their users side by side (the Flower-free federated
+# logic, the Avalanche parts, the audits), the CLI. A module imports from its own part or a
+# lower layer, never upward and never sideways (federated/ and continual/ do not know each other).
+LAYERS = (("core",), ("privacy",), ("distill",), ("federated", "continual", "audit"), ("commands", "cli"))
+
+
+def _part(module: str) -> str | None:
+    """The part of fedcond ``module`` belongs to (None: not fedcond, or the Flower adapter)."""
+    parts = module.split(".")
+    if parts[0] != "fedcond" or parts[1:2] in (["strategies"], ["simulations"]):
+        return None
+    named = {name for layer in LAYERS for name in layer}
+    return parts[1] if len(parts) > 1 and parts[1] in named else "core"
+
+
+def _arrows_against_the_layers(root: Path) -> list[str]:
+    """Every import in ``root``'s fedcond/ that points up a layer or sideways within one."""
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    found = []
+    for path in sorted((root / "fedcond").rglob("*.py")):
+        here = _part(".".join(path.relative_to(root).with_suffix("").parts))
+        for module in sorted(_imported_modules(path)):
+            there = _part(module)
+            if there is None or there == here or {here, there} == {"commands", "cli"}:
+                continue
+            if rank[there] >= rank[here]:
+                found.append(f"{path.relative_to(root)} -> {module}")
+    return found
+
+
+def test_imports_point_down_the_layers_dp_beneath_the_methods_audits_above(tmp_path):
+    assert _arrows_against_the_layers(ROOT) == []
+    # The check itself can fail: a DP primitive that uses a method, a method that uses an audit.
+    for folder, code in (("privacy", "from fedcond.distill.base import Distiller\n"),
+                         ("distill", "def f():\n    import fedcond.audit.canary\n"),
+                         ("continual", "from fedcond.federated import partition\n")):
+        (tmp_path / "fedcond" / folder).mkdir(parents=True)
+        (tmp_path / "fedcond" / folder / "bad.py").write_text(code)
+    assert _arrows_against_the_layers(tmp_path) == [
+        "fedcond/continual/bad.py -> fedcond.federated", "fedcond/distill/bad.py -> fedcond.audit.canary",
+        "fedcond/privacy/bad.py -> fedcond.distill.base"]
+
+
 def test_the_module_map_names_files_that_exist():
     import fedcond.federated
 

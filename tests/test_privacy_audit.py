@@ -8,12 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fedcond.audit.membership import roc_auc, tpr_at_fpr
+from fedcond.audit.memorisation import memorisation, pixels
+from fedcond.audit.set_audit import AuditConfig, audit_set
 from fedcond.cli import app
 from fedcond.distill import get_distiller
 from fedcond.evaluate import EvalConfig
-from fedcond.privacy.audit import AuditConfig, audit_set
-from fedcond.privacy.membership import roc_auc, tpr_at_fpr
-from fedcond.privacy.memorisation import memorisation, pixels
 
 runner = CliRunner()
 QUICK = AuditConfig(runs=1, eval=EvalConfig(epochs=40), max_members=300, max_nonmembers=300)

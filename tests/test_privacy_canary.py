@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fedcond.audit.canary import CanaryConfig, canary_audit, canary_scores
+from fedcond.audit.one_run import epsilon_lower_bound, p_value
 from fedcond.cli import app
 from fedcond.distill import make_distiller
 from fedcond.errors import FedcondError
-from fedcond.privacy.canary import CanaryConfig, canary_audit, canary_scores
-from fedcond.privacy.one_run import epsilon_lower_bound, p_value
 from fedcond.synthetic import SyntheticSet
 
 runner = CliRunner()

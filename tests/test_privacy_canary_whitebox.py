@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fedcond.audit.canary import CanaryConfig, attack_ceiling, canary_audit, crafted_canaries
+from fedcond.audit.whitebox import canary_vectors, dp_dm_release
 from fedcond.cli import app
 from fedcond.distill import make_distiller
 from fedcond.errors import FedcondError
-from fedcond.privacy.canary import CanaryConfig, attack_ceiling, canary_audit, crafted_canaries
 from fedcond.privacy.noise import SecretNoise
-from fedcond.privacy.whitebox import canary_vectors, dp_dm_release
 
 runner = CliRunner()
 SMALL = {"bank_size": 2, "min_class_size": 0}  # two networks: fast, and enough to decode 400 canaries

@@ -1,6 +1,6 @@
 """The canary audit: an empirical lower bound on a method's ε from one distillation.
 
-The one-run audit of Steinke, Nasr & Jagielski (NeurIPS 2023; :mod:`fedcond.privacy.one_run`):
+The one-run audit of Steinke, Nasr & Jagielski (NeurIPS 2023; :mod:`fedcond.audit.one_run`):
 
 1. ``canaries`` training images are drawn at random (or crafted: random-pixel images, far
    from the data and from each other in a network's embedding); each is included
@@ -13,7 +13,7 @@ The one-run audit of Steinke, Nasr & Jagielski (NeurIPS 2023; :mod:`fedcond.priv
    some synthetic image's nearest canary first (a set that started from a canary, or keeps
    one, has an image closest to it), each group ordered by the distance to its nearest
    synthetic image. It sees copying only. ``whitebox`` and ``whitebox-inner`` read what
-   the mechanism released, in its own space (:mod:`fedcond.privacy.whitebox`: DP-DM's noisy
+   the mechanism released, in its own space (:mod:`fedcond.audit.whitebox`: DP-DM's noisy
    class sums under its public network bank); ``auto`` is ``whitebox`` where the method
    exposes such a release, else ``blackbox``.
 3. For each k of a grid fixed in advance, the auditor guesses "in" for the k best-scoring
@@ -39,12 +39,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from fedcond.audit.memorisation import nearest, pixels
+from fedcond.audit.one_run import epsilon_lower_bound
+from fedcond.audit.whitebox import SCORES, canary_vectors, dp_dm_release, has_release, whitebox_scores
 from fedcond.data import ImageDataset
 from fedcond.distill.base import Callbacks, DistillConfig, Distiller
 from fedcond.errors import FedcondError
-from fedcond.privacy.memorisation import nearest, pixels
-from fedcond.privacy.one_run import epsilon_lower_bound
-from fedcond.privacy.whitebox import SCORES, canary_vectors, dp_dm_release, has_release, whitebox_scores
 from fedcond.synthetic import SyntheticSet
 
 ATTACKS = ("auto", "whitebox", "whitebox-inner", "blackbox")

@@ -2,9 +2,9 @@
 
 :func:`audit_set` measures, for a set and the data set it was made from:
 
-1. *memorisation* (:mod:`fedcond.privacy.memorisation`): each synthetic image's distance to
+1. *memorisation* (:mod:`fedcond.audit.memorisation`): each synthetic image's distance to
    its nearest training and held-out image, and the share of near-copies;
-2. *membership inference* (:mod:`fedcond.privacy.membership`): ``runs`` models trained on
+2. *membership inference* (:mod:`fedcond.audit.membership`): ``runs`` models trained on
    the set with the evaluation protocol (their test accuracy is the set's accuracy) are
    attacked with the loss test. Members are random training images (everything the set was
    made from), and separately the images that seeded the set when it started from real
@@ -29,11 +29,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from fedcond.audit.membership import AttackResult, loss_attack
+from fedcond.audit.memorisation import Memorisation, memorisation, pixels
 from fedcond.data import ImageDataset
 from fedcond.errors import FedcondError
 from fedcond.evaluate import EvalConfig, check_compatible, kd_temperature, train_fresh_model
-from fedcond.privacy.membership import AttackResult, loss_attack
-from fedcond.privacy.memorisation import Memorisation, memorisation, pixels
 from fedcond.sampling import ClassSampler
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import accuracy

@@ -26,7 +26,7 @@ checkpoint (in a temporary folder) holds the noisy release, as a resume needs it
 is rebuilt from the run's seed as :class:`~fedcond.distill.dp_dm.DPDM` draws it (a test
 checks that a noiseless run's release is the sum of the kept canaries' vectors under this
 bank). Methods without such a release (every other method, and DP-DM's ``iterate``) are
-audited black-box, on the set file (:func:`fedcond.privacy.canary.canary_scores`).
+audited black-box, on the set file (:func:`fedcond.audit.canary.canary_scores`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``fedcond audit``: what a synthetic set reveals about its training data (near-copies,
 membership inference against random real images of the same size), with a verdict; or,
 with ``--canary-method``, a method's empirical lower bound on ε from a canary audit
-(:mod:`fedcond.privacy.canary`)."""
+(:mod:`fedcond.audit.canary`)."""
 
 from __future__ import annotations
 
@@ -82,10 +82,10 @@ def command(
     ),
 ) -> None:
     """Audit a synthetic set for privacy: near-copies of training images and membership inference."""
+    from fedcond.audit.memorisation import pixels, save_pairs  # noqa: PLC0415
+    from fedcond.audit.set_audit import AuditConfig, audit_set  # noqa: PLC0415
     from fedcond.data import load_dataset, under_normalization  # noqa: PLC0415
     from fedcond.evaluate import EvalConfig  # noqa: PLC0415
-    from fedcond.privacy.audit import AuditConfig, audit_set  # noqa: PLC0415
-    from fedcond.privacy.memorisation import pixels, save_pairs  # noqa: PLC0415
     from fedcond.runinfo import run_record, write_json  # noqa: PLC0415
     from fedcond.synthetic import SyntheticSet  # noqa: PLC0415
 
@@ -173,10 +173,11 @@ def _canary_audit(method: str, dataset: str, data_dir: Path | None, json_out: Pa
     if json_out is not None:
         writable_file(json_out, "--json")
     existing_folder(data_dir)
+    from fedcond.audit.canary import CanaryConfig, canary_audit, resolve_attack  # noqa: PLC0415
     from fedcond.commands.common import parse_options  # noqa: PLC0415
     from fedcond.data import load_dataset  # noqa: PLC0415
     from fedcond.distill import make_distiller  # noqa: PLC0415
-    from fedcond.privacy.canary import CanaryConfig, canary_audit, resolve_attack  # noqa: PLC0415
+    from fedcond.privacy.normalisation import public_normalisation  # noqa: PLC0415
     from fedcond.runinfo import run_record, write_json  # noqa: PLC0415
 
     config = CanaryConfig(canaries=canaries, confidence=confidence, delta=delta, seed=seed, attack=attack,
@@ -184,14 +185,12 @@ def _canary_audit(method: str, dataset: str, data_dir: Path | None, json_out: Pa
     budget = {"delta": delta, **({"epsilon": epsilon} if epsilon is not None else {})}  # where the method has them
     distiller, method_config = make_distiller(method, ipc, iterations=iterations, options=parse_options(option),
                                               settings=budget)
-    private = "epsilon" in method_config.to_dict()
     attack = resolve_attack(distiller.name, method_config, attack)  # refused before any data are read
-    if not private and epsilon is not None:
+    if not distiller.private and epsilon is not None:
         raise FedcondError(f"--epsilon is for a DP method; {method} has none")
-    data = load_dataset(dataset, data_dir=data_dir, normalize=normalize or ("public" if private else None))
-    if private and data.normalization == "train":
-        raise FedcondError(f"{method} refuses normalisation computed from the private training images "
-                           "(--normalize train): use --normalize public or MEAN:STD")
+    if distiller.private:  # the method checks the data it is given too; this picks the default and fails early
+        normalize = public_normalisation(normalize, method)
+    data = load_dataset(dataset, data_dir=data_dir, normalize=normalize)
     if canaries > data.train_labels.numel():
         raise FedcondError(f"--canaries {canaries} is more than the {data.train_labels.numel()} training images")
     console.print(f"[bold]canary audit[/] of {method} on {data.name}: {canaries} {'crafted' if crafted else 'real'} "

@@ -65,6 +65,7 @@ def command(
     """Distill a data set into a few synthetic images per class."""
     from fedcond.data import load_dataset  # noqa: PLC0415
     from fedcond.distill import Callback, make_distiller  # noqa: PLC0415
+    from fedcond.privacy.normalisation import public_normalisation  # noqa: PLC0415
     from fedcond.runinfo import peak_memory_bytes, resolve_device, run_record, write_json  # noqa: PLC0415
     from fedcond.visualize import save_grid  # noqa: PLC0415
 
@@ -90,13 +91,10 @@ def command(
     if iterations is not None and not iterative:
         raise FedcondError(f"method {method!r} does not iterate; drop --iterations")
 
-    private = "epsilon" in config.to_dict()  # a DP method: nothing private outside its mechanism
-    if private and normalize is None:
-        normalize = "public"  # the default of digits and ImageFolder data is computed from the private images
+    private = distiller.private  # a DP method: nothing private outside its mechanism
+    if private:  # the method checks the data it is given too; this picks the default and fails early
+        normalize = public_normalisation(normalize, method)
     data = load_dataset(dataset, data_dir=data_dir, device=dev, normalize=normalize)
-    if private and data.normalization == "train":
-        raise FedcondError(f"{method} refuses normalisation computed from the private training images "
-                           "(--normalize train): use --normalize public or MEAN:STD")
     size = "private number of" if private else data.train_images.shape[0]  # DP: the exact size is not output
     console.print(f"[bold]{method}[/] on {data.name}: {size} train images, "
                   f"{data.num_classes} classes, shape {data.image_shape}, device {dev}")

@@ -129,12 +129,15 @@ class Distiller(ABC):
 
     A method sets ``config_class`` (its :class:`DistillConfig` subclass), lists in ``accepts``
     the :class:`DistillInputs` fields it takes, and implements :meth:`_distill`;
-    :meth:`distill` is the one entry point, the same for every method.
+    :meth:`distill` is the one entry point, the same for every method. A differentially
+    private method sets ``private``: callers ask it, not the config's fields, whether the data
+    must stay private outside the mechanism (public normalisation, no timings, no sizes).
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type[DistillConfig]]
     accepts: ClassVar[frozenset[str]] = frozenset()
+    private: ClassVar[bool] = False
 
     def distill(
         self,

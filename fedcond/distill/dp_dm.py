@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from fedcond.augment import DSA
-from fedcond.data import TRAIN, ImageDataset
+from fedcond.data import ImageDataset
 from fedcond.distill.base import Callbacks, Distiller, DistillInputs, generator_seed, register
 from fedcond.distill.checkpoint import CHECKPOINT_NAME, run_fingerprint, save_checkpoint
 from fedcond.distill.dp_budget import Budget, privacy_record
@@ -83,6 +83,7 @@ from fedcond.privacy.accounting import ACCOUNTANTS
 from fedcond.privacy.fingerprint import data_fingerprint
 from fedcond.privacy.mechanism import add_noise, class_sums, clip_rows, noisy_means
 from fedcond.privacy.noise import SecretNoise
+from fedcond.privacy.normalisation import public_normalisation
 from fedcond.synthetic import SyntheticSet
 
 MECHANISMS = ("release", "iterate")
@@ -196,10 +197,11 @@ class DPDM(Distiller):
     """
 
     config_class = DPDMConfig
+    private = True
 
     def _distill(self, dataset: ImageDataset, config: DPDMConfig, generator: torch.Generator, device: torch.device,
                  callbacks: Callbacks, inputs: DistillInputs) -> SyntheticSet:
-        check_public_normalisation(dataset)
+        public_normalisation(dataset.normalization, self.name, f"{dataset.name}'s mean and std")
         seed = generator_seed(generator)
         dataset = dataset.to(device)
         if int(dataset.train_labels.numel()) == 0:
@@ -248,15 +250,6 @@ class DPDM(Distiller):
         sset.config["privacy"] = privacy_record(budget.spend, config, budget.sensitivity, size_noise, keep, sizes,
                                                 dataset.normalization)
         return sset.validate()
-
-
-def check_public_normalisation(dataset: ImageDataset) -> None:
-    """Refuse data normalised with statistics of its own (private) training images."""
-    if dataset.normalization == TRAIN:
-        raise FedcondError(
-            f"dp-dm refuses {dataset.name}'s normalisation: its mean and std were computed from the private "
-            "training images; load the data with public constants (--normalize public, or MEAN:STD)"
-        )
 
 
 def loop_config(config: DPDMConfig) -> DPDMConfig:

@@ -244,11 +244,10 @@ class AppConfig:
         if self.effective_mode == "iterative" or any(s in REFINING for s in strategies):
             raise FedcondError("--dp-epsilon works with one-shot FedCond: every round of fedcond-iterative, "
                                "feddm or fedaf would spend the budget again")
-        if not self.normalize:  # every run of the experiment alike, the non-private references too
-            self.normalize = "public"
-        if self.normalize == "train":
-            raise FedcondError("--dp-epsilon refuses normalize = \"train\": statistics of the private images; "
-                               "use public or MEAN:STD")
+        from fedcond.privacy.normalisation import public_normalisation  # noqa: PLC0415 (the module stays torch-free)
+
+        # every run of the experiment alike, the non-private references too
+        self.normalize = public_normalisation(self.normalize, "--dp-epsilon", "normalize = \"train\"")
 
     # ------------------------------------------------------------------ derived
     @property
