@@ -5,8 +5,9 @@ them from scratch can use under the evaluation protocol (digits, DM IPC1: 0.90 a
 0.70 for one random real image per class). Replaying one of them in every mini-batch of a
 new experience uses little of that; training on the balanced memory for as many steps as
 the evaluation protocol gives a synthetic set uses all of it. This module is that step,
-pure and shared by :class:`~fedcond.continual.plugin.DistilledReplayPlugin` (modes
-``retrain`` and ``finetune``) and the fair raw-image GDumb baseline.
+pure and shared by :class:`~fedcond.continual.plugin.DistilledFinetunePlugin`,
+:class:`~fedcond.continual.plugin.DistilledReplayPlugin` (modes ``finetune`` and ``retrain``)
+and the fair raw-image GDumb baseline.
 """
 
 from __future__ import annotations
