@@ -12,10 +12,10 @@ partitions of another split than the server assumes, or extra clients would find
 partition; so :func:`check_federation` stops the run at once with one line saying how to fix it.
 
 :func:`ignored_settings` explains the run-config keys that do nothing in a run launched
-this way: ``rounds`` in a one-shot FedCond run, and the comparison settings only
-``fedcond federate`` reads (it runs every strategy with its references; ``flwr run``
-runs ``strategy`` alone). The in-process runner (``fedcond federate``) sizes its
-simulation from ``num-clients`` itself and skips both.
+this way: ``rounds`` in a one-shot FedCond run. (The comparison's settings, which only
+``fedcond federate`` reads, are no keys of the app's run config: Flower refuses them.) The
+in-process runner (``fedcond federate``) sizes its simulation from ``num-clients`` itself
+and skips both.
 """
 
 from __future__ import annotations
@@ -25,11 +25,8 @@ from dataclasses import fields
 from typing import Any
 
 from fedcond.errors import FedcondError
-from fedcond.federated.config import FederateConfig, run_config_key
+from fedcond.federated.config import AppConfig
 
-# Read only by `fedcond federate`, which compares strategies with their references.
-COMPARISON_SETTINGS = ("strategies", "storage_dtypes", "random_reference", "dp_epsilons", "central_max_epochs",
-                       "central_patience")
 SIMULATION_SETTLE_SECONDS = 1.0  # the simulation registers all its SuperNodes within milliseconds of each other
 SIMULATION_MAX_WAIT_SECONDS = 30.0
 DEPLOYMENT_SETTLE_SECONDS = 10.0  # num-clients = 0 in a deployment: the SuperNodes connected, once none joins for 10 s
@@ -43,7 +40,7 @@ def is_simulation(grid: Any) -> bool:
     return isinstance(grid, InMemoryGrid)
 
 
-def federation_size(grid: Any, cfg: FederateConfig, log: Any = None, poll: float = 0.2) -> int:
+def federation_size(grid: Any, cfg: AppConfig, log: Any = None, poll: float = 0.2) -> int:
     """How many SuperNodes the federation has.
 
     Simulation: Flower registers its virtual SuperNodes just after the ServerApp starts, so
@@ -80,7 +77,7 @@ def federation_size(grid: Any, cfg: FederateConfig, log: Any = None, poll: float
         time.sleep(poll)
 
 
-def check_federation(grid: Any, cfg: FederateConfig, log: Any = None) -> int:
+def check_federation(grid: Any, cfg: AppConfig, log: Any = None) -> int:
     """The federation's size, which must equal ``num-clients`` unless that is 0 (then it is
     the federation's size): a ``FedcondError`` saying how to make them agree otherwise."""
     size = federation_size(grid, cfg, log)
@@ -101,18 +98,14 @@ def check_federation(grid: Any, cfg: FederateConfig, log: Any = None) -> int:
                        f"{cfg.num_clients}: {fix}")
 
 
-def ignored_settings(cfg: FederateConfig) -> list[str]:
+def ignored_settings(cfg: AppConfig) -> list[str]:
     """One sentence per run-config setting that does nothing in this run, when it differs
-    from its default (pyproject.toml's defaults are FederateConfig's, so a differing value
+    from its default (pyproject.toml's defaults are AppConfig's, so a differing value
     is one the user set)."""
-    defaults = {f.name: f.default for f in fields(FederateConfig)}
+    defaults = {f.name: f.default for f in fields(AppConfig)}
     notes = []
     if cfg.effective_rounds == 1 and cfg.rounds != defaults["rounds"]:
         notes.append(f"rounds = {cfg.rounds} has no effect: one-shot FedCond runs exactly one round "
                      f"(mode = 'iterative', or strategy = 'fedcond-iterative', 'fedavg', 'fedprox' or 'fedadam', "
                      f"runs rounds)")
-    changed = [run_config_key(k) for k in COMPARISON_SETTINGS if getattr(cfg, k) != defaults[k]]
-    if changed:
-        notes.append(f"{', '.join(changed)}: read only by `fedcond federate` (the whole comparison with its "
-                     f"references); this run runs strategy = '{cfg.strategy}' alone")
     return notes

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fedcond.federated.checkpoint import load_latest, load_record, save_record
-from fedcond.federated.config import FederateConfig
+from fedcond.federated.config import AppConfig
 from fedcond.federated.events import OnEvent, RunFinished, RunStarted
 from fedcond.federated.references import PlannedRun
 from fedcond.simulations.usage import TreeUsage
@@ -41,7 +41,7 @@ def backend_config(num_cpus: float = 1.0, num_gpus: float = 0.0, total_cpus: int
             "init_args": {"num_cpus": total, "num_gpus": 1 if num_gpus > 0 else 0, "log_to_driver": False}}
 
 
-def run_strategy(cfg: FederateConfig, resources: dict[str, Any] | None = None, log_file: Path | None = None,
+def run_strategy(cfg: AppConfig, resources: dict[str, Any] | None = None, log_file: Path | None = None,
                  on_event: OnEvent | None = None) -> dict[str, Any]:
     """Simulate ``cfg.strategy`` with ``cfg.num_clients`` SuperNodes; return its record.
 

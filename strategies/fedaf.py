@@ -9,7 +9,7 @@ metered grid counts it with the model. Each client condenses its data collaborat
 logits on its real images, with class counts) in a ``fedaf-soft-labels`` ArrayRecord. The
 server validates both (:meth:`FedAF.check_extra`; a bad reply is rejected whole), keeps each
 client's newest set and soft labels, and trains the global model, continuing from the one it
-sent, on the union of the sets with cross-entropy plus ``fedaf_lambda_global`` times the
+sent, on the union of the sets with cross-entropy plus ``lambda_global`` times the
 distillation to the aggregated soft labels; those become the next round's global knowledge.
 
 Reply validation, the pool, checkpoints and the training recipe are FedCond's
@@ -36,15 +36,19 @@ from fedcond.synthetic import InvalidSyntheticSet, SyntheticSet
 class FedAF(FedCond):
     """Aggregation-free FL: pooled condensed sets plus the clients' soft labels (module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, lambda_global: float, temperature: float, lambda_local: float | None = None,
+                 **kwargs: Any) -> None:
+        """FedCond's arguments (always iterative), and the server's distillation: its weight
+        ``lambda_global`` beside cross-entropy and the soft labels' ``temperature``;
+        ``lambda_local``, the clients' knowledge-matching weight, for :meth:`summary` only."""
+        super().__init__(*args, **{**kwargs, "iterative": True})
+        self.lambda_global, self.temperature, self.lambda_local = lambda_global, temperature, lambda_local
         self.knowledge: tuple[torch.Tensor, torch.Tensor] | None = None  # (C, C) logits, (K,) classes
 
     def summary(self) -> None:
-        cfg = self.cfg
-        log(INFO, "\t├──> FedAF (Wang et al., CVPR 2024): ipc %d, %s iterations a round, lambda local %g, "
-            "lambda global %g, temperature %g", cfg.ipc, cfg.client_iterations, cfg.fedaf_lambda_local,
-            cfg.fedaf_lambda_global, cfg.fedaf_temperature)
+        log(INFO, "\t├──> FedAF (Wang et al., CVPR 2024): ipc %d, %s iterations a round, lambda local %s, "
+            "lambda global %g, temperature %g", self.ipc, self.iterations, self.lambda_local, self.lambda_global,
+            self.temperature)
         FedAvg.summary(self)
 
     def configure_train(
@@ -88,8 +92,7 @@ class FedAF(FedCond):
         """Aggregate the pool's soft labels (the next round's knowledge too), then train with
         cross-entropy plus the distillation to them."""
         self.knowledge = self._aggregate()
-        cfg = self.cfg
-        loss = server_loss(self.knowledge, self.data.num_classes, cfg.fedaf_lambda_global, cfg.fedaf_temperature)
+        loss = server_loss(self.knowledge, self.data.num_classes, self.lambda_global, self.temperature)
         return super().train_global(server_round, loss)
 
     def _aggregate(self) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -23,7 +23,7 @@ rejections to the per-round checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
@@ -37,18 +37,13 @@ from flwr.supercore import log
 from fedcond.data import ImageDataset
 from fedcond.federated.checkpoint import tensor_of_bytes
 from fedcond.federated.comms import CommLedger
-from fedcond.federated.config import FederateConfig
-from fedcond.federated.records import (
-    SET_ARRAYS_KEY,
-    SET_META_KEY,
-    load_record,
-    message_nbytes,
-    model_to_record,
-    new_model,
-    set_from_records,
-)
-from fedcond.federated.server_training import train_on_pool
+from fedcond.federated.records import SET_ARRAYS_KEY, SET_META_KEY, message_nbytes, set_from_records
 from fedcond.synthetic import InvalidSyntheticSet, SyntheticSet
+
+# Trains the global model on the pooled sets: (sets, server round, the model to continue from or
+# None for a fresh one, a loss term added to every mini-batch or None) -> the trained model's arrays.
+# The server app makes it from the run's settings (fedcond.federated.server_training.pool_trainer).
+PoolTrainer = Callable[[list[SyntheticSet], int, ArrayRecord | None, Any], ArrayRecord]
 
 
 @dataclass
@@ -73,25 +68,41 @@ class PoolEntry:
 
 
 class FedCond(FedAvg):
-    """Pool clients' synthetic sets; train the global model on them (one-shot or iterative)."""
+    """Pool clients' synthetic sets; train the global model on them (one-shot or iterative).
 
-    def __init__(self, data: ImageDataset, cfg: FederateConfig, ledger: CommLedger | None = None,
-                 fraction_train: float = 1.0, min_train_nodes: int = 1, min_available_nodes: int = 1,
-                 arrayrecord_key: str = "arrays", configrecord_key: str = "config") -> None:
+    Args:
+        data: the task: a reply's images must have its image shape and classes.
+        train_pool: trains the global model on the pool (:data:`PoolTrainer`).
+        ipc: the most images per class a client's set may hold.
+        max_payload_bytes: the cap on the bytes of one reply.
+        iterative: send the global model every round and continue training it (FedDM-style
+            refinement); one-shot otherwise.
+        ledger: where rejected replies are marked (the metered grid's).
+        method, iterations: what the clients run, for :meth:`summary` only.
+        fraction_train, min_train_nodes, min_available_nodes, arrayrecord_key,
+            configrecord_key: Flower's ``FedAvg``'s.
+    """
+
+    def __init__(self, data: ImageDataset, train_pool: PoolTrainer, *, ipc: int, max_payload_bytes: int,
+                 iterative: bool = False, ledger: CommLedger | None = None, method: str = "",
+                 iterations: int | None = None, fraction_train: float = 1.0, min_train_nodes: int = 1,
+                 min_available_nodes: int = 1, arrayrecord_key: str = "arrays",
+                 configrecord_key: str = "config") -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0, min_train_nodes=min_train_nodes,
                          min_available_nodes=min_available_nodes, arrayrecord_key=arrayrecord_key,
                          configrecord_key=configrecord_key)
-        self.data, self.cfg = data, cfg
+        self.data, self.train_pool = data, train_pool
+        self.ipc, self.max_payload_bytes, self.iterative = ipc, max_payload_bytes, iterative
+        self.method, self.iterations = method, iterations
         self.ledger = ledger if ledger is not None else CommLedger()
-        self.iterative = cfg.effective_mode == "iterative"
         self.pool: dict[str, PoolEntry] = {}  # by partition id (p3), else node id (n123)
         self.rejections: list[dict[str, Any]] = []
         self.global_arrays: ArrayRecord | None = None  # the model sent this round (iterative)
 
     def summary(self) -> None:
         log(INFO, "\t├──> FedCond: mode %s, method %s, ipc %d, iterations %s, payload cap %d bytes",
-            "iterative" if self.iterative else "one-shot", self.cfg.method, self.cfg.ipc, self.cfg.client_iterations,
-            self.cfg.max_payload_bytes)
+            "iterative" if self.iterative else "one-shot", self.method, self.ipc, self.iterations,
+            self.max_payload_bytes)
         super().summary()
 
     # ------------------------------------------------------------------ sending
@@ -107,8 +118,8 @@ class FedCond(FedAvg):
     def check_reply(self, message: Message) -> tuple[SyntheticSet, int]:
         """The validated SyntheticSet of a reply and its size; ``InvalidSyntheticSet`` if bad."""
         size = message_nbytes(message)
-        if size > self.cfg.max_payload_bytes:
-            raise InvalidSyntheticSet(f"reply is {size} bytes, above the cap of {self.cfg.max_payload_bytes}")
+        if size > self.max_payload_bytes:
+            raise InvalidSyntheticSet(f"reply is {size} bytes, above the cap of {self.max_payload_bytes}")
         content = message.content
         if SET_ARRAYS_KEY not in content.array_records or SET_META_KEY not in content.config_records:
             raise InvalidSyntheticSet(
@@ -120,9 +131,9 @@ class FedCond(FedAvg):
             raise InvalidSyntheticSet(f"images are {tuple(sset.image_shape)}, the task's are {tuple(d.image_shape)}")
         if tuple(sset.classes) != tuple(d.classes):
             raise InvalidSyntheticSet(f"classes {list(sset.classes)[:5]}... do not match the task's")
-        cap = self.cfg.ipc * d.num_classes
+        cap = self.ipc * d.num_classes
         if not 0 < sset.num_images <= cap:
-            raise InvalidSyntheticSet(f"{sset.num_images} images; expected 1 to {cap} (ipc {self.cfg.ipc})")
+            raise InvalidSyntheticSet(f"{sset.num_images} images; expected 1 to {cap} (ipc {self.ipc})")
         return sset, size
 
     def aggregate_train(
@@ -176,11 +187,8 @@ class FedCond(FedAvg):
 
     def train_global(self, server_round: int, extra_loss: Any = None) -> ArrayRecord:
         """The global model trained on the pool (continuing from the one sent when iterative)."""
-        model = new_model(self.data, self.cfg)
-        if self.iterative and self.global_arrays is not None:
-            load_record(model, self.global_arrays)  # FedDM: keep improving the global model
-        train_on_pool(model, [e.sset for e in self.pool.values()], self.cfg, server_round, extra_loss)
-        return model_to_record(model)
+        start = self.global_arrays if self.iterative else None  # FedDM: keep improving the global model
+        return self.train_pool([e.sset for e in self.pool.values()], server_round, start, extra_loss)
 
     def provenance(self) -> list[dict[str, Any]]:
         """Where every pooled set came from (client, round, size, classes)."""

@@ -19,6 +19,7 @@ path with fedcond's earlier settings (relative Gaussian noise of ``feddm_rho``).
 from __future__ import annotations
 
 from logging import INFO
+from typing import Any
 
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
@@ -27,10 +28,17 @@ from fedcond.strategies.fedcond import FedCond
 
 
 class FedDM(FedCond):
-    """FedCond's iterative server with FedDM's clients (see the module docstring)."""
+    """FedCond's iterative server with FedDM's clients (see the module docstring).
+
+    Takes FedCond's arguments (always iterative) and ``radius``, the clients' ball around the
+    received weights, which :meth:`summary` reports (the clients read it from the run config).
+    """
+
+    def __init__(self, *args: Any, radius: float, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "iterative": True})
+        self.radius = radius
 
     def summary(self) -> None:
-        cfg = self.cfg
         log(INFO, "\t├──> FedDM (Xiong et al., CVPR 2023): ipc %d, %s iterations a round, radius %g, "
-            "payload cap %d bytes", cfg.ipc, cfg.client_iterations, cfg.feddm_radius, cfg.max_payload_bytes)
+            "payload cap %d bytes", self.ipc, self.iterations, self.radius, self.max_payload_bytes)
         FedAvg.summary(self)

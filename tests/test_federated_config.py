@@ -1,9 +1,9 @@
-"""One source of settings: pyproject's run config, FederateConfig and configs/federated_*.toml agree.
+"""One source of settings: pyproject's run config, AppConfig, ExperimentConfig and configs/federated_*.toml agree.
 
-``[tool.flwr.app.config]`` is what ``flwr run .`` starts from; ``FederateConfig``'s defaults
-are what ``fedcond federate`` starts from. They must be the same run. A config file must
-give the same settings whether Flower reads it (``flwr run . --run-config FILE``) or fedcond
-does (``fedcond federate --config FILE``).
+``[tool.flwr.app.config]`` is what ``flwr run .`` starts from: exactly ``AppConfig``'s keys and
+defaults. ``ExperimentConfig`` (``FederateConfig``, what ``fedcond federate`` starts from) is an
+app config plus the experiment's own keys. A config file's app settings must be the same whether
+Flower reads it (``flwr run . --run-config FILE``) or fedcond does (``fedcond federate --config FILE``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from fedcond.errors import FedcondError
-from fedcond.federated.config import FLWR_RUN_DEFAULTS, RUN_CONFIG_NONE, FederateConfig, run_config_key
+from fedcond.federated.config import (
+    FLWR_RUN_DEFAULTS,
+    FROM_DM,
+    RUN_CONFIG_NONE,
+    AppConfig,
+    ExperimentConfig,
+    FederateConfig,
+    run_config_key,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((ROOT / "configs").glob("federated_*.toml"))
@@ -27,29 +35,38 @@ def app_config() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
 
-def run_settings() -> list[dataclasses.Field]:
+def run_settings(config_class: type = ExperimentConfig) -> list[dataclasses.Field]:
     """The dataclass fields that are run settings: a run-config scalar type, or one that may be
-    None with the scalar that stands for None in a run config (RUN_CONFIG_NONE)."""
+    None with the scalar that stands for None in a run config (RUN_CONFIG_NONE), or DM's own
+    setting that a built config holds instead of None (FROM_DM)."""
     scalars = ("str", "int", "float", "bool")
-    return [f for f in dataclasses.fields(FederateConfig)
-            if f.type in scalars or (f.type.removesuffix(" | None") in scalars and f.name in RUN_CONFIG_NONE)]
+    return [f for f in dataclasses.fields(config_class)
+            if f.type in scalars or (f.type.removesuffix(" | None") in scalars
+                                     and (f.name in RUN_CONFIG_NONE or f.name in FROM_DM))]
 
 
 def test_every_field_is_a_run_setting():
     # A field that is not a str/int/float/bool (an untyped dict of extras, say) cannot
     # travel in Flower's run config, so `flwr run` could never set it.
-    assert run_settings() == list(dataclasses.fields(FederateConfig))
+    assert run_settings() == list(dataclasses.fields(ExperimentConfig))
+    assert FederateConfig is ExperimentConfig and issubclass(ExperimentConfig, AppConfig)
+    built = FederateConfig()
+    assert all(getattr(built, name) is not None for name in FROM_DM)  # DM's settings, referenced
 
 
-def test_pyproject_run_config_equals_the_dataclass_defaults():
+def test_pyproject_run_config_equals_the_app_config_defaults():
     table = app_config()
-    defaults = dataclasses.replace(FederateConfig(), **FLWR_RUN_DEFAULTS)  # flwr run: num-clients = the federation's
+    defaults = dataclasses.replace(AppConfig(), **FLWR_RUN_DEFAULTS)  # flwr run: num-clients = the federation's
     expected = defaults.to_run_config()
-    assert sorted(table) == sorted(run_config_key(f.name) for f in run_settings())
-    assert sorted(table) == sorted(expected), "keys differ between pyproject.toml and FederateConfig"
+    assert sorted(table) == sorted(run_config_key(f.name) for f in run_settings(AppConfig))
+    assert sorted(table) == sorted(expected), "keys differ between pyproject.toml and AppConfig"
     for key, value in expected.items():
         assert table[key] == value and type(table[key]) is type(value), (key, table[key], value)
-    assert FederateConfig.from_run_config(table) == defaults
+    assert AppConfig.from_run_config(table) == defaults
+    # the experiment's own keys are not the app's: an experiment's run config holds the app's alone
+    own = {run_config_key(f.name) for f in dataclasses.fields(ExperimentConfig)} - set(table)
+    assert own >= {"strategies", "storage-dtypes", "dp-epsilons", "random-reference", "central-max-epochs"}
+    assert set(FederateConfig().to_run_config()) == set(table)
 
 
 def test_each_method_runs_its_own_iterations_unless_set():
@@ -107,12 +124,25 @@ def flower_settings(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
-def test_config_files_read_the_same_by_flower_and_fedcond(path):
-    via_flower = FederateConfig.from_run_config(flower_settings(path))
+def test_config_files_read_the_same_by_flower_and_fedcond(path, tmp_path):
     via_fedcond = FederateConfig.from_toml(path)
-    assert via_flower == via_fedcond
     written = tomllib.loads(path.read_text())
     assert written and all(getattr(via_fedcond, k.replace("-", "_")) == v for k, v in written.items())
+    app_keys = set(app_config())
+    if set(written) <= app_keys:  # a file of app keys is a Flower run config as it is
+        app_file = path
+    else:  # Flower refuses the experiment's keys; the file's app keys are read alike
+        with pytest.raises(ValueError, match="not present"):
+            flower_settings(path)
+        app_file = tmp_path / path.name
+        app_file.write_text("".join(line + "\n" for line in path.read_text().splitlines()
+                                    if line.split("=")[0].strip() in app_keys))
+    assert AppConfig.from_run_config(flower_settings(app_file)) == via_fedcond.app
+
+
+def test_the_digits_file_is_a_flower_run_config():
+    # docs/federated.md runs `flwr run . --run-config configs/federated_digits.toml`
+    assert set(tomllib.loads((ROOT / "configs" / "federated_digits.toml").read_text())) <= set(app_config())
 
 
 def test_config_files_exist():

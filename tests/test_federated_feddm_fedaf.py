@@ -125,10 +125,10 @@ def test_fedaf_soft_labels_and_global_knowledge_travel_in_counted_messages(runs)
 
 
 def test_fedaf_server_rejects_replies_without_valid_soft_labels(task_identity, digits, tiny_set):
-    from fedcond.strategies.fedaf import FedAF
+    from fedcond.strategies import build_strategy
 
     cfg = FederateConfig(strategy="fedaf", strategies="fedaf", ipc=2, server_epochs=1)
-    strategy = FedAF(digits, cfg, CommLedger())
+    strategy = build_strategy(cfg, digits, CommLedger())
 
     def reply(node, soft):
         ins = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node,
@@ -149,7 +149,7 @@ def test_fedaf_server_rejects_replies_without_valid_soft_labels(task_identity, d
     assert torch.allclose(strategy.knowledge[0], good["logits"]) and strategy.knowledge[1].tolist() == list(range(10))
     # the knowledge survives a checkpoint: it is rebuilt from the pool's soft labels
     tensors, state = strategy.state()
-    restored = FedAF(digits, cfg, CommLedger())
+    restored = build_strategy(cfg, digits, CommLedger())
     restored.load_state(tensors, state)
     assert torch.equal(restored.knowledge[0], strategy.knowledge[0])
 

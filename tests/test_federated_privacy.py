@@ -20,7 +20,7 @@ from fedcond.federated.config import FederateConfig
 from fedcond.federated.records import set_to_records
 from fedcond.federated.references import DP_EPSILON, RANDOM_REAL, plan_runs
 from fedcond.federated.report import annotate_privacy, plot_accuracy_vs_epsilon, privacy_table
-from fedcond.strategies.fedcond import FedCond
+from fedcond.strategies import build_strategy
 
 QUICK = '{"bank_size": 2}'
 
@@ -79,7 +79,7 @@ def _reply(node: int, sset, pid: int) -> Message:
 def test_server_records_every_clients_epsilon(task_identity, digits, digits_public, tiny_set):
     cfg = FederateConfig(ipc=2, server_epochs=1, dp_epsilon=3.0, iterations=2, method_options=QUICK)
     private = distill_partition(digits_public.subset(torch.arange(300)), cfg, seed=0)
-    strategy = FedCond(digits, cfg, CommLedger())
+    strategy = build_strategy(cfg, digits, CommLedger())
     strategy.aggregate_train(1, [_reply(5, private, 0), _reply(6, tiny_set, 1)])
     by_pid = {p["partition_id"]: p for p in strategy.provenance()}
     assert by_pid[0]["epsilon"] == private.config["privacy"]["epsilon"] and by_pid[0]["delta"] == 1e-5

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Met
 from fedcond.federated.comms import CommLedger
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.records import model_to_record, new_model, set_to_records
-from fedcond.strategies.fedcond import FedCond
+from fedcond.strategies import build_strategy
 
 
 class _Nodes:
@@ -22,13 +22,13 @@ class _Nodes:
 
 def test_configure_train_sends_the_settings_and_the_model_only_when_iterative(task_identity, digits):
     model = model_to_record(new_model(digits, FederateConfig()))
-    oneshot = FedCond(digits, FederateConfig(), CommLedger())
+    oneshot = build_strategy(FederateConfig(), digits, CommLedger())
     messages = list(oneshot.configure_train(4, model, ConfigRecord(), _Nodes()))
     assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3]
     content = messages[0].content
     assert dict(content["config"]) == {"server-round": 4, "mode": "oneshot"}
     assert len(content["arrays"]) == 0  # one-shot clients need nothing but their data
-    iterative = FedCond(digits, FederateConfig(strategy="fedcond-iterative"), CommLedger())
+    iterative = build_strategy(FederateConfig(strategy="fedcond-iterative"), digits, CommLedger())
     content = list(iterative.configure_train(2, model, ConfigRecord(), _Nodes()))[0].content
     assert content["config"]["mode"] == "iterative"
     assert list(content["arrays"].keys()) == list(model.keys())
@@ -50,7 +50,7 @@ def _content(arrays, meta) -> RecordDict:
 def test_malformed_replies_are_rejected_and_the_round_goes_on(task_identity, digits, tiny_set):
     cfg = FederateConfig(ipc=2, server_epochs=2, max_payload_bytes=200_000)
     ledger = CommLedger()
-    strategy = FedCond(digits, cfg, ledger)
+    strategy = build_strategy(cfg, digits, ledger)
     good = _content(*set_to_records(tiny_set))
     nan_images = tiny_set.images.clone()
     nan_images[3, 0, 0, 0] = float("nan")
@@ -90,7 +90,7 @@ def test_malformed_replies_are_rejected_and_the_round_goes_on(task_identity, dig
 
 
 def test_all_replies_bad_keeps_the_previous_model(task_identity, digits, tiny_set):
-    strategy = FedCond(digits, FederateConfig(ipc=2, server_epochs=1), CommLedger())
+    strategy = build_strategy(FederateConfig(ipc=2, server_epochs=1), digits, CommLedger())
     arrays_out, metrics = strategy.aggregate_train(1, [_reply(1, error="boom")])
     assert arrays_out is None and metrics["failed"] == 1
 
@@ -98,7 +98,7 @@ def test_all_replies_bad_keeps_the_previous_model(task_identity, digits, tiny_se
 def test_pool_is_keyed_by_partition_and_survives_a_checkpoint(task_identity, digits, tiny_set):
     """Node ids change when a federation restarts; partition ids do not."""
     cfg = FederateConfig(ipc=2, server_epochs=1, storage_dtype="uint8")
-    strategy = FedCond(digits, cfg, CommLedger())
+    strategy = build_strategy(cfg, digits, CommLedger())
     arrays, meta = set_to_records(dataclasses.replace(tiny_set, storage_dtype="uint8"))
     content = RecordDict({"synthetic": arrays, "synthetic-meta": meta,
                           "metrics": MetricRecord({"num-examples": 10, "partition-id": 3})})
@@ -106,7 +106,7 @@ def test_pool_is_keyed_by_partition_and_survives_a_checkpoint(task_identity, dig
     strategy.aggregate_train(2, [_reply(99, content)])  # the same client after a restart
     assert list(strategy.pool) == ["p3"] and strategy.pool["p3"].server_round == 2
     tensors, state = strategy.state()
-    again = FedCond(digits, cfg, CommLedger())
+    again = build_strategy(cfg, digits, CommLedger())
     again.load_state(tensors, state)
     assert again.provenance() == strategy.provenance()
     assert torch.equal(again.pool["p3"].sset.images, strategy.pool["p3"].sset.images)
@@ -127,8 +127,6 @@ def test_a_round_started_while_nodes_connect_waits_for_the_whole_federation(task
     """Flower sizes a sample from the nodes connected at that moment: a resumed run's first round used to go
     to the one node registered so far (a flaky resume test in CI). With the federation's size known, it waits."""
     from flwr.serverapp.strategy import strategy_utils
-
-    from fedcond.strategies import build_strategy
 
     monkeypatch.setattr(strategy_utils, "sleep", lambda s: None)
     model = model_to_record(new_model(digits, FederateConfig()))

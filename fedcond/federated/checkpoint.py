@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from fedcond.errors import FedcondError
 from fedcond.federated.comms import ClientRound, CommLedger
-from fedcond.federated.config import FederateConfig
+from fedcond.federated.config import AppConfig
 from fedcond.runinfo import write_json
 
 FORMAT = 1
@@ -46,7 +46,11 @@ EXTENDABLE_SETTINGS = ("rounds",)
 
 _MISSING = object()
 # Each setting's default: one a checkpoint predates (fedcond gained it later) is the same run at it.
-_DEFAULTS = {f.name: f.default for f in fields(FederateConfig) if f.default is not MISSING}
+_DEFAULTS = {f.name: f.default for f in fields(AppConfig) if f.default is not MISSING}
+# What a checkpoint is compared on: the app's settings. Checkpoints written before the app's
+# and the experiment's settings were split also hold the experiment's (strategies, references):
+# no run computes with those, so they are left out of the comparison.
+APP_SETTINGS = frozenset(_DEFAULTS)
 
 
 @dataclass
@@ -65,15 +69,16 @@ class RoundState:
     val_accuracy: dict[int, float] = field(default_factory=dict)  # on the run's validation split
 
 
-def result_settings(cfg: FederateConfig) -> dict[str, Any]:
-    """The settings a checkpoint must agree with to be continued."""
-    return {k: v for k, v in cfg.to_json().items() if k not in NOT_RESULT_SETTINGS}
+def result_settings(cfg: AppConfig) -> dict[str, Any]:
+    """The settings a checkpoint must agree with to be continued: the app's (an experiment's
+    own settings decide which runs there are, not what one computes)."""
+    return {k: v for k, v in cfg.app_settings().items() if k not in NOT_RESULT_SETTINGS}
 
 
 def check_settings(folder: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
     """A ``FedcondError`` naming the first differing setting, if ``saved != now`` beyond
     :data:`EXTENDABLE_SETTINGS`."""
-    for key in sorted(set(saved) | set(now)):
+    for key in sorted((set(saved) & APP_SETTINGS) | set(now)):
         if key not in saved and now.get(key) == _DEFAULTS.get(key, _MISSING):
             continue  # a setting added since the checkpoint was written, at its default: the run is the same
         if key not in EXTENDABLE_SETTINGS and saved.get(key) != now.get(key):
@@ -82,7 +87,7 @@ def check_settings(folder: Path, saved: dict[str, Any], now: dict[str, Any]) -> 
                                "(fedcond federate: another --out, or --fresh)")
 
 
-def save_round(folder: Path, cfg: FederateConfig, state: RoundState) -> None:
+def save_round(folder: Path, cfg: AppConfig, state: RoundState) -> None:
     """Write round ``state.server_round``'s checkpoint, then point ``latest.json`` at it."""
     folder.mkdir(parents=True, exist_ok=True)
     k = state.server_round
@@ -107,7 +112,7 @@ def save_round(folder: Path, cfg: FederateConfig, state: RoundState) -> None:
             old.unlink(missing_ok=True)
 
 
-def load_latest(folder: Path, cfg: FederateConfig) -> RoundState | None:
+def load_latest(folder: Path, cfg: AppConfig) -> RoundState | None:
     """The newest complete round's state, or None when ``folder`` holds none.
 
     Settings that differ from the checkpoint's are a ``FedcondError`` (see :func:`check_settings`).
@@ -149,7 +154,7 @@ def save_record(folder: Path, record: dict[str, Any]) -> None:
     write_json(folder / "record.json", record)
 
 
-def load_record(folder: Path, cfg: FederateConfig) -> dict[str, Any] | None:
+def load_record(folder: Path, cfg: AppConfig) -> dict[str, Any] | None:
     """The finished run's record, if ``folder`` holds one made with the same settings."""
     path = folder / "record.json"
     if not path.is_file():
@@ -161,7 +166,7 @@ def load_record(folder: Path, cfg: FederateConfig) -> dict[str, Any] | None:
     return record
 
 
-def _latest_round(folder: Path, cfg: FederateConfig) -> int | None:
+def _latest_round(folder: Path, cfg: AppConfig) -> int | None:
     """The round ``latest.json`` names (None without one), checked against ``cfg``: other settings
     (:func:`check_settings`), or a round past ``cfg``'s last (a shorter run), are a ``FedcondError``."""
     latest = folder / "latest.json"

@@ -7,7 +7,7 @@
   refining the set the client made in the previous round (from fresh real images in the
   first); for strategy ``fedaf``, FedAF's collaborative condensation
   (:func:`fedcond.federated.fedaf.condense`: the same, plus the knowledge matching). With
-  ``dp_epsilon`` > 0 the distiller is dp-dm (``FederateConfig.client_method``): the set then
+  ``dp_epsilon`` > 0 the distiller is dp-dm (``AppConfig.client_method``): the set then
   records the client's (ε, δ).
 - FedAvg / FedProx / FedAdam clients call :func:`local_train`: SGD with the comparison's
   recipe (:mod:`fedcond.recipe`, augmentation included) for a few local epochs, with
@@ -22,14 +22,14 @@ from torch import nn
 from fedcond.data import ImageDataset
 from fedcond.distill import DistillInputs, get_distiller
 from fedcond.distill.base import Callbacks
-from fedcond.federated.config import FederateConfig
+from fedcond.federated.config import AppConfig
 from fedcond.precision import autocast
 from fedcond.recipe import Recipe
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import classification_loss
 
 
-def client_seed(cfg: FederateConfig, partition_id: int, server_round: int) -> int:
+def client_seed(cfg: AppConfig, partition_id: int, server_round: int) -> int:
     """The seed of a client's work in a round (distilling or local training): fixed by the
     run's seed, the client's partition and the round, so reruns and resumed runs draw alike."""
     return cfg.seed * 100_003 + partition_id * 1009 + server_round
@@ -37,7 +37,7 @@ def client_seed(cfg: FederateConfig, partition_id: int, server_round: int) -> in
 
 def distill_partition(
     data: ImageDataset,
-    cfg: FederateConfig,
+    cfg: AppConfig,
     seed: int,
     global_model: nn.Module | None = None,
     previous: SyntheticSet | None = None,
@@ -48,7 +48,7 @@ def distill_partition(
     the distillation's progress to ``callbacks`` (one-shot and FedDM).
 
     With ``global_model`` (iterative mode), FedDM: DM in that model's feature space, with
-    the strategy's settings (:meth:`FederateConfig.feddm_config`), starting from
+    the strategy's settings (:meth:`AppConfig.feddm_config`), starting from
     ``previous`` when the client has a set from an earlier round; for strategy ``fedaf``
     also FedAF's knowledge matching to ``knowledge`` (the server's, from round 2 on).
     """

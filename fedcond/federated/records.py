@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from fedcond.data import ImageDataset
-from fedcond.federated.config import FederateConfig
+from fedcond.federated.config import AppConfig
 from fedcond.models import get_model
 from fedcond.synthetic import SyntheticSet
 
@@ -97,7 +97,7 @@ def set_from_records(arrays: Any, meta: Any) -> SyntheticSet:
     return SyntheticSet.from_tensors(images, labels, metadata)
 
 
-def new_model(data: ImageDataset, cfg: FederateConfig, seed: int | None = None) -> torch.nn.Module:
+def new_model(data: ImageDataset, cfg: AppConfig, seed: int | None = None) -> torch.nn.Module:
     """The run's global model architecture, initialised from ``seed`` (default: the run seed)."""
     c, h, w = data.image_shape
     return get_model(cfg.model, c, data.num_classes, (h, w), seed=cfg.seed if seed is None else seed)

@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from fedcond.data import ImageDataset
-from fedcond.federated.config import FederateConfig
-from fedcond.federated.records import load_record, new_model
+from fedcond.federated.config import AppConfig
+from fedcond.federated.records import load_record, model_to_record, new_model
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import accuracy, train_model
 
 
-def evaluate_arrays(data: ImageDataset, cfg: FederateConfig, arrays: Any,
+def evaluate_arrays(data: ImageDataset, cfg: AppConfig, arrays: Any,
                     validation: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
     """Accuracies (fractions) of the model held in ``arrays`` (a flwr ArrayRecord): ``accuracy``
     on the test split and, given ``validation`` (images, labels), ``val_accuracy`` on it."""
@@ -51,11 +51,11 @@ def pool_sets(sets: list[SyntheticSet]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_on_pool(
-    model: nn.Module, sets: list[SyntheticSet], cfg: FederateConfig, server_round: int,
+    model: nn.Module, sets: list[SyntheticSet], cfg: AppConfig, server_round: int,
     extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on the pooled sets with the comparison's recipe
-    (:attr:`FederateConfig.server_recipe`), in the run's precision (``cfg.precision``
+    (:attr:`AppConfig.server_recipe`), in the run's precision (``cfg.precision``
     resolved on ``cfg.device``); ``extra_loss`` (logits, labels) is added to every
     mini-batch's loss (FedAF's distillation term)."""
     images, labels = pool_sets(sets)
@@ -63,3 +63,20 @@ def train_on_pool(
     return train_model(model, images, labels, cfg.server_epochs, lr=cfg.server_lr_train,
                        batch_size=256, generator=gen, precision=cfg.resolved_precision(),
                        extra_loss=extra_loss, **cfg.server_recipe.train_kwargs(images.shape[1]))
+
+
+def pool_trainer(data: ImageDataset, cfg: AppConfig) -> Callable[..., Any]:
+    """The training a FedCond server does with its pool, from the run's settings: a callable
+    ``(sets, server_round, start, extra_loss) -> ArrayRecord`` that builds the run's global
+    model (:func:`new_model`), loads ``start`` (an ArrayRecord; None: the fresh model) and
+    trains it with :func:`train_on_pool`."""
+
+    def train(sets: list[SyntheticSet], server_round: int, start: Any = None,
+              extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Any:
+        model = new_model(data, cfg)
+        if start is not None:
+            load_record(model, start)
+        train_on_pool(model, sets, cfg, server_round, extra_loss)
+        return model_to_record(model)
+
+    return train

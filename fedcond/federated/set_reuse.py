@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedcond.errors import FedcondError
-from fedcond.federated.config import FederateConfig
+from fedcond.federated.config import AppConfig
 from fedcond.synthetic import SyntheticSet
 
 # The settings a one-shot client's set depends on (storage dtype, run name and the other
@@ -31,21 +31,21 @@ SET_FIELDS = ("dataset", "data_dir", "num_clients", "partition", "alpha", "class
               "method_options", "ipc", "iterations", "model", "dp_epsilon", "dp_delta", "precision", "device")
 
 
-def set_key(cfg: FederateConfig) -> str:
+def set_key(cfg: AppConfig) -> str:
     """A digest of the settings that shape a one-shot FedCond client's set."""
     values = {name: getattr(cfg, name) for name in SET_FIELDS}
     values["method_options"] = cfg.method_option_values  # the same options in another order: the same set
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def kept_set_path(cfg: FederateConfig, partition_id: int) -> Path | None:
+def kept_set_path(cfg: AppConfig, partition_id: int) -> Path | None:
     """Where this client's one-shot set is kept (None: this run keeps none)."""
     if not cfg.checkpoint_dir or cfg.effective_mode != "oneshot":
         return None
     return Path(cfg.checkpoint_dir).parent / "sets" / set_key(cfg) / f"partition-{partition_id}.safetensors"
 
 
-def load_kept_set(cfg: FederateConfig, partition_id: int) -> SyntheticSet | None:
+def load_kept_set(cfg: AppConfig, partition_id: int) -> SyntheticSet | None:
     """The set an earlier run with the same settings distilled for this client, in this
     run's storage dtype; None when there is none (or it cannot be read: distill again)."""
     path = kept_set_path(cfg, partition_id)
@@ -59,7 +59,7 @@ def load_kept_set(cfg: FederateConfig, partition_id: int) -> SyntheticSet | None
     return sset
 
 
-def keep_set(cfg: FederateConfig, partition_id: int, sset: SyntheticSet) -> None:
+def keep_set(cfg: AppConfig, partition_id: int, sset: SyntheticSet) -> None:
     """Keep this client's freshly distilled set, float32 (lossless), for later runs."""
     path = kept_set_path(cfg, partition_id)
     if path is not None:
