@@ -582,13 +582,22 @@ def goal_sentence(row: dict[str, Any]) -> str:
             f"below (at {row['worst_budget_bytes'] / mb:.1f} MiB)")
 
 
+def report_name(dataset: str, train_per_class: int = 0) -> str:
+    """The results files' stem: ``federated_<dataset>``, and ``_train<N>`` for a reduced run (its own
+    files: a CPU check never overwrites the full data set's results)."""
+    return f"federated_{dataset}" + (f"_train{train_per_class}" if train_per_class else "")
+
+
 def write_report(report: dict[str, Any], out: Path) -> None:
     """``federated_<dataset>.json`` and ``.md`` (and the plots) from what is finished."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"federated_{report['dataset']}"
+    stem = out / report_name(report["dataset"], report.get("train_per_class", 0))
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     mb = 2**20
-    lines = [f"# Federated benchmark: {report['dataset']}, {report['num_clients']} clients, Dirichlet", "",
+    reduced = report.get("train_per_class", 0)
+    lines = [f"# Federated benchmark: {report['dataset']}, {report['num_clients']} clients, Dirichlet"
+             + (f" ({reduced} training images per class, drawn with each seed: a reduced check)" if reduced else ""),
+             "",
              f"Command: `{report['command']}`  ",
              f"Machine of the invocation that wrote this report: {report['machine']} (cells of earlier "
              "invocations may have run elsewhere: each cell's arithmetic is beside its wall time below)  ",
@@ -719,8 +728,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                     lines.append(f"- {name} plateau: {spread([p['accuracy'] for p in plats]).format()} after "
                                  f"{'–'.join(dict.fromkeys([spent[0], spent[-1]]))} MiB uploaded")
             lines.append("")
-        lines += [f"![{alpha}](federated_{report['dataset']}_{alpha.replace('=', '')}.png)", ""]
-        plot(report, alpha, out / f"federated_{report['dataset']}_{alpha.replace('=', '')}.png")
+        lines += [f"![{alpha}]({stem.name}_{alpha.replace('=', '')}.png)", ""]
+        plot(report, alpha, out / f"{stem.name}_{alpha.replace('=', '')}.png")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -797,13 +806,13 @@ def main(argv: list[str] | None = None) -> None:
 
     memory = PeakMemory()
     command = reproducing_command(sys.argv if argv is None else ["benchmarks/federated_benchmark.py", *argv])
-    report: dict[str, Any] = {"command": command, "dataset": args.dataset,
+    report: dict[str, Any] = {"command": command, "dataset": args.dataset, "train_per_class": args.train_per_class,
                               "num_clients": args.num_clients, "machine": device_description(torch.device(args.device)),
                               "versions": package_versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "plateau_tolerance": args.plateau_tolerance, "settings": {}}
 
     # a report rebuilt by a later invocation (more seeds, --cells '') keeps the peak an earlier one measured
-    previous = args.out / f"federated_{args.dataset}.json"
+    previous = args.out / f"{report_name(args.dataset, args.train_per_class)}.json"
     earlier = json.loads(previous.read_text()) if previous.exists() else {}
     earlier_peak = earlier.get("peak_memory_bytes", 0)
 
@@ -923,7 +932,7 @@ def main(argv: list[str] | None = None) -> None:
                 save()
     memory.stop()
     save()
-    print(f"wrote {args.out / f'federated_{args.dataset}'}.json and .md")
+    print(f"wrote {args.out / report_name(args.dataset, args.train_per_class)}.json and .md")
 
 
 if __name__ == "__main__":

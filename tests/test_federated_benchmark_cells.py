@@ -153,5 +153,23 @@ def test_the_reduced_train_split_is_seeded_exact_per_class_and_disjoint_from_val
         FederateConfig(dataset="digits", train_per_class=-1)
 
 
+def test_a_reduced_run_writes_its_own_results_files(tmp_path, monkeypatch):
+    bench = _load()
+    ran = []
+
+    def fake_cell(cfg, strategies, folder, memory):
+        ran.append(cfg.train_per_class)
+        return {"config": cfg.to_json(), "wall_seconds": 1.0, "runs": [_run("fedcond", [0.9], 0.05)],
+                "reference_runs": []}
+
+    monkeypatch.setattr(bench, "run_cell", fake_cell)
+    bench.main(["--dataset", "digits", "--alphas", "0.5", "--ipcs", "10", "--train-per-class", "5", "--cells",
+                "fedcond", "--no-upper-bound", "--scratch", str(tmp_path / "s"), "--out", str(tmp_path / "o")])
+    assert ran == [5]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "federated_digits_train5.json", "federated_digits_train5.md", "federated_digits_train5_alpha0.5.png"]
+    assert "(5 training images per class" in (tmp_path / "o" / "federated_digits_train5.md").read_text()
+
+
 def _load():
     return load_script("federated_benchmark")
