@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scratch", default="runs/scale", help="the cells' run folders")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--tag", default="", help="suffix of the results files, e.g. _gpu")
-    parser.add_argument("--precision", default="auto", help="auto (default), float32 or bfloat16 (fedcond.precision)")
+    parser.add_argument("--precision", default=FederateConfig.precision,
+                        help="auto (default), float32 or bfloat16 (fedcond.precision)")
     parser.add_argument("--method-options", default="",
                         help='FedCond cells: DM options as JSON (fedcond federate -o), e.g. \'{"real_precision": '
                              '"bfloat16"}\'; give the cells their own --tag')

@@ -22,7 +22,7 @@ import torch
 from fedcond.data import ImageDataset
 from fedcond.errors import FedcondError
 from fedcond.models import MODEL_NAMES, get_model
-from fedcond.precision import check_precision, resolve_precision
+from fedcond.precision import DEFAULT_PRECISION, check_precision, resolve_precision
 from fedcond.synthetic import SyntheticSet
 from fedcond.train import Augment, accuracy, train_model
 from fedcond.zca import zca_dataset, zca_regularization
@@ -46,7 +46,7 @@ class EvalConfig:
     kd_temperature: float | None = None
     # Training arithmetic (fedcond.precision): auto = bfloat16 autocast on devices with fast
     # bfloat16, else float32; the results record the resolved value.
-    precision: str = "auto"
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
         check_precision(self.precision)

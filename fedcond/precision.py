@@ -21,15 +21,28 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
-from typing import ContextManager
-
-import torch
+from typing import TYPE_CHECKING, Any, ContextManager
 
 from fedcond.errors import FedcondError
 
+if TYPE_CHECKING:  # annotations only: the functions that need torch import it
+    import torch
+
 PRECISIONS = ("auto", "float32", "bfloat16")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# The one default of every ``precision`` setting (configs, commands, the plugin).
+DEFAULT_PRECISION = "auto"
 CPUINFO = Path("/proc/cpuinfo")
+
+
+def __getattr__(name: str) -> Any:
+    """``DTYPES`` (precision name -> torch dtype), made on first use: importing this module
+    loads no torch, so torch-free configs (``fedcond.federated.config``, whose ``--help`` must
+    be quick) can take :data:`PRECISIONS` and :data:`DEFAULT_PRECISION` from here."""
+    if name == "DTYPES":
+        import torch  # noqa: PLC0415  (torch-free import, see above)
+
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_precision(name: str, what: str = "precision") -> str:
@@ -54,6 +67,8 @@ def cpu_flags() -> frozenset[str]:
 def has_fast_bfloat16(device: torch.device | str) -> bool:
     """Whether ``device`` runs bfloat16 faster than float32: a CUDA GPU with bfloat16
     support, or a CPU with AMX tiles for bfloat16 (``amx_bf16``)."""
+    import torch  # noqa: PLC0415  (torch-free import, see __getattr__)
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -79,4 +94,6 @@ def autocast(precision: str, device: torch.device | str) -> ContextManager:
         return contextlib.nullcontext()
     if precision != "bfloat16":
         raise ValueError(f"autocast needs a resolved precision (float32 or bfloat16), got {precision!r}")
+    import torch  # noqa: PLC0415  (torch-free import, see __getattr__)
+
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)

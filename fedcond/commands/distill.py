@@ -20,7 +20,7 @@ from fedcond.commands.common import (
 )
 from fedcond.distill.base import DistillConfig
 from fedcond.errors import FedcondError
-from fedcond.precision import check_precision, resolve_precision
+from fedcond.precision import DEFAULT_PRECISION, check_precision, resolve_precision
 from fedcond.synthetic import STORAGE_DTYPES
 
 
@@ -59,7 +59,8 @@ def command(
         None, "--threads", help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)"
     ),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto, float32 or bfloat16 (autocast); auto: bfloat16 where the device runs it fast"
+        DEFAULT_PRECISION, "--precision",
+        help="auto, float32 or bfloat16 (autocast); auto: bfloat16 where the device runs it fast",
     ),
 ) -> None:
     """Distill a data set into a few synthetic images per class."""

@@ -22,6 +22,7 @@ from fedcond.commands.common import (
     writable_file,
 )
 from fedcond.errors import FedcondError
+from fedcond.precision import DEFAULT_PRECISION  # torch-free
 from fedcond.synthetic import DEFAULT_MAX_BYTES
 
 if TYPE_CHECKING:  # annotations only; the command imports these when it runs
@@ -68,8 +69,8 @@ def command(
         None, "--threads", help="CPU threads for torch (default: torch's; 1 is fastest on a busy machine)"
     ),
     precision: str = typer.Option(
-        "auto", "--precision", help="training arithmetic: auto, float32 or bfloat16 (autocast); auto: bfloat16 "
-                                    "where the device runs it fast"
+        DEFAULT_PRECISION, "--precision",
+        help="training arithmetic: auto, float32 or bfloat16 (autocast); auto: bfloat16 where the device runs it fast",
     ),
 ) -> None:
     """Train fresh models on a synthetic set (or real data) and report test accuracy."""

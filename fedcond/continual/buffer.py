@@ -37,7 +37,7 @@ from fedcond.continual.experience import experience_dataset, experience_tensors,
 from fedcond.distill import make_distiller
 from fedcond.errors import FedcondError
 from fedcond.formation import decode, repeat_per_tile
-from fedcond.precision import check_precision
+from fedcond.precision import DEFAULT_PRECISION, check_precision
 from fedcond.synthetic import SyntheticSet
 
 Key = tuple[int, int]  # (task label, class id): class ids may repeat across tasks
@@ -85,7 +85,7 @@ class DistillSpec:
     ipc: int | None = None
     iterations: int | None = None
     batch_real: int | None = None
-    precision: str = "auto"
+    precision: str = DEFAULT_PRECISION
     model: str = "convnet"
     options: dict[str, Any] = field(default_factory=dict)
     rebalance: str = "nested"
@@ -111,22 +111,18 @@ class DistillSpec:
         """Tiles per side of each stored image (the method option ``factor``; 1: plain images)."""
         return int(self.options.get("factor", 1))
 
-    def settings(self) -> dict[str, Any]:
-        """The config fields this spec sets itself (where the method has them): precision,
-        and for DM the buffer's defaults; a value the user gave (a field here, or in
-        ``options``: ``distill_options={"batch_real": 128}`` works as before) wins."""
-        own: dict[str, Any] = dict(BUFFER_DM_DEFAULTS) if self.method == "dm" else {}
-        own.update({k: v for k, v in (("iterations", self.iterations), ("batch_real", self.batch_real))
-                    if v is not None})
-        own["precision"] = self.precision
-        return {k: v for k, v in own.items() if k not in self.options}
-
     def make(self, ipc: int):
-        """The method's distiller and config for ``ipc`` images per class."""
-        settings = self.settings()
-        iterations = settings.pop("iterations", None)
-        # defaults, not settings: the user may still give any of them as an option
-        return make_distiller(self.method, ipc, self.model, iterations, self.options, defaults=settings)
+        """The method's distiller and config for ``ipc`` images per class: ``options`` over DM's
+        buffer defaults (:data:`BUFFER_DM_DEFAULTS`, for ``dm``), and this spec's own fields
+        where the method has them; a field here gives way to the same name in ``options``
+        (``options={"batch_real": 128}`` works as before), except ipc, model and iterations."""
+        defaults = dict(BUFFER_DM_DEFAULTS) if self.method == "dm" else {}
+        dm_iterations = defaults.pop("iterations", None)
+        fixed = {"ipc": ipc, "model": self.model,
+                 "iterations": self.iterations if self.iterations is not None else dm_iterations}
+        fixed.update({k: v for k, v in (("batch_real", self.batch_real), ("precision", self.precision))
+                      if v is not None and k not in self.options})
+        return make_distiller(self.method, {**defaults, **self.options}, fixed=fixed)
 
 
 @dataclass

@@ -38,7 +38,7 @@ from fedcond.continual.resume import RunStore, can_checkpoint, capture, restore,
 from fedcond.continual.strategies import MEMORY_STRATEGIES, STRATEGIES, StrategySettings, build_strategy, replay_buffer
 from fedcond.errors import FedcondError
 from fedcond.models import get_model
-from fedcond.precision import check_precision, resolve_precision
+from fedcond.precision import DEFAULT_PRECISION, check_precision, resolve_precision
 from fedcond.recipe import Recipe, check_same_recipe
 
 RECIPE_FIELDS = ("augment", "momentum", "weight_decay", "schedule")  # an override of one makes the recipes unequal
@@ -77,7 +77,7 @@ class ContinualConfig:
     buffer_lr: float = 0.01
     recipe: Recipe = field(default_factory=Recipe)
     unequal_recipe: bool = False  # allow per-strategy recipe overrides (reports then say so first)
-    precision: str = "auto"  # every strategy's training and the distillation (fedcond.precision)
+    precision: str = DEFAULT_PRECISION  # every strategy's training and the distillation (fedcond.precision)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     recipe_warnings: list[str] = field(default_factory=list, init=False)
 

@@ -79,7 +79,7 @@ from fedcond.distill.matching import (
 from fedcond.errors import FedcondError
 from fedcond.formation import check_factor, decode, encode, repeat_per_tile
 from fedcond.models import get_model
-from fedcond.precision import DTYPES, check_precision, resolve_precision
+from fedcond.precision import DEFAULT_PRECISION, DTYPES, check_precision, resolve_precision
 from fedcond.sampling import ClassSampler
 from fedcond.synthetic import SyntheticSet
 
@@ -156,7 +156,7 @@ class DMConfig(IterativeConfig):
     # The embedding passes in "float32" or "bfloat16" (autocast, channels-last on a CPU; see
     # the module docstring): faster on CPUs with AMX, the same sets up to rounding;
     # "auto": bfloat16 where the device runs it fast (fedcond.precision), resolved at the start.
-    precision: str = "auto"
+    precision: str = DEFAULT_PRECISION
     # The earlier name of ``precision`` (then float32 by default): when given, it is the precision.
     real_precision: str | None = None
 

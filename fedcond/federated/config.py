@@ -31,6 +31,7 @@ from typing import Any
 
 from fedcond.errors import FedcondError
 from fedcond.federated.method_settings import FedAFSettings, FedDMSettings
+from fedcond.precision import DEFAULT_PRECISION, PRECISIONS  # torch-free: --help stays quick
 from fedcond.recipe import Recipe, check_same_recipe
 
 PARTITIONS = ("iid", "dirichlet", "pathological")
@@ -40,7 +41,6 @@ DISTILLED = ("fedcond", "fedcond-iterative", "feddm", "fedaf")
 # ... of which these send the global model every round and refine the clients' sets against it
 REFINING = ("fedcond-iterative", "feddm", "fedaf")
 MODES = ("oneshot", "iterative")
-PRECISIONS = ("auto", "float32", "bfloat16")  # fedcond.precision's (not imported: this module stays torch-free)
 # Method options that the config sets itself (``-o ipc=3`` would fight ``ipc``).
 OWN_METHOD_SETTINGS = ("ipc", "model", "iterations", "checkpoint_dir", "epsilon", "delta")
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
@@ -155,7 +155,7 @@ class AppConfig:
     server_threads: int = setting(0, "torch threads of the server (0: torch's default)")
     device: str = setting("cpu", "torch device of the server and the clients (cpu, cuda)")
     # auto = bfloat16 autocast where the device has fast bfloat16 (AMX CPUs, CUDA GPUs), else float32
-    precision: str = setting("auto", "arithmetic of every training and distillation loop: auto (default: "
+    precision: str = setting(DEFAULT_PRECISION, "arithmetic of every training and distillation loop: auto (default: "
                                      "bfloat16 where the device runs it fast), float32 or bfloat16")
     out_dir: str = setting("", "where the ServerApp writes its per-strategy JSON (empty: nowhere)")
     run_name: str = setting("", "this run's name in results and file names (empty: the strategy's)")
