@@ -2,9 +2,10 @@
 
 Each option takes its flag (``--num-clients`` for ``num_clients``), type and default from the
 field of the config class (``FederateConfig``, ``ContinualConfig``), and its help from the
-``fedcond`` command's option of the same name (``fedcond federate``, ``fedcond continual
-compare``) where there is one. A benchmark states only where its default differs from the
-config's (a benchmark-sized run), and says why beside it.
+field's own (``metadata["help"]``, as ``fedcond federate``'s options do:
+:mod:`fedcond.commands.config_options`) or from the ``fedcond`` command's option of the same
+name (``fedcond continual compare``). A benchmark states only where its default differs from
+the config's (a benchmark-sized run), and says why beside it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def add_config_options(
     (the parsed values are ``{name: getattr(args, name) for name in names}``).
 
     ``defaults``: the benchmark's own defaults where they differ from the config's;
-    ``helps``: help texts by field (e.g. :func:`command_help` of the matching command);
+    ``helps``: help texts by field where they differ from the field's own (e.g. :func:`command_help`
+    of the matching command);
     ``flags``: other flags for a field (e.g. a short ``-o``). The help shows the default
     (a None default is the config's own choice, which the help text should explain).
     """
@@ -44,7 +46,8 @@ def add_config_options(
         f = by_name[name]  # a KeyError names a setting the config does not have
         default = (defaults or {}).get(name, f.default)
         kind = f.type.removesuffix(" | None")
-        text = (helps or {}).get(name, name.replace("_", " ")).replace("%", "%%")  # argparse formats help with %
+        text = (helps or {}).get(name) or f.metadata.get("help") or name.replace("_", " ")
+        text = text.replace("%", "%%")  # argparse formats help with %
         if default is not None:  # None: the help says what applies instead
             text += f" (default: {default!r})" if default == "" else f" (default: {default})"
         options = list((flags or {}).get(name, ())) + [f"--{name.replace('_', '-')}"]

@@ -4,7 +4,6 @@ with its references (raw-data bytes, random real images, storage dtypes, upper b
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,14 +19,9 @@ from fedcond.commands.common import (
     user_errors,
     writable_folder,
 )
+from fedcond.commands.config_options import config_options
 from fedcond.errors import FedcondError
 from fedcond.federated.config import FederateConfig  # torch-free: --help shows its defaults
-
-
-def _default(name: str) -> str:
-    """What ``--help`` shows as a setting's default: FederateConfig's (declared there once)."""
-    value = getattr(FederateConfig, name)
-    return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 class RunProgress:
@@ -178,127 +172,27 @@ def achieved_privacy(record: dict[str, Any]) -> str:
             f"{max(p['delta'] for p in pool):.3g}) achieved, the largest client's")
 
 
+# The options of `fedcond federate`, in --help's order: FederateConfig's fields (flag, type, default
+# and help from the field) and, where they go, the command's own (out, client_cpus, ...).
+LAYOUT = ("dataset", "out", "data_dir", "num_clients", "partition", "alpha", "classes_per_client", "strategies",
+          "rounds", "ipc", "seed", "method", "mode", "iterations", "fraction", "local_epochs", "lr", "proximal_mu",
+          "server_epochs", "augment", "server_augment", "unequal_recipe", "val_fraction", "fail_fraction",
+          "fail_mode", "client_cpus", "client_gpus", "storage_dtype", "storage_dtypes", "random_reference",
+          "herding_reference", "dp_epsilon", "dp_delta", "dp_non_private", "dp_epsilons", "normalize", "precision",
+          "reference", "fresh", "config", "option")
+
+
 @user_errors
+@config_options(FederateConfig, LAYOUT)
 def command(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="digits, mnist, cifar10, ...",
-                                          show_default=_default("dataset")),
     out: Path = typer.Option(
         ...,
         "--out",
         help="output folder (results.json, accuracy_vs_bytes.png, results.md, label_histogram.*, flower.log, "
              "checkpoints/)",
     ),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="read the data set from this local mirror"),
-    num_clients: Optional[int] = typer.Option(None, "--num-clients", help="simulated clients",
-                                              show_default=_default("num_clients")),
-    partition: Optional[str] = typer.Option(None, "--partition", help="iid, dirichlet or pathological",
-                                            show_default=_default("partition")),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration",
-                                          show_default=_default("alpha")),
-    classes_per_client: Optional[int] = typer.Option(
-        None, "--classes-per-client", help="pathological: classes per client",
-        show_default=_default("classes_per_client"),
-    ),
-    strategies: Optional[str] = typer.Option(
-        None, "--strategies", help="comma list: fedcond, fedcond-iterative, feddm, fedaf, fedavg, fedprox, fedadam",
-        show_default=_default("strategies"),
-    ),
-    rounds: Optional[int] = typer.Option(
-        None, "--rounds", help="rounds for iterative strategies (one-shot FedCond runs 1)",
-        show_default=_default("rounds"),
-    ),
-    ipc: Optional[int] = typer.Option(None, "--ipc", help="synthetic images per class per client",
-                                      show_default=_default("ipc")),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed of partitions, models and sampling of failures",
-                                       show_default=_default("seed")),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="FedCond clients' distillation method",
-                                         show_default=_default("method")),
-    mode: Optional[str] = typer.Option(None, "--mode", help="FedCond mode: oneshot or iterative",
-                                       show_default=_default("mode")),
-    iterations: Optional[int] = typer.Option(
-        None, "--iterations", "-n", help="distillation iterations per client (unset: the method's own default)"
-    ),
-    fraction: Optional[float] = typer.Option(None, "--fraction", help="fraction of clients sampled per round",
-                                             show_default=_default("fraction")),
-    local_epochs: Optional[int] = typer.Option(None, "--local-epochs", help="FedAvg/FedProx local epochs",
-                                               show_default=_default("local_epochs")),
-    lr: Optional[float] = typer.Option(None, "--lr", help="FedAvg/FedProx client learning rate",
-                                       show_default=_default("lr")),
-    proximal_mu: Optional[float] = typer.Option(None, "--proximal-mu", help="FedProx mu",
-                                                show_default=_default("proximal_mu")),
-    server_epochs: Optional[int] = typer.Option(
-        None, "--server-epochs", help="FedCond server epochs on the pooled sets", show_default=_default("server_epochs")
-    ),
-    augment: Optional[str] = typer.Option(
-        None, "--augment", help="the recipe's augmentation for every learner (clients, server, upper bound): auto, "
-                                "none or DSA families such as crop_flip", show_default=_default("augment"),
-    ),
-    server_augment: Optional[str] = typer.Option(
-        None, "--server-augment", help="the server's training alone: recipe (the same as --augment), or another "
-                                       "augmentation, which needs --unequal-recipe",
-        show_default=_default("server_augment"),
-    ),
-    unequal_recipe: Optional[bool] = typer.Option(
-        None, "--unequal-recipe", help="allow learners that train differently (the report says so in its first lines)",
-    ),
-    val_fraction: Optional[float] = typer.Option(
-        None, "--val-fraction", help="share of the training images held out as the validation split that picks "
-                                     "the reported round (never trained on, never the test split)",
-        show_default=_default("val_fraction"),
-    ),
-    fail_fraction: Optional[float] = typer.Option(
-        None, "--fail-fraction", help="fraction of clients failing each round (seeded)",
-        show_default=_default("fail_fraction"),
-    ),
-    fail_mode: Optional[str] = typer.Option(None, "--fail-mode", help="raise (client error) or corrupt (NaN payload)",
-                                            show_default=_default("fail_mode")),
     client_cpus: float = typer.Option(1.0, "--client-cpus", help="simulation: CPUs per client"),
     client_gpus: float = typer.Option(0.0, "--client-gpus", help="simulation: GPU fraction per client (e.g. 0.25)"),
-    storage_dtype: Optional[str] = typer.Option(
-        None, "--storage-dtype", help="FedCond's upload dtype: float32, float16 or uint8",
-        show_default=_default("storage_dtype"),
-    ),
-    storage_dtypes: Optional[str] = typer.Option(
-        None,
-        "--storage-dtypes",
-        help="comma list of upload dtypes compared: FedCond reruns once per dtype other than --storage-dtype",
-        show_default=_default("storage_dtypes"),
-    ),
-    random_reference: Optional[bool] = typer.Option(
-        None,
-        "--random-reference/--no-random-reference",
-        help="also run FedCond with random real images at the same bytes",
-        show_default=_default("random_reference"),
-    ),
-    herding_reference: Optional[bool] = typer.Option(
-        None,
-        "--herding-reference/--no-herding-reference",
-        help="also run FedCond with herding's real images at the same bytes",
-        show_default=_default("herding_reference"),
-    ),
-    dp_epsilon: Optional[float] = typer.Option(
-        None, "--dp-epsilon", help="FedCond clients distill with dp-dm at this epsilon (one-shot; 0: no DP)",
-        show_default=_default("dp_epsilon"),
-    ),
-    dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="their delta", show_default=_default("dp_delta")),
-    dp_non_private: Optional[bool] = typer.Option(
-        None, "--dp-non-private/--dp-private-only", help="with --dp-epsilon: also run and write what is not DP "
-        "(FedAvg/FedProx, references uploading real images, the upper bound, exact histograms, bytes, timings), "
-        "apart in OUT/non_private/", show_default=_default("dp_non_private"),
-    ),
-    dp_epsilons: Optional[str] = typer.Option(
-        None,
-        "--dp-epsilons",
-        help="comma list of epsilons: FedCond reruns once per other epsilon, for accuracy against epsilon",
-    ),
-    normalize: Optional[str] = typer.Option(
-        None, "--normalize", help="public, train or MEAN:STD per channel (default: the data set's; with DP: public)"
-    ),
-    precision: Optional[str] = typer.Option(
-        None, "--precision", help="arithmetic of every training and distillation loop: auto (default: bfloat16 where "
-                                  "the device runs it fast), float32 or bfloat16",
-        show_default=_default("precision"),
-    ),
     reference: str = typer.Option(
         "full", "--reference", help="centralised reference: none, full (upper bound trained to a plateau) or distill"
     ),
@@ -315,19 +209,19 @@ def command(
         "-o",
         help="FedCond method option key=value (repeatable): a field of the method's config, e.g. -o lr_images=0.5",
     ),
+    **settings: Any,
 ) -> None:
     """Run FedCond and baselines on the same client partitions; report accuracy against bytes sent."""
-    flags = dict(locals())
-    # The flags named after FederateConfig's fields, as given (None: the config file's value or the field's default).
-    given = {f.name: flags[f.name] for f in fields(FederateConfig) if flags.get(f.name) is not None}
+    # The settings given as flags (None: the config file's value or the field's default).
+    given = {name: value for name, value in settings.items() if value is not None}
     # Paths first: nothing may fail on them after the runs.
     writable_folder(out)
-    existing_folder(data_dir)
+    existing_folder(given.get("data_dir"))
     existing_file(config, "--config")
     if client_cpus <= 0 or client_gpus < 0:
         raise FedcondError(f"--client-cpus must be > 0 and --client-gpus >= 0, got {client_cpus} and {client_gpus}")
-    if data_dir is not None:
-        given["data_dir"] = str(data_dir)
+    if "data_dir" in given:
+        given["data_dir"] = str(given["data_dir"])
     cfg = FederateConfig.from_toml(config, **given) if config is not None else FederateConfig(**given)
     if option:  # validated against the method's config class: unknown keys are one-line errors
         cfg = cfg.with_method_options(parse_options(option))
@@ -337,6 +231,7 @@ def command(
     names = cfg.strategy_names
     if reference not in ("none", "full", "distill"):
         raise FedcondError(f"--reference must be none, full or distill, got {reference!r}")
+    rounds = given.get("rounds")
     if rounds is not None and all(cfg.for_strategy(s).effective_rounds == 1 for s in names) and rounds != 1:
         raise FedcondError(f"--rounds {rounds} has no effect: one-shot FedCond runs exactly one round; add a strategy "
                            "that runs rounds (fedavg, fedprox, fedadam, fedcond-iterative, feddm, fedaf) or --mode "
