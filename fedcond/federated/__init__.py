@@ -20,7 +20,8 @@ One FedCond round, file by file, in the order a reader follows it:
     6. fedcond/federated/records.py       a set as Flower records and back (validated); the global
                                           model's architecture (new_model) and its records
     7. fedcond/federated/server_training.py  train_on_pool, evaluate_arrays
-    8. fedcond/federated/config.py        FederateConfig: every setting the files above read
+    8. fedcond/federated/config.py        AppConfig: every setting the files above read; ExperimentConfig
+                                          (FederateConfig): an app config plus a comparison's own settings
 
 Around the round (none needed to follow it):
 
