@@ -301,3 +301,22 @@ def test_the_policy_stays_within_its_memory_budget_in_bytes(tiny, cls, factor):
         full = replace(stored, images=torch.zeros(8, 1, 8, 8), labels=torch.arange(8) % 4)
         assert policy.nbytes <= full.nbytes
         assert stored.images.numel() * stored.images.element_size() <= 8 * 64 * 4
+
+
+def test_the_user_benchmark_gives_its_variant_to_the_buffer_as_one_spec():
+    """benchmarks/continual_avalanche_user.py: a variant's distillation keys become the
+    policy's DistillSpec, the plugin stays the README's DistilledReplayPlugin."""
+    import sys
+
+    from benchmark_scripts import load_script  # tests/, a test-only helper
+
+    script = load_script("continual_avalanche_user")
+    try:
+        plugin = script.make_plugin(script.parse_variant("iterations=7,lr_images=2,rebalance=subselect"), 20, 3)
+        default = script.make_plugin({}, 20, 3)
+    finally:
+        sys.modules.pop("continual_avalanche_user", None)
+    assert type(plugin) is DistilledReplayPlugin and plugin.seed == 3 and plugin.buffer_training == BufferTraining()
+    assert plugin.storage_policy.spec == DistillSpec(iterations=7, options={"lr_images": 2}, rebalance="subselect",
+                                                     seed=3)
+    assert default.storage_policy.spec == DistillSpec(seed=3) and default.settings()["iterations"] == 40
