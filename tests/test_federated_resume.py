@@ -136,3 +136,21 @@ def test_a_checkpoint_older_than_a_new_setting_resumes_while_the_setting_keeps_i
 
     with pytest.raises(FedcondError, match="val_fraction"):
         check_settings(tmp_path, older, result_settings(replace(CFG, val_fraction=0.2)))
+
+
+def test_a_checkpoint_written_before_the_app_and_experiment_settings_split_resumes(tmp_path):
+    """Checkpoints used to record every setting, the experiment's too (strategies, references):
+    those are no app settings now and are left out of the comparison; an app setting still counts."""
+    import pytest
+
+    from fedcond.errors import FedcondError
+    from fedcond.federated.checkpoint import check_settings, result_settings
+
+    now = result_settings(CFG)
+    assert "strategies" not in now and "central_max_epochs" not in now and "rounds" in now
+    older = {**now, "strategies": "fedcond", "storage_dtypes": "float32,float16,uint8", "random_reference": True,
+             "herding_reference": True, "dp_epsilons": "", "dp_non_private": False, "unequal_recipe": False,
+             "central_max_epochs": 100, "central_patience": 5}
+    check_settings(tmp_path, older, now)
+    with pytest.raises(FedcondError, match="ipc"):
+        check_settings(tmp_path, {**older, "ipc": now["ipc"] + 1}, now)

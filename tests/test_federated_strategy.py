@@ -139,3 +139,25 @@ def test_a_round_started_while_nodes_connect_waits_for_the_whole_federation(task
         assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3]
         half = build_strategy(dataclasses.replace(cfg, fraction=0.5), digits, CommLedger(), expected_nodes=4)
         assert (half.min_train_nodes, half.min_available_nodes) == (2, 4)
+
+
+def test_fedcond_takes_explicit_arguments_and_trains_through_the_callable_it_is_given(task_identity, digits, tiny_set):
+    """As Flower's strategies do: no run config, the server's training a callable (what build_strategy passes)."""
+    from fedcond.strategies.fedcond import FedCond
+
+    calls = []
+
+    def train_pool(sets, server_round, start, extra_loss):
+        calls.append((len(sets), server_round, start, extra_loss))
+        return ArrayRecord()
+
+    model = model_to_record(new_model(digits, FederateConfig()))
+    for iterative in (False, True):
+        strategy = FedCond(digits, train_pool, ipc=2, max_payload_bytes=200_000, iterative=iterative)
+        list(strategy.configure_train(1, model, ConfigRecord(), _Nodes()))
+        strategy.aggregate_train(1, [_reply(1, _content(*set_to_records(tiny_set)))])
+        assert calls[-1][:2] == (1, 1) and calls[-1][3] is None
+        assert (calls[-1][2] is model) == iterative  # one-shot trains a fresh model, iterative the one it sent
+    capped = FedCond(digits, train_pool, ipc=1, max_payload_bytes=200_000)
+    capped.aggregate_train(1, [_reply(1, _content(*set_to_records(tiny_set)))])
+    assert "ipc 1" in capped.rejections[0]["reason"]
