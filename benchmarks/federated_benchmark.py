@@ -562,6 +562,31 @@ def distillation_table(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def seeds_costs_and_goals(rows: list[dict[str, Any]]) -> str:
+    """One cell's rows over the seeds, in words: traffic at the selected rounds, distillation CPU-seconds per
+    client and round, and in how many seeds each of issue 39's goals held (the worst shortfall when not)."""
+    mb, parts = 2**20, []
+    spent = sorted(r["traffic_bytes"] / mb for r in rows)
+    span = f"{spent[0]:.2f}" if f"{spent[0]:.2f}" == f"{spent[-1]:.2f}" else f"{spent[0]:.2f}–{spent[-1]:.2f}"
+    parts.append(f"at {span} MiB up + down")
+    cpu = [r["distill_cpu_seconds_per_client_round"] for r in rows if r.get("distill_cpu_seconds_per_client_round")]
+    if cpu:
+        parts.append(f"{spread(cpu).format(spec='.1f')} distillation CPU-s per client per round")
+    judged = [r for r in rows if "within_1pt_at_tenth_traffic" in r]
+    if judged:
+        met = sum(r["within_1pt_at_tenth_traffic"] for r in judged)
+        short = max((r.get("short_of_1pt_at_tenth_pts", 0.0) for r in judged), default=0.0)
+        parts.append(f"within 1 pt of FedAvg's plateau at <= 10 % of its traffic in {met} of {len(judged)} seeds"
+                     + (f" (short by up to {short:.2f} pts)" if met < len(judged) else ""))
+    curves = [r for r in rows if "on_or_above_fedavg_curve" in r]
+    if curves:
+        above = sum(r["on_or_above_fedavg_curve"] for r in curves)
+        worst = max(r["max_shortfall_pts"] for r in curves)
+        parts.append(f"curve on or above FedAvg's up to its plateau in {above} of {len(curves)} seeds"
+                     + (f" (up to {worst:.2f} pts below)" if above < len(curves) else ""))
+    return "".join(f"; {p}" for p in parts)
+
+
 def goal_sentence(row: dict[str, Any]) -> str:
     """Issue 39's goals for one row, in words: within 1 point of FedAvg's plateau at <= 10 % of its traffic,
     and a curve on or above FedAvg's up to its plateau; when short, by how much."""
@@ -720,7 +745,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
                                     f"gain {gain.format(scale=100, spec='+.1f')} pts"
                                     + (" (holds)" if gain.above_zero else " (not shown)"))
                 lines.append(f"- {cell_name}: {spread([r['accuracy'] for r in rows]).format()}"
-                             + "".join(f"; {ref}" for ref in refs))
+                             + "".join(f"; {ref}" for ref in refs) + seeds_costs_and_goals(rows))
             for name in ("fedavg", "fedprox"):
                 plats = [e["summary"][f"{name}_plateau"] for e in seeds if f"{name}_plateau" in e["summary"]]
                 if plats:
