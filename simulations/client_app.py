@@ -1,4 +1,4 @@
-"""The Flower ClientApp: distill (FedCond) or train locally (FedAvg/FedProx/FedAdam).
+"""The Flower ClientApp: distill (FedCond) or train locally (FedAvg/FedProx/FedAdam; DP-SGD for DP-FedAvg).
 
 Everything a client needs comes from the run config (``[tool.flwr.app.config]``, or the
 runner's overrides) and its node config (``partition-id``): it loads the data set,
@@ -171,6 +171,22 @@ def _fedavg_reply(msg: Message, cfg: AppConfig, pid: int, server_round: int) -> 
     return RecordDict({ARRAYRECORD_KEY: model_to_record(model), "metrics": metrics})
 
 
+def _dpfedavg_reply(msg: Message, cfg: AppConfig, pid: int, server_round: int) -> RecordDict:
+    """DP-SGD local training (:mod:`fedcond.federated.dp_sgd`) under the plan the client solves
+    itself from the run config. The reply states nothing exact about the data: no example
+    count (FedAvg weights every client alike), no loss, no time."""
+    from fedcond.federated.client_training import client_seed  # noqa: PLC0415
+    from fedcond.federated.dp_sgd import dp_local_train, plan_for  # noqa: PLC0415
+
+    data = _local_data(cfg, pid)
+    model = load_record(new_model(data, cfg), msg.content[ARRAYRECORD_KEY])
+    gen = torch.Generator().manual_seed(client_seed(cfg, pid, server_round))  # augmentation only; the noise is secret
+    dp_local_train(model, data.train_images, data.train_labels, plan_for(cfg), cfg.lr, gen, cfg.recipe,
+                   precision=cfg.resolved_precision())
+    metrics = MetricRecord({"num-examples": 1, "partition-id": pid})
+    return RecordDict({ARRAYRECORD_KEY: model_to_record(model), "metrics": metrics})
+
+
 def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
     """A ClientApp reading its settings from the run config, then ``overrides``."""
     app = ClientApp()
@@ -195,6 +211,8 @@ def make_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
             raise RuntimeError(f"injected failure (client {pid}, round {server_round})")
         if cfg.distills:  # FedCond, FedDM, FedAF
             content = _fedcond_reply(msg, context, cfg, pid, server_round)
+        elif cfg.strategy == "dpfedavg":
+            content = _dpfedavg_reply(msg, cfg, pid, server_round)
         else:
             content = _fedavg_reply(msg, cfg, pid, server_round)
         return Message(content=content, reply_to=msg)

@@ -100,6 +100,10 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
     private, left_out = cfg.dp_epsilon > 0, []
     if private:  # OUT holds DP output only; the rest runs only if asked, into OUT/non_private (dp_folder)
         cfg, strategies, reference, left_out = dp_plan(cfg, strategies, reference)
+    if "dpfedavg" in strategies:  # its noise for the target epsilon, or a one-line error, before any run works
+        from fedcond.federated.dp_sgd import plan_for  # noqa: PLC0415
+
+        plan_for(cfg.for_strategy("dpfedavg"))
     hist, parts = save_partitions(cfg, (out / NON_PRIVATE if cfg.dp_non_private else None) if private else out)
     planned = plan_runs(cfg, strategies)
     records = run_all(planned, resources, on_event, log_file=out / "flower.log", checkpoints=out / "checkpoints")
@@ -119,7 +123,9 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
             # one recipe for every learner (fedcond.recipe), and the split that chose each reported round
             "recipes": {name: r.to_json() for name, r in cfg.learner_recipes().items()},
             "recipe_notes": cfg.recipe_notes,
-            "validation": {"fraction": cfg.val_fraction, "images": int(federated_validation(cfg)[1].shape[0]),
+            # the exact count follows the private class sizes: not in a DP folder
+            "validation": {"fraction": cfg.val_fraction,
+                           "images": None if private else int(federated_validation(cfg)[1].shape[0]),
                            "held_out": "per class from the training images before partitioning, seeded by seed"},
             "raw_data_upload_bytes": raw["upload_bytes"], "raw_data": raw,
             "record": run_record(torch.device(cfg.device), wall_time_s=time.perf_counter() - start),

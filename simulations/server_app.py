@@ -160,6 +160,8 @@ def build_record(cfg: AppConfig, ledger: CommLedger, accuracy: dict[int, float],
            # the training recipe of this run's learner (the server's on sets for FedCond, else the clients')
            "recipe": (cfg.server_recipe if hasattr(strategy, "provenance") else cfg.recipe).to_json(),
            **selected_round(rounds)}
+    if hasattr(strategy, "privacy_record"):  # DP-FedAvg: the run's (epsilon, delta) and its plan
+        out.update(strategy.privacy_record())
     if hasattr(strategy, "provenance"):
         out.update({"method": cfg.method, "ipc": cfg.ipc, "storage_dtype": cfg.storage_dtype})
         out["pool_provenance"] = strategy.provenance()

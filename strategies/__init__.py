@@ -1,5 +1,5 @@
-"""Server strategies, by name: FedCond (ours), FedDM and FedAF (distilled, as published) and
-Flower's FedAvg, FedProx and FedAdam.
+"""Server strategies, by name: FedCond (ours), FedDM and FedAF (distilled, as published),
+Flower's FedAvg, FedProx and FedAdam, and DP-FedAvg (FedAvg over DP-SGD clients).
 
 The baselines are Flower's own classes, unchanged; communication is metered by the grid
 (``fedcond.federated.comms``), so no strategy needs to know it is being measured.
@@ -60,6 +60,12 @@ def build_strategy(cfg: AppConfig, data: ImageDataset, ledger: CommLedger,
     base = {**common, "fraction_evaluate": 0.0, "min_evaluate_nodes": 0, "train_metrics_aggr_fn": drop_ids}
     if cfg.strategy == "fedavg":
         return FedAvg(**base)
+    if cfg.strategy == "dpfedavg":  # FedAvg over DP-SGD clients: equal weights (clients state no exact size)
+        from fedcond.federated.dp_sgd import plan_for  # noqa: PLC0415
+        from fedcond.federated.records import new_model  # noqa: PLC0415
+        from fedcond.strategies.dpfedavg import DPFedAvg  # noqa: PLC0415
+
+        return DPFedAvg(plan_for(cfg), new_model(data, cfg), cfg.model, **base)
     if cfg.strategy == "fedprox":
         return FedProx(**base, proximal_mu=cfg.proximal_mu)
     if cfg.strategy == "fedadam":

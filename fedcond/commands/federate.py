@@ -165,6 +165,8 @@ class RunProgress:
 def achieved_privacy(record: dict[str, Any]) -> str:
     """", DP (epsilon, delta) = (...)" for a run whose every pooled client set carries a DP
     guarantee: the largest client's (each image reaches the server through one client's set)."""
+    if record.get("strategy") == "dpfedavg" and record.get("epsilon") is not None:  # accounted over all its steps
+        return f", DP (epsilon, delta) = ({record['epsilon']:.4g}, {record['delta']:.3g}) accounted over every step"
     pool = record.get("pool_provenance") or []
     if not pool or any(p.get("epsilon") is None for p in pool):
         return ""

@@ -1,9 +1,10 @@
 """A DP experiment's output folder: everything in it is DP, or apart and named as not.
 
 ``fedcond federate --dp-epsilon E`` writes into ``OUT`` only what follows from the clients'
-DP releases: the DP FedCond runs (accuracy, bytes of DP sets, each client's stated ε), their
-plots and tables, the settings, and the combined ε of every DP release made on the same
-data (:func:`combined_privacy`). What is not DP goes, only when asked (``dp_non_private``,
+DP releases: the DP FedCond runs (accuracy, bytes of DP sets, each client's stated ε) and
+DP-FedAvg's (DP-SGD clients, :mod:`fedcond.federated.dp_sgd`), their plots and tables, the
+settings, and the combined ε of every DP release made on the same data
+(:func:`combined_privacy`). What is not DP goes, only when asked (``dp_non_private``,
 ``--dp-non-private``), into ``OUT/non_private/`` with a note saying so:
 
 - runs that use the private data without DP: FedAvg/FedProx/FedAdam, the references whose
@@ -44,11 +45,11 @@ def dp_plan(cfg: FederateConfig, strategies: list[str], reference: str) -> tuple
     what was left out, in words)."""
     if cfg.dp_non_private:
         return cfg, strategies, reference, []
-    private = [s for s in strategies if s.startswith("fedcond")]
+    private = [s for s in strategies if s.startswith("fedcond") or s == "dpfedavg"]  # DP-DM sets, DP-SGD
     others = [s for s in strategies if s not in private]
     if not private:
-        raise FedcondError(f"--dp-epsilon: {', '.join(others)} use the private data without DP; run fedcond, or add "
-                           f"--dp-non-private to run them apart in OUT/{NON_PRIVATE}/")
+        raise FedcondError(f"--dp-epsilon: {', '.join(others)} use the private data without DP; run fedcond or "
+                           f"dpfedavg, or add --dp-non-private to run them apart in OUT/{NON_PRIVATE}/")
     left = [f"{s} (trains on the private data without DP)" for s in others]
     if cfg.random_reference or cfg.herding_reference:
         left.append("the random-real and herding references (their clients upload real images)")
@@ -86,11 +87,12 @@ def combined_privacy(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     its own release, so their ε add (and their δ). Runs stating the same (ε, δ) count once:
     they are storage-dtype reruns that re-encode the same kept sets
     (:mod:`fedcond.federated.set_reuse`). None when no run is DP."""
-    releases = sorted({(r["epsilon"], r["delta"]) for r in runs if is_private_run(r)})
+    # DP-FedAvg's run is its own release even at FedCond's very (epsilon, delta)
+    releases = sorted({(r["epsilon"], r["delta"], r.get("strategy") == "dpfedavg") for r in runs if is_private_run(r)})
     if not releases:
         return None
-    return {"epsilon": sum(e for e, _ in releases), "delta": sum(d for _, d in releases),
-            "releases": [{"epsilon": e, "delta": d} for e, d in releases],
+    return {"epsilon": sum(e for e, _, _ in releases), "delta": sum(d for _, d, _ in releases),
+            "releases": [{"epsilon": e, "delta": d} for e, d, _ in releases],
             "composition": "basic composition: the sum of the epsilons (and deltas) of every distinct DP release made "
                            "on the same clients' data in this folder; each run's own epsilon holds for that run alone"}
 

@@ -348,11 +348,11 @@ def annotate_privacy(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def privacy_table(runs: list[dict[str, Any]]) -> str:
-    """Markdown: accuracy against the privacy budget, one row per FedCond run ("" when none
-    used DP). Runs without DP show epsilon = inf."""
+    """Markdown: accuracy against the privacy budget, one row per FedCond and DP-FedAvg run
+    ("" when none used DP). Runs without DP show epsilon = inf."""
     if not any(r.get("epsilon") is not None for r in runs):
         return ""
-    rows = [r for r in runs if "client_epsilons" in r]
+    rows = [r for r in runs if "client_epsilons" in r or r.get("strategy") == "dpfedavg"]
     rows.sort(key=lambda r: (r["epsilon"] is None, r["epsilon"] or 0.0))
     lines = ["Accuracy against the privacy budget (epsilon: the largest client's; inf: no DP):", "",
              "| run | epsilon | delta | final accuracy | upload MiB |", "|---|---:|---:|---:|---:|"]
