@@ -35,7 +35,7 @@ from fedcond.precision import DEFAULT_PRECISION, PRECISIONS  # torch-free: --hel
 from fedcond.recipe import Recipe, check_same_recipe
 
 PARTITIONS = ("iid", "dirichlet", "pathological")
-STRATEGIES = ("fedcond", "fedcond-iterative", "feddm", "fedaf", "fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedcond", "fedcond-iterative", "feddm", "fedaf", "fedavg", "fedprox", "fedadam", "dpfedavg")
 # Strategies whose clients upload distilled sets (the server pools them: strategies.fedcond.FedCond)
 DISTILLED = ("fedcond", "fedcond-iterative", "feddm", "fedaf")
 # ... of which these send the global model every round and refine the clients' sets against it
@@ -104,6 +104,11 @@ class AppConfig:
     # Each client's spent epsilon is recorded; DP works with one-shot FedCond and method dm or dp-dm.
     dp_epsilon: float = setting(0.0, "FedCond clients distill with dp-dm at this epsilon (one-shot; 0: no DP)")
     dp_delta: float = setting(1e-5, "their delta")
+    # Strategy dpfedavg (FedAvg with DP-SGD clients, fedcond.federated.dp_sgd): at dp_epsilon, dp_delta
+    # over all its rounds; lr, local_epochs and batch_size (the noisy sum's public divisor) are FedAvg's.
+    dp_clip: float = setting(1.0, "dpfedavg: each example's gradient is clipped to this L2 norm")
+    dp_sample_rate: float = setting(0.0, "dpfedavg: each example's chance to be in a local step's Poisson sample, "
+                                         "a public setting (0: not set; dpfedavg needs it)")
     # Empty: the data set's own normalisation (fedcond.data.load_dataset), which with DP becomes
     # "public" (digits' own is computed from the private images); "MEAN:STD" for ImageFolder data under DP.
     normalize: str = setting("", "public, train or MEAN:STD per channel (default: the data set's; with DP: public)")
@@ -216,6 +221,10 @@ class AppConfig:
             raise FedcondError("round-timeout must be > 0 and server-threads >= 0")
         if self.dp_epsilon < 0 or not 0 < self.dp_delta < 1:
             raise FedcondError("--dp-epsilon must be >= 0 (0: no DP), --dp-epsilons > 0 and --dp-delta in (0, 1)")
+        if not 0 <= self.dp_sample_rate <= 1 or not self.dp_clip > 0:
+            raise FedcondError("--dp-sample-rate must be in [0, 1] (0: not set) and --dp-clip > 0")
+        if "dpfedavg" in (self.strategy, *getattr(self, "strategy_names", ())) and not self.dp_epsilon > 0:
+            raise FedcondError("dpfedavg (FedAvg with DP-SGD clients) needs --dp-epsilon > 0: its target epsilon")
         if self.dp_epsilon > 0:
             self._check_private([self.strategy])
         self.distill_config()  # unknown method or method option: fail here, not in a client
