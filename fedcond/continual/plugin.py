@@ -51,7 +51,7 @@ from fedcond.continual.buffer import DistilledBuffer, DistillSpec
 from fedcond.continual.buffer_training import BufferTraining, train_on_memory
 from fedcond.continual.experience import experience_tensors
 from fedcond.errors import FedcondError
-from fedcond.precision import check_precision, resolve_precision
+from fedcond.precision import DEFAULT_PRECISION, check_precision, resolve_precision
 from fedcond.train import soft_cross_entropy
 
 
@@ -97,7 +97,7 @@ class DistilledMixPlugin(ReplayPlugin):
         if seed is None:
             seed = own.seed if isinstance(own, DistillSpec) else 0
         # One arithmetic for the distillation and the memory training: the spec's
-        self.precision = check_precision(own.precision if isinstance(own, DistillSpec) else "auto")
+        self.precision = check_precision(own.precision if isinstance(own, DistillSpec) else DEFAULT_PRECISION)
         self.soft_weight = soft_weight
         self.seed = seed
         self._device: torch.device = torch.device("cpu")  # the strategy's, once training starts
