@@ -1,7 +1,7 @@
 """The ``precision`` setting: which arithmetic a training or distillation loop runs in.
 
 One name everywhere (CLI ``--precision``, configs' and Flower's run config ``precision``,
-``DistilledReplayPlugin(precision=...)``), in PyTorch's own terms:
+the continual buffer's ``DistillSpec(precision=...)``), in PyTorch's own terms:
 
 - ``float32``: plain float32, no autocast (bit for bit what earlier versions ran);
 - ``bfloat16``: mixed precision, ``torch.autocast(device, dtype=torch.bfloat16)`` around
