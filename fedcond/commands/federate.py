@@ -178,7 +178,8 @@ def achieved_privacy(record: dict[str, Any]) -> str:
 # and help from the field) and, where they go, the command's own (out, client_cpus, ...).
 LAYOUT = ("dataset", "out", "data_dir", "num_clients", "partition", "alpha", "classes_per_client", "strategies",
           "rounds", "ipc", "seed", "method", "mode", "iterations", "fraction", "local_epochs", "lr", "proximal_mu",
-          "server_epochs", "augment", "server_augment", "unequal_recipe", "val_fraction", "fail_fraction",
+          "server_epochs", "augment", "server_augment", "unequal_recipe", "val_fraction", "train_per_class",
+          "fail_fraction",
           "fail_mode", "client_cpus", "client_gpus", "storage_dtype", "storage_dtypes", "random_reference",
           "herding_reference", "dp_epsilon", "dp_delta", "dp_non_private", "dp_epsilons", "normalize", "precision",
           "reference", "fresh", "config", "option")
