@@ -181,7 +181,8 @@ LAYOUT = ("dataset", "out", "data_dir", "num_clients", "partition", "alpha", "cl
           "server_epochs", "augment", "server_augment", "unequal_recipe", "val_fraction", "train_per_class",
           "fail_fraction",
           "fail_mode", "client_cpus", "client_gpus", "storage_dtype", "storage_dtypes", "random_reference",
-          "herding_reference", "dp_epsilon", "dp_delta", "dp_non_private", "dp_epsilons", "normalize", "precision",
+          "herding_reference", "dp_epsilon", "dp_delta", "dp_clip", "dp_sample_rate", "dp_non_private", "dp_epsilons",
+          "normalize", "precision",
           "reference", "fresh", "config", "option")
 
 

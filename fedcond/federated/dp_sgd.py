@@ -95,6 +95,12 @@ def steps_per_epoch(sample_rate: float) -> int:
 
 
 @functools.lru_cache(maxsize=32)
+def _calibrated(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> PrivacySpend:
+    """:func:`calibrate`, memoised apart from the clip: a grid over clips asks the accountant once."""
+    return calibrate(epsilon, delta, sample_rate, steps, accountant)
+
+
+@functools.lru_cache(maxsize=32)
 def plan(epsilon: float, delta: float, sample_rate: float, rounds: int, local_epochs: int, clip: float,
          normalizer: int, accountant: str = "prv") -> DPSGDPlan:
     """Solve the noise multiplier for a target (ε, δ) over the whole run; a FedcondError
@@ -115,7 +121,7 @@ def plan(epsilon: float, delta: float, sample_rate: float, rounds: int, local_ep
     per_epoch = steps_per_epoch(sample_rate)
     steps = rounds * local_epochs * per_epoch
     try:
-        spend = calibrate(epsilon, delta, sample_rate, steps, accountant)
+        spend = _calibrated(epsilon, delta, sample_rate, steps, accountant)
     except FedcondError as err:
         raise FedcondError(f"dpfedavg: {err} ({rounds} rounds x {local_epochs} local epochs x {per_epoch} steps); "
                            "raise epsilon or lower rounds, local epochs or the sample rate") from None
