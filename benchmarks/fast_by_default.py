@@ -237,7 +237,7 @@ def layout_dm(reps: int = 3) -> dict[str, Any]:
                 try:
                     seconds = []
                     for iterations in (2, 6):
-                        dm, cfg = make_distiller("dm", 10, "convnet", iterations, {"precision": "float32"})
+                        dm, cfg = make_distiller("dm", {"ipc": 10, "iterations": iterations, "precision": "float32"})
                         start = time.perf_counter()
                         dm.distill(data, cfg, torch.Generator().manual_seed(0))
                         seconds.append(time.perf_counter() - start)

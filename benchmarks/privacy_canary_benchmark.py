@@ -142,7 +142,7 @@ def run_cell(kind: str, seed: int, data, args: argparse.Namespace) -> dict[str, 
     elif method == "dp-dm":
         iterations = args.dp_iterations
         values.update(delta=args.delta, **parse_options(args.dp_option))
-    distiller, config = make_distiller(method, args.ipc, iterations=iterations, options=values)
+    distiller, config = make_distiller(method, values, fixed={"ipc": args.ipc, "iterations": iterations})
     audit_config = CanaryConfig(canaries=args.canaries, confidence=args.confidence, delta=args.delta, seed=seed,
                                 crafted=kind.endswith(CRAFTED))
     with silenced_noise() if NO_NOISE in kind else contextlib.nullcontext():

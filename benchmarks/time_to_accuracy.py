@@ -312,9 +312,9 @@ def main(argv: list[str] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         keep = KeepAtBudgets(seconds, iterations, folder, args.clock, args.checkpoint_every)
         distiller, config = make_distiller(
-            "dm", args.ipc, iterations=10**9,
-            options={**options, "eval_every": 1, "log_every": 10**9,
-                     "checkpoint_dir": str(folder / "checkpoints"), "checkpoint_every": args.checkpoint_every},
+            "dm", {**options, "eval_every": 1, "log_every": 10**9,
+                   "checkpoint_dir": str(folder / "checkpoints"), "checkpoint_every": args.checkpoint_every},
+            fixed={"ipc": args.ipc, "iterations": 10**9},
         )
         print(f"{name}: distilling for {max(budgets):g} min ({args.clock} clock)", flush=True)
         t0 = time.perf_counter()

@@ -155,9 +155,9 @@ def test_private_normalisation_seeds_and_computed_sample_rates_are_refused(digit
     assert result.exit_code == 2 and result.stderr.strip().startswith("error: ") and "normalisation" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(FedcondError, match="noise_seed is refused"):
-        make_distiller("dp-dm", 1, options={"noise_seed": 0})
+        make_distiller("dp-dm", {"ipc": 1, "noise_seed": 0})
     with pytest.raises(FedcondError, match="sampling rate given"):
-        make_distiller("dp-dm", 1, options={"mechanism": "iterate"})
+        make_distiller("dp-dm", {"ipc": 1, "mechanism": "iterate"})
 
 
 def test_real_image_start_zca_and_bad_budgets_are_refused(digits_public):

@@ -1,6 +1,6 @@
-"""One way from (method, ipc, model, iterations, options) to a distiller: make_distiller,
-used by the CLI, the federated client and the continual buffer, which all reject unknown
-options naming them and listing the known ones; and the Callback base class's hooks."""
+"""One way from (method, options, fixed) to a distiller: make_distiller, used the same way by
+the CLI, the federated client, the continual buffer and the benchmarks, which all reject
+unknown options naming them and listing the known ones; and the Callback base class's hooks."""
 
 from __future__ import annotations
 
@@ -15,26 +15,28 @@ from fedcond.errors import FedcondError
 from fedcond.federated.config import FederateConfig
 
 
-def test_builds_the_config_from_its_arguments():
-    distiller, config = make_distiller("dm", 3, "convnet", 7, {"lr_images": 0.5})
+def test_builds_the_config_from_its_options_and_fixed_values():
+    distiller, config = make_distiller("dm", {"lr_images": 0.5}, fixed={"ipc": 3, "model": "convnet", "iterations": 7})
     assert distiller.name == "dm" and (config.ipc, config.iterations, config.lr_images) == (3, 7, 0.5)
-    # Methods that do not iterate take no iterations; None keeps a method's default.
-    assert "iterations" not in make_distiller("herding", 2, iterations=7)[1].to_dict()
-    assert make_distiller("dd", 1)[1].iterations == make_distiller("dd", 1)[0].config_class().iterations
+    assert make_distiller("dm", {"ipc": 3, "iterations": 7, "lr_images": 0.5})[1] == config  # no user: all options
+    # Fixed values apply where the method has the field (herding does not iterate); None keeps its default.
+    assert "iterations" not in make_distiller("herding", fixed={"ipc": 2, "iterations": 7})[1].to_dict()
+    dd, config = make_distiller("dd", fixed={"iterations": None})
+    assert config.iterations == dd.config_class().iterations
 
 
 @pytest.mark.parametrize("options", [{"nosuch": 1}, {"ipc": 3}, {"iterations": 3}])
-def test_unknown_or_own_settings_as_options_are_rejected(options):
+def test_unknown_or_fixed_fields_as_options_are_rejected(options):
     name = next(iter(options))
     with pytest.raises(FedcondError, match=f"unknown option.*{name}; known: .*lr_images"):
-        make_distiller("dm", 1, options=options)
+        make_distiller("dm", options, fixed={"ipc": 1, "iterations": None})
 
 
-def test_reserved_and_settings_are_not_options():
+def test_fixed_values_are_not_options_and_apply_where_the_method_has_them():
     with pytest.raises(FedcondError, match="unknown option.*epsilon"):
-        make_distiller("dp-dm", 1, options={"epsilon": 1.0}, reserved=("epsilon",))
-    _, config = make_distiller("dp-dm", 1, settings={"epsilon": 2.0, "experts_dir": "x"})
-    assert config.epsilon == 2.0  # settings apply where the method has the field (dp-dm has no experts)
+        make_distiller("dp-dm", {"epsilon": 1.0}, fixed={"epsilon": None})
+    _, config = make_distiller("dp-dm", fixed={"ipc": 1, "epsilon": 2.0, "experts_dir": "x"})
+    assert config.epsilon == 2.0  # set where the method has the field (dp-dm has no experts)
 
 
 def test_every_caller_rejects_unknown_options(tmp_path):
@@ -64,7 +66,7 @@ class Recorder(Callback):
 
 
 def test_callbacks_get_declared_hooks_and_plain_functions_progress(digits):
-    distiller, config = make_distiller("dm", 1, iterations=2, options={"eval_every": 1, "log_every": 1})
+    distiller, config = make_distiller("dm", {"ipc": 1, "iterations": 2, "eval_every": 1, "log_every": 1})
     rec, seen = Recorder(), []
     distiller.distill(digits, config, torch.Generator().manual_seed(0),
                       callbacks=[rec, Callback(), lambda i, n, m: seen.append(i)])

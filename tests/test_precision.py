@@ -100,7 +100,7 @@ def test_dm_resolves_auto_and_keeps_real_precision_working(digits, cpu_with):
     from fedcond.distill.dm import DMConfig
 
     def precision_of(options: dict) -> str:
-        dm, config = make_distiller("dm", 1, "convnet", 2, options)
+        dm, config = make_distiller("dm", {"ipc": 1, "iterations": 2, **options})
         return dm.distill(digits, config, torch.Generator().manual_seed(0)).config["precision"]
 
     cpu_with(set())
@@ -199,7 +199,7 @@ def test_float32_dm_on_colour_images_runs_channels_last_with_the_same_sets(monke
                         classes=("a", "b", "c"), mean=(0.0,) * 3, std=(1.0,) * 3)
 
     def distill():
-        dm, config = make_distiller("dm", 2, "convnet", 5, {"precision": "float32"})
+        dm, config = make_distiller("dm", {"ipc": 2, "iterations": 5, "precision": "float32"})
         return dm.distill(data, config, torch.Generator().manual_seed(0)).images
 
     layouts = []

@@ -49,7 +49,7 @@ def test_a_canary_the_set_started_from_scores_highest(digits):
 
 
 def _audit(data, method, iterations, ipc=5, **options):
-    distiller, config = make_distiller(method, ipc, iterations=iterations, options=options)
+    distiller, config = make_distiller(method, {"ipc": ipc, "iterations": iterations, **options})
     audit, sset = canary_audit(data, distiller, config, CanaryConfig(canaries=400, seed=1))
     return audit.to_json(), sset
 

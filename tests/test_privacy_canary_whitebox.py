@@ -30,7 +30,7 @@ def no_noise():
 
 
 def audit(data, epsilon, crafted=False, broken=False, attack="auto", canaries=400, seed=1):
-    distiller, config = make_distiller("dp-dm", 2, iterations=1, options={"epsilon": epsilon, **SMALL})
+    distiller, config = make_distiller("dp-dm", {"ipc": 2, "iterations": 1, "epsilon": epsilon, **SMALL})
     with no_noise() if broken else nullcontext():
         result, _ = canary_audit(data, distiller, config, CanaryConfig(canaries=canaries, seed=seed, crafted=crafted,
                                                                       attack=attack))
@@ -40,7 +40,7 @@ def audit(data, epsilon, crafted=False, broken=False, attack="auto", canaries=40
 def test_the_release_read_back_is_the_kept_canaries_sum(digits_public):
     # With the noise off, the release the audit reads (checkpoint + bank rebuilt from the seed)
     # is exactly the per-class sum of the kept examples' vectors in the audit's own space.
-    distiller, config = make_distiller("dp-dm", 2, iterations=1, options=SMALL)
+    distiller, config = make_distiller("dp-dm", {"ipc": 2, "iterations": 1, **SMALL})
     train = digits_public.subset(torch.arange(60))
     with no_noise():
         sset, release = dp_dm_release(digits_public, distiller, config, train, seed=3)

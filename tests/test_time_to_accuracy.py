@@ -70,7 +70,7 @@ def test_cpu_clock_resumes_from_the_clock_a_killed_run_reached(tta, tmp_path):
     from fedcond.distill.base import make_distiller
 
     data = load_dataset("digits")
-    distiller, config = make_distiller("dm", 1, iterations=3, options={"log_every": 1})
+    distiller, config = make_distiller("dm", {"ipc": 1, "iterations": 3, "log_every": 1})
     sset = distiller.distill(data, config, torch.Generator().manual_seed(0))
     # a first process reached 100 s of CPU at its checkpoint of iteration 25 and kept nothing yet
     (tmp_path / "progress.json").write_text(json.dumps({"kept": {}, "elapsed_at": {"25": 100.0, "30": 120.0}}))

@@ -183,8 +183,9 @@ def _canary_audit(method: str, dataset: str, data_dir: Path | None, json_out: Pa
     config = CanaryConfig(canaries=canaries, confidence=confidence, delta=delta, seed=seed, attack=attack,
                           crafted=crafted)
     budget = {"delta": delta, **({"epsilon": epsilon} if epsilon is not None else {})}  # where the method has them
-    distiller, method_config = make_distiller(method, ipc, iterations=iterations, options=parse_options(option),
-                                              settings=budget)
+    # model None: the method's own network, as no flag here chooses one (nor may -o)
+    distiller, method_config = make_distiller(
+        method, parse_options(option), fixed={"ipc": ipc, "model": None, "iterations": iterations, **budget})
     attack = resolve_attack(distiller.name, method_config, attack)  # refused before any data are read
     if not distiller.private and epsilon is not None:
         raise FedcondError(f"--epsilon is for a DP method; {method} has none")

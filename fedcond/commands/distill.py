@@ -81,9 +81,9 @@ def command(
     options.update({name: value for name, value in (("epsilon", epsilon), ("delta", delta)) if value is not None})
     # Re-running the command resumes from the checkpoints and reuses MTT's experts, unless -o says otherwise.
     folders = {"checkpoint_dir": str(out / "checkpoints"), "experts_dir": str(out / "experts")}
-    settings = {k: v for k, v in folders.items() if k not in options}
-    distiller, config = make_distiller(method, ipc, model, iterations, options,
-                                       settings={**settings, "precision": precision})
+    folders = {k: v for k, v in folders.items() if k not in options}
+    distiller, config = make_distiller(method, options, fixed={"ipc": ipc, "model": model, "iterations": iterations,
+                                                               "precision": precision, **folders})
     # What the run records is what ran, never "auto": the method resolves it for the device.
     ran = resolve_precision(getattr(config, "precision", "float32"), dev)
     if not hasattr(config, "precision") and precision != "auto":

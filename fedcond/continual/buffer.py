@@ -122,6 +122,7 @@ class DistillSpec:
                  "iterations": self.iterations if self.iterations is not None else dm_iterations}
         fixed.update({k: v for k, v in (("batch_real", self.batch_real), ("precision", self.precision))
                       if v is not None and k not in self.options})
+        defaults = {k: v for k, v in defaults.items() if k not in fixed}  # a field given here wins
         return make_distiller(self.method, {**defaults, **self.options}, fixed=fixed)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar, Collection, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -226,41 +226,37 @@ def method_names() -> tuple[str, ...]:
 
 
 def make_distiller(
-    method: str, ipc: int, model: str = "convnet", iterations: int | None = None,
-    options: Mapping[str, Any] | None = None, *, settings: Mapping[str, Any] | None = None,
-    reserved: Collection[str] = (), defaults: Mapping[str, Any] | None = None,
+    method: str, options: Mapping[str, Any] | None = None, *, fixed: Mapping[str, Any] | None = None,
 ) -> tuple[Distiller, DistillConfig]:
-    """The distiller called ``method`` and its config: what the CLI, the federated client
-    and the continual buffer distill with.
+    """The distiller called ``method`` and its config: what the CLI, the federated client,
+    the continual buffer and the benchmarks distill with, each giving its values the same way.
 
     Args:
-        ipc, model: images per class and network of every method.
-        iterations: for methods that iterate (None: the method's default); ignored by the others.
-        options: the user's further method options (config fields).
-        settings: the caller's own values for config fields, set where the method has them.
-        reserved: further field names the caller sets through its own flags.
-        defaults: the caller's defaults for config fields, set where the method has them;
-            unlike ``settings`` they stay options the user may give.
+        method: a method name (see :func:`method_names`).
+        options: the user's values, by config field (``-o key=value``, a run config's method
+            options, a buffer's ``options``; a script's own settings): each must be a field of
+            the method's config, and none may be one of ``fixed``.
+        fixed: the caller's values that the user may not override (ipc, model and iterations
+            from its own flags, a privacy budget, a precision): each is set where the method's
+            config has the field and dropped where it has not (a coreset takes no iterations);
+            None keeps the method's default. A default the user may override is the caller's
+            value only where the user gave none: ``{k: v for k, v in mine.items() if k not in options}``.
     Raises:
-        FedcondError: an unknown method, or an option that is no field of the method's config
-            or is one set otherwise (ipc, model, iterations, ``settings``, ``reserved``),
-            naming it and listing the known options.
+        FedcondError: an unknown method, or an option the method refuses, that is no field of
+            its config or that is one of ``fixed``, naming it and listing the known options.
     """
     distiller = get_distiller(method)
+    options, fixed = dict(options or {}), dict(fixed or {})
     # A method may refuse an option with its reason (dp-dm: a noise seed would void the guarantee).
     for key, reason in getattr(distiller.config_class, "refused_options", {}).items():
-        if key in (options or {}):
+        if key in options:
             raise FedcondError(f"option {key} is refused: {reason}")
     names = {f.name for f in fields(distiller.config_class)}
-    known = sorted(names - {"ipc", "model", "iterations", *(settings or {}), *reserved})
-    unknown = sorted(set(options or {}) - set(known))
+    known = sorted(names - set(fixed))
+    unknown = sorted(set(options) - set(known))
     if unknown:
         raise FedcondError(f"unknown option(s) for method {method}: {', '.join(unknown)}; known: {', '.join(known)}")
-    values = {"ipc": ipc, "model": model, **{k: v for k, v in (defaults or {}).items() if k in names},
-              **(options or {})}
-    values.update({k: v for k, v in (settings or {}).items() if k in names})
-    if iterations is not None and "iterations" in names:
-        values["iterations"] = iterations
+    values = {**options, **{k: v for k, v in fixed.items() if k in names and v is not None}}
     return distiller, distiller.config_class.from_dict(values)
 
 

@@ -41,8 +41,6 @@ DISTILLED = ("fedcond", "fedcond-iterative", "feddm", "fedaf")
 # ... of which these send the global model every round and refine the clients' sets against it
 REFINING = ("fedcond-iterative", "feddm", "fedaf")
 MODES = ("oneshot", "iterative")
-# Method options that the config sets itself (``-o ipc=3`` would fight ``ipc``).
-OWN_METHOD_SETTINGS = ("ipc", "model", "iterations", "checkpoint_dir", "epsilon", "delta")
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 # Fields whose None ("the method's own default") travels in Flower's run config, which holds
 # scalars only, as this value (never a valid setting of the field itself).
@@ -309,10 +307,14 @@ class AppConfig:
 
         if self.method not in method_names():
             raise FedcondError(f"unknown method {self.method!r}: use one of {', '.join(method_names())}")
-        budget = {"epsilon": self.dp_epsilon, "delta": self.dp_delta} if self.dp_epsilon > 0 else {}
-        # Clients are stateless processes: no checkpoint_dir (its default, None), no resume files.
-        return make_distiller(self.client_method, self.ipc, self.model, self.iterations, self.method_option_values,
-                              settings={**budget, "precision": self.precision}, reserved=OWN_METHOD_SETTINGS)
+        # The config's own settings, which method options may not set (-o ipc=3 would fight ipc). None
+        # keeps the method's: clients are stateless processes (no checkpoint_dir, no resume files), and
+        # without DP a dp-dm client's budget is dp-dm's own.
+        fixed = {"ipc": self.ipc, "model": self.model, "iterations": self.iterations, "precision": self.precision,
+                 "checkpoint_dir": None, "epsilon": None, "delta": None}
+        if self.dp_epsilon > 0:
+            fixed.update(epsilon=self.dp_epsilon, delta=self.dp_delta)
+        return make_distiller(self.client_method, self.method_option_values, fixed=fixed)
 
     def feddm_config(self):
         """DM's settings for refining a client's set against the global model, by strategy:
