@@ -513,8 +513,9 @@ def plot(report: dict[str, Any], alpha: str, path: Path) -> None:
             ax.errorbar(b["x"], b["y"], yerr=err, fmt="o", capsize=3, label=f"{label} (n = {len(curves)})")
             continue
         (line,) = ax.plot(b["x"], b["y"], marker=".", label=f"{label} (n = {len(curves)})")
-        if len(curves) > 1:
-            ax.fill_between(b["x"], b["low"], b["high"], color=line.get_color(), alpha=0.2, linewidth=0)
+        if len(curves) > 1:  # drawn within [0, 1]: two seeds' t interval (t = 12.7) can pass any accuracy
+            ax.fill_between(b["x"], [max(v, 0.0) for v in b["low"]], [min(v, 1.0) for v in b["high"]],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
     entries = list(setting.values())
     raw = next((c.get("raw_data_upload_bytes") for e in entries for c in e.get("cells", {}).values()
                 if c.get("raw_data_upload_bytes")), None)
