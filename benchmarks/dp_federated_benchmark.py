@@ -1,0 +1,237 @@
+"""DP-FedCond (clients distil with DP-DM) against DP-FedAvg (clients train with DP-SGD) at the same (ε, δ).
+
+Issue 40, item 3: at each ε of ``--epsilons``, on identical partitions, per seed:
+
+1. ``fedcond_eps<e>``: one-shot FedCond whose clients distil with dp-dm at (ε, δ) (``fedcond
+   federate --dp-epsilon e --strategies fedcond``);
+2. ``tune_eps<e>_clip<c>_lr<l>`` (first seed only): DP-FedAvg's validation grid over the
+   clipping norm and the client learning rate, every cell a full ``--rounds`` run at (ε, δ);
+   the winner is the best validation accuracy at its selected round (validation-chosen, as
+   every baseline of fedcond is tuned; the test split is never looked at to choose);
+3. ``dpfedavg_eps<e>``: DP-FedAvg with the winner's clip and lr (seed 0: the winning grid
+   cell itself).
+
+Every run reports its accuracy at the round its validation accuracy picks, its traffic
+(uploads plus downloads, cumulative) there, and its (ε, δ) as accounted; the JSON keeps
+every round's accuracy and traffic (accuracy against traffic). Summary per ε: mean ± std
+over seeds, the paired per-seed difference with its 95 % interval, and DP-FedCond's
+traffic as a share of DP-FedAvg's.
+
+Resumable: the results file is written after every cell and a rerun skips the cells it
+holds (with the same settings); a cell's runs also keep their per-round checkpoints under
+``--scratch``. Digits in about half an hour on two CPU cores::
+
+    nice -n 10 python benchmarks/dp_federated_benchmark.py --dataset digits --seeds 0,1,2 --epsilons 1,10
+
+Privacy of the tuning itself (a grid chosen on the validation split, a split of the
+training images) is not accounted, as with every DP-SGD paper that tunes on held-out data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fedcond.federated.config import FederateConfig
+from fedcond.runinfo import device_description, package_versions, shell_command, write_json
+from fedcond.stats import paired_gain, spread
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's options (benchmark-sized defaults: digits in about half an hour)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--num-clients", type=int, default=10)
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epsilons", default="1,10")
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--ipc", type=int, default=10, help="DP-FedCond: images per class per client")
+    p.add_argument("--iterations", type=int, default=300,
+                   help="DP-FedCond: matching iterations per client (post-processing of the one DP release)")
+    p.add_argument("--server-epochs", type=int, default=150)
+    p.add_argument("--rounds", type=int, default=10, help="DP-FedAvg rounds (the budget covers all of them)")
+    p.add_argument("--local-epochs", type=int, default=1, help="DP-FedAvg local epochs per round")
+    p.add_argument("--dp-sample-rate", type=float, default=0.2,
+                   help="DP-FedAvg Poisson rate per local step (public; digits at 10 clients: ~29 of ~145 images)")
+    p.add_argument("--batch-size", type=int, default=32, help="DP-FedAvg's public divisor of the noisy gradient sum")
+    p.add_argument("--grid-clip", default="0.5,2", help="DP-FedAvg clipping norms tried on validation")
+    p.add_argument("--grid-lr", default="0.05,0.2", help="DP-FedAvg client learning rates tried on validation")
+    p.add_argument("--precision", default="float32", help="one precision for every run of the comparison")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs the simulation's clients share")
+    p.add_argument("--scratch", default="runs/dp_federated")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--report-only", action="store_true", help="rewrite the summary from the results file, run nothing")
+    return p.parse_args(argv)
+
+
+def floats(text: str) -> list[float]:
+    """A comma list of numbers."""
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def base_config(args: argparse.Namespace, seed: int, epsilon: float, strategy: str, **extra: Any) -> FederateConfig:
+    """The settings every run shares (data, partition, seed, ε, recipe, precision), and ``extra``."""
+    return FederateConfig(dataset=args.dataset, data_dir=args.data_dir, num_clients=args.num_clients,
+                          partition="dirichlet", alpha=args.alpha, seed=seed, strategies=strategy, strategy=strategy,
+                          dp_epsilon=epsilon, dp_delta=args.delta, ipc=args.ipc, iterations=args.iterations,
+                          server_epochs=args.server_epochs, rounds=args.rounds, local_epochs=args.local_epochs,
+                          dp_sample_rate=args.dp_sample_rate, batch_size=args.batch_size, storage_dtypes="float32",
+                          precision=args.precision, **extra)
+
+
+def run_cell(cfg: FederateConfig, folder: Path, cpus: int) -> dict[str, Any]:
+    """One ``fedcond federate`` run of ``cfg.strategy`` in ``folder``; the run's summary."""
+    from fedcond.simulations.experiment import run_experiment  # noqa: PLC0415
+    from fedcond.simulations.runner import backend_config  # noqa: PLC0415
+
+    result = run_experiment(cfg, [cfg.strategy], folder, backend_config(1.0, 0.0, cpus), reference="none")
+    run = result["runs"][0]
+    curve = [{"round": r["round"], "accuracy": r["accuracy"], "val_accuracy": r["val_accuracy"],
+              "traffic_bytes": r["upload_bytes"] + r["download_bytes"]} for r in run["rounds"]]
+    chosen = next(r for r in curve if r["round"] == run["selected_round"])
+    return {"strategy": cfg.strategy, "accuracy": run["selected_accuracy"],
+            "val_accuracy": run["selected_val_accuracy"], "round": run["selected_round"],
+            "traffic_bytes": chosen["traffic_bytes"], "epsilon": run["epsilon"],
+            "delta": run["delta"], "privacy": run.get("privacy"), "curve": curve,
+            "clip": cfg.dp_clip if cfg.strategy == "dpfedavg" else None,
+            "lr": cfg.lr if cfg.strategy == "dpfedavg" else None}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for the results' machine line."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform  # noqa: PLC0415
+
+        return platform.processor() or "unknown CPU"
+
+
+def settings_key(args: argparse.Namespace) -> dict[str, Any]:
+    """What a cell's result depends on: a rerun with other values recomputes every cell."""
+    keys = ("dataset", "num_clients", "alpha", "delta", "ipc", "iterations", "server_epochs", "rounds",
+            "local_epochs", "dp_sample_rate", "batch_size", "grid_clip", "grid_lr", "precision")
+    return {k: getattr(args, k) for k in keys}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the missing cells, writing the results after each; return them."""
+    args = parse_args(argv)
+    out = Path(args.out) / f"dp_federated_{args.dataset}.json"
+    saved = json.loads(out.read_text()) if out.is_file() else {}
+    same = saved.get("settings") == settings_key(args)
+    cells: dict[str, Any] = saved.get("cells", {}) if same else {}
+    import torch  # noqa: PLC0415
+
+    if args.report_only:
+        write_outputs(out, saved, args)
+        return saved
+    results = {"command": shell_command(sys.argv if argv is None else ["benchmarks/dp_federated_benchmark.py", *argv],
+                                        drop=("--report-only",)),
+               "device": f"{device_description(torch.device('cpu'))}, {cpu_model()}", "precision": args.precision,
+               "versions": package_versions(), "settings": settings_key(args), "cells": cells}
+    started = time.perf_counter()
+
+    def cell(name: str, cfg: FederateConfig) -> dict[str, Any]:
+        if name not in cells:
+            print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+            t0 = time.perf_counter()
+            cells[name] = {**run_cell(cfg, Path(args.scratch) / args.dataset / name, args.cpus),
+                           "wall_seconds": time.perf_counter() - t0}
+            results["wall_seconds_this_invocation"] = time.perf_counter() - started
+            write_outputs(out, results, args)
+            print(f"  {name}: accuracy {cells[name]['accuracy']:.4f} at round {cells[name]['round']}, "
+                  f"epsilon {cells[name]['epsilon']:.3g}", flush=True)
+        return cells[name]
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:  # a seed's cells at every epsilon first: a stopped run leaves whole seeds
+        for eps in floats(args.epsilons):
+            cell(f"seed{seed}_fedcond_eps{eps:g}", base_config(args, seed, eps, "fedcond"))
+            if seed == seeds[0]:  # the validation grid, on the first seed's partition
+                grid = {(c, lr): cell(f"seed{seed}_tune_eps{eps:g}_clip{c:g}_lr{lr:g}",
+                                      base_config(args, seed, eps, "dpfedavg", dp_clip=c, lr=lr))
+                        for c in floats(args.grid_clip) for lr in floats(args.grid_lr)}
+                best = max(grid, key=lambda k: (grid[k]["val_accuracy"], -k[0], -k[1]))
+                results.setdefault("winners", {})[f"eps{eps:g}"] = {"clip": best[0], "lr": best[1]}
+                cells[f"seed{seed}_dpfedavg_eps{eps:g}"] = grid[best]
+            else:
+                clip, lr = results["winners"][f"eps{eps:g}"].values()
+                cell(f"seed{seed}_dpfedavg_eps{eps:g}", base_config(args, seed, eps, "dpfedavg", dp_clip=clip, lr=lr))
+    write_outputs(out, results, args)
+    return results
+
+
+def write_outputs(out: Path, results: dict[str, Any], args: argparse.Namespace) -> None:
+    """The JSON and the markdown summary beside it."""
+    results["summary"] = summarise(results, args)
+    write_json(out, results)
+    out.with_suffix(".md").write_text(markdown(results, args))
+
+
+def summarise(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Per ε: both methods over the seeds that have both cells, the paired gain, the traffic share."""
+    cells, summary = results["cells"], {}
+    for eps in floats(args.epsilons):
+        seeds = [s for s in args.seeds.split(",") if f"seed{s}_fedcond_eps{eps:g}" in cells
+                 and f"seed{s}_dpfedavg_eps{eps:g}" in cells]
+        if not seeds:
+            continue
+        fc = [cells[f"seed{s}_fedcond_eps{eps:g}"] for s in seeds]
+        fa = [cells[f"seed{s}_dpfedavg_eps{eps:g}"] for s in seeds]
+        summary[f"eps{eps:g}"] = {
+            "seeds": seeds, "fedcond": spread([c["accuracy"] for c in fc]).to_json(),
+            "dpfedavg": spread([c["accuracy"] for c in fa]).to_json(),
+            "gain": paired_gain([c["accuracy"] for c in fc], [c["accuracy"] for c in fa]).to_json(),
+            "fedcond_traffic_mib": sum(c["traffic_bytes"] for c in fc) / len(fc) / 2**20,
+            "dpfedavg_traffic_mib": sum(c["traffic_bytes"] for c in fa) / len(fa) / 2**20,
+            "epsilon_accounted": {"fedcond": max(c["epsilon"] for c in fc), "dpfedavg": max(c["epsilon"] for c in fa)},
+            "winner": results.get("winners", {}).get(f"eps{eps:g}"),
+        }
+    return summary
+
+
+def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
+    """The summary as a markdown page."""
+    lines = [f"# DP-FedCond against DP-FedAvg on {args.dataset}", "",
+             f"Command: `{results['command']}`  ",
+             f"Machine: {results['device']}; precision {results['precision']}.  ",
+             f"{args.num_clients} clients, Dirichlet {args.alpha:g}, delta {args.delta:g}; DP-FedCond: one-shot, "
+             f"dp-dm (release), IPC {args.ipc}, {args.iterations} matching iterations; DP-FedAvg: {args.rounds} rounds "
+             f"x {args.local_epochs} local epoch(s) of DP-SGD at Poisson rate {args.dp_sample_rate:g}, clip and lr "
+             f"chosen on validation (seed {args.seeds.split(',')[0]}) from clip {{{args.grid_clip}}} x lr "
+             f"{{{args.grid_lr}}}. Accuracy: test, at the round validation picks; traffic: uploads + downloads there.",
+             "", "| epsilon | seeds | DP-FedCond | DP-FedAvg | gain (pts, paired) | FedCond MiB | FedAvg MiB | "
+                 "share | FedAvg clip, lr |", "|---|---|---|---|---|---:|---:|---:|---|"]
+    for key, s in results["summary"].items():
+        from fedcond.stats import Spread  # noqa: PLC0415
+
+        fc, fa, gain = Spread(**s["fedcond"]), Spread(**s["dpfedavg"]), Spread(**s["gain"])
+        share = s["fedcond_traffic_mib"] / s["dpfedavg_traffic_mib"] if s["dpfedavg_traffic_mib"] else float("nan")
+        win = s["winner"] or {}
+        lines.append(f"| {key[3:]} | {','.join(s['seeds'])} | {fc.format()} | {fa.format()} | "
+                     f"{gain.format(100, '+.1f')} | {s['fedcond_traffic_mib']:.3f} | {s['dpfedavg_traffic_mib']:.1f} | "
+                     f"{share:.2%} | {win.get('clip')}, {win.get('lr')} |")
+    lines += ["", "Every cell (accuracy at the validation-chosen round, accounted epsilon):", "",
+              "| cell | accuracy | val | round | traffic MiB | epsilon | noise multiplier |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, c in results["cells"].items():
+        sigma = (c.get("privacy") or {}).get("noise_multiplier")
+        lines.append(f"| {name} | {c['accuracy']:.4f} | {c['val_accuracy']:.4f} | {c['round']} | "
+                     f"{c['traffic_bytes'] / 2**20:.3f} | {c['epsilon']:.4g} | "
+                     f"{'-' if sigma is None else format(sigma, '.3g')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
