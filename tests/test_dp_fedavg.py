@@ -117,3 +117,31 @@ def test_dp_fedavg_end_to_end_beside_dp_fedcond(tmp_path):
     assert len(combined["releases"]) == 2 and combined["epsilon"] <= 20.0
     assert "| dpfedavg |" in (tmp_path / "results.md").read_text()
     assert result["runs"][1]["epsilon"] == dp["epsilon"]
+
+
+def test_the_benchmark_skips_finished_cells_and_summarises(tmp_path, monkeypatch):
+    from benchmark_scripts import load_script
+
+    bench = load_script("dp_federated_benchmark")
+    argv = ["--seeds", "0,1", "--epsilons", "10", "--grid-clip", "1", "--grid-lr", "0.1,0.2", "--out", str(tmp_path)]
+    args = bench.parse_args(argv)
+
+    def cell(strategy, acc, val, traffic, clip=None, lr=None):
+        return {"strategy": strategy, "accuracy": acc, "val_accuracy": val, "round": 1, "traffic_bytes": traffic,
+                "epsilon": 9.9, "delta": 1e-5, "privacy": None, "curve": [], "clip": clip, "lr": lr}
+
+    cells = {"seed0_fedcond_eps10": cell("fedcond", 0.9, 0.9, 2**20),
+             "seed0_tune_eps10_clip1_lr0.1": cell("dpfedavg", 0.6, 0.5, 100 * 2**20, 1.0, 0.1),
+             "seed0_tune_eps10_clip1_lr0.2": cell("dpfedavg", 0.7, 0.8, 100 * 2**20, 1.0, 0.2),
+             "seed1_fedcond_eps10": cell("fedcond", 0.8, 0.8, 2**20),
+             "seed1_dpfedavg_eps10": cell("dpfedavg", 0.75, 0.7, 100 * 2**20, 1.0, 0.2)}
+    (tmp_path / "dp_federated_digits.json").write_text(json.dumps({"settings": bench.settings_key(args),
+                                                                   "cells": cells}))
+    monkeypatch.setattr(bench, "run_cell", lambda *a: pytest.fail("a finished cell ran again"))
+    results = bench.main(argv)
+    assert results["winners"]["eps10"] == {"clip": 1.0, "lr": 0.2}  # the better validation accuracy, not test
+    summary = results["summary"]["eps10"]
+    assert summary["seeds"] == ["0", "1"] and summary["gain"]["mean"] == pytest.approx((0.2 + 0.05) / 2)
+    assert summary["fedcond_traffic_mib"] == 1.0 and summary["dpfedavg_traffic_mib"] == 100.0
+    md = (tmp_path / "dp_federated_digits.md").read_text()
+    assert "| 10 | 0,1 |" in md and "1.00%" in md and "Command: `python" in md
