@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch  # noqa: PLC0415
 
     if args.report_only:
+        if "device" in saved and cpu_model() not in saved["device"]:  # files written before the model was named
+            saved["device"] = f"{saved['device']}, {cpu_model()}"
         write_outputs(out, saved, args)
         return saved
     results = {"command": shell_command(sys.argv if argv is None else ["benchmarks/dp_federated_benchmark.py", *argv],
@@ -177,6 +179,36 @@ def write_outputs(out: Path, results: dict[str, Any], args: argparse.Namespace) 
     results["summary"] = summarise(results, args)
     write_json(out, results)
     out.with_suffix(".md").write_text(markdown(results, args))
+    plot(results, args, out.with_suffix(".png"))
+
+
+def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
+    """Accuracy against cumulative traffic (log x), one panel per ε: DP-FedAvg's rounds as a
+    line per seed (its tuned cell), DP-FedCond's one-shot run as a point per seed."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    epsilons = [e for e in floats(args.epsilons) if f"eps{e:g}" in results.get("summary", {})]
+    if not epsilons:
+        return
+    fig, axes = plt.subplots(1, len(epsilons), figsize=(5 * len(epsilons), 4), squeeze=False)
+    for ax, eps in zip(axes[0], epsilons):
+        for i, seed in enumerate(results["summary"][f"eps{eps:g}"]["seeds"]):
+            fa = results["cells"][f"seed{seed}_dpfedavg_eps{eps:g}"]["curve"]
+            fc = results["cells"][f"seed{seed}_fedcond_eps{eps:g}"]
+            ax.plot([r["traffic_bytes"] / 2**20 for r in fa], [r["accuracy"] for r in fa], "-o", ms=3, color="C0",
+                    alpha=0.7, label="DP-FedAvg (DP-SGD), per round" if i == 0 else None)
+            ax.plot(fc["traffic_bytes"] / 2**20, fc["accuracy"], "s", color="C3",
+                    label="DP-FedCond (DP-DM), one shot" if i == 0 else None)
+        ax.set(xscale="log", xlabel="traffic, uploads + downloads (MiB)", ylabel="test accuracy",
+               title=f"{args.dataset}, epsilon {eps:g}, delta {args.delta:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def summarise(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
