@@ -43,19 +43,19 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from avalanche.benchmarks.classic import SplitMNIST  # noqa: E402
-from avalanche.evaluation.metrics import accuracy_metrics  # noqa: E402
-from avalanche.models import SimpleMLP  # noqa: E402
-from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin  # noqa: E402
-from avalanche.training.supervised import Naive  # noqa: E402
+from avalanche.benchmarks.classic import SplitMNIST
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.models import SimpleMLP
+from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+from avalanche.training.supervised import Naive
 
-from fedcond.continual.buffer import DistillSpec  # noqa: E402
-from fedcond.continual.buffer_training import BufferTraining  # noqa: E402
-from fedcond.continual.plugin import DistilledReplayPlugin  # noqa: E402
-from fedcond.continual.strategies import BatchAugmentation  # noqa: E402
-from fedcond.recipe import Recipe  # noqa: E402
-from fedcond.runinfo import run_record  # noqa: E402
-from fedcond.stats import paired_gain, spread  # noqa: E402
+from fedcond.continual.buffer import DistillSpec
+from fedcond.continual.buffer_training import BufferTraining
+from fedcond.continual.plugin import DistilledReplayPlugin
+from fedcond.continual.strategies import BatchAugmentation
+from fedcond.recipe import Recipe
+from fedcond.runinfo import run_record
+from fedcond.stats import paired_gain, spread
 
 RESULTS = Path(__file__).parent / "results"
 VARIANT_KEYS = ("iterations", "batch_real", "precision", "model", "method", "rebalance", "buffer_epochs", "lr_images")
@@ -154,7 +154,7 @@ def _record(args: argparse.Namespace) -> dict:
 
 
 def _bf16_flags() -> str:
-    from fedcond.precision import cpu_flags  # noqa: PLC0415
+    from fedcond.precision import cpu_flags
 
     flags = cpu_flags()
     return ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx512_bf16", "amx_bf16", "amx_tile"))
@@ -260,7 +260,7 @@ def sweep(args: argparse.Namespace, root: Path) -> None:
 
 def default_variant() -> str:
     """The plugin's defaults written as a variant (the sweep's cell of that name is the default)."""
-    from fedcond.continual.buffer import BUFFER_DM_DEFAULTS  # noqa: PLC0415
+    from fedcond.continual.buffer import BUFFER_DM_DEFAULTS
 
     return ",".join(f"{k}={v:g}" for k, v in BUFFER_DM_DEFAULTS.items())
 
@@ -320,10 +320,10 @@ def _short(name: str) -> str:
 
 
 def plot_sweep(groups: dict[str, list[dict]], replay_cpu: float, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     colours = {"1": "0.6", "3": "C0", "5": "C2", "10": "C1"}

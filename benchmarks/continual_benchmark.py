@@ -48,17 +48,17 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from config_options import add_config_options, command_help  # noqa: E402  (benchmarks/, beside this file)
-from fedcond.commands.common import parse_options  # noqa: E402
-from fedcond.commands.continual import command as continual_command  # noqa: E402
-from fedcond.continual.benchmarks import benchmark_defaults, default_model, make_benchmark  # noqa: E402
-from fedcond.continual.report import gains, summarize, write_report  # noqa: E402
-from fedcond.continual.runner import ContinualConfig, run_comparison  # noqa: E402
-from fedcond.continual.strategies import BUFFER_STRATEGIES, MEMORY_STRATEGIES  # noqa: E402
-from fedcond.continual.tuning import SCORE, edges, extend, require_validation, winner  # noqa: E402
-from fedcond.recipe import Recipe  # noqa: E402
-from fedcond.runinfo import resolve_device, run_record, shell_command  # noqa: E402
-from fedcond.stats import Spread  # noqa: E402
+from config_options import add_config_options, command_help  # benchmarks/, beside this file
+from fedcond.commands.common import parse_options
+from fedcond.commands.continual import command as continual_command
+from fedcond.continual.benchmarks import benchmark_defaults, default_model, make_benchmark
+from fedcond.continual.report import gains, summarize, write_report
+from fedcond.continual.runner import ContinualConfig, run_comparison
+from fedcond.continual.strategies import BUFFER_STRATEGIES, MEMORY_STRATEGIES
+from fedcond.continual.tuning import SCORE, edges, extend, require_validation, winner
+from fedcond.recipe import Recipe
+from fedcond.runinfo import resolve_device, run_record, shell_command
+from fedcond.stats import Spread
 
 RESULTS = Path(__file__).parent / "results"
 # The grids every baseline is tuned over, at every memory size (recorded with the results).

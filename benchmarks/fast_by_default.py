@@ -46,8 +46,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedcond.precision import cpu_flags, resolve_precision  # noqa: E402
-from fedcond.runinfo import device_description, package_versions, write_json  # noqa: E402
+from fedcond.precision import cpu_flags, resolve_precision
+from fedcond.runinfo import device_description, package_versions, write_json
 
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("float32", "bfloat16", "default")
@@ -177,9 +177,9 @@ def layout_speed(reps: int = 5) -> dict[str, Any]:
     embedding pass (no gradients, chunks of 128) and a training step (forward, backward,
     batch 256), contiguous float32 / channels-last float32 / channels-last bfloat16
     autocast; layouts alternate within each repetition and the best repetition counts."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from fedcond.models import ConvNet  # noqa: PLC0415
+    from fedcond.models import ConvNet
 
     torch.set_num_threads(1)
     out: dict[str, Any] = {}
@@ -216,11 +216,11 @@ def layout_dm(reps: int = 3) -> dict[str, Any]:
     images of MNIST's and CIFAR-10's shapes (the cost does not depend on the pixels): runs of
     2 and 6 iterations, the difference over 4 (start-up excluded); layouts alternate, best of
     ``reps``. This is what ``fedcond.distill.dm.channels_last_networks`` was chosen by."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    import fedcond.distill.dm as dm_module  # noqa: PLC0415
-    from fedcond.data import ImageDataset  # noqa: PLC0415
-    from fedcond.distill import make_distiller  # noqa: PLC0415
+    import fedcond.distill.dm as dm_module
+    from fedcond.data import ImageDataset
+    from fedcond.distill import make_distiller
 
     torch.set_num_threads(1)
     chosen = dm_module.channels_last_networks
@@ -251,10 +251,10 @@ def layout_dm(reps: int = 3) -> dict[str, Any]:
 
 def plugin_cell(args: argparse.Namespace) -> None:
     """One run of the user's script (seed 0), written to ``--json``."""
-    import torch  # noqa: PLC0415
+    import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from continual_avalanche_user import mnist_root, parse_variant, run  # noqa: PLC0415
+    from continual_avalanche_user import mnist_root, parse_variant, run
 
     torch.set_num_threads(1)
     root = mnist_root(Path(args.data_dir), ROOT / "runs" / "avalanche_mnist")
@@ -330,7 +330,7 @@ def main() -> None:
     if args.plugin_cell:
         plugin_cell(args)
         return
-    import torch  # noqa: PLC0415
+    import torch
 
     path, scratch = Path(args.out), Path(args.scratch)
     report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"cells": {}}

@@ -47,19 +47,19 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's fedcond, whatever is installed
 
-import torch  # noqa: E402
+import torch
 
-from fedcond.data import ImageDataset, load_dataset  # noqa: E402
-from fedcond.distill import Callback, get_distiller  # noqa: E402
-from fedcond.distill.experts import ensure_experts  # noqa: E402
-from fedcond.errors import FedcondError  # noqa: E402
-from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic  # noqa: E402
-from fedcond.runinfo import device_description, package_versions, peak_memory_bytes, write_json  # noqa: E402
-from fedcond.synthetic import SyntheticSet  # noqa: E402
+from fedcond.data import ImageDataset, load_dataset
+from fedcond.distill import Callback, get_distiller
+from fedcond.distill.experts import ensure_experts
+from fedcond.errors import FedcondError
+from fedcond.evaluate import EvalConfig, evaluate_random, evaluate_synthetic
+from fedcond.runinfo import device_description, package_versions, peak_memory_bytes, write_json
+from fedcond.synthetic import SyntheticSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_suite_report import markdown  # noqa: E402
-from reference_loops import (  # noqa: E402
+from gpu_suite_report import markdown
+from reference_loops import (
     reference_style_dm_seconds,
     reference_style_dsa_seconds,
     reference_style_mtt_seconds,

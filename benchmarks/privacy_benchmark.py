@@ -172,7 +172,7 @@ def run_cell(cell: str, data, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _more_versions() -> dict[str, str | None]:
-    from importlib import metadata  # noqa: PLC0415
+    from importlib import metadata
 
     out = {}
     for name in ("scikit-learn",):

@@ -96,14 +96,14 @@ def embedding_floor(cfg: FederateConfig, reps: int = 5) -> dict[str, Any]:
     The speed is measured here, one thread, on the clients' own pass (DM's embedding: fresh
     networks as DM builds them for the run's precision, chunks as DM's); best of ``reps``.
     """
-    import torch  # noqa: PLC0415
+    import torch
 
-    from fedcond.distill.dm import DMConfig  # noqa: PLC0415
-    from fedcond.distill.matching import embedding_chunk  # noqa: PLC0415
-    from fedcond.federated.data_cache import federated_data  # noqa: PLC0415
-    from fedcond.federated.partition import run_partitions  # noqa: PLC0415
-    from fedcond.models import get_model  # noqa: PLC0415
-    from fedcond.precision import DTYPES  # noqa: PLC0415
+    from fedcond.distill.dm import DMConfig
+    from fedcond.distill.matching import embedding_chunk
+    from fedcond.federated.data_cache import federated_data
+    from fedcond.federated.partition import run_partitions
+    from fedcond.models import get_model
+    from fedcond.precision import DTYPES
 
     data = federated_data(cfg)
     parts = run_partitions(cfg)
@@ -141,13 +141,13 @@ def run_in_process(args: argparse.Namespace, cfg: FederateConfig, batched: bool)
     """The clients' DM work of a one-shot FedCond round in this process, without Flower:
     ``batched`` groups of ``--group-size`` clients of similar size (``distill_many``), or one
     client at a time (``DM().distill``, as each ClientApp does). Seeds as the ClientApp's."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from fedcond.distill import get_distiller  # noqa: PLC0415
-    from fedcond.federated.client_training import client_seed, distill_partition  # noqa: PLC0415
-    from fedcond.federated.data_cache import federated_data  # noqa: PLC0415
-    from fedcond.federated.partition import run_partitions  # noqa: PLC0415
-    from fedcond.simulations.usage import TreeUsage  # noqa: PLC0415
+    from fedcond.distill import get_distiller
+    from fedcond.federated.client_training import client_seed, distill_partition
+    from fedcond.federated.data_cache import federated_data
+    from fedcond.federated.partition import run_partitions
+    from fedcond.simulations.usage import TreeUsage
 
     torch.set_num_threads(max(1, cfg.client_threads))  # as the ClientApp does
     load_before = os.getloadavg()
@@ -196,7 +196,7 @@ def start_ray(resources: dict[str, Any], attempts: int = 5) -> None:
     """Start Ray here before Flower does (Flower then uses it, and shuts it down after the
     run), retrying: on a loaded machine Ray's raylet can miss its 30 s start-up deadline,
     and a simulation whose Ray failed to start leaves the server waiting for replies."""
-    import ray  # noqa: PLC0415
+    import ray
 
     for attempt in range(1, attempts + 1):
         try:
@@ -211,10 +211,10 @@ def start_ray(resources: dict[str, Any], attempts: int = 5) -> None:
 
 def run_cell(args: argparse.Namespace, cfg: FederateConfig, folder: Path) -> dict[str, Any]:
     """One cell; returns its summary (partial if stopped by the timeout)."""
-    from fedcond.federated.events import ClientReplied, RoundFinished  # noqa: PLC0415
-    from fedcond.simulations.experiment import run_experiment  # noqa: PLC0415
-    from fedcond.simulations.runner import backend_config  # noqa: PLC0415
-    from fedcond.simulations.usage import TreeUsage  # noqa: PLC0415
+    from fedcond.federated.events import ClientReplied, RoundFinished
+    from fedcond.simulations.experiment import run_experiment
+    from fedcond.simulations.runner import backend_config
+    from fedcond.simulations.usage import TreeUsage
 
     if folder.exists():
         shutil.rmtree(folder)  # a cell is measured from scratch, never resumed mid-run
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
                              '"bfloat16"}\'; give the cells their own --tag')
     args = parser.parse_args(argv)
 
-    import torch  # noqa: PLC0415
+    import torch
 
     path = Path(args.out) / f"scale_{args.dataset}{args.tag}.json"
     report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}

@@ -219,10 +219,10 @@ def plot_time_to_accuracy(path: Path, report: dict[str, Any], rows: list[tuple[s
             curves.append((label, points))
     if not curves:
         return False
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, points in curves:

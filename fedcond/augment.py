@@ -121,7 +121,7 @@ class DSA:
         random numbers consumed depends only on ``n``.
         """
         g = generator
-        u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+        u = lambda *shape: torch.rand(*shape, generator=g)
         r = self.ratio_scale
         raw = {
             "brightness": (u(n) - 0.5) * self.brightness,
@@ -160,7 +160,7 @@ class DSA:
         if len(params) not in (1, n):
             raise ValueError(f"{len(params)} parameter rows for a batch of {n} images")
         p = params.to(x.device)
-        col = lambda t: t.to(x.dtype).view(-1, 1, 1, 1)  # noqa: E731
+        col = lambda t: t.to(x.dtype).view(-1, 1, 1, 1)
         if "color" in p.active:
             x = x + col(p.brightness)
             m = x.mean(dim=1, keepdim=True)

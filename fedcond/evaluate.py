@@ -59,7 +59,7 @@ class EvalConfig:
         if self.kd_temperature is not None and not self.kd_temperature > 0:
             raise FedcondError(f"kd temperature must be > 0, got {self.kd_temperature}")
         if self.dsa:
-            from fedcond.augment import parse_strategy  # noqa: PLC0415
+            from fedcond.augment import parse_strategy  # noqa: PLC0415  (torch's augmentation only when a recipe augments)
 
             parse_strategy(self.dsa_strategy)  # raises a FedcondError naming the bad family
 

@@ -60,7 +60,7 @@ class Recipe:
         if self.augment == "none":
             return None
         if self.augment == "auto":
-            from fedcond.augment import DEFAULT_STRATEGY  # noqa: PLC0415
+            from fedcond.augment import DEFAULT_STRATEGY  # noqa: PLC0415  (torch's augmentation only when a recipe augments)
 
             return "crop_scale_rotate" if channels == 1 else DEFAULT_STRATEGY
         return self.augment
@@ -70,7 +70,7 @@ class Recipe:
         strategy = self.augment_strategy(channels)
         if strategy is None:
             return None
-        from fedcond.augment import DSA  # noqa: PLC0415
+        from fedcond.augment import DSA  # noqa: PLC0415  (torch's augmentation only when a recipe augments)
 
         return DSA(strategy)
 

@@ -155,7 +155,7 @@ def check_teacher_fits(sset: SyntheticSet, info: TeacherInfo) -> None:
     want = zca_regularization(sset.config)
     have = info.zca_regularization
     if (want is None) != (have is None) or (want is not None and not math.isclose(want, have)):  # type: ignore[arg-type]
-        space = lambda r: "plain (un-whitened) images" if r is None else f"ZCA space (regularization {r})"  # noqa: E731
+        space = lambda r: "plain (un-whitened) images" if r is None else f"ZCA space (regularization {r})"
         raise FedcondError(f"the set lives in {space(want)} but the teacher was trained on {space(have)}: "
                            "train a teacher in the set's space")
 

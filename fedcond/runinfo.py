@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from fedcond.errors import FedcondError
 from fedcond.precision import has_fast_bfloat16
 
 _PACKAGES = ("fedcond", "torch", "torchvision", "numpy", "flwr", "flwr-datasets", "avalanche-lib", "safetensors",
@@ -46,7 +47,6 @@ def device_description(device: torch.device) -> str:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
-    from fedcond.errors import FedcondError  # noqa: PLC0415
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

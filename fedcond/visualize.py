@@ -12,10 +12,10 @@ from fedcond.synthetic import SyntheticSet
 def save_grid(sset: SyntheticSet, path: str | os.PathLike, max_per_class: int = 10) -> Path:
     """Save a grid, one row per class (up to ``max_per_class`` images each; with one image per
     class, one row of classes), as a PNG."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415  (matplotlib only when a figure is drawn: seconds to import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (matplotlib only when a figure is drawn: seconds to import)
 
     pixels = denormalize(sset.images.detach().cpu().float(), sset.mean, sset.std).clamp(0, 1)
     labels = sset.hard_labels.cpu()

@@ -81,7 +81,7 @@ def _local_data(cfg: AppConfig, partition_id: int):
 
 
 def _fedcond_reply(msg: Message, context: Context, cfg: AppConfig, pid: int, server_round: int) -> RecordDict:
-    from fedcond.federated.client_training import client_seed, distill_partition  # noqa: PLC0415
+    from fedcond.federated.client_training import client_seed, distill_partition
 
     data = _local_data(cfg, pid)
     global_model, previous, knowledge = None, None, None
@@ -121,7 +121,7 @@ def _fedcond_reply(msg: Message, context: Context, cfg: AppConfig, pid: int, ser
                             **_size_and_time(data, sset, seconds, cpu_seconds)})
     content = RecordDict({SET_ARRAYS_KEY: arrays, SET_META_KEY: meta})
     if cfg.strategy == "fedaf":  # the received model's class-mean logits on the client's real images
-        from fedcond.federated.fedaf import class_mean_logits  # noqa: PLC0415
+        from fedcond.federated.fedaf import class_mean_logits
 
         logits, counts = class_mean_logits(global_model, data.train_images, data.train_labels, data.num_classes)
         content[SOFT_LABELS_KEY] = ArrayRecord({"logits": logits.contiguous(), "counts": counts.contiguous()})
@@ -157,7 +157,7 @@ def _kept_set(cfg: AppConfig, pid: int, server_round: int) -> SyntheticSet | Non
 
 
 def _fedavg_reply(msg: Message, cfg: AppConfig, pid: int, server_round: int) -> RecordDict:
-    from fedcond.federated.client_training import client_seed, local_train  # noqa: PLC0415
+    from fedcond.federated.client_training import client_seed, local_train
 
     data = _local_data(cfg, pid)
     model = load_record(new_model(data, cfg), msg.content[ARRAYRECORD_KEY])
@@ -175,8 +175,8 @@ def _dpfedavg_reply(msg: Message, cfg: AppConfig, pid: int, server_round: int) -
     """DP-SGD local training (:mod:`fedcond.federated.dp_sgd`) under the plan the client solves
     itself from the run config. The reply states nothing exact about the data: no example
     count (FedAvg weights every client alike), no loss, no time."""
-    from fedcond.federated.client_training import client_seed  # noqa: PLC0415
-    from fedcond.federated.dp_sgd import dp_local_train, plan_for  # noqa: PLC0415
+    from fedcond.federated.client_training import client_seed
+    from fedcond.federated.dp_sgd import dp_local_train, plan_for
 
     data = _local_data(cfg, pid)
     model = load_record(new_model(data, cfg), msg.content[ARRAYRECORD_KEY])

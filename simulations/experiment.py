@@ -94,14 +94,14 @@ def run_experiment(
 
 def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[str, Any] | None, reference: str,
          on_event: OnEvent | None, usage: TreeUsage) -> dict[str, Any]:
-    from fedcond.simulations.runner import run_all  # noqa: PLC0415
+    from fedcond.simulations.runner import run_all
 
     start = time.perf_counter()
     private, left_out = cfg.dp_epsilon > 0, []
     if private:  # OUT holds DP output only; the rest runs only if asked, into OUT/non_private (dp_folder)
         cfg, strategies, reference, left_out = dp_plan(cfg, strategies, reference)
     if "dpfedavg" in strategies:  # its noise for the target epsilon, or a one-line error, before any run works
-        from fedcond.federated.dp_sgd import plan_for  # noqa: PLC0415
+        from fedcond.federated.dp_sgd import plan_for
 
         plan_for(cfg.for_strategy("dpfedavg"))
     hist, parts = save_partitions(cfg, (out / NON_PRIVATE if cfg.dp_non_private else None) if private else out)

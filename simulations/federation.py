@@ -35,7 +35,7 @@ DEPLOYMENT_LOG_EVERY_SECONDS = 30.0
 
 def is_simulation(grid: Any) -> bool:
     """Whether ``grid`` is the Simulation Engine's (virtual SuperNodes, all registered at start)."""
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid  # noqa: PLC0415
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
     return isinstance(grid, InMemoryGrid)
 

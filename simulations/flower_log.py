@@ -56,7 +56,7 @@ def flower_log_to_file(path: Path) -> Iterator[Path]:
     """Within the block, logger ``flwr`` and Python warnings write to ``path`` instead of the
     console. The file is appended to, never truncated: a rerun in the same folder (a resume)
     keeps the earlier runs' log and starts with a line saying where it began."""
-    from flwr.supercore.logger import ConsoleHandler  # noqa: PLC0415  (Flower only in adapters)
+    from flwr.supercore.logger import ConsoleHandler  # Flower only in adapters
 
     path.parent.mkdir(parents=True, exist_ok=True)
     earlier = path.exists() and path.stat().st_size > 0

@@ -48,11 +48,11 @@ def run_strategy(cfg: AppConfig, resources: dict[str, Any] | None = None, log_fi
     ``log_file`` only names where Flower's log went, for the error message. An exception
     raised by ``on_event`` ends the simulation and propagates.
     """
-    from flwr.simulation import run_simulation  # noqa: PLC0415
+    from flwr.simulation import run_simulation
 
-    from fedcond.simulations.client_app import make_client_app  # noqa: PLC0415
-    from fedcond.simulations.flower_log import without_run_simulation_deprecation  # noqa: PLC0415
-    from fedcond.simulations.server_app import make_server_app  # noqa: PLC0415
+    from fedcond.simulations.client_app import make_client_app
+    from fedcond.simulations.flower_log import without_run_simulation_deprecation
+    from fedcond.simulations.server_app import make_server_app
 
     # Ray starts its workers -- every ClientApp here -- at niceness 15: beside any other busy
     # process the clients starve and a round runs past its timeout (measured: a CIFAR-10 round's
@@ -89,7 +89,7 @@ def run_all(
     With ``log_file``, Flower's log and the warnings raised during the runs go there; with
     ``checkpoints``, runs resume (see the module docstring).
     """
-    from fedcond.simulations.flower_log import flower_log_to_file  # noqa: PLC0415
+    from fedcond.simulations.flower_log import flower_log_to_file
 
     emit = on_event or (lambda event: None)
     records = []

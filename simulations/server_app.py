@@ -54,8 +54,8 @@ def run_server(grid: Grid, cfg: AppConfig, on_result: Callable[[dict[str, Any]],
     With ``cfg.checkpoint_dir`` every finished round is checkpointed there, and a run
     that finds a checkpoint continues after its round (:mod:`fedcond.federated.checkpoint`).
     """
-    from fedcond.strategies import build_strategy  # noqa: PLC0415
-    from fedcond.strategies.resumed import FromRound, load_strategy_state, strategy_state  # noqa: PLC0415
+    from fedcond.strategies import build_strategy
+    from fedcond.strategies.resumed import FromRound, load_strategy_state, strategy_state
 
     data = federated_data(cfg)
     validation = federated_validation(cfg)
@@ -218,9 +218,9 @@ def launched_by_flower(grid: Grid, cfg: AppConfig) -> AppConfig:
     """Explain the run-config keys this run ignores, and check that the federation has
     ``num-clients`` SuperNodes (:mod:`fedcond.simulations.federation`); ``num-clients`` 0
     becomes the federation's size. Returns the settings the run uses."""
-    from dataclasses import replace  # noqa: PLC0415  (only Flower's launch resolves the size)
+    from dataclasses import replace  # only Flower's launch resolves the size
 
-    from fedcond.simulations.federation import check_federation, ignored_settings  # noqa: PLC0415
+    from fedcond.simulations.federation import check_federation, ignored_settings
 
     for note in ignored_settings(cfg):
         log(WARNING, "note: %s", note)

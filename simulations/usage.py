@@ -52,7 +52,7 @@ class TreeUsage:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "TreeUsage":
-        import psutil  # noqa: PLC0415  (Ray depends on it)
+        import psutil  # Ray depends on it
 
         self._root = psutil.Process()
         self._gone = psutil.NoSuchProcess
@@ -88,7 +88,7 @@ class TreeUsage:
                 cpu[proc.pid] = times.user + times.system
                 count += 1
                 alive.append(proc)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001  (psutil raises several unrelated types for a process that vanished)
                 continue
         pss_known = pss and self._pss_readable
         if pss_known:
@@ -122,7 +122,7 @@ class TreeUsage:
                         cpu[proc.pid] = times.user + times.system
                     except Exception:  # noqa: BLE001  (exited meanwhile)
                         continue
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001  (psutil raises several unrelated types for a process that vanished)
                 pass
             with self._lock:
                 self._cpu.update(cpu)

@@ -17,8 +17,8 @@ from fedcond.federated.records import ARRAYRECORD_KEY, CONFIGRECORD_KEY
 
 def drop_ids(records: list[Any], weighted_by_key: str) -> Any:
     """Flower's weighted metric average, minus ``partition-id`` (an id, not a metric)."""
-    from flwr.app import MetricRecord  # noqa: PLC0415
-    from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords  # noqa: PLC0415
+    from flwr.app import MetricRecord
+    from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
     out = aggregate_metricrecords(records, weighted_by_key)
     return MetricRecord({k: v for k, v in out.items() if k != "partition-id"})
@@ -38,32 +38,32 @@ def build_strategy(cfg: AppConfig, data: ImageDataset, ledger: CommLedger,
               "min_available_nodes": nodes,
               "arrayrecord_key": ARRAYRECORD_KEY, "configrecord_key": CONFIGRECORD_KEY}  # what clients read
     if cfg.distills:  # the servers that pool distilled sets: FedCond's, with what each reads of the settings
-        from fedcond.federated.server_training import pool_trainer  # noqa: PLC0415  (torch, for these servers)
+        from fedcond.federated.server_training import pool_trainer  # torch, for these servers
 
         pooled = {**common, "ipc": cfg.ipc, "max_payload_bytes": cfg.max_payload_bytes, "ledger": ledger,
                   "iterative": cfg.effective_mode == "iterative", "method": cfg.method,
                   "iterations": cfg.client_iterations}
         if cfg.strategy == "feddm":
-            from fedcond.strategies.feddm import FedDM  # noqa: PLC0415
+            from fedcond.strategies.feddm import FedDM
 
             return FedDM(data, pool_trainer(data, cfg), **pooled, radius=cfg.feddm_radius)
         if cfg.strategy == "fedaf":
-            from fedcond.strategies.fedaf import FedAF  # noqa: PLC0415
+            from fedcond.strategies.fedaf import FedAF
 
             return FedAF(data, pool_trainer(data, cfg), **pooled, lambda_global=cfg.fedaf_lambda_global,
                          temperature=cfg.fedaf_temperature, lambda_local=cfg.fedaf_lambda_local)
-        from fedcond.strategies.fedcond import FedCond  # noqa: PLC0415
+        from fedcond.strategies.fedcond import FedCond
 
         return FedCond(data, pool_trainer(data, cfg), **pooled)
-    from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx  # noqa: PLC0415
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
     base = {**common, "fraction_evaluate": 0.0, "min_evaluate_nodes": 0, "train_metrics_aggr_fn": drop_ids}
     if cfg.strategy == "fedavg":
         return FedAvg(**base)
     if cfg.strategy == "dpfedavg":  # FedAvg over DP-SGD clients: equal weights (clients state no exact size)
-        from fedcond.federated.dp_sgd import plan_for  # noqa: PLC0415
-        from fedcond.federated.records import new_model  # noqa: PLC0415
-        from fedcond.strategies.dpfedavg import DPFedAvg  # noqa: PLC0415
+        from fedcond.federated.dp_sgd import plan_for
+        from fedcond.federated.records import new_model
+        from fedcond.strategies.dpfedavg import DPFedAvg
 
         return DPFedAvg(plan_for(cfg), new_model(data, cfg), cfg.model, **base)
     if cfg.strategy == "fedprox":

@@ -9,11 +9,11 @@ import torch
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from fedcond.continual.benchmarks import canonical_name, make_benchmark  # noqa: E402
-from fedcond.continual.budget import class_quotas, herding_order  # noqa: E402
-from fedcond.continual.buffer import DistilledBuffer, DistillSpec  # noqa: E402
-from fedcond.continual.runner import stored_images  # noqa: E402
-from fedcond.errors import FedcondError  # noqa: E402
+from fedcond.continual.benchmarks import canonical_name, make_benchmark
+from fedcond.continual.budget import class_quotas, herding_order
+from fedcond.continual.buffer import DistilledBuffer, DistillSpec
+from fedcond.continual.runner import stored_images
+from fedcond.errors import FedcondError
 
 
 @pytest.fixture(scope="module")

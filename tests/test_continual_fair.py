@@ -139,7 +139,7 @@ def test_the_validation_benchmark_holds_no_test_image_and_training_never_sees_va
 
     val = make_benchmark("split-digits", data=digits, validation=0.1, evaluate_on="validation", seed=4)
     test = make_benchmark("split-digits", data=digits, validation=0.1, evaluate_on="test", seed=4)
-    rows = lambda x: {tuple(r.flatten().tolist()) for r in x}  # noqa: E731
+    rows = lambda x: {tuple(r.flatten().tolist()) for r in x}
     assert val.data.test_images.shape[0] == pytest.approx(0.1 * digits.train_images.shape[0], abs=10)
     assert not rows(val.data.test_images) & rows(digits.test_images)  # the tuner's eval stream: no test image
     assert rows(val.data.test_images) <= rows(digits.train_images)

@@ -12,22 +12,22 @@ from torch.utils.data import TensorDataset
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from avalanche.benchmarks import nc_benchmark  # noqa: E402
-from avalanche.benchmarks.utils import as_classification_dataset  # noqa: E402
-from avalanche.benchmarks.utils.data_loader import ReplayDataLoader  # noqa: E402
-from avalanche.core import SupervisedPlugin  # noqa: E402
-from avalanche.training.supervised import Naive  # noqa: E402
+from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.utils import as_classification_dataset
+from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
+from avalanche.core import SupervisedPlugin
+from avalanche.training.supervised import Naive
 
-from fedcond.continual.buffer import DistilledBuffer, DistillSpec  # noqa: E402
-from fedcond.continual.buffer_training import BufferTraining, train_on_memory  # noqa: E402
-from fedcond.continual.plugin import (  # noqa: E402
+from fedcond.continual.buffer import DistilledBuffer, DistillSpec
+from fedcond.continual.buffer_training import BufferTraining, train_on_memory
+from fedcond.continual.plugin import (
     DistilledFinetunePlugin,
     DistilledMixPlugin,
     DistilledReplayPlugin,
     distilled_plugin,
 )
-from fedcond.models import get_model  # noqa: E402
-from fedcond.train import soft_cross_entropy  # noqa: E402
+from fedcond.models import get_model
+from fedcond.train import soft_cross_entropy
 
 
 class _Tensors(TensorDataset):

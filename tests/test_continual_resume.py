@@ -9,10 +9,10 @@ import pytest
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-import torch  # noqa: E402
+import torch
 
-from fedcond.continual.benchmarks import make_benchmark  # noqa: E402
-from fedcond.continual.runner import ContinualConfig, forgetting, run_comparison  # noqa: E402
+from fedcond.continual.benchmarks import make_benchmark
+from fedcond.continual.runner import ContinualConfig, forgetting, run_comparison
 
 
 class Killed(Exception):

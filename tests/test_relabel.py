@@ -201,7 +201,7 @@ def test_kd_labels_from_a_trained_teacher_beat_hard_labels_on_random_ipc1(digits
         hard.append(evaluate_synthetic(sset, digits, cfg, runs=2).mean)
         kd.append(evaluate_synthetic(relabel(sset, net, 4.0, info), digits, cfg, runs=2).mean)
         noise.append(evaluate_synthetic(relabel(sset, untrained, 4.0), digits, cfg, runs=2).mean)
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    mean = lambda v: sum(v) / len(v)
     assert mean(kd) > mean(hard) + 0.05, (hard, kd)
     assert mean(noise) < mean(hard) - 0.2, (hard, noise)
 

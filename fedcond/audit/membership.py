@@ -38,7 +38,7 @@ def example_losses(
 
 def roc_auc(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> float:
     """ROC AUC of telling members (higher scores) from non-members."""
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+    from sklearn.metrics import roc_auc_score  # noqa: PLC0415  (scikit-learn only for this score)
 
     y, s = _stack(member_scores, nonmember_scores)
     return float(roc_auc_score(y, s))
@@ -46,7 +46,7 @@ def roc_auc(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> floa
 
 def tpr_at_fpr(member_scores: torch.Tensor, nonmember_scores: torch.Tensor, fpr: float = 0.01) -> float:
     """The largest true-positive rate whose false-positive rate is at most ``fpr``."""
-    from sklearn.metrics import roc_curve  # noqa: PLC0415
+    from sklearn.metrics import roc_curve  # noqa: PLC0415  (scikit-learn only for this score)
 
     y, s = _stack(member_scores, nonmember_scores)
     fprs, tprs, _ = roc_curve(y, s)

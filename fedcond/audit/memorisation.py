@@ -124,10 +124,10 @@ def save_pairs(syn: torch.Tensor, train: torch.Tensor, result: Memorisation, ima
 
     ``syn``/``train`` are pixels as given to :func:`memorisation`.
     """
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415  (matplotlib only when a figure is drawn: seconds to import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (matplotlib only when a figure is drawn: seconds to import)
 
     order = torch.argsort(result.distance_to_train)[:count].tolist()
     cols = max(1, len(order))

@@ -25,7 +25,7 @@ import numpy as np
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
     """Probability of at least ``v`` correct guesses out of ``r`` (``m`` canaries) under an
     (``epsilon``, ``delta``)-DP algorithm: the bound above, capped at 1."""
-    from scipy.stats import binom  # noqa: PLC0415
+    from scipy.stats import binom  # noqa: PLC0415  (SciPy only for this bound)
 
     if not 0 <= v <= r <= m:
         raise ValueError(f"need 0 <= v <= r <= m, got v={v}, r={r}, m={m}")

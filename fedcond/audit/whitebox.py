@@ -39,9 +39,14 @@ from typing import Callable
 
 import torch
 
+from fedcond.augment import DSA
 from fedcond.data import ImageDataset
 from fedcond.distill.base import Callbacks, DistillConfig, Distiller
+from fedcond.distill.checkpoint import CHECKPOINT_NAME
+from fedcond.distill.dp_dm import NoiseStart
+from fedcond.distill.dp_release import make_bank
 from fedcond.errors import FedcondError
+from fedcond.privacy.mechanism import clip_rows
 from fedcond.synthetic import SyntheticSet
 
 SCORES = {
@@ -80,11 +85,6 @@ def dp_dm_release(data: ImageDataset, distiller: Distiller, config: DistillConfi
     """Distill ``train`` with DP-DM ``release`` (``config``; seed ``seed``) and read what it
     released: the noisy sums from the run's checkpoint, the bank from the seed. ``data``
     gives the public parts (classes, image shape) the bank is drawn for."""
-    from fedcond.augment import DSA  # noqa: PLC0415
-    from fedcond.distill.checkpoint import CHECKPOINT_NAME  # noqa: PLC0415
-    from fedcond.distill.dp_dm import NoiseStart  # noqa: PLC0415
-    from fedcond.distill.dp_release import make_bank  # noqa: PLC0415
-    from fedcond.privacy.mechanism import clip_rows  # noqa: PLC0415
 
     if not has_release(distiller.name, config):
         raise FedcondError(f"{distiller.name} exposes no release to audit white-box: use --attack blackbox")

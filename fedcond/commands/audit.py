@@ -82,12 +82,12 @@ def command(
     ),
 ) -> None:
     """Audit a synthetic set for privacy: near-copies of training images and membership inference."""
-    from fedcond.audit.memorisation import pixels, save_pairs  # noqa: PLC0415
-    from fedcond.audit.set_audit import AuditConfig, audit_set  # noqa: PLC0415
-    from fedcond.data import load_dataset, under_normalization  # noqa: PLC0415
-    from fedcond.evaluate import EvalConfig  # noqa: PLC0415
-    from fedcond.runinfo import run_record, write_json  # noqa: PLC0415
-    from fedcond.synthetic import SyntheticSet  # noqa: PLC0415
+    from fedcond.audit.memorisation import pixels, save_pairs
+    from fedcond.audit.set_audit import AuditConfig, audit_set
+    from fedcond.data import load_dataset, under_normalization
+    from fedcond.evaluate import EvalConfig
+    from fedcond.runinfo import run_record, write_json
+    from fedcond.synthetic import SyntheticSet
 
     set_threads(threads)
     if canary_method is not None:
@@ -139,7 +139,7 @@ def command(
 
 def _print_table(result: dict) -> None:
     """The headline numbers, the set beside random real images of the same size."""
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     table = Table(title="privacy audit")
     table.add_column("")
@@ -173,12 +173,12 @@ def _canary_audit(method: str, dataset: str, data_dir: Path | None, json_out: Pa
     if json_out is not None:
         writable_file(json_out, "--json")
     existing_folder(data_dir)
-    from fedcond.audit.canary import CanaryConfig, canary_audit, resolve_attack  # noqa: PLC0415
-    from fedcond.commands.common import parse_options  # noqa: PLC0415
-    from fedcond.data import load_dataset  # noqa: PLC0415
-    from fedcond.distill import make_distiller  # noqa: PLC0415
-    from fedcond.privacy.normalisation import public_normalisation  # noqa: PLC0415
-    from fedcond.runinfo import run_record, write_json  # noqa: PLC0415
+    from fedcond.audit.canary import CanaryConfig, canary_audit, resolve_attack
+    from fedcond.commands.common import parse_options
+    from fedcond.data import load_dataset
+    from fedcond.distill import make_distiller
+    from fedcond.privacy.normalisation import public_normalisation
+    from fedcond.runinfo import run_record, write_json
 
     config = CanaryConfig(canaries=canaries, confidence=confidence, delta=delta, seed=seed, attack=attack,
                           crafted=crafted)
@@ -214,7 +214,7 @@ def _canary_audit(method: str, dataset: str, data_dir: Path | None, json_out: Pa
 
 def _print_guesses(result: dict) -> None:
     """The grid of guesses: how many were right and the bound each proves."""
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     table = Table(title=f"canary audit ({result['canaries']} canaries, {result['canaries_included']} kept)")
     for name in ("guessed in", "correct", "epsilon lower bound"):

@@ -112,7 +112,7 @@ def writable_file(path: Path, flag: str) -> Path:
 def known_dataset(name: str) -> str:
     """``name`` must be a data set fedcond knows or an existing path (an ImageFolder tree or
     archive): checked before any header or folder (loading it is the work, and may download)."""
-    from fedcond.data import DATASET_NAMES  # noqa: PLC0415  (torch: only once the command runs)
+    from fedcond.data import DATASET_NAMES  # torch: only once the command runs
 
     if name.lower().replace("_", "-") in DATASET_NAMES or Path(name).exists():
         return name
@@ -162,7 +162,7 @@ def set_threads(threads: int | None) -> None:
         return
     if threads < 1:
         raise FedcondError(f"--threads must be >= 1, got {threads}")
-    import torch  # noqa: PLC0415  (commands import torch lazily)
+    import torch  # commands import torch lazily
 
     torch.set_num_threads(threads)
 

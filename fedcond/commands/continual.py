@@ -173,13 +173,13 @@ def command(
 
 
 def _run(values: dict[str, Any], out: Path) -> None:
-    import warnings  # noqa: PLC0415
+    import warnings
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # Avalanche's own 0.7 notices
-    from fedcond.continual.benchmarks import benchmark_defaults, make_benchmark  # noqa: PLC0415
-    from fedcond.continual.report import write_report  # noqa: PLC0415
-    from fedcond.continual.runner import ContinualConfig, plan, run_comparison  # noqa: PLC0415
-    from fedcond.runinfo import resolve_device, run_record  # noqa: PLC0415
+    from fedcond.continual.benchmarks import benchmark_defaults, make_benchmark
+    from fedcond.continual.report import write_report
+    from fedcond.continual.runner import ContinualConfig, plan, run_comparison
+    from fedcond.runinfo import resolve_device, run_record
 
     bench_args = {k: values.pop(k) for k in list(values) if k in _BENCH_KEYS}
     threads = values.pop("threads", None)
@@ -192,14 +192,14 @@ def _run(values: dict[str, Any], out: Path) -> None:
     except TypeError as err:
         raise FedcondError(f"unknown continual setting: {err}") from None
     if any(s.startswith("distilled") for s in cfg.strategies):
-        from fedcond.continual.buffer import DistillSpec  # noqa: PLC0415
+        from fedcond.continual.buffer import DistillSpec
 
         # An unknown method or method option fails now, before the data loads and the baselines.
         DistillSpec(method=cfg.method, ipc=cfg.ipc, iterations=cfg.iterations, model=cfg.model,
                     options=cfg.distill_options, rebalance=cfg.rebalance)
     dev = resolve_device(bench_args.get("device", "auto"))
     if threads is not None or dev.type == "cpu":
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.set_num_threads(threads or 1)
     bench = make_benchmark(bench_args.get("benchmark", "split-digits"), data_dir=bench_args.get("data_dir"),
@@ -241,7 +241,7 @@ def _run(values: dict[str, Any], out: Path) -> None:
 
 
 def _print_table(runs: list[dict[str, Any]], warnings: list[str]) -> None:
-    from fedcond.continual.report import report_lines  # noqa: PLC0415
+    from fedcond.continual.report import report_lines
 
     for line in report_lines(runs, warnings):
         typer.echo(line)
@@ -266,6 +266,6 @@ def _load_toml(path: Path) -> dict[str, Any]:
 
 
 def _jsonable(cfg: Any) -> dict[str, Any]:
-    from dataclasses import asdict  # noqa: PLC0415
+    from dataclasses import asdict
 
     return asdict(cfg)

@@ -64,11 +64,11 @@ def command(
     ),
 ) -> None:
     """Distill a data set into a few synthetic images per class."""
-    from fedcond.data import load_dataset  # noqa: PLC0415
-    from fedcond.distill import Callback, make_distiller  # noqa: PLC0415
-    from fedcond.privacy.normalisation import public_normalisation  # noqa: PLC0415
-    from fedcond.runinfo import peak_memory_bytes, resolve_device, run_record, write_json  # noqa: PLC0415
-    from fedcond.visualize import save_grid  # noqa: PLC0415
+    from fedcond.data import load_dataset
+    from fedcond.distill import Callback, make_distiller
+    from fedcond.privacy.normalisation import public_normalisation
+    from fedcond.runinfo import peak_memory_bytes, resolve_device, run_record, write_json
+    from fedcond.visualize import save_grid
 
     if dtype not in STORAGE_DTYPES:
         raise FedcondError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")

@@ -74,16 +74,16 @@ def command(
     ),
 ) -> None:
     """Train fresh models on a synthetic set (or real data) and report test accuracy."""
-    from fedcond.data import load_dataset, under_normalization  # noqa: PLC0415
-    from fedcond.evaluate import (  # noqa: PLC0415
+    from fedcond.data import load_dataset, under_normalization
+    from fedcond.evaluate import (
         EvalConfig,
         architecture_names,
         evaluate_full,
         evaluate_random,
         evaluate_synthetic,
     )
-    from fedcond.runinfo import resolve_device, run_record, write_json  # noqa: PLC0415
-    from fedcond.synthetic import SyntheticSet  # noqa: PLC0415
+    from fedcond.runinfo import resolve_device, run_record, write_json
+    from fedcond.synthetic import SyntheticSet
 
     set_threads(threads)
     if full and path is not None:
@@ -122,7 +122,7 @@ def command(
 
     results = []
     with progress_bar("evaluate", total=runs) as update:
-        on_run = lambda r, acc: update(r + 1, runs, acc=acc)  # noqa: E731
+        on_run = lambda r, acc: update(r + 1, runs, acc=acc)
         if full:
             results.append(evaluate_full(data, config, runs, seed, on_run=on_run))
         if sset is not None:
@@ -148,8 +148,8 @@ def command(
 def _cross_architecture(sset: SyntheticSet, data: ImageDataset, arch: list[str], config: EvalConfig, runs: int,
                         seed: int, path: Path, json_out: Optional[Path], dev: torch.device) -> None:
     """``--models``: one table row per network; JSON = first network's usual fields + ``architectures``."""
-    from fedcond.evaluate import evaluate_architectures  # noqa: PLC0415
-    from fedcond.runinfo import run_record, write_json  # noqa: PLC0415
+    from fedcond.evaluate import evaluate_architectures
+    from fedcond.runinfo import run_record, write_json
 
     total = runs * len(arch)
     with progress_bar("evaluate", total=total) as update:

@@ -39,10 +39,10 @@ def command(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch"),
 ) -> None:
     """Train expert trajectories on real data for 'fedcond distill --method mtt -o experts_dir=OUT'."""
-    from fedcond.data import load_dataset  # noqa: PLC0415
-    from fedcond.distill.experts import ExpertConfig, ensure_experts, expert_accuracies  # noqa: PLC0415
-    from fedcond.runinfo import peak_memory_bytes, resolve_device, run_record, write_json  # noqa: PLC0415
-    from fedcond.zca import zca_dataset  # noqa: PLC0415
+    from fedcond.data import load_dataset
+    from fedcond.distill.experts import ExpertConfig, ensure_experts, expert_accuracies
+    from fedcond.runinfo import peak_memory_bytes, resolve_device, run_record, write_json
+    from fedcond.zca import zca_dataset
 
     set_threads(threads)
     writable_folder(out)

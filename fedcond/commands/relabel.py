@@ -52,10 +52,10 @@ def command(
     max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", help="refuse synthetic set files larger than this"),
 ) -> None:
     """Relabel a synthetic set with a teacher's temperature-softened probabilities (KD soft labels)."""
-    from fedcond.data import load_dataset, under_normalization  # noqa: PLC0415
-    from fedcond.evaluate import check_compatible  # noqa: PLC0415
-    from fedcond.models import MODEL_NAMES  # noqa: PLC0415
-    from fedcond.relabel import (  # noqa: PLC0415
+    from fedcond.data import load_dataset, under_normalization
+    from fedcond.evaluate import check_compatible
+    from fedcond.models import MODEL_NAMES
+    from fedcond.relabel import (
         check_teacher_fits,
         describe_teacher,
         load_teacher,
@@ -63,9 +63,9 @@ def command(
         save_teacher,
         train_teacher,
     )
-    from fedcond.runinfo import resolve_device, run_record, write_json  # noqa: PLC0415
-    from fedcond.synthetic import SyntheticSet  # noqa: PLC0415
-    from fedcond.zca import zca_regularization  # noqa: PLC0415
+    from fedcond.runinfo import resolve_device, run_record, write_json
+    from fedcond.synthetic import SyntheticSet
+    from fedcond.zca import zca_regularization
 
     if teacher is not None and (teacher_model is not None or teacher_dsa is not None or teacher_epochs is not None):
         raise FedcondError(
@@ -84,7 +84,7 @@ def command(
         raise FedcondError(f"unknown model {model!r} for --teacher-model: use one of {', '.join(MODEL_NAMES)}")
     augment = None
     if teacher_dsa is not None:
-        from fedcond.augment import DSA, parse_strategy  # noqa: PLC0415
+        from fedcond.augment import DSA, parse_strategy
 
         parse_strategy(teacher_dsa)  # a bad family is a user error before any training
         augment = DSA(strategy=teacher_dsa)

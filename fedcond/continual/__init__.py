@@ -22,8 +22,8 @@ import warnings
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning, module="qpsolvers")
 
 from fedcond.continual.benchmarks import make_benchmark  # noqa: E402  (after the filter)
-from fedcond.continual.buffer import DistilledBuffer, DistillSpec  # noqa: E402
-from fedcond.continual.plugin import (  # noqa: E402
+from fedcond.continual.buffer import DistilledBuffer, DistillSpec  # noqa: E402  (after the filter above)
+from fedcond.continual.plugin import (  # noqa: E402  (after the filter above)
     DistilledFinetunePlugin,
     DistilledMixPlugin,
     DistilledReplayPlugin,

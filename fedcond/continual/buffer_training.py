@@ -58,7 +58,7 @@ class BufferTraining:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise FedcondError(f"buffer training needs epochs >= 1, batch size >= 1 and lr > 0, got {self}")
         if self.augment:
-            from fedcond.augment import parse_strategy  # noqa: PLC0415
+            from fedcond.augment import parse_strategy  # noqa: PLC0415  (torch's augmentation only when a recipe augments)
 
             parse_strategy(self.augment)  # a bad family name fails here, not after an experience
 
@@ -83,7 +83,7 @@ def train_on_memory(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     was_training = model.training
     augment = None
     if recipe.augment:
-        from fedcond.augment import DSA  # noqa: PLC0415
+        from fedcond.augment import DSA  # noqa: PLC0415  (torch's augmentation only when a recipe augments)
 
         augment = DSA(strategy=recipe.augment)
     train_model(model, images.to(device), labels.to(device), recipe.epochs, lr=recipe.lr, momentum=recipe.momentum,
@@ -95,7 +95,7 @@ def train_on_memory(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 
 def _is_multitask(model: nn.Module) -> bool:
     try:
-        from avalanche.models import MultiTaskModule  # noqa: PLC0415
+        from avalanche.models import MultiTaskModule  # noqa: PLC0415  (Avalanche's internals only on this path)
     except ImportError:  # the core runs without Avalanche
         return False
     return isinstance(model, MultiTaskModule)

@@ -18,7 +18,8 @@ from typing import Any
 
 from fedcond.continual.strategies import DISTILLED_MODES, ON_PURPOSE
 from fedcond.recipe import Recipe
-from fedcond.stats import paired_gain, spread
+from fedcond.runinfo import write_json
+from fedcond.stats import Spread, paired_gain, spread
 
 
 def _recipe_line(run: dict[str, Any]) -> str:
@@ -78,7 +79,6 @@ def gains(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def report_lines(runs: list[dict[str, Any]], recipe_warnings: list[str] = ()) -> list[str]:
     """The printed report: any unequal-recipe warning first, then each (strategy, memory)
     with its spread over seeds and its recipe, then the distilled memories' paired gains."""
-    from fedcond.stats import Spread  # noqa: PLC0415  (a summary's stored spread back as one)
 
     lines = [*recipe_warnings]
     lines.append(f"{'strategy':<19}{'memory':>7}  {'final avg acc: mean ± sample std (95 % CI, n)':<50}"
@@ -108,10 +108,10 @@ def mean_matrix(runs: list[dict[str, Any]]) -> list[list[float]]:
 def plot_accuracy_matrices(panels: list[tuple[str, list[list[float]]]], path: Path) -> Path:
     """One heat map per strategy, side by side: rows = after training experience i,
     columns = test experience j (joint training has a single row)."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415  (matplotlib only when a figure is drawn: seconds to import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (matplotlib only when a figure is drawn: seconds to import)
 
     cols = max(len(m[0]) for _, m in panels)
     fig, axes = plt.subplots(
@@ -135,10 +135,10 @@ def plot_accuracy_matrices(panels: list[tuple[str, list[list[float]]]], path: Pa
 
 def plot_accuracy_vs_memory(summary: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Final average accuracy against memory size; memory-free strategies as dashed lines."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415  (matplotlib only when a figure is drawn: seconds to import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (matplotlib only when a figure is drawn: seconds to import)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for strategy in dict.fromkeys(s["strategy"] for s in summary):
@@ -177,7 +177,6 @@ def write_report(runs: list[dict[str, Any]], out_dir: Path, record: dict[str, An
     ``accuracy_matrix.png`` has one panel per strategy (mean over seeds, at the largest
     memory size); ``accuracy_vs_memory.png`` is drawn when several memory sizes were run.
     """
-    from fedcond.runinfo import write_json  # noqa: PLC0415
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs)

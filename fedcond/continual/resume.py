@@ -79,9 +79,9 @@ def same_settings(a: Any, b: Any) -> bool:
 
 def can_checkpoint(strategy: Any) -> bool:
     """Whether every plugin of ``strategy`` that holds state is one fedcond can capture."""
-    from avalanche.training.plugins import EvaluationPlugin  # noqa: PLC0415
-    from avalanche.training.plugins.clock import Clock  # noqa: PLC0415
-    from avalanche.training.templates.base_sgd import PeriodicEval  # noqa: PLC0415
+    from avalanche.training.plugins import EvaluationPlugin  # noqa: PLC0415  (Avalanche's internals only on this path)
+    from avalanche.training.plugins.clock import Clock  # noqa: PLC0415  (Avalanche's internals only on this path)
+    from avalanche.training.templates.base_sgd import PeriodicEval  # noqa: PLC0415  (Avalanche's internals only on this path)
 
     # Evaluation and periodic evaluation keep no state between experiences that results use;
     # the clock's counters are saved with the rest.

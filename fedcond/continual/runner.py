@@ -40,6 +40,7 @@ from fedcond.errors import FedcondError
 from fedcond.models import get_model
 from fedcond.precision import DEFAULT_PRECISION, check_precision, resolve_precision
 from fedcond.recipe import Recipe, check_same_recipe
+from fedcond.visualize import save_grid
 
 RECIPE_FIELDS = ("augment", "momentum", "weight_decay", "schedule")  # an override of one makes the recipes unequal
 OVERRIDABLE = ("lr", "epochs", "batch_size_mem", "buffer_epochs", "buffer_lr", "der_alpha", "der_beta", *RECIPE_FIELDS)
@@ -260,7 +261,6 @@ def _save_buffer(buffer: Any, folder: Path, tag: str) -> dict[str, str]:
     """A distilled buffer after the last experience: its set and its picture (one row per class)."""
     if not isinstance(buffer, DistilledBuffer) or not buffer.entries:
         return {}
-    from fedcond.visualize import save_grid  # noqa: PLC0415
 
     sset = buffer.synthetic_set()
     folder.mkdir(parents=True, exist_ok=True)

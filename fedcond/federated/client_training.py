@@ -56,7 +56,7 @@ def distill_partition(
     if global_model is not None:
         embed_model = global_model.to(cfg.device).eval()  # the global model as it is, dropout and BN frozen
         if cfg.strategy == "fedaf":
-            from fedcond.federated.fedaf import condense  # noqa: PLC0415
+            from fedcond.federated.fedaf import condense
 
             sset = condense(data, cfg.feddm_config(), generator, torch.device(cfg.device), embed_model, previous,
                             knowledge, cfg.fedaf_lambda_local)

@@ -92,7 +92,7 @@ MAX_IN_FLIGHT = max(8, 4 * (os.cpu_count() or 1))
 
 @functools.lru_cache(maxsize=1)
 def _build_metered_grid():
-    from flwr.serverapp import Grid  # noqa: PLC0415
+    from flwr.serverapp import Grid
 
     class MeteredGrid(Grid):
         """A Grid that forwards everything to ``inner`` and meters train messages."""

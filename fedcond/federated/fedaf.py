@@ -144,7 +144,7 @@ def condense(data: ImageDataset, config, generator: torch.Generator, device: tor
     """A FedAF client's collaborative condensation: DM (``config``, a DMConfig) in
     ``global_model``'s features, from ``previous`` when given, plus ``weight`` times the
     knowledge matching when the server sent ``knowledge`` (logits (C, C), classes (K,))."""
-    from fedcond.distill import get_distiller  # noqa: PLC0415
+    from fedcond.distill import get_distiller
 
     inputs = DistillInputs(initial=previous, embed_model=global_model)
     distiller = _CollaborativeDM(knowledge, weight) if knowledge is not None and weight > 0 else get_distiller("dm")

@@ -34,7 +34,7 @@ from fedcond.errors import FedcondError
 
 
 def _partitioner(scheme: str, num_clients: int, alpha: float, classes_per_client: int, seed: int, n: int):
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner  # noqa: PLC0415
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
     if scheme == "iid":
         return IidPartitioner(num_partitions=num_clients)
@@ -64,7 +64,7 @@ def partition_indices(
         FedcondError: impossible settings (more clients than images, a partitioner that
             cannot satisfy its constraints).
     """
-    from datasets import Dataset  # noqa: PLC0415  (flwr-datasets' dependency)
+    from datasets import Dataset  # flwr-datasets' dependency
 
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
     n = int(y.shape[0])
@@ -101,9 +101,9 @@ def stored_partitions(
     """:func:`partition_indices`, read from ``folder`` when an earlier call (any process)
     stored them there, else computed and stored (written atomically; an unreadable or
     inconsistent file is computed again). Default folder: ``<cache>/partitions``."""
-    from importlib import metadata  # noqa: PLC0415
+    from importlib import metadata
 
-    from fedcond.data import default_cache_dir  # noqa: PLC0415
+    from fedcond.data import default_cache_dir
 
     y = np.ascontiguousarray(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64))
     settings = {"format": PARTITIONS_FORMAT, "num_clients": num_clients, "scheme": scheme, "alpha": alpha,
@@ -142,7 +142,7 @@ def cached_partitions(
     With ``val_fraction`` > 0 they split the train split without the run's validation images
     (:func:`fedcond.federated.data_cache.federated_data`; ``train_per_class`` > 0: its per-class
     subsample), and index into that."""
-    from fedcond.federated.data_cache import _split, get_dataset  # noqa: PLC0415  (loads data only when asked)
+    from fedcond.federated.data_cache import _split, get_dataset  # loads data only when asked
 
     data = (_split(dataset, data_dir, "", val_fraction, seed, train_per_class)[0] if val_fraction > 0
             else get_dataset(dataset, data_dir))

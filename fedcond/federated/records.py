@@ -47,7 +47,7 @@ SOFT_LABELS_KEY = "fedaf-soft-labels"  # {"logits": (C, C) float32, "counts": (C
 
 def message_nbytes(message: Any) -> int:
     """Serialised size of ``message``: the deflated bytes of every unique object in its tree."""
-    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects  # noqa: PLC0415
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
@@ -61,7 +61,7 @@ WIRE_CONFIG_KEYS = ("privacy",)
 def set_to_records(sset: SyntheticSet) -> tuple[Any, Any]:
     """``(ArrayRecord, ConfigRecord)`` carrying ``sset`` in its storage dtype (validated first),
     its method config cut to :data:`WIRE_CONFIG_KEYS`."""
-    from flwr.app import ArrayRecord, ConfigRecord  # noqa: PLC0415
+    from flwr.app import ArrayRecord, ConfigRecord
 
     sset.validate()
     sset = replace(sset, config={k: sset.config[k] for k in WIRE_CONFIG_KEYS if k in sset.config})
@@ -78,7 +78,7 @@ def set_from_records(arrays: Any, meta: Any) -> SyntheticSet:
     Everything a client controls is checked: the array keys, their dtypes and shapes, the
     metadata, finiteness and label range (``SyntheticSet.from_tensors`` + ``validate``).
     """
-    from fedcond.synthetic import InvalidSyntheticSet  # noqa: PLC0415
+    from fedcond.synthetic import InvalidSyntheticSet
 
     if set(arrays.keys()) != {"images", "labels"}:
         raise InvalidSyntheticSet(f"expected arrays 'images' and 'labels', got {sorted(arrays.keys())}")
@@ -105,7 +105,7 @@ def new_model(data: ImageDataset, cfg: AppConfig, seed: int | None = None) -> to
 
 def model_to_record(model: torch.nn.Module) -> Any:
     """The model's state dict as an ArrayRecord (float32 tensors on the CPU)."""
-    from flwr.app import ArrayRecord  # noqa: PLC0415
+    from flwr.app import ArrayRecord
 
     return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
 

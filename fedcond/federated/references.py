@@ -125,10 +125,10 @@ def plan_runs(cfg: FederateConfig, strategies: Sequence[str]) -> list[PlannedRun
 
 def raw_data_upload(data: ImageDataset, parts: Sequence[Sequence[int]]) -> dict[str, Any]:
     """Bytes of every client uploading its whole partition once, as a uint8 set travels."""
-    from flwr.app import RecordDict  # noqa: PLC0415  (Flower only in the federated adapter)
+    from flwr.app import RecordDict  # Flower only in the federated adapter
 
-    from fedcond.federated.records import SET_ARRAYS_KEY, SET_META_KEY, message_nbytes, set_to_records  # noqa: PLC0415
-    from fedcond.synthetic import SyntheticSet  # noqa: PLC0415
+    from fedcond.federated.records import SET_ARRAYS_KEY, SET_META_KEY, message_nbytes, set_to_records
+    from fedcond.synthetic import SyntheticSet
 
     per_client = []
     for idx in parts:
@@ -299,7 +299,7 @@ def centralised_reference(data: ImageDataset, cfg: FederateConfig, total_ipc: in
     pooled size). Progress goes to ``on_event`` as :class:`ReferenceProgress`. With
     ``checkpoint_dir`` the upper bound's training saves every epoch there and a killed run
     goes on from its last epoch."""
-    from fedcond.federated.data_cache import federated_validation  # noqa: PLC0415  (loads data: only here)
+    from fedcond.federated.data_cache import federated_validation  # loads data: only here
 
     emit = on_event or (lambda event: None)
     model = new_model(data, cfg)

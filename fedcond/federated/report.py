@@ -135,7 +135,7 @@ def _byte_match_lines(runs: list[dict[str, Any]], reference_runs: list[dict[str,
 
 def _finish_log_x_plot(fig: Any, ax: Any, path: Path, xlabel: str, reference: dict[str, Any] | None) -> Path:
     """Accuracy plots share their finish: the upper bound as a line, log x, labels, saved to ``path``."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     if reference and "full_data_accuracy" in reference:
         ax.axhline(reference["full_data_accuracy"], color="grey", linestyle="--", label="centralised upper bound")
@@ -180,10 +180,10 @@ def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: di
     reported accuracy (the test accuracy of its best validation round), zoomed, one row each
     with its value and the upload to that round written beside its dot.
     """
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, (ax, final) = plt.subplots(1, 2, figsize=(11, 4.9), gridspec_kw={"width_ratios": [3, 2]})
     rows: list[tuple[str, float, int, str]] = []  # (label, reported accuracy, upload bytes to it, colour)
@@ -241,7 +241,7 @@ def _label_single_points(ax: Any, singles: list[tuple[str, float, float, str]]) 
     ordered by upload (largest first, the top label) the leader lines do not cross."""
     if not singles:
         return
-    import math  # noqa: PLC0415
+    import math
 
     lo, hi = ax.get_xlim()
     span = math.log10(hi) - math.log10(lo)
@@ -257,7 +257,7 @@ def _label_single_points(ax: Any, singles: list[tuple[str, float, float, str]]) 
 
 def _two_and_five(value: float, _: Any = None) -> str:
     """Minor log-axis labels at 2 and 5 times a power of ten, plainly written (0.2, 50)."""
-    import math  # noqa: PLC0415
+    import math
 
     if value <= 0:
         return ""
@@ -300,10 +300,10 @@ def _final_accuracy_panel(ax: Any, rows: list[tuple[str, float, int, str]], uppe
 def plot_label_histogram(hist: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> Path:
     """Stacked bars: images of each class held by each client, every client id ticked, the
     colours' legend titled."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     n = len(hist)
     fig, ax = plt.subplots(figsize=(max(6.0, min(0.25 * n, 20.0)), 3.8))
@@ -374,10 +374,10 @@ def plot_accuracy_vs_epsilon(
                      key=lambda r: r["epsilon"])
     if not private:
         return None
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     by_dtype: dict[str, list[dict[str, Any]]] = {}

@@ -92,7 +92,7 @@ def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: 
     _check(delta, sample_rate, steps, accountant)
     if noise_multiplier <= 0:
         raise FedcondError(f"noise multiplier must be > 0, got {noise_multiplier}")
-    from opacus.accountants import create_accountant  # noqa: PLC0415
+    from opacus.accountants import create_accountant  # noqa: PLC0415  (Opacus takes seconds to import; only the accountant needs it)
 
     acc = create_accountant(mechanism=accountant)
     acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
@@ -107,7 +107,7 @@ def calibrate(target_epsilon: float, delta: float, sample_rate: float, steps: in
     _check(delta, sample_rate, steps, accountant)
     if not target_epsilon > 0:
         raise FedcondError(f"epsilon must be > 0, got {target_epsilon}")
-    from opacus.accountants.utils import get_noise_multiplier  # noqa: PLC0415
+    from opacus.accountants.utils import get_noise_multiplier  # noqa: PLC0415  (Opacus takes seconds to import; only the accountant needs it)
 
     try:
         with _quiet():
