@@ -90,8 +90,8 @@ def base_config(args: argparse.Namespace, seed: int, epsilon: float, strategy: s
 
 def run_cell(cfg: FederateConfig, folder: Path, cpus: int) -> dict[str, Any]:
     """One ``fedcond federate`` run of ``cfg.strategy`` in ``folder``; the run's summary."""
-    from fedcond.simulations.experiment import run_experiment  # noqa: PLC0415
-    from fedcond.simulations.runner import backend_config  # noqa: PLC0415
+    from fedcond.simulations.experiment import run_experiment
+    from fedcond.simulations.runner import backend_config
 
     result = run_experiment(cfg, [cfg.strategy], folder, backend_config(1.0, 0.0, cpus), reference="none")
     run = result["runs"][0]
@@ -112,7 +112,7 @@ def cpu_model() -> str:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
         return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
-        import platform  # noqa: PLC0415
+        import platform
 
         return platform.processor() or "unknown CPU"
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     saved = json.loads(out.read_text()) if out.is_file() else {}
     same = saved.get("settings") == settings_key(args)
     cells: dict[str, Any] = saved.get("cells", {}) if same else {}
-    import torch  # noqa: PLC0415
+    import torch
 
     if args.report_only:
         if "device" in saved and cpu_model() not in saved["device"]:  # files written before the model was named
@@ -185,10 +185,10 @@ def write_outputs(out: Path, results: dict[str, Any], args: argparse.Namespace) 
 def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     """Accuracy against cumulative traffic (log x), one panel per ε: DP-FedAvg's rounds as a
     line per seed (its tuned cell), DP-FedCond's one-shot run as a point per seed."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # matplotlib only when a figure is drawn: seconds to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # matplotlib only when a figure is drawn: seconds to import
 
     epsilons = [e for e in floats(args.epsilons) if f"eps{e:g}" in results.get("summary", {})]
     if not epsilons:
@@ -246,7 +246,7 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
              "", "| epsilon | seeds | DP-FedCond | DP-FedAvg | gain (pts, paired) | FedCond MiB | FedAvg MiB | "
                  "share | FedAvg clip, lr |", "|---|---|---|---|---|---:|---:|---:|---|"]
     for key, s in results["summary"].items():
-        from fedcond.stats import Spread  # noqa: PLC0415
+        from fedcond.stats import Spread
 
         fc, fa, gain = Spread(**s["fedcond"]), Spread(**s["dpfedavg"]), Spread(**s["gain"])
         share = s["fedcond_traffic_mib"] / s["dpfedavg_traffic_mib"] if s["dpfedavg_traffic_mib"] else float("nan")

@@ -140,7 +140,7 @@ def check_model(model: nn.Module, name: str = "the model") -> None:
     gradients would not be per example. Opacus's ModuleValidator would replace such layers,
     but the global model would then differ from the other strategies' (and its weights
     from the server's), so the user picks a network without them instead."""
-    from opacus.validators import ModuleValidator  # noqa: PLC0415  (Opacus: seconds to import, DP only)
+    from opacus.validators import ModuleValidator  # Opacus: seconds to import, DP only
 
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
@@ -151,7 +151,11 @@ def check_model(model: nn.Module, name: str = "the model") -> None:
 def _secret_optimizer(optimizer: torch.optim.Optimizer, noise_multiplier: float, clip: float, normalizer: int,
                       noise: SecretNoise):
     """Opacus's DPOptimizer, with its Gaussian noise drawn from ``noise`` (see the module docstring)."""
-    from opacus.optimizers.optimizer import DPOptimizer, _check_processed_flag, _mark_as_processed  # noqa: PLC0415
+    from opacus.optimizers.optimizer import (  # Opacus takes seconds to import; only DP-SGD needs it
+        DPOptimizer,
+        _check_processed_flag,
+        _mark_as_processed,
+    )
 
     class SecretDPOptimizer(DPOptimizer):
         def add_noise(self) -> None:
@@ -189,7 +193,7 @@ def dp_local_train(
     not secret). ``noise_multiplier`` overrides the plan's (tests: 0 without noise).
     Nothing about the data (no loss, no count) is returned: it would be outside the guarantee.
     """
-    from opacus import GradSampleModule  # noqa: PLC0415
+    from opacus import GradSampleModule
 
     check_model(model)
     sigma = dp.spend.noise_multiplier if noise_multiplier is None else noise_multiplier
