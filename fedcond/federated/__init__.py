@@ -37,6 +37,7 @@ Around the round (none needed to follow it):
     set_reuse.py                  a client's one-shot set kept on disk, re-encoded (not distilled again)
                                   for the storage-dtype references
     dp_folder.py                  a --dp-epsilon experiment's folder: DP runs only, the rest apart and named
+    dp_sgd.py                     dpfedavg's clients: DP-SGD (Opacus) local training and its (epsilon, delta) plan
     method_settings.py, fedaf.py  FedDM's and FedAF's own settings (paper defaults); FedAF's torch work
     events.py                     typed progress events (for the CLI's progress display)
     client_progress.py            how far each client's distillation has got, through files (the console polls)
