@@ -73,7 +73,7 @@ class PeakMemory:
     """Peak resident memory of this process and all its descendants (Ray's workers too)."""
 
     def __init__(self, every_s: float = 2.0) -> None:
-        import psutil  # noqa: PLC0415  (Ray depends on it)
+        import psutil  # Ray depends on it
 
         self._proc, self._every = psutil.Process(), every_s
         self.peak_bytes = self.cell_peak_bytes = 0  # over this process's life / since the last reset
@@ -127,7 +127,7 @@ def cell_kind(name: str) -> str:
 def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: PeakMemory | None) -> dict[str, Any]:
     """One comparison in ``folder`` (read back when finished, resumed when interrupted); ``memory``
     measures the cell's peak (None: not measured)."""
-    from fedcond.simulations.experiment import run_experiment  # noqa: PLC0415
+    from fedcond.simulations.experiment import run_experiment
 
     done = folder / "cell.json"
     earlier_wall = 0.0
@@ -229,7 +229,7 @@ def continue_from(grid_cell: Path, folder: Path, run: str) -> None:
 def upper_bound_inputs(cfg: FederateConfig) -> dict[str, Any]:
     """What the upper bound depends on (:func:`~fedcond.federated.references.reference_inputs`), less
     where the data lives."""
-    from fedcond.federated.references import reference_inputs  # noqa: PLC0415
+    from fedcond.federated.references import reference_inputs
 
     return {k: v for k, v in reference_inputs(cfg).items() if k != "data_dir"}
 
@@ -237,8 +237,8 @@ def upper_bound_inputs(cfg: FederateConfig) -> dict[str, Any]:
 def upper_bound_cell(cfg: FederateConfig, folder: Path) -> dict[str, Any]:
     """All the data in one place, trained to its held-out plateau (independent of alpha); a killed cell
     goes on from its last finished epoch, and every epoch prints a line."""
-    from fedcond.federated.data_cache import federated_data  # noqa: PLC0415
-    from fedcond.federated.references import centralised_reference  # noqa: PLC0415
+    from fedcond.federated.data_cache import federated_data
+    from fedcond.federated.references import centralised_reference
 
     done, inputs = folder / "cell.json", upper_bound_inputs(cfg)
     if done.exists():
@@ -495,10 +495,10 @@ def plot(report: dict[str, Any], alpha: str, path: Path) -> None:
     """Accuracy against cumulative traffic, uploads plus downloads (log scale), for one alpha: every strategy
     a curve over its rounds (mean over seeds, with the 95 % t band over seeds where two or more ran it), every
     one-shot cell a point with its 95 % interval as error bars."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # matplotlib only when a figure is drawn: seconds to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # matplotlib only when a figure is drawn: seconds to import
 
     setting = report["settings"].get(alpha, {})
     series = plot_series(setting)
@@ -769,7 +769,7 @@ def _seeds(n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from fedcond.commands.federate import command as federate  # noqa: PLC0415
+    from fedcond.commands.federate import command as federate
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # The run's settings: FederateConfig's fields (flag, type, default) with `fedcond federate`'s help;
@@ -828,7 +828,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
 
-    import torch  # noqa: PLC0415
+    import torch
 
     memory = PeakMemory()
     command = reproducing_command(sys.argv if argv is None else ["benchmarks/federated_benchmark.py", *argv])

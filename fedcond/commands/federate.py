@@ -49,7 +49,7 @@ class RunProgress:
         self._elapsed: dict[str, float] = {}  # each run's cumulative seconds at its last finished round
 
     def __call__(self, event: Any) -> None:
-        from fedcond.federated.events import (  # noqa: PLC0415
+        from fedcond.federated.events import (
             ClientReplied,
             ReferenceFinished,
             ReferenceProgress,
@@ -135,9 +135,9 @@ class RunProgress:
     def _watch_clients(self, folder: Path) -> None:
         """Poll the run's client progress files while its bar is up: how many clients distill
         this round and how far, on average, they have got (they reply only when done)."""
-        import threading  # noqa: PLC0415  (only runs with a checkpoint folder watch clients)
+        import threading  # only runs with a checkpoint folder watch clients
 
-        from fedcond.federated.client_progress import read_progress  # noqa: PLC0415
+        from fedcond.federated.client_progress import read_progress
 
         stop = threading.Event()
 
@@ -243,13 +243,13 @@ def command(
                            "or drop --rounds")
     known_dataset(cfg.dataset)  # before the header: a misspelt name prints nothing else
     if client_gpus > 0:
-        import torch  # noqa: PLC0415
+        import torch
 
         if not torch.cuda.is_available():
             raise FedcondError(f"--client-gpus {client_gpus} asks for a GPU, but torch sees no CUDA device; drop it")
 
-    from fedcond.simulations.experiment import run_experiment  # noqa: PLC0415
-    from fedcond.simulations.runner import backend_config  # noqa: PLC0415
+    from fedcond.simulations.experiment import run_experiment
+    from fedcond.simulations.runner import backend_config
 
     console.print(
         f"[bold]federate[/] {cfg.dataset}: {cfg.num_clients} clients, {cfg.partition}, strategies {', '.join(names)}"
@@ -257,7 +257,7 @@ def command(
     console.print(f"  Flower's log: {out / 'flower.log'}")
     console.print(f"  checkpoints: {out / 'checkpoints'} (the same command again resumes)")
     if fresh and (out / "checkpoints").is_dir():
-        import shutil  # noqa: PLC0415
+        import shutil
 
         shutil.rmtree(out / "checkpoints")
     progress = RunProgress(private=cfg.dp_epsilon > 0, checkpoints=out / "checkpoints")

@@ -203,7 +203,7 @@ class AppConfig:
         if self.fedaf_temperature <= 0:
             raise FedcondError(f"fedaf-temperature must be > 0, got {self.fedaf_temperature}")
         self._check_refining_method([self.strategy])
-        from fedcond.synthetic import STORAGE_DTYPES  # noqa: PLC0415
+        from fedcond.synthetic import STORAGE_DTYPES
 
         if self.storage_dtype not in STORAGE_DTYPES:
             raise FedcondError(f"unknown storage dtype {self.storage_dtype}: use {', '.join(STORAGE_DTYPES)}")
@@ -231,7 +231,7 @@ class AppConfig:
         """Fill the :data:`FROM_DM` fields left unset with DM's own settings."""
         if all(getattr(self, name) is not None for name in FROM_DM):
             return
-        from fedcond.distill.dm import DMConfig  # noqa: PLC0415  (torch: loaded to build a run, never for --help)
+        from fedcond.distill.dm import DMConfig  # torch: loaded to build a run, never for --help
 
         for name, dm_name in FROM_DM.items():
             if getattr(self, name) is None:
@@ -251,7 +251,7 @@ class AppConfig:
         if self.effective_mode == "iterative" or any(s in REFINING for s in strategies):
             raise FedcondError("--dp-epsilon works with one-shot FedCond: every round of fedcond-iterative, "
                                "feddm or fedaf would spend the budget again")
-        from fedcond.privacy.normalisation import public_normalisation  # noqa: PLC0415 (the module stays torch-free)
+        from fedcond.privacy.normalisation import public_normalisation  # the module stays torch-free
 
         # every run of the experiment alike, the non-private references too
         self.normalize = public_normalisation(self.normalize, "--dp-epsilon", "normalize = \"train\"")
@@ -269,7 +269,7 @@ class AppConfig:
 
     def resolved_precision(self, device: str | None = None) -> str:
         """``precision`` as it runs on ``device`` (default: the run's): float32 or bfloat16."""
-        from fedcond.precision import resolve_precision  # noqa: PLC0415
+        from fedcond.precision import resolve_precision
 
         return resolve_precision(self.precision, device or self.device)
 
@@ -303,7 +303,7 @@ class AppConfig:
 
         Unknown options are a ``FedcondError`` naming them and listing the known ones.
         """
-        from fedcond.distill import make_distiller, method_names  # noqa: PLC0415
+        from fedcond.distill import make_distiller, method_names
 
         if self.method not in method_names():
             raise FedcondError(f"unknown method {self.method!r}: use one of {', '.join(method_names())}")
@@ -329,7 +329,7 @@ class AppConfig:
           noise of ``feddm_rho``).
 
         No augmentation, no checkpoints."""
-        from fedcond.distill.dm import DMConfig  # noqa: PLC0415
+        from fedcond.distill.dm import DMConfig
 
         common = {"ipc": self.ipc, "model": self.model, "dsa": False, "checkpoint_dir": None,
                   "precision": self.precision}
@@ -474,7 +474,7 @@ class ExperimentConfig(AppConfig):
         if unknown or not self.strategy_names:
             raise FedcondError(f"unknown strategy {', '.join(unknown) or '(none)'}: use {', '.join(STRATEGIES)}")
         self._check_refining_method(self.strategy_names)
-        from fedcond.synthetic import STORAGE_DTYPES  # noqa: PLC0415
+        from fedcond.synthetic import STORAGE_DTYPES
 
         bad = [d for d in self.storage_dtype_names if d not in STORAGE_DTYPES]
         if bad:
