@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fedcond.federated.config import FederateConfig
+from fedcond.precision import cpu_model
 from fedcond.runinfo import device_description, package_versions, shell_command, write_json
 from fedcond.stats import paired_gain, spread
 
@@ -104,17 +105,6 @@ def run_cell(cfg: FederateConfig, folder: Path, cpus: int) -> dict[str, Any]:
             "delta": run["delta"], "privacy": run.get("privacy"), "curve": curve,
             "clip": cfg.dp_clip if cfg.strategy == "dpfedavg" else None,
             "lr": cfg.lr if cfg.strategy == "dpfedavg" else None}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), for the results' machine line."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.processor() or "unknown CPU"
 
 
 def settings_key(args: argparse.Namespace) -> dict[str, Any]:

@@ -64,6 +64,20 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (the ``model name`` line of /proc/cpuinfo; else the platform's
+    processor string), for a results file's machine line."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    import platform  # noqa: PLC0415  (only where /proc/cpuinfo names no model)
+
+    return platform.processor() or "unknown CPU"
+
+
 def has_fast_bfloat16(device: torch.device | str) -> bool:
     """Whether ``device`` runs bfloat16 faster than float32: a CUDA GPU with bfloat16
     support, or a CPU with AMX tiles for bfloat16 (``amx_bf16``)."""
