@@ -27,6 +27,7 @@ from fedcond.federated.config import FederateConfig
 from fedcond.federated.data_cache import federated_data, federated_validation
 from fedcond.federated.dp_folder import (
     NON_PRIVATE,
+    checkpoint_root,
     combined_privacy,
     composition_line,
     dp_plan,
@@ -106,7 +107,8 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
         plan_for(cfg.for_strategy("dpfedavg"))
     hist, parts = save_partitions(cfg, (out / NON_PRIVATE if cfg.dp_non_private else None) if private else out)
     planned = plan_runs(cfg, strategies)
-    records = run_all(planned, resources, on_event, log_file=out / "flower.log", checkpoints=out / "checkpoints")
+    records = run_all(planned, resources, on_event, log_file=out / "flower.log", checkpoints=out / "checkpoints",
+                      private=private)
     records = [annotate_privacy(r) for r in records]  # each client's DP epsilon, and the run's
     runs = [r for r, p in zip(records, planned) if p.kind is None]
     reference_runs = [r for r, p in zip(records, planned) if p.kind is not None]
@@ -118,7 +120,8 @@ def _run(cfg: FederateConfig, strategies: list[str], out: Path, resources: dict[
             pooled = max((sum(p["num_images"] for p in r.get("pool_provenance", [])) for r in runs), default=0)
             total_ipc = max(1, round(pooled / len(hist[0]))) if pooled else cfg.ipc * cfg.num_clients
         # kept under its inputs beside the runs' checkpoints: a rerun reads it back
-        ref = cached_reference(out / "checkpoints", federated_data(cfg), cfg, total_ipc, on_event)
+        ref_checkpoints = checkpoint_root(out / "checkpoints", private, False)  # the upper bound is not DP
+        ref = cached_reference(ref_checkpoints, federated_data(cfg), cfg, total_ipc, on_event)
     meta = {"config": cfg.to_json(), "strategies": strategies, "reference": ref, "reference_runs": reference_runs,
             # one recipe for every learner (fedcond.recipe), and the split that chose each reported round
             "recipes": {name: r.to_json() for name, r in cfg.learner_recipes().items()},

@@ -6,6 +6,9 @@ progress. :func:`flower_log_to_file` moves that logger's console output into
 ``<out>/flower.log`` for the duration of the runs, together with the Python warnings
 raised meanwhile (Ray's ``FutureWarning`` tips), and puts everything back afterwards.
 A rerun in the same folder appends after a marker line: nothing an earlier run logged is lost.
+In a DP experiment (``private=True``) the log carries no time: lines have no timestamps, the
+marker no date, and durations in Flower's messages ("finished in 110.85s") are withheld,
+because a run's time grows with the size of the private data (:mod:`fedcond.federated.dp_folder`).
 
 :func:`without_run_simulation_deprecation` drops exactly one record, with or without the
 file: Flower's "``run_simulation`` is deprecated" warning.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -30,6 +34,9 @@ from pathlib import Path
 FLOWER_LOGGER = "flwr"
 RUN_SIMULATION_DEPRECATION = "The `run_simulation` function is deprecated"
 RESUME_MARKER = "===== fedcond: run started again in this folder"
+TIME_WITHHELD = "[time withheld: DP]"
+# a duration in a log message: "110.85s", "3 s", "2.5 seconds" (not "round(s)": a digit comes first)
+_DURATION = re.compile(r"\b\d+(?:\.\d+)?(?:e-?\d+)?\s?(?:s|sec|secs|seconds)\b")
 
 
 class _DropRunSimulationDeprecation(logging.Filter):
@@ -37,6 +44,17 @@ class _DropRunSimulationDeprecation(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return RUN_SIMULATION_DEPRECATION not in record.getMessage()
+
+
+class _WithholdDurations(logging.Filter):
+    """Rewrites every duration in a record's message to :data:`TIME_WITHHELD` (DP logs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        withheld = _DURATION.sub(TIME_WITHHELD, message)
+        if withheld != message:
+            record.msg, record.args = withheld, None
+        return True
 
 
 @contextmanager
@@ -52,10 +70,11 @@ def without_run_simulation_deprecation() -> Iterator[None]:
 
 
 @contextmanager
-def flower_log_to_file(path: Path) -> Iterator[Path]:
+def flower_log_to_file(path: Path, private: bool = False) -> Iterator[Path]:
     """Within the block, logger ``flwr`` and Python warnings write to ``path`` instead of the
     console. The file is appended to, never truncated: a rerun in the same folder (a resume)
-    keeps the earlier runs' log and starts with a line saying where it began."""
+    keeps the earlier runs' log and starts with a line saying where it began. ``private``:
+    no timestamps and no durations (a DP experiment's folder)."""
     from flwr.supercore.logger import ConsoleHandler  # Flower only in adapters
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,9 +82,12 @@ def flower_log_to_file(path: Path) -> Iterator[Path]:
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     if earlier:
         with open(path, "a", encoding="utf-8") as log_file:
-            log_file.write(resume_marker())
+            log_file.write(resume_marker(private))
     handler.setLevel(logging.DEBUG if _flower_debug() else logging.INFO)
-    handler.setFormatter(logging.Formatter("%(levelname)-7s %(asctime)s %(name)s: %(message)s"))
+    stamp = "" if private else " %(asctime)s"
+    handler.setFormatter(logging.Formatter(f"%(levelname)-7s{stamp} %(name)s: %(message)s"))
+    if private:
+        handler.addFilter(_WithholdDurations())
 
     flwr_logger = logging.getLogger(FLOWER_LOGGER)
     consoles = [h for h in flwr_logger.handlers if isinstance(h, ConsoleHandler)]
@@ -89,10 +111,11 @@ def flower_log_to_file(path: Path) -> Iterator[Path]:
         handler.close()
 
 
-def resume_marker() -> str:
-    """The line that separates a rerun's log from the earlier runs' log above it."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return (f"{RESUME_MARKER} at {stamp} (it resumes from the checkpoints unless --fresh); its log follows, "
+def resume_marker(private: bool = False) -> str:
+    """The line that separates a rerun's log from the earlier runs' log above it (dated unless
+    ``private``)."""
+    stamp = "" if private else " at " + datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (f"{RESUME_MARKER}{stamp} (it resumes from the checkpoints unless --fresh); its log follows, "
             "the earlier runs' log is above\n")
 
 

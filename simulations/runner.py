@@ -16,6 +16,7 @@ skips finished runs and continues an interrupted one after its last finished rou
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from dataclasses import replace
@@ -24,6 +25,7 @@ from typing import Any, Sequence
 
 from fedcond.federated.checkpoint import load_latest, load_record, save_record
 from fedcond.federated.config import AppConfig
+from fedcond.federated.dp_folder import checkpoint_root, is_private_plan, strip_timings
 from fedcond.federated.events import OnEvent, RunFinished, RunStarted
 from fedcond.federated.references import PlannedRun
 from fedcond.simulations.usage import TreeUsage
@@ -83,21 +85,24 @@ def run_all(
     on_event: OnEvent | None = None,
     log_file: Path | None = None,
     checkpoints: Path | None = None,
+    private: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every planned run in turn (same partitions, same seed); return their records.
 
     With ``log_file``, Flower's log and the warnings raised during the runs go there; with
-    ``checkpoints``, runs resume (see the module docstring).
+    ``checkpoints``, runs resume (see the module docstring). ``private`` (a DP experiment):
+    the log and the checkpoints keep no timings (:mod:`fedcond.federated.dp_folder`).
     """
     from fedcond.simulations.flower_log import flower_log_to_file
 
     emit = on_event or (lambda event: None)
     records = []
-    with flower_log_to_file(log_file) if log_file is not None else contextlib.nullcontext():
+    with flower_log_to_file(log_file, private) if log_file is not None else contextlib.nullcontext():
         for run in runs:
             cfg = run.cfg
-            if checkpoints is not None:
-                cfg = replace(cfg, checkpoint_dir=str(checkpoints / run.name))
+            if checkpoints is not None:  # a DP experiment's non-DP runs keep theirs in its non-private part
+                root = checkpoint_root(checkpoints, private, is_private_plan(cfg, run.kind))
+                cfg = replace(cfg, checkpoint_dir=str(root / run.name))
             record = load_record(Path(cfg.checkpoint_dir), cfg) if cfg.checkpoint_dir else None
             if record is None:
                 saved = load_latest(Path(cfg.checkpoint_dir), cfg) if cfg.checkpoint_dir else None
@@ -108,7 +113,9 @@ def run_all(
                 if run.kind is not None:
                     record.update({"reference": run.kind, "reference_of": run.of})
                 if cfg.checkpoint_dir:
-                    save_record(Path(cfg.checkpoint_dir), record)
+                    stripped = private and is_private_plan(cfg, run.kind)
+                    kept = strip_timings(copy.deepcopy(record)) if stripped else record
+                    save_record(Path(cfg.checkpoint_dir), kept)
                 emit(RunFinished(run.name, record))
             else:
                 emit(RunFinished(run.name, record, from_checkpoint=True))

@@ -145,3 +145,16 @@ def test_the_benchmark_skips_finished_cells_and_summarises(tmp_path, monkeypatch
     assert summary["fedcond_traffic_mib"] == 1.0 and summary["dpfedavg_traffic_mib"] == 100.0
     md = (tmp_path / "dp_federated_digits.md").read_text()
     assert "| 10 | 0,1 |" in md and "1.00%" in md and "Command: `python" in md
+
+
+def test_the_command_refuses_before_its_header(tmp_path):
+    """`fedcond federate` solves dpfedavg's plan before it prints anything or touches OUT."""
+    from typer.testing import CliRunner
+
+    from fedcond.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["federate", "--dataset", "digits", "--strategies", "fedcond,dpfedavg",
+                                      "--dp-epsilon", "1", "--out", str(out)])
+    assert result.exit_code != 0 and "--dp-sample-rate" in result.output
+    assert "federate digits" not in result.output and not (out / "checkpoints").exists()

@@ -6,6 +6,7 @@ a sweep states the combined epsilon of its releases on the same data."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -19,6 +20,7 @@ from fedcond.federated.dp_folder import (
     dp_plan,
     strip_timings,
 )
+from fedcond.simulations.flower_log import TIME_WITHHELD
 
 DP = {"dataset": "digits", "num_clients": 2, "ipc": 1, "iterations": 2, "server_epochs": 1, "storage_dtypes": "float32",
       "dp_epsilon": 10.0, "method_options": '{"bank_size": 1, "min_class_size": 0}', "seed": 0}
@@ -64,7 +66,7 @@ def _numbers_named(tree, names):
     """Every non-None value under a key in ``names``, anywhere in a JSON tree."""
     if isinstance(tree, dict):
         for key, value in tree.items():
-            if key in names and value is not None:
+            if key in names and value not in (None, {}):
                 yield key, value
             yield from _numbers_named(value, names)
     elif isinstance(tree, list):
@@ -90,6 +92,12 @@ def test_the_folder_holds_dp_output_only_and_the_rest_apart_when_asked(tmp_path)
     timings = ("seconds", "clients_seconds", "wall_seconds", "cpu_seconds", "wall_time_s", "peak_memory",
                "distill_seconds", "distill_cpu_seconds")
     assert list(_numbers_named(saved, timings)) == []
+    # flower.log and the checkpoints too: no timestamps, durations or round seconds
+    for path in out.rglob("*.json"):
+        assert list(_numbers_named(json.loads(path.read_text()), timings)) == [], path
+    log = (out / "flower.log").read_text()
+    assert "[ROUND 1" in log and "finished in" in log and TIME_WITHHELD in log
+    assert not re.search(r"\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d|\d(\.\d+)?\s?s\b", log), log
     combined = saved["privacy"]["combined"]
     assert 10.5 < combined["epsilon"] <= 11.0 and len(combined["releases"]) == 2
     assert saved["privacy"]["non_private_part"] is None and any("fedavg" in x for x in saved["privacy"]["not_run"])
@@ -109,3 +117,7 @@ def test_the_folder_holds_dp_output_only_and_the_rest_apart_when_asked(tmp_path)
     assert other["raw_data_upload_bytes"] > 0 and other["wall_time_s"] > 0
     assert "NOT differentially private" in (apart / NON_PRIVATE / NOTE_NAME).read_text()
     assert (apart / NON_PRIVATE / "label_histogram.json").is_file() and not (apart / "label_histogram.json").exists()
+    # the non-DP run's checkpoints (with their timings) sit in the non-private part, not beside the DP runs'
+    assert (apart / NON_PRIVATE / "checkpoints" / "random-real" / "record.json").is_file()
+    assert "random-real" not in {p.name for p in (apart / "checkpoints").iterdir()}
+    assert json.loads((apart / NON_PRIVATE / "checkpoints" / "random-real" / "record.json").read_text())["wall_seconds"]

@@ -73,3 +73,22 @@ def test_a_rerun_appends_after_a_marker_and_keeps_the_earlier_log(tmp_path, cons
     assert text.startswith(first)  # nothing the first run wrote is truncated or overwritten
     rest = text[len(first):].splitlines()
     assert rest[0].startswith(RESUME_MARKER) and "resumed run, round 2" in rest[1], rest
+
+
+def test_a_private_log_has_no_timestamps_and_withholds_durations(tmp_path, console):
+    """A DP experiment's flower.log: a run's time grows with the private data, so none is kept."""
+    import re
+
+    from fedcond.simulations.flower_log import RESUME_MARKER, TIME_WITHHELD
+
+    path = tmp_path / "flower.log"
+    for _ in range(2):  # the second opening writes the resume marker
+        with flower_log_to_file(path, private=True):
+            log(INFO, "Strategy execution finished in %.2fs", 110.85)
+            log(INFO, "Run finished 3 round(s) in 12 s, then 2.5 seconds")
+    text = path.read_text()
+    assert "finished in " + TIME_WITHHELD in text and "3 round(s) in " + TIME_WITHHELD in text
+    assert RESUME_MARKER in text and not re.search(r"\d{4}-\d\d-\d\d|\d\d:\d\d|110|12 s|2\.5", text), text
+    with flower_log_to_file(path):  # outside DP the log keeps both
+        log(INFO, "finished in %.2fs", 1.5)
+    assert "finished in 1.50s" in path.read_text() and re.search(r"\d{4}-\d\d-\d\d", path.read_text())

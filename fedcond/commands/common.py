@@ -136,15 +136,16 @@ def existing_file(path: Path | None, flag: str) -> Path | None:
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+def progress_bar(description: str, total: int | None = None, timed: bool = True) -> Iterator[Callable[..., None]]:
     """A rich progress bar; yields ``update(completed, total=None, **metrics)``.
 
     Metrics (e.g. loss; numbers or text) are shown beside the bar. The bar is drawn on stderr so stdout
-    stays clean for tables and JSON.
+    stays clean for tables and JSON. ``timed=False`` leaves out the elapsed and remaining time
+    (a DP run's time grows with the size of the private data).
     """
     columns = [
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[metrics]}"), *((TimeElapsedColumn(), TimeRemainingColumn()) if timed else ()),
     ]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, metrics="")

@@ -64,7 +64,8 @@ class RunProgress:
             self._rounds, self._round = event.num_rounds, 0
             total = event.num_rounds * event.num_clients
             resumed = f" (resuming at round {event.first_round})" if event.first_round > 1 else ""
-            self._update = self._stack.enter_context(progress_bar(f"{event.name}{resumed}", total))
+            bar = progress_bar(f"{event.name}{resumed}", total, timed=not self._private)
+            self._update = self._stack.enter_context(bar)
             # Nothing moves until the first client replies (a FedCond client distills first): say what goes on.
             self._update(self._done, round=event.first_round, now="clients at work, the bar moves as they reply")
             self._current = (event.name, event.first_round, 0, event.num_clients)
@@ -105,7 +106,7 @@ class RunProgress:
                 self._phase = event.phase
                 label = {"upper bound": "upper bound (to a plateau)",
                          "distill": "central distillation"}.get(event.phase, event.phase)
-                self._update = self._stack.enter_context(progress_bar(label, event.total))
+                self._update = self._stack.enter_context(progress_bar(label, event.total, timed=not self._private))
             if self._update is not None:
                 self._update(event.step, event.total, **event.metrics)
         elif isinstance(event, ReferenceFinished):
@@ -247,6 +248,10 @@ def command(
 
         if not torch.cuda.is_available():
             raise FedcondError(f"--client-gpus {client_gpus} asks for a GPU, but torch sees no CUDA device; drop it")
+    if "dpfedavg" in names and cfg.dp_epsilon > 0:  # its noise for the target epsilon, or a one-line error
+        from fedcond.federated.dp_sgd import plan_for
+
+        plan_for(cfg.for_strategy("dpfedavg"))
 
     from fedcond.simulations.experiment import run_experiment
     from fedcond.simulations.runner import backend_config
@@ -268,7 +273,8 @@ def command(
     typer.echo(result["table"])
     extra = f", {result['epsilon_plot']}" if result.get("epsilon_plot") else ""
     rest = (f"{out / 'label_histogram.png'}, {out / 'flower.log'}" if not cfg.dp_epsilon > 0 else
-            f"{out / 'flower.log'} (DP: every file but flower.log and checkpoints/ is DP output; the non-DP parts "
+            f"{out / 'flower.log'} (DP: every file here is DP output, flower.log and checkpoints/ without timings; "
+            "the non-DP parts "
             f"{'are in ' + str(out / 'non_private') if cfg.dp_non_private else 'were not run (--dp-non-private)'})")
     typer.echo(f"wrote {out / 'results.json'}, {out / 'accuracy_vs_bytes.png'}{extra}, {out / 'results.md'}, {rest}")
 

@@ -102,7 +102,8 @@ def save_round(folder: Path, cfg: AppConfig, state: RoundState) -> None:
         "format": FORMAT, "round": k,
         "accuracy": {str(r): a for r, a in state.accuracy.items()},
         "val_accuracy": {str(r): a for r, a in state.val_accuracy.items()},
-        "seconds": {str(r): s for r, s in state.seconds.items()},
+        # a DP run's times grow with the private data (fedcond.federated.dp_folder): not kept
+        "seconds": {} if cfg.dp_epsilon > 0 else {str(r): s for r, s in state.seconds.items()},
         "ledger": {str(r): [vars(c) for c in clients.values()] for r, clients in state.ledger.rounds.items()},
         "python_random": state.python_random, "strategy": state.strategy_json,
     })

@@ -45,7 +45,7 @@ def dp_plan(cfg: FederateConfig, strategies: list[str], reference: str) -> tuple
     what was left out, in words)."""
     if cfg.dp_non_private:
         return cfg, strategies, reference, []
-    private = [s for s in strategies if s.startswith("fedcond") or s == "dpfedavg"]  # DP-DM sets, DP-SGD
+    private = [s for s in strategies if is_private_strategy(s)]
     others = [s for s in strategies if s not in private]
     if not private:
         raise FedcondError(f"--dp-epsilon: {', '.join(others)} use the private data without DP; run fedcond or "
@@ -57,6 +57,27 @@ def dp_plan(cfg: FederateConfig, strategies: list[str], reference: str) -> tuple
         left.append(f"the {reference} reference (trained on all the private data)")
     left.append("exact label histograms, raw-data bytes per client, timings and memory")
     return replace(cfg, random_reference=False, herding_reference=False), private, "none", left
+
+
+def is_private_strategy(name: str) -> bool:
+    """Whether strategy ``name`` is DP under ``--dp-epsilon``: FedCond's (DP-DM sets) or dpfedavg (DP-SGD)."""
+    return name.startswith("fedcond") or name == "dpfedavg"
+
+
+def is_private_plan(cfg: FederateConfig, kind: str | None) -> bool:
+    """Whether a planned run (its config and reference ``kind``) makes only DP releases: a DP
+    strategy at an ε, and not a reference whose clients upload real images."""
+    real_images = kind is not None and kind.startswith(("random-real", "herding"))
+    return cfg.dp_epsilon > 0 and is_private_strategy(cfg.strategy) and not real_images
+
+
+def checkpoint_root(checkpoints: Path, private_experiment: bool, private_run: bool) -> Path:
+    """Where a run's checkpoints go: ``checkpoints`` (``OUT/checkpoints``), except a non-DP run of
+    a DP experiment (``--dp-non-private``), whose go with the rest of the non-private part
+    (``OUT/non_private/checkpoints``)."""
+    if private_experiment and not private_run:
+        return checkpoints.parent / NON_PRIVATE / checkpoints.name
+    return checkpoints
 
 
 def is_private_run(run: dict[str, Any]) -> bool:
