@@ -65,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/, also wh
 from config_options import add_config_options, command_help
 from fedcond.federated.config import FederateConfig
 from fedcond.federated.method_settings import FedAFSettings, FedDMSettings
+from fedcond.federated.report import reported_accuracy
 from fedcond.runinfo import device_description, package_versions, shell_command
 from fedcond.stats import paired_gain, spread
 
@@ -303,13 +304,6 @@ def traffic(record: dict[str, Any]) -> int:
     return record["upload_bytes"] + record.get("download_bytes", 0)
 
 
-def reported(run: dict[str, Any]) -> float:
-    """A run's test accuracy at its validation-selected round (records from before validation: the last
-    round's), never a maximum of test accuracies."""
-    chosen = run.get("selected_accuracy")
-    return run["final_accuracy"] if chosen is None else chosen
-
-
 def plateau(run: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """A run's plateau, chosen on validation: the test accuracy of its best validation round, and the
     cumulative upload, download and traffic (their sum) of its first round within ``tolerance`` of that
@@ -401,7 +395,7 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
             continue
         ours = [r for r in cell["runs"] if r["strategy"].startswith("fedcond") or r["strategy"] in REFINING_CELLS]
         for run in ours:
-            acc = reported(run)
+            acc = reported_accuracy(run)
             up, down = selected_traffic(run)
             row = {"cell": name, "strategy": run["strategy"], "ipc": run.get("ipc"), "rounds": len(run["rounds"]),
                    "selected_round": run.get("selected_round", len(run["rounds"])), "accuracy": acc,
@@ -410,9 +404,9 @@ def summarise(cells: dict[str, dict[str, Any]], tolerance: float) -> dict[str, A
             for kind, label in CONTROLS:  # real images in FedCond's place: plain, and in its mosaics
                 control = next((r for r in cell.get("reference_runs", []) if r.get("reference") == kind), None)
                 if control is not None:
-                    row.update({f"{label}_accuracy": reported(control),
+                    row.update({f"{label}_accuracy": reported_accuracy(control),
                                 f"{label}_upload_bytes": control["upload_bytes"],
-                                f"gain_over_{label}_pts": 100 * (acc - reported(control))})
+                                f"gain_over_{label}_pts": 100 * (acc - reported_accuracy(control))})
             if avg is not None:
                 row.update({"below_fedavg_plateau_pts": 100 * (avg["accuracy"] - acc),
                             "upload_fraction_of_fedavg_to_plateau": up / avg["upload_bytes"],

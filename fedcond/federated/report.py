@@ -157,7 +157,13 @@ def _points(run: dict[str, Any]) -> list[tuple[float, float]]:
             if r["accuracy"] is not None and r["upload_bytes"] > 0]
 
 
-def _reported(run: dict[str, Any]) -> tuple[float, int]:
+def reported_accuracy(run: dict[str, Any]) -> float:
+    """A run's test accuracy at its validation-selected round (records from before validation:
+    the last round's), never a maximum of test accuracies."""
+    return reported_point(run)[0]
+
+
+def reported_point(run: dict[str, Any]) -> tuple[float, int]:
     """A run's test accuracy at its validation-chosen round and the upload to it (an old record: its last)."""
     if run.get("selected_accuracy") is None:
         last = [r for r in run["rounds"] if r.get("accuracy") is not None][-1]
@@ -194,7 +200,7 @@ def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: di
             xs, ys = zip(*pts)
             name = run.get("name", run["strategy"])
             (line,) = ax.plot(xs, ys, marker="o", markersize=6, zorder=4, label=name if len(pts) > 1 else "_")
-            rows.append((name, *_reported(run), line.get_color()))
+            rows.append((name, *reported_point(run), line.get_color()))
             if len(pts) == 1:
                 singles.append((name, xs[0], ys[0], line.get_color()))
     markers = iter("sD^v<>ph")
@@ -206,7 +212,7 @@ def plot_accuracy_vs_bytes(runs: list[dict[str, Any]], path: Path, reference: di
             (line,) = ax.plot(xs, ys, marker=next(markers, "o"), markersize=10, linestyle=":", markeredgewidth=1.5,
                               markerfacecolor="white", zorder=3,
                               label=f"{name} (reference)" if len(pts) > 1 else "_")
-            rows.append((f"{name} (ref.)", *_reported(run), line.get_color()))
+            rows.append((f"{name} (ref.)", *reported_point(run), line.get_color()))
             if len(pts) == 1:
                 singles.append((f"{name} (ref.)", xs[0], ys[0], line.get_color()))
     upper = reference.get("full_data_accuracy") if reference else None
