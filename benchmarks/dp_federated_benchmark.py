@@ -107,11 +107,38 @@ def run_cell(cfg: FederateConfig, folder: Path, cpus: int) -> dict[str, Any]:
             "lr": cfg.lr if cfg.strategy == "dpfedavg" else None}
 
 
+GRID = ("grid_clip", "grid_lr")  # not settings of a cell: a wider grid keeps the cells it already ran
+
+
 def settings_key(args: argparse.Namespace) -> dict[str, Any]:
-    """What a cell's result depends on: a rerun with other values recomputes every cell."""
+    """What a cell's result depends on: a rerun with other values recomputes every cell. The
+    grid is not among them: ``--grid-clip``/``--grid-lr`` with more values add cells (an edge
+    winner's grid extended) and recompute only the later seeds' DP-FedAvg cells whose winner changed."""
     keys = ("dataset", "num_clients", "alpha", "delta", "ipc", "iterations", "server_epochs", "rounds",
-            "local_epochs", "dp_sample_rate", "batch_size", "grid_clip", "grid_lr", "precision")
+            "local_epochs", "dp_sample_rate", "batch_size", "precision")
     return {k: getattr(args, k) for k in keys}
+
+
+def choose(cells: dict[str, Any], seed: int, eps: float) -> dict[str, Any]:
+    """DP-FedAvg's winner at ``eps`` over every grid cell run on ``seed`` (an earlier invocation's
+    included): the best validation accuracy, ties to the smaller clip and lr; the grid and its edges hit."""
+    prefix = f"seed{seed}_tune_eps{eps:g}_"
+    names = {(c["clip"], c["lr"]): n for n, c in cells.items() if n.startswith(prefix)}
+    best = max(names, key=lambda k: (cells[names[k]]["val_accuracy"], -k[0], -k[1]))
+    return {"clip": best[0], "lr": best[1], "cell": names[best], "grid_clip": sorted({k[0] for k in names}),
+            "grid_lr": sorted({k[1] for k in names}), "edges": grid_edges(names, best)}
+
+
+def grid_edges(grid: dict[tuple[float, float], Any], best: tuple[float, float]) -> list[str]:
+    """Which edges of the (clip, lr) grid the winner sits on: a better point may lie beyond them."""
+    edges = []
+    for i, label in ((0, "clip"), (1, "lr")):
+        values = sorted({k[i] for k in grid})
+        if len(values) > 1 and best[i] == values[0]:
+            edges.append(f"smallest {label}")
+        elif len(values) > 1 and best[i] == values[-1]:
+            edges.append(f"largest {label}")
+    return edges
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -119,13 +146,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out = Path(args.out) / f"dp_federated_{args.dataset}.json"
     saved = json.loads(out.read_text()) if out.is_file() else {}
-    same = saved.get("settings") == settings_key(args)
+    same = {k: v for k, v in saved.get("settings", {}).items() if k not in GRID} == settings_key(args)
     cells: dict[str, Any] = saved.get("cells", {}) if same else {}
     import torch
 
     if args.report_only:
         if "device" in saved and cpu_model() not in saved["device"]:  # files written before the model was named
             saved["device"] = f"{saved['device']}, {cpu_model()}"
+        first = int(args.seeds.split(",")[0])
+        for eps in floats(args.epsilons):  # the winners with their grid and edges (older files lack them)
+            if any(n.startswith(f"seed{first}_tune_eps{eps:g}_") for n in saved.get("cells", {})):
+                saved.setdefault("winners", {})[f"eps{eps:g}"] = choose(saved["cells"], first, eps)
         write_outputs(out, saved, args)
         return saved
     results = {"command": shell_command(sys.argv if argv is None else ["benchmarks/dp_federated_benchmark.py", *argv],
@@ -135,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
 
     def cell(name: str, cfg: FederateConfig) -> dict[str, Any]:
+        held = cells.get(name)
+        if held is not None and cfg.strategy == "dpfedavg" and (held["clip"], held["lr"]) != (cfg.dp_clip, cfg.lr):
+            del cells[name]  # a later seed's cell run with an earlier grid's winner
         if name not in cells:
             print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
             t0 = time.perf_counter()
@@ -151,14 +185,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for eps in floats(args.epsilons):
             cell(f"seed{seed}_fedcond_eps{eps:g}", base_config(args, seed, eps, "fedcond"))
             if seed == seeds[0]:  # the validation grid, on the first seed's partition
-                grid = {(c, lr): cell(f"seed{seed}_tune_eps{eps:g}_clip{c:g}_lr{lr:g}",
-                                      base_config(args, seed, eps, "dpfedavg", dp_clip=c, lr=lr))
-                        for c in floats(args.grid_clip) for lr in floats(args.grid_lr)}
-                best = max(grid, key=lambda k: (grid[k]["val_accuracy"], -k[0], -k[1]))
-                results.setdefault("winners", {})[f"eps{eps:g}"] = {"clip": best[0], "lr": best[1]}
-                cells[f"seed{seed}_dpfedavg_eps{eps:g}"] = grid[best]
+                for c in floats(args.grid_clip):
+                    for lr in floats(args.grid_lr):
+                        cell(f"seed{seed}_tune_eps{eps:g}_clip{c:g}_lr{lr:g}",
+                             base_config(args, seed, eps, "dpfedavg", dp_clip=c, lr=lr))
+                won = results.setdefault("winners", {})[f"eps{eps:g}"] = choose(cells, seed, eps)
+                cells[f"seed{seed}_dpfedavg_eps{eps:g}"] = cells[won["cell"]]
             else:
-                clip, lr = results["winners"][f"eps{eps:g}"].values()
+                won = results["winners"][f"eps{eps:g}"]
+                clip, lr = won["clip"], won["lr"]
                 cell(f"seed{seed}_dpfedavg_eps{eps:g}", base_config(args, seed, eps, "dpfedavg", dp_clip=clip, lr=lr))
     write_outputs(out, results, args)
     return results
@@ -223,6 +258,15 @@ def summarise(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     return summary
 
 
+def grid_text(winner: dict[str, Any]) -> str:
+    """The grid a winner came from and the edges it sits on, in words."""
+    if "grid_clip" not in winner:  # a results file from before the grid was recorded
+        return "grid not recorded"
+    grid = f"clip {{{', '.join(f'{c:g}' for c in winner['grid_clip'])}}} x lr " \
+           f"{{{', '.join(f'{x:g}' for x in winner['grid_lr'])}}}"
+    return f"{grid}; {', '.join(winner['edges']) or 'no edge'}"
+
+
 def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
     """The summary as a markdown page."""
     lines = [f"# DP-FedCond against DP-FedAvg on {args.dataset}", "",
@@ -231,10 +275,10 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
              f"{args.num_clients} clients, Dirichlet {args.alpha:g}, delta {args.delta:g}; DP-FedCond: one-shot, "
              f"dp-dm (release), IPC {args.ipc}, {args.iterations} matching iterations; DP-FedAvg: {args.rounds} rounds "
              f"x {args.local_epochs} local epoch(s) of DP-SGD at Poisson rate {args.dp_sample_rate:g}, clip and lr "
-             f"chosen on validation (seed {args.seeds.split(',')[0]}) from clip {{{args.grid_clip}}} x lr "
-             f"{{{args.grid_lr}}}. Accuracy: test, at the round validation picks; traffic: uploads + downloads there.",
+             f"chosen on validation (seed {args.seeds.split(',')[0]}) from the clip x lr grid in the table. "
+             "Accuracy: test, at the round validation picks; traffic: uploads + downloads there.",
              "", "| epsilon | seeds | DP-FedCond | DP-FedAvg | gain (pts, paired) | FedCond MiB | FedAvg MiB | "
-                 "share | FedAvg clip, lr |", "|---|---|---|---|---|---:|---:|---:|---|"]
+                 "share | FedAvg clip, lr (grid; edge hit) |", "|---|---|---|---|---|---:|---:|---:|---|"]
     for key, s in results["summary"].items():
         from fedcond.stats import Spread
 
@@ -243,7 +287,7 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         win = s["winner"] or {}
         lines.append(f"| {key[3:]} | {','.join(s['seeds'])} | {fc.format()} | {fa.format()} | "
                      f"{gain.format(100, '+.1f')} | {s['fedcond_traffic_mib']:.3f} | {s['dpfedavg_traffic_mib']:.1f} | "
-                     f"{share:.2%} | {win.get('clip')}, {win.get('lr')} |")
+                     f"{share:.2%} | {win.get('clip')}, {win.get('lr')} ({grid_text(win)}) |")
     lines += ["", "Every cell (accuracy at the validation-chosen round, accounted epsilon):", "",
               "| cell | accuracy | val | round | traffic MiB | epsilon | noise multiplier |",
               "|---|---:|---:|---:|---:|---:|---:|"]
