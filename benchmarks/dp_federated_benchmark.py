@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid-lr", default="0.05,0.2", help="DP-FedAvg client learning rates tried on validation")
     p.add_argument("--precision", default="float32", help="one precision for every run of the comparison")
     p.add_argument("--cpus", type=int, default=2, help="CPUs the simulation's clients share")
+    p.add_argument("--device", default="cpu", help="torch device of the server and the clients (cpu, cuda)")
+    p.add_argument("--client-gpus", type=float, default=None,
+                   help="GPU fraction per simulated client (default: 0.25 with --device cuda, else 0)")
     p.add_argument("--scratch", default="runs/dp_federated")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--report-only", action="store_true", help="rewrite the summary from the results file, run nothing")
@@ -86,15 +89,16 @@ def base_config(args: argparse.Namespace, seed: int, epsilon: float, strategy: s
                           dp_epsilon=epsilon, dp_delta=args.delta, ipc=args.ipc, iterations=args.iterations,
                           server_epochs=args.server_epochs, rounds=args.rounds, local_epochs=args.local_epochs,
                           dp_sample_rate=args.dp_sample_rate, batch_size=args.batch_size, storage_dtypes="float32",
-                          precision=args.precision, **extra)
+                          precision=args.precision, device=args.device, **extra)
 
 
-def run_cell(cfg: FederateConfig, folder: Path, cpus: int) -> dict[str, Any]:
-    """One ``fedcond federate`` run of ``cfg.strategy`` in ``folder``; the run's summary."""
+def run_cell(cfg: FederateConfig, folder: Path, cpus: int, gpus: float = 0.0) -> dict[str, Any]:
+    """One ``fedcond federate`` run of ``cfg.strategy`` in ``folder`` (each client ``gpus`` of a
+    GPU); the run's summary."""
     from fedcond.simulations.experiment import run_experiment
     from fedcond.simulations.runner import backend_config
 
-    result = run_experiment(cfg, [cfg.strategy], folder, backend_config(1.0, 0.0, cpus), reference="none")
+    result = run_experiment(cfg, [cfg.strategy], folder, backend_config(1.0, gpus, cpus), reference="none")
     run = result["runs"][0]
     curve = [{"round": r["round"], "accuracy": r["accuracy"], "val_accuracy": r["val_accuracy"],
               "traffic_bytes": r["upload_bytes"] + r["download_bytes"]} for r in run["rounds"]]
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "device": f"{device_description(torch.device('cpu'))}, {cpu_model()}", "precision": args.precision,
                "versions": package_versions(), "settings": settings_key(args), "cells": cells}
     started = time.perf_counter()
+    gpus = args.client_gpus if args.client_gpus is not None else (0.25 if args.device.startswith("cuda") else 0.0)
 
     def cell(name: str, cfg: FederateConfig) -> dict[str, Any]:
         held = cells.get(name)
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name not in cells:
             print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
             t0 = time.perf_counter()
-            cells[name] = {**run_cell(cfg, Path(args.scratch) / args.dataset / name, args.cpus),
+            cells[name] = {**run_cell(cfg, Path(args.scratch) / args.dataset / name, args.cpus, gpus),
                            "wall_seconds": time.perf_counter() - t0}
             results["wall_seconds_this_invocation"] = time.perf_counter() - started
             write_outputs(out, results, args)

@@ -6,8 +6,8 @@ MNIST on the CPU (the issue's setting; about 3 hours per Dirichlet alpha and see
         --alphas 0.5,0.1 --seeds 0,1,2 --ipcs 1,10 --rounds 20 --tune-rounds 5 \\
         --grid-lr 0.01,0.05 --grid-epochs 1,2 -o '{"batch_real": 64}' --scratch runs/fb_mnist
 
-CIFAR-10 on a GPU: the same with ``--dataset cifar10 --device cuda`` (and
-``--client-gpus 0.25``). Digits in minutes: ``--dataset digits``.
+CIFAR-10 on a GPU: the same with ``--dataset cifar10 --device cuda`` (each client then gets
+``--client-gpus 0.25`` of it unless told). Digits in minutes: ``--dataset digits``.
 
 Every (alpha, seed) runs *cells* on identical partitions, each a ``fedcond federate``
 comparison in its own folder under ``--scratch`` (runs resume from their per-round
@@ -125,9 +125,11 @@ def cell_kind(name: str) -> str:
     return {"fedcond-iterative": "iterative"}.get(name, name)
 
 
-def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: PeakMemory | None) -> dict[str, Any]:
+def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: PeakMemory | None,
+             resources: dict[str, Any] | None = None) -> dict[str, Any]:
     """One comparison in ``folder`` (read back when finished, resumed when interrupted); ``memory``
-    measures the cell's peak (None: not measured)."""
+    measures the cell's peak (None: not measured); ``resources``: the simulation's Ray resources
+    (:func:`fedcond.simulations.runner.backend_config`; None: one CPU a client, no GPU)."""
     from fedcond.simulations.experiment import run_experiment
 
     done = folder / "cell.json"
@@ -148,7 +150,7 @@ def run_cell(cfg: FederateConfig, strategies: list[str], folder: Path, memory: P
     if memory is not None:
         memory.reset()
     start = time.perf_counter()
-    result = run_experiment(cfg, strategies, folder, reference="none")
+    result = run_experiment(cfg, strategies, folder, resources, reference="none")
     lost = [(r.get("name") or r["strategy"], r.get("clients_lost_total", 0))
             for r in result["runs"] + result["reference_runs"] if r.get("clients_lost_total")]
     if lost:  # a run missing clients is not the comparison asked for: never record it as one
@@ -818,6 +820,9 @@ def main(argv: list[str] | None = None) -> None:
         "report (e.g. more seeds for the FedCond cells alone: --cells fedcond; one cell: --cells fedcond_ipc1_f2; "
         "--cells '' only rebuilds the report from finished cells)",
     )
+    parser.add_argument("--client-gpus", type=float, default=None,
+                        help="GPU fraction per simulated client (default: 0.25 with --device cuda, else 0); Ray "
+                             "hides the GPU from a client given none")
     parser.add_argument("--scratch", type=Path, default=Path("runs/federated_benchmark"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
@@ -854,6 +859,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown --cells {sorted(unknown)}; known: {', '.join(CELL_KINDS)}")
     tuned: dict[float, tuple[float, int]] = {}
+    from fedcond.simulations.runner import backend_config
+
+    gpus = args.client_gpus if args.client_gpus is not None else (0.25 if args.device.startswith("cuda") else 0.0)
+    resources = backend_config(1.0, gpus)
     for alpha in [float(a) for a in args.alphas.split(",")]:
         for seed in seeds:
             base = FederateConfig(**{k: getattr(args, k) for k in shared}, partition="dirichlet", alpha=alpha,
@@ -870,7 +879,7 @@ def main(argv: list[str] | None = None) -> None:
                 if not {cell_kind(name), name} & kinds and not (scratch / name / "cell.json").exists():
                     return None
                 print(f"alpha {cfg.alpha} seed {cfg.seed}: {name}", flush=True)
-                entry["cells"][name] = run_cell(cfg, strategies, scratch / name, memory)
+                entry["cells"][name] = run_cell(cfg, strategies, scratch / name, memory, resources)
                 entry["summary"] = summarise(entry["cells"], args.plateau_tolerance)
                 save()
                 return entry["cells"][name]

@@ -19,7 +19,13 @@ paper-length distillation stopped by its time budget continues from its checkpoi
 2. ``paper-dm-*``: DM at IPC10 for 20,000 iterations on MNIST and CIFAR-10, evaluated with
    the standard protocol (ConvNet trained 1,000 epochs with DSA, 5 runs) beside random real
    images under the same protocol; each gets at most ``--paper-budget`` seconds per call;
-3. ``cmd-*``: the federated (MNIST IPC 1 with 2,000 DM iterations per client, 4 seeds;
+3. ``cmd-fair-*`` (issues 38-40, first when a GPU is lent: ``--cells cmd-fair``): the CIFAR-10
+   fair-path cells of docs/benchmarks.md ("Not yet rerun on the fair path") on the GPU: the
+   federated benchmark at Dirichlet 0.5 then 0.1, 3 seeds, with FedDM and FedAF for 10
+   rounds at their papers' 1,000 iterations; DP-FedCond against DP-FedAvg at epsilon 1 and
+   10; SplitCIFAR-10's tune and compare. Their results land under ``DIR/extras/fair/``
+   (the continual ones in ``benchmarks/results/``: copy them out);
+4. ``cmd-*``: the federated (MNIST IPC 1 with 2,000 DM iterations per client, 4 seeds;
    CIFAR-10), continual and scale benchmarks' GPU commands (their own
    docstrings), each given what is left of ``--time-limit`` and stopped at it (they resume
    when run again; the continual benchmark writes into ``benchmarks/results/``).
@@ -275,7 +281,32 @@ def commands(suite: Suite) -> list[tuple[str, list[str]]]:
     bench = str(ROOT / "benchmarks")
     continual = [py, f"{bench}/continual_benchmark.py", "--benchmark", "split-cifar10", "--data-dir", data,
                  "--device", "cuda", "--mem-sizes", "200", "--scratch", str(extras / "continual")]
+    fair = extras / "fair"
+    cifar = [py, f"{bench}/federated_benchmark.py", "--dataset", "cifar10", "--data-dir", data, "--device", "cuda",
+             "--seeds", "0,1,2", "--ipcs", "10", "--factors", "1,2", "--iterations", "100", "-o", '{"batch_real": 64}',
+             "--server-epochs", "100", "--tune-rounds", "5", "--grid-lr", "0.01,0.02,0.05", "--grid-epochs", "1,2,5",
+             "--rounds", "20", "--feddm-rounds", "10", "--fedaf-rounds", "10",
+             "--scratch", str(fair / "federated"), "--out", str(fair / "federated")]
+    split = ["--benchmark", "split-cifar10", "--data-dir", data, "--device", "cuda", "--train-fraction", "0.2",
+             "--mem-sizes", "200", "--scratch", str(fair / "continual")]
     return [
+        # issues 38-40 first (the fair path on CIFAR-10): every cell resumes, so calls add up
+        ("cmd-fair-federated-cifar10-a0.5", [*cifar[:8], "--alphas", "0.5", *cifar[8:]]),
+        ("cmd-fair-federated-cifar10-a0.1", [*cifar[:8], "--alphas", "0.5,0.1", *cifar[8:]]),
+        ("cmd-fair-dp-federated-cifar10", [py, f"{bench}/dp_federated_benchmark.py", "--dataset", "cifar10",
+                                           "--data-dir", data, "--device", "cuda", "--dp-sample-rate", "0.006",
+                                           "--seeds", "0,1,2", "--epsilons", "1,10", "--grid-clip", "0.5,1,2",
+                                           "--grid-lr", "0.02,0.05,0.2", "--scratch", str(fair / "dp"),
+                                           "--out", str(fair / "dp")]),
+        ("cmd-fair-continual-cifar10-tune", [py, f"{bench}/continual_benchmark.py", "tune", *split,
+                                             "--tune-strategies", "replay,gdumb,icarl,der,der++,joint",
+                                             "--grid-lr", "0.01,0.03", "--grid-epochs", "1,5", "--mem-batch", "",
+                                             "--grid-buffer-lr", "0.01", "--grid-buffer-epochs", "100,300"]),
+        ("cmd-fair-continual-cifar10-compare", [py, f"{bench}/continual_benchmark.py", "compare", *split,
+                                                "--seeds", "3", "--iterations", "300", "-o", "factor=2",
+                                                "--buffer-epochs", "75", "--strategies",
+                                                "naive,joint,replay,gdumb,icarl,der,der++,distilled-finetune,"
+                                                "random-finetune,herding-finetune"]),
         # issue 12's open lever: the IPC-1 goal with DM run long per client (the CPU affords 100 iterations)
         ("cmd-federated-mnist-ipc1", [py, f"{bench}/federated_benchmark.py", "--dataset", "mnist", "--data-dir", data,
                                       "--device", "cuda", "--alphas", "0.5", "--seeds", "0,1,2,3", "--ipcs", "1",
@@ -368,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, default=19 * 60, help="seconds after which no cell starts")
     p.add_argument("--paper-budget", type=float, default=420, help="seconds per call for each paper-length DM cell")
     p.add_argument("--no-commands", action="store_true", help="leave out the federated/continual/scale commands")
+    p.add_argument("--cells", default="", help="run only the cells whose names start with one of these "
+                                               "comma-separated prefixes (e.g. cmd-fair: the CIFAR-10 fair path)")
     p.add_argument("--dry-run", action="store_true", help="the whole plan on the CPU at toy size on digits")
     args = p.parse_args(argv)
     try:
@@ -397,6 +430,10 @@ def run_plan(suite: Suite) -> None:
     cells = suite.results["cells"]
     for name, needs, run in plan(suite):
         if cells.get(name, {}).get("status") == "done":
+            continue
+        prefixes = tuple(x for x in suite.args.cells.split(",") if x)
+        if prefixes and not name.startswith(prefixes):
+            suite.results["skipped"][name] = f"--cells {suite.args.cells}"
             continue
         if name.startswith("cmd-") and (not suite.sizes.commands or suite.args.no_commands):
             suite.results["skipped"][name] = "dry run: not run at toy size" if suite.args.dry_run else "--no-commands"

@@ -151,7 +151,7 @@ def test_the_benchmark_skips_finished_cells_and_summarises(tmp_path, monkeypatch
     # The grid extended past its edge: only the new grid cell and the later seed's cell of the new winner run.
     ran = []
 
-    def fake_run(cfg, folder, cpus):
+    def fake_run(cfg, folder, cpus, gpus):
         ran.append(folder.name)
         return cell("dpfedavg", 0.72, 0.85 if cfg.lr == 0.4 else 0.6, 100 * 2**20, cfg.dp_clip, cfg.lr)
 

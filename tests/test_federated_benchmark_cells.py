@@ -30,10 +30,11 @@ def _run(strategy: str, accuracies: list[float], mib_per_round: float, val: list
 
 def test_feddm_and_fedaf_cells_run_with_their_papers_settings_and_appear_in_the_report(tmp_path, monkeypatch):
     bench = _load()
-    ran = {}
+    ran, gpus = {}, set()
 
-    def fake_cell(cfg, strategies, folder, memory):
+    def fake_cell(cfg, strategies, folder, memory, resources=None):
         ran[folder.name] = (cfg, strategies)
+        gpus.add(resources["client_resources"]["num_gpus"])
         if folder.name.startswith("fedavg"):
             run = _run("fedavg", [0.80, 0.90, 0.94, 0.95], 5.0)  # its plateau: round 4, 40 MiB both ways
         elif folder.name == "feddm":  # round 2 is 0.5 pts under FedAvg's plateau at 4 MiB of its 40
@@ -48,6 +49,7 @@ def test_feddm_and_fedaf_cells_run_with_their_papers_settings_and_appear_in_the_
                 "--fedaf-rounds", "3", "--fedaf-iterations", "50", "--cells", "grid,feddm,fedaf",
                 "--no-upper-bound", "--scratch", str(tmp_path / "s"), "--out", str(tmp_path / "o")])
     feddm, strategies = ran["feddm"]
+    assert gpus == {0.0}  # on the CPU no client asks Ray for a GPU (with --device cuda: 0.25 each)
     assert strategies == ["feddm"] and feddm.rounds == 3 and feddm.strategy == "feddm"
     assert feddm.to_json()["iterations"] == 1000  # the paper's, unless asked otherwise
     assert ran["fedaf"][0].to_json()["iterations"] == 50 and ran["fedaf"][0].fedaf_lambda_global == 0.8
@@ -164,7 +166,7 @@ def test_a_reduced_run_writes_its_own_results_files(tmp_path, monkeypatch):
     bench = _load()
     ran = []
 
-    def fake_cell(cfg, strategies, folder, memory):
+    def fake_cell(cfg, strategies, folder, memory, resources=None):
         ran.append(cfg.train_per_class)
         return {"config": cfg.to_json(), "wall_seconds": 1.0, "runs": [_run("fedcond", [0.9], 0.05)],
                 "reference_runs": []}

@@ -126,7 +126,7 @@ def test_a_finished_cell_given_more_rounds_goes_on_and_adds_its_wall_time(tmp_pa
     (tmp_path / "cell.json").write_text(json.dumps({"config": ran.to_json(), "wall_seconds": 100.0, "runs": []}))
     calls = []
 
-    def fake_experiment(cfg, strategies, folder, reference):
+    def fake_experiment(cfg, strategies, folder, resources, reference):
         calls.append(cfg.rounds)
         return {"runs": [_run("fedavg", [0.5] * cfg.rounds, 1.0)], "reference_runs": [], "raw_data_upload_bytes": 1}
 
@@ -147,7 +147,7 @@ def test_fedcond_cells_alone_run_every_seed_without_a_fedavg_grid(tmp_path, monk
     bench = _load()
     ran = []
 
-    def fake_cell(cfg, strategies, folder, memory):
+    def fake_cell(cfg, strategies, folder, memory, resources=None):
         ran.append((cfg.seed, folder.name, cfg.ipc))
         refs = [] if folder.name.endswith("_f2") else [_run("fedcond", [0.8], 0.1, "random-real", "random-real", 1)]
         return {"config": cfg.to_json(), "wall_seconds": 1.0, "runs": [_run("fedcond", [0.9], 0.1, ipc=cfg.ipc)],
@@ -196,7 +196,7 @@ def test_the_settings_come_from_federate_config(tmp_path, monkeypatch):
     bench = _load()
     ran = {}
 
-    def fake_cell(cfg, strategies, folder, memory):
+    def fake_cell(cfg, strategies, folder, memory, resources=None):
         ran[folder.name] = cfg
         return {"config": cfg.to_json(), "runs": [], "reference_runs": []}
 
@@ -254,7 +254,7 @@ def test_a_cell_whose_clients_did_not_all_reply_is_moved_aside_not_recorded(tmp_
 
     bench = _load()
     timed_out = {**_run("fedcond", [0.0939], 0.0, ipc=10), "clients_lost_total": 10}
-    monkeypatch.setattr(experiment, "run_experiment", lambda cfg, strategies, folder, reference: (
+    monkeypatch.setattr(experiment, "run_experiment", lambda cfg, strategies, folder, resources, reference: (
         folder.mkdir(parents=True, exist_ok=True),
         {"runs": [timed_out], "reference_runs": [], "raw_data_upload_bytes": 1})[1])
     folder = tmp_path / "fedcond_ipc10_f2"
@@ -270,7 +270,7 @@ def test_fedavg_goes_on_from_the_winning_grid_cells_last_round(tmp_path, monkeyp
     bench = _load()
     seen = {}
 
-    def fake_cell(cfg, strategies, folder, memory):
+    def fake_cell(cfg, strategies, folder, memory, resources=None):
         name = strategies[0]
         if folder.name.startswith("fedavg_lr"):  # a grid cell: leave its round-2 checkpoint as a run does
             ck = folder / "checkpoints" / name
@@ -303,7 +303,7 @@ def test_a_fresh_scratch_reads_the_finished_cells_from_the_results_file(tmp_path
     bench = _load()
     calls = []
 
-    def fake_experiment(cfg, strategies, folder, reference):
+    def fake_experiment(cfg, strategies, folder, resources, reference):
         calls.append(folder.name)
         folder.mkdir(parents=True, exist_ok=True)  # as a run does
         acc = [0.5 + cfg.lr + 0.01 * i for i in range(cfg.rounds)]

@@ -75,3 +75,30 @@ def _stub(suite, out):
     """A Suite whose only use is listing the command cells."""
     args = type("Args", (), {"data_dir": ".data"})()
     return suite.Suite(args, suite.DRY, torch.device("cpu"), out, {})
+
+
+class _Parsed(Exception):
+    """Raised where a benchmark's parser has accepted its command line: nothing runs."""
+
+
+def test_every_command_cell_is_a_command_line_its_script_accepts(suite, tmp_path, monkeypatch):
+    """The GPU commands run only on a lent GPU: a misspelt flag there would cost the loan.
+    Each argv goes through its script's own parser here (a parse error is SystemExit 2)."""
+    import argparse
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    names = []
+    for name, argv in suite.commands(_stub(suite, tmp_path)):
+        script = argv[1].rsplit("/", 1)[-1].removesuffix(".py")
+        module = load_script(script)
+        monkeypatch.setattr(sys, "argv", argv[1:])
+        with pytest.raises(_Parsed):
+            module.main(argv[2:]) if script != "continual_benchmark" else module.main()
+        sys.modules.pop(script, None)
+        names.append(name)
+    assert names[0] == "cmd-fair-federated-cifar10-a0.5" and len(names) == 10
