@@ -96,6 +96,9 @@ def flower_log_to_file(path: Path, private: bool = False) -> Iterator[Path]:
     for h in consoles:
         flwr_logger.removeHandler(h)
     flwr_logger.addHandler(handler)
+    # Not up to the root logger either: a library that calls logging.basicConfig (Opacus does, on
+    # import) would print every Flower record, DEBUG included and timestamped, on the console.
+    propagate, flwr_logger.propagate = flwr_logger.propagate, False
     warnings_logger.addHandler(handler)
     warnings_logger.propagate = False  # else the root logger's last-resort handler prints them
     logging.captureWarnings(True)
@@ -106,6 +109,7 @@ def flower_log_to_file(path: Path, private: bool = False) -> Iterator[Path]:
         warnings_logger.propagate = warnings_propagate
         warnings_logger.removeHandler(handler)
         flwr_logger.removeHandler(handler)
+        flwr_logger.propagate = propagate
         for h in consoles:
             flwr_logger.addHandler(h)
         handler.close()

@@ -92,3 +92,22 @@ def test_a_private_log_has_no_timestamps_and_withholds_durations(tmp_path, conso
     with flower_log_to_file(path):  # outside DP the log keeps both
         log(INFO, "finished in %.2fs", 1.5)
     assert "finished in 1.50s" in path.read_text() and re.search(r"\d{4}-\d\d-\d\d", path.read_text())
+
+
+def test_a_root_handler_does_not_bring_flowers_log_back_to_the_console(tmp_path, console, capsys):
+    """Opacus calls logging.basicConfig on import: a root handler on stderr. Within the block
+    Flower's records still go to the file only."""
+    import sys
+
+    root, before = logging.getLogger(), logging.getLogger("flwr").propagate
+    handler = logging.StreamHandler(sys.stderr)
+    root.addHandler(handler)
+    try:
+        with flower_log_to_file(tmp_path / "flower.log"):
+            log(INFO, "[ROUND 1/1] only in the file")
+            logging.getLogger("flwr").debug("a debug record")
+    finally:
+        root.removeHandler(handler)
+    assert "only in the file" not in capsys.readouterr().err and console.getvalue() == ""
+    assert "only in the file" in (tmp_path / "flower.log").read_text()
+    assert logging.getLogger("flwr").propagate == before  # as it was outside the block
