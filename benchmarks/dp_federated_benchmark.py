@@ -133,6 +133,13 @@ def choose(cells: dict[str, Any], seed: int, eps: float) -> dict[str, Any]:
             "grid_lr": sorted({k[1] for k in names}), "edges": grid_edges(names, best)}
 
 
+def grid_so_far(cells: dict[str, Any], seed: str, eps: float) -> dict[str, Any] | None:
+    """While the grid at ``eps`` is still running: the winner of the cells it has (None: none yet)."""
+    if not any(n.startswith(f"seed{seed}_tune_eps{eps:g}_") for n in cells):
+        return None
+    return {**choose(cells, int(seed), eps), "note": "grid still running"}
+
+
 def grid_edges(grid: dict[tuple[float, float], Any], best: tuple[float, float]) -> list[str]:
     """Which edges of the (clip, lr) grid the winner sits on: a better point may lie beyond them."""
     edges = []
@@ -258,7 +265,7 @@ def summarise(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
             "fedcond_traffic_mib": sum(c["traffic_bytes"] for c in fc) / len(fc) / 2**20,
             "dpfedavg_traffic_mib": sum(c["traffic_bytes"] for c in fa) / len(fa) / 2**20,
             "epsilon_accounted": {"fedcond": max(c["epsilon"] for c in fc), "dpfedavg": max(c["epsilon"] for c in fa)},
-            "winner": results.get("winners", {}).get(f"eps{eps:g}"),
+            "winner": results.get("winners", {}).get(f"eps{eps:g}") or grid_so_far(cells, seeds[0], eps),
         }
     return summary
 
