@@ -19,7 +19,9 @@ traffic as a share of DP-FedAvg's.
 
 Resumable: the results file is written after every cell and a rerun skips the cells it
 holds (with the same settings); a cell's runs also keep their per-round checkpoints under
-``--scratch``. Digits in about half an hour on two CPU cores::
+``--scratch``. A winner on an edge of the grid (the table says which) is answered by the same
+command with more ``--grid-clip``/``--grid-lr`` values: only the new grid cells run, and the
+later seeds' DP-FedAvg cells only if the winner changes. Digits in about half an hour on two CPU cores::
 
     nice -n 10 python benchmarks/dp_federated_benchmark.py --dataset digits --seeds 0,1,2 --epsilons 1,10
 
