@@ -31,7 +31,7 @@ def test_the_console_shows_how_far_the_clients_have_got_before_they_reply(tmp_pa
     updates = []
 
     @contextlib.contextmanager
-    def fake_bar(description, total):
+    def fake_bar(description, total, timed=True):
         yield lambda *args, **kwargs: updates.append(kwargs)
 
     monkeypatch.setattr(federate, "progress_bar", fake_bar)
@@ -44,3 +44,23 @@ def test_the_console_shows_how_far_the_clients_have_got_before_they_reply(tmp_pa
         time.sleep(0.05)
     display.close()
     assert any(u.get("now") == "clients distilling: 1 started, 30% of their iterations done" for u in updates)
+
+
+def test_a_dp_runs_bars_show_no_time(monkeypatch):
+    """A DP run's time grows with the private data: its bars have no elapsed or remaining time."""
+    from fedcond.commands import federate
+    from fedcond.federated.events import RunStarted
+
+    seen = []
+
+    @contextlib.contextmanager
+    def fake_bar(description, total, timed=True):
+        seen.append(timed)
+        yield lambda *args, **kwargs: None
+
+    monkeypatch.setattr(federate, "progress_bar", fake_bar)
+    for private in (False, True):
+        display = federate.RunProgress(private=private)
+        display(RunStarted("fedcond", 1, 10))
+        display.close()
+    assert seen == [True, False]

@@ -15,7 +15,7 @@ def test_progress_shows_clients_finished_this_round_and_sizes_the_bar_to_the_sam
     calls = []
 
     @contextmanager
-    def recording_bar(description, total=None):
+    def recording_bar(description, total=None, timed=True):
         calls.append(("start", description, total))
         yield lambda completed, total=None, **metrics: calls.append((completed, total, metrics))
 
