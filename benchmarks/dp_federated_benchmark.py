@@ -143,13 +143,16 @@ def grid_so_far(cells: dict[str, Any], seed: str, eps: float) -> dict[str, Any] 
 
 
 def grid_edges(grid: dict[tuple[float, float], Any], best: tuple[float, float]) -> list[str]:
-    """Which edges of the (clip, lr) grid the winner sits on: a better point may lie beyond them."""
+    """Which edges of the (clip, lr) grid the winner sits on (a better point may lie beyond them),
+    and which setting the grid did not vary."""
     edges = []
     for i, label in ((0, "clip"), (1, "lr")):
         values = sorted({k[i] for k in grid})
-        if len(values) > 1 and best[i] == values[0]:
+        if len(values) == 1:
+            edges.append(f"{label} not tuned (one value)")
+        elif best[i] == values[0]:
             edges.append(f"smallest {label}")
-        elif len(values) > 1 and best[i] == values[-1]:
+        elif best[i] == values[-1]:
             edges.append(f"largest {label}")
     return edges
 

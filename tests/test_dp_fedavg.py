@@ -140,13 +140,13 @@ def test_the_benchmark_skips_finished_cells_and_summarises(tmp_path, monkeypatch
     monkeypatch.setattr(bench, "run_cell", lambda *a: pytest.fail("a finished cell ran again"))
     results = bench.main(argv)
     won = results["winners"]["eps10"]  # the better validation accuracy, not test
-    assert (won["clip"], won["lr"], won["edges"]) == (1.0, 0.2, ["largest lr"])
+    assert (won["clip"], won["lr"], won["edges"]) == (1.0, 0.2, ["clip not tuned (one value)", "largest lr"])
     summary = results["summary"]["eps10"]
     assert summary["seeds"] == ["0", "1"] and summary["gain"]["mean"] == pytest.approx((0.2 + 0.05) / 2)
     assert summary["fedcond_traffic_mib"] == 1.0 and summary["dpfedavg_traffic_mib"] == 100.0
     md = (tmp_path / "dp_federated_digits.md").read_text()
     assert "| 10 | 0,1 |" in md and "1.00%" in md and "Command: `python" in md
-    assert "clip {1} x lr {0.1, 0.2}; largest lr" in md
+    assert "clip {1} x lr {0.1, 0.2}; clip not tuned (one value), largest lr" in md
 
     # The grid extended past its edge: only the new grid cell and the later seed's cell of the new winner run.
     ran = []
@@ -159,7 +159,8 @@ def test_the_benchmark_skips_finished_cells_and_summarises(tmp_path, monkeypatch
     results = bench.main([*argv[:-6], "--grid-clip", "1", "--grid-lr", "0.1,0.2,0.4", "--out", str(tmp_path)])
     assert ran == ["seed0_tune_eps10_clip1_lr0.4", "seed1_dpfedavg_eps10"]
     won = results["winners"]["eps10"]
-    assert (won["lr"], won["grid_lr"], won["edges"]) == (0.4, [0.1, 0.2, 0.4], ["largest lr"])
+    assert (won["lr"], won["grid_lr"]) == (0.4, [0.1, 0.2, 0.4])
+    assert won["edges"] == ["clip not tuned (one value)", "largest lr"]
     assert results["cells"]["seed1_dpfedavg_eps10"]["lr"] == 0.4
 
 
