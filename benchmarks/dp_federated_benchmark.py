@@ -228,6 +228,7 @@ def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     """Accuracy against cumulative traffic (log x), one panel per ε: DP-FedAvg's rounds as a
     line per seed (its tuned cell), DP-FedCond's one-shot run as a point per seed."""
     import matplotlib  # matplotlib only when a figure is drawn: seconds to import
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # matplotlib only when a figure is drawn: seconds to import
@@ -246,6 +247,11 @@ def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
                     label="DP-FedCond (DP-DM), one shot" if i == 0 else None)
         ax.set(xscale="log", xlabel="traffic, uploads + downloads (MiB)", ylabel="test accuracy",
                title=f"{args.dataset}, epsilon {eps:g}, delta {args.delta:g}")
+        # plain numbers at 1, 2 and 5 per decade: matplotlib's own labels for a span of one or two
+        # decades print every minor tick on top of another
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
