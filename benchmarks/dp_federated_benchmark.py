@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def cell(name: str, cfg: FederateConfig) -> dict[str, Any]:
         held = cells.get(name)
         if held is not None and cfg.strategy == "dpfedavg" and (held["clip"], held["lr"]) != (cfg.dp_clip, cfg.lr):
-            del cells[name]  # a later seed's cell run with an earlier grid's winner
+            del cells[name]  # a later seed's cell run with an earlier grid's winner: its checkpoints too
+            shutil.rmtree(Path(args.scratch) / args.dataset / name, ignore_errors=True)
         if name not in cells:
             print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
             t0 = time.perf_counter()

@@ -151,12 +151,17 @@ def test_the_benchmark_skips_finished_cells_and_summarises(tmp_path, monkeypatch
     # The grid extended past its edge: only the new grid cell and the later seed's cell of the new winner run.
     ran = []
 
+    stale = tmp_path / "scratch" / "digits" / "seed1_dpfedavg_eps10" / "checkpoints"
+    stale.mkdir(parents=True)  # the old winner's checkpoints: a rerun with other settings would refuse them
+
     def fake_run(cfg, folder, cpus, gpus):
+        assert not (folder / "checkpoints").exists()
         ran.append(folder.name)
         return cell("dpfedavg", 0.72, 0.85 if cfg.lr == 0.4 else 0.6, 100 * 2**20, cfg.dp_clip, cfg.lr)
 
     monkeypatch.setattr(bench, "run_cell", fake_run)
-    results = bench.main([*argv[:-6], "--grid-clip", "1", "--grid-lr", "0.1,0.2,0.4", "--out", str(tmp_path)])
+    results = bench.main([*argv[:-6], "--grid-clip", "1", "--grid-lr", "0.1,0.2,0.4", "--out", str(tmp_path),
+                          "--scratch", str(tmp_path / "scratch")])
     assert ran == ["seed0_tune_eps10_clip1_lr0.4", "seed1_dpfedavg_eps10"]
     won = results["winners"]["eps10"]
     assert (won["lr"], won["grid_lr"]) == (0.4, [0.1, 0.2, 0.4])
