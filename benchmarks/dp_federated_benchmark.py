@@ -126,21 +126,17 @@ def settings_key(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in keys}
 
 
-def choose(cells: dict[str, Any], seed: int, eps: float) -> dict[str, Any]:
-    """DP-FedAvg's winner at ``eps`` over every grid cell run on ``seed`` (an earlier invocation's
-    included): the best validation accuracy, ties to the smaller clip and lr; the grid and its edges hit."""
+def choose(cells: dict[str, Any], seed: int, eps: float) -> dict[str, Any] | None:
+    """DP-FedAvg's winner at ``eps`` over every grid cell run on ``seed`` so far (an earlier
+    invocation's included): the best validation accuracy, ties to the smaller clip and lr; the
+    grid and its edges hit. None before the first grid cell."""
     prefix = f"seed{seed}_tune_eps{eps:g}_"
     names = {(c["clip"], c["lr"]): n for n, c in cells.items() if n.startswith(prefix)}
+    if not names:
+        return None
     best = max(names, key=lambda k: (cells[names[k]]["val_accuracy"], -k[0], -k[1]))
     return {"clip": best[0], "lr": best[1], "cell": names[best], "grid_clip": sorted({k[0] for k in names}),
             "grid_lr": sorted({k[1] for k in names}), "edges": grid_edges(names, best)}
-
-
-def grid_so_far(cells: dict[str, Any], seed: str, eps: float) -> dict[str, Any] | None:
-    """While the grid at ``eps`` is still running: the winner of the cells it has (None: none yet)."""
-    if not any(n.startswith(f"seed{seed}_tune_eps{eps:g}_") for n in cells):
-        return None
-    return {**choose(cells, int(seed), eps), "note": "grid still running"}
 
 
 def grid_edges(grid: dict[tuple[float, float], Any], best: tuple[float, float]) -> list[str]:
@@ -170,10 +166,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.report_only:
         if "device" in saved and cpu_model() not in saved["device"]:  # files written before the model was named
             saved["device"] = f"{saved['device']}, {cpu_model()}"
-        first = int(args.seeds.split(",")[0])
-        for eps in floats(args.epsilons):  # the winners with their grid and edges (older files lack them)
-            if any(n.startswith(f"seed{first}_tune_eps{eps:g}_") for n in saved.get("cells", {})):
-                saved.setdefault("winners", {})[f"eps{eps:g}"] = choose(saved["cells"], first, eps)
         write_outputs(out, saved, args)
         return saved
     results = {"command": shell_command(sys.argv if argv is None else ["benchmarks/dp_federated_benchmark.py", *argv],
@@ -181,7 +173,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "device": f"{device_description(torch.device('cpu'))}, {cpu_model()}", "precision": args.precision,
                "versions": package_versions(), "settings": settings_key(args), "cells": cells}
     started = time.perf_counter()
-    gpus = args.client_gpus if args.client_gpus is not None else (0.25 if args.device.startswith("cuda") else 0.0)
+    from fedcond.simulations.runner import client_gpus
+
+    gpus = client_gpus(args.device, args.client_gpus)
 
     def cell(name: str, cfg: FederateConfig) -> dict[str, Any]:
         held = cells.get(name)
@@ -278,7 +272,8 @@ def summarise(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
             "fedcond_traffic_mib": sum(c["traffic_bytes"] for c in fc) / len(fc) / 2**20,
             "dpfedavg_traffic_mib": sum(c["traffic_bytes"] for c in fa) / len(fa) / 2**20,
             "epsilon_accounted": {"fedcond": max(c["epsilon"] for c in fc), "dpfedavg": max(c["epsilon"] for c in fa)},
-            "winner": results.get("winners", {}).get(f"eps{eps:g}") or grid_so_far(cells, seeds[0], eps),
+            # from the cells, not stored: a widened or still running grid, an older results file
+            "winner": choose(cells, int(args.seeds.split(",")[0]), eps),
         }
     return summary
 

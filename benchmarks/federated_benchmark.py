@@ -859,10 +859,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown --cells {sorted(unknown)}; known: {', '.join(CELL_KINDS)}")
     tuned: dict[float, tuple[float, int]] = {}
-    from fedcond.simulations.runner import backend_config
+    from fedcond.simulations.runner import backend_config, client_gpus
 
-    gpus = args.client_gpus if args.client_gpus is not None else (0.25 if args.device.startswith("cuda") else 0.0)
-    resources = backend_config(1.0, gpus)
+    resources = backend_config(1.0, client_gpus(args.device, args.client_gpus))
     for alpha in [float(a) for a in args.alphas.split(",")]:
         for seed in seeds:
             base = FederateConfig(**{k: getattr(args, k) for k in shared}, partition="dirichlet", alpha=alpha,

@@ -43,6 +43,15 @@ def backend_config(num_cpus: float = 1.0, num_gpus: float = 0.0, total_cpus: int
             "init_args": {"num_cpus": total, "num_gpus": 1 if num_gpus > 0 else 0, "log_to_driver": False}}
 
 
+def client_gpus(device: str, given: float | None = None) -> float:
+    """Each simulated client's GPU share: ``given``, else a quarter of the GPU on a CUDA
+    ``device`` and none on the CPU. A client given none cannot use the GPU at all: Ray sets
+    ``CUDA_VISIBLE_DEVICES`` empty in actors that ask for no GPU."""
+    if given is not None:
+        return given
+    return 0.25 if device.startswith("cuda") else 0.0
+
+
 def run_strategy(cfg: AppConfig, resources: dict[str, Any] | None = None, log_file: Path | None = None,
                  on_event: OnEvent | None = None) -> dict[str, Any]:
     """Simulate ``cfg.strategy`` with ``cfg.num_clients`` SuperNodes; return its record.
@@ -100,8 +109,9 @@ def run_all(
     with flower_log_to_file(log_file, private) if log_file is not None else contextlib.nullcontext():
         for run in runs:
             cfg = run.cfg
+            private_run = private and is_private_plan(cfg, run.kind)
             if checkpoints is not None:  # a DP experiment's non-DP runs keep theirs in its non-private part
-                root = checkpoint_root(checkpoints, private, is_private_plan(cfg, run.kind))
+                root = checkpoint_root(checkpoints, private, private_run)
                 cfg = replace(cfg, checkpoint_dir=str(root / run.name))
             record = load_record(Path(cfg.checkpoint_dir), cfg) if cfg.checkpoint_dir else None
             if record is None:
@@ -113,8 +123,7 @@ def run_all(
                 if run.kind is not None:
                     record.update({"reference": run.kind, "reference_of": run.of})
                 if cfg.checkpoint_dir:
-                    stripped = private and is_private_plan(cfg, run.kind)
-                    kept = strip_timings(copy.deepcopy(record)) if stripped else record
+                    kept = strip_timings(copy.deepcopy(record)) if private_run else record
                     save_record(Path(cfg.checkpoint_dir), kept)
                 emit(RunFinished(run.name, record))
             else:

@@ -50,6 +50,9 @@ def test_feddm_and_fedaf_cells_run_with_their_papers_settings_and_appear_in_the_
                 "--no-upper-bound", "--scratch", str(tmp_path / "s"), "--out", str(tmp_path / "o")])
     feddm, strategies = ran["feddm"]
     assert gpus == {0.0}  # on the CPU no client asks Ray for a GPU (with --device cuda: 0.25 each)
+    from fedcond.simulations.runner import client_gpus
+
+    assert (client_gpus("cpu"), client_gpus("cuda"), client_gpus("cuda:1", 0.5)) == (0.0, 0.25, 0.5)
     assert strategies == ["feddm"] and feddm.rounds == 3 and feddm.strategy == "feddm"
     assert feddm.to_json()["iterations"] == 1000  # the paper's, unless asked otherwise
     assert ran["fedaf"][0].to_json()["iterations"] == 50 and ran["fedaf"][0].fedaf_lambda_global == 0.8
